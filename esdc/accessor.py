@@ -1,0 +1,36 @@
+"""The thin ``ds.esdc`` accessor: hands off to module functions; caches the grid."""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from typing import Any
+
+import xarray as xr
+
+from esdc.grid import Grid
+from esdc.verify import verify_cube
+
+__all__ = ["EsdcAccessor"]
+
+
+@xr.register_dataset_accessor("esdc")
+class EsdcAccessor:
+    """``ds.esdc``: the cube's grid and provenance, and its convention check."""
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        self._ds = ds
+
+    @cached_property
+    def grid(self) -> Grid:
+        """The :class:`~esdc.grid.Grid` the cube was built on (from ``esdc_grid``)."""
+        return Grid.from_dict(json.loads(self._ds.attrs["esdc_grid"]))
+
+    @property
+    def sources(self) -> list[dict[str, Any]]:
+        """Provenance of every source: product, mission, instrument, file, SHA-256."""
+        return list(json.loads(self._ds.attrs.get("esdc_sources", "[]")))
+
+    def verify(self) -> list[str]:
+        """Convention problems (:func:`esdc.verify.verify_cube`)."""
+        return verify_cube(self._ds)

@@ -1,0 +1,178 @@
+"""The recipe runner: wires sources -> regrid -> harmonize -> store. No logic of its own."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from esdc.errors import RegridError
+from esdc.grid import Grid
+from esdc.harmonize import align_series, cf_attrs, decode, place_climatology
+from esdc.recipe import Recipe, SourceSpec
+from esdc.regrid import overlaps, regrid
+from esdc.samples import SAMPLES, sha256sum
+from esdc.sources import Geolocated, open_source
+from esdc.store import check_target, write_cube
+
+__all__ = ["build", "default_output", "plan"]
+
+_LIBS = ("esdc", "numpy", "xarray", "dask", "distributed", "zarr", "pyresample", "pyproj",
+         "rioxarray", "h5netcdf", "netCDF4", "pillow")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for lib in _LIBS:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _source_provenance(spec: SourceSpec, geo: Geolocated) -> dict[str, Any]:
+    rec: dict[str, Any] = {"source": spec.name, "file": str(geo.path),
+                           "sha256": sha256sum(geo.path),
+                           "variables": [v.name for v in spec.variables]}
+    if spec.sample is not None:
+        rec.update(SAMPLES[spec.sample].provenance())
+    return rec
+
+
+def default_output(recipe: Recipe, cwd: Path | None = None) -> Path:
+    """``recipe.output.path``, or ``cubes/{name}.zarr`` under ``cwd``."""
+    path = Path(recipe.output.path or f"cubes/{recipe.name}.zarr")
+    return path if path.is_absolute() else (cwd or Path.cwd()) / path
+
+
+def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
+    """Build the lazy cube of a recipe: nothing is computed.
+
+    Parameters
+    ----------
+    recipe : Recipe
+        A validated recipe.
+    base_dir : pathlib.Path, optional
+        Folder relative source paths are taken from.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``(time, lat, lon)`` (or ``y, x``); time-varying variables
+        ``(time, lat, lon)``, static ones ``(lat, lon)``; CF and provenance attributes.
+
+    Raises
+    ------
+    SourceNotFoundError, ChecksumError, SourceError
+        For a missing, altered or unreadable source or variable.
+    RegridError
+        If the grid's bounding box lies outside every source.
+    """
+    grid: Grid = recipe.grid.to_grid()
+    variables: dict[str, xr.DataArray] = {}
+    provenance = []
+    opened = [(spec, open_source(spec, base_dir)) for spec in recipe.sources]
+    inside = [spec.name for spec, geo in opened if overlaps(geo, grid)]
+    if not inside:
+        raise RegridError(
+            f"grid.bbox {list(grid.bbox)} lies outside every source "
+            f"({', '.join(f'{s.name}: {[round(v, 3) for v in g.bbox]}' for s, g in opened)}); "
+            "move the bbox onto the data."
+        )
+    for spec, geo in opened:
+        provenance.append(_source_provenance(spec, geo))
+        for var in spec.variables:
+            da = decode(geo.data[var.source], var)
+            if spec.time == "series":
+                da = align_series(da, grid, f"sources.{spec.name}")
+            da = regrid(da, geo, grid, var.resampling, flag_values=var.flag_values)
+            if spec.time == "climatology_monthly":
+                da = place_climatology(da, grid)
+                da.attrs["esdc_time_placement"] = (
+                    "monthly climatology: each time step holds the climatology of its month "
+                    "of year")
+            da = da.drop_vars([c for c in da.coords if c not in da.dims])
+            da.attrs = {**cf_attrs(var, spec.name), "grid_mapping": "crs"}
+            if spec.time == "climatology_monthly":
+                da.attrs["cell_methods"] = (
+                    da.attrs.get("cell_methods", "") + " time: mean within years "
+                    "time: mean over years").strip()
+            variables[var.name] = da
+    coords = grid.coords()
+    ds = xr.Dataset(variables, coords={k: v for k, v in coords.items() if k != "time_bnds"})
+    if "time_bnds" in coords:
+        ds["time_bnds"] = coords["time_bnds"]
+        ds = ds.set_coords("time_bnds")
+    ds["crs"] = xr.DataArray(0, attrs=grid.crs_attrs())
+    ds = ds.set_coords("crs")
+    west, south, east, north = grid.bbox
+    ds.attrs = {
+        "Conventions": "CF-1.10, ACDD-1.3",
+        "title": recipe.title,
+        "summary": recipe.summary,
+        "license": recipe.license,
+        "source": "; ".join(sorted({p.get("product", p["file"]) for p in provenance})),
+        "history": f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} built by esdc "
+                   f"{_versions().get('esdc', '?')} from recipe {recipe.name}",
+        "date_created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "esdc_recipe": recipe.to_yaml(),
+        "esdc_recipe_sha256": recipe.sha256(),
+        "esdc_sources": json.dumps(provenance),
+        "esdc_versions": json.dumps(_versions()),
+        "esdc_grid": json.dumps(grid.to_dict()),
+        "esdc_body": grid.body,
+    }
+    if grid.is_geographic:
+        ds.attrs.update(geospatial_lat_min=south, geospatial_lat_max=north,
+                        geospatial_lon_min=west, geospatial_lon_max=east)
+    return ds
+
+
+def build(
+    recipe: Recipe,
+    out: Path | None = None,
+    *,
+    overwrite: bool = False,
+    client: Any = None,
+    base_dir: Path | None = None,
+    on_region: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Build a recipe's cube and store it.
+
+    Parameters
+    ----------
+    recipe : Recipe
+        A validated recipe.
+    out : pathlib.Path, optional
+        Where to store the cube; :func:`default_output` when omitted.
+    overwrite : bool
+        Replace an existing cube at ``out`` (atomically, when the new one is done).
+    client : distributed.Client, optional
+        The Dask cluster to compute on.
+    base_dir : pathlib.Path, optional
+        Folder relative source paths are taken from.
+    on_region : callable, optional
+        Progress callback ``on_region(done, total)``.
+
+    Returns
+    -------
+    pathlib.Path
+        The cube's path.
+
+    Raises
+    ------
+    EsdcError
+        Any subclass, for bad input; nothing at ``out`` is changed then.
+    """
+    target = Path(out) if out is not None else default_output(recipe)
+    check_target(target, overwrite)
+    ds = plan(recipe, base_dir)
+    return write_cube(ds, target, chunks=dict(recipe.output.chunks),
+                      compressor=recipe.output.compressor, overwrite=overwrite, client=client,
+                      on_region=on_region)

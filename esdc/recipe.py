@@ -1,0 +1,374 @@
+"""Recipes: YAML validated into typed, serialisable models.
+
+A recipe names one common grid, the sources to read and the cube's storage. It is
+data, never code: YAML is read with ``yaml.safe_load`` (no object tags) and every
+key is checked (unknown keys, wrong types and impossible values are rejected with
+the field's path, e.g. ``sources[2].variables[0].resampling``).
+``Recipe.from_dict(r.to_dict()) == r`` holds for every valid recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pandas as pd
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from esdc.errors import RecipeError
+from esdc.grid import BODY_CRS, Grid
+
+__all__ = [
+    "RESAMPLING_METHODS",
+    "CompressorSpec",
+    "GeoreferenceSpec",
+    "GridSpec",
+    "OutputSpec",
+    "Recipe",
+    "SourceSpec",
+    "TimeAxisSpec",
+    "VariableSpec",
+    "load_recipe",
+    "parse_recipe",
+]
+
+#: Resampling methods, in the field's words: nearest neighbour, bilinear
+#: interpolation, bucket average (area mean when downsampling) and bucket mode
+#: (most frequent class, for categorical data).
+RESAMPLING_METHODS = ("nearest", "bilinear", "bucket_average", "bucket_mode")
+
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
+BBox = tuple[float, float, float, float]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class TimeAxisSpec(_Model):
+    """The cube's time axis: labels from ``start`` to ``end`` every ``freq``.
+
+    ``freq`` is a pandas offset alias (``MS`` month start, ``D`` day, ``h`` hour).
+    Each label starts a half-open time cell that ends at the next label.
+    """
+
+    start: str
+    end: str
+    freq: str = "MS"
+
+    @model_validator(mode="after")
+    def _check(self) -> TimeAxisSpec:
+        try:
+            idx = self.index()
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"cannot make a time axis from {self.start!r} to {self.end!r} "
+                             f"every {self.freq!r}: {exc}") from None
+        if len(idx) == 0:
+            raise ValueError(f"time axis from {self.start} to {self.end} is empty")
+        if len(idx) > 1_000_000:
+            raise ValueError(f"time axis has {len(idx)} steps; at most 1,000,000 allowed")
+        return self
+
+    def index(self) -> pd.DatetimeIndex:
+        """The time labels, then the end of the last cell, as a DatetimeIndex."""
+        return pd.date_range(self.start, self.end, freq=self.freq)
+
+
+class GridSpec(_Model):
+    """The common grid: body, CRS, bounding box (outer edges), resolution, time axis."""
+
+    body: Literal["earth", "moon", "sun"]
+    crs: str | None = None
+    bbox: BBox
+    resolution: PositiveFloat | tuple[PositiveFloat, PositiveFloat]
+    time: TimeAxisSpec | None = None
+
+    @field_validator("bbox")
+    @classmethod
+    def _bbox(cls, v: BBox) -> BBox:
+        w, s, e, n = v
+        if not (e > w and n > s):
+            raise ValueError(f"bbox {list(v)} is empty: give [west, south, east, north] with "
+                             "east > west and north > south")
+        return v
+
+    @model_validator(mode="after")
+    def _size(self) -> GridSpec:
+        w, s, e, n = self.bbox
+        dx, dy = (self.resolution, self.resolution) if isinstance(
+            self.resolution, float) else self.resolution
+        nx, ny = round((e - w) / dx), round((n - s) / dy)
+        if nx < 1 or ny < 1:
+            raise ValueError(f"grid of {ny} x {nx} cells: the resolution is larger than the bbox")
+        if nx * ny > 2_000_000_000:
+            raise ValueError(f"grid of {ny} x {nx} cells is too large (over 2e9 cells)")
+        if self.crs is None and self.body not in BODY_CRS:
+            raise ValueError(f"body {self.body!r} has no default CRS; give grid.crs")
+        return self
+
+    def to_grid(self) -> Grid:
+        """The :class:`~esdc.grid.Grid` this spec describes."""
+        crs = self.crs or BODY_CRS[self.body]
+        time = bounds = None
+        if self.time is not None:
+            idx = self.time.index()
+            nxt = pd.date_range(idx[-1], periods=2, freq=self.time.freq)[-1]
+            edges = [*idx, nxt]
+            time = [t.to_datetime64() for t in idx]
+            bounds = tuple(
+                (a.to_datetime64().astype("datetime64[ns]"), b.to_datetime64().astype(
+                    "datetime64[ns]")) for a, b in zip(edges[:-1], edges[1:], strict=True)
+            )
+        return Grid.from_bbox(self.body, crs, self.bbox, self.resolution, time, bounds)
+
+
+class GeoreferenceSpec(_Model):
+    """Georeference declared for a file that carries none (HDF5 arrays, images, raw).
+
+    ``bbox`` is the outer edge of the file's pixels in ``crs`` units; ``dims`` names
+    the file's dimensions in storage order (for images ``[y, x]`` is implied) using
+    ``lat``/``lon`` (or ``y``/``x``) for the spatial ones and ``month`` for a
+    monthly climatology axis.
+    """
+
+    crs: str = "EPSG:4326"
+    bbox: BBox
+    row_order: Literal["north_up", "south_up"] = "north_up"
+    dims: list[Identifier] | None = None
+
+
+class VariableSpec(_Model):
+    """One cube variable taken from a source variable (or image band)."""
+
+    name: Identifier
+    source: str
+    resampling: Literal["nearest", "bilinear", "bucket_average", "bucket_mode"]
+    scale_factor: float = 1.0
+    add_offset: float = 0.0
+    fill_value: float | None = None
+    valid_min: float | None = None
+    valid_max: float | None = None
+    select_values: list[int] | None = None
+    units: str
+    standard_name: str | None = None
+    long_name: str | None = None
+    flag_values: list[int] | None = None
+    flag_meanings: list[Identifier] | None = None
+    comment: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> VariableSpec:
+        if self.resampling == "bucket_mode":
+            if not self.flag_values or not self.flag_meanings:
+                raise ValueError("bucket_mode (categorical) needs flag_values and flag_meanings")
+        if (self.flag_values is None) != (self.flag_meanings is None):
+            raise ValueError("flag_values and flag_meanings go together")
+        if self.flag_values and len(self.flag_values) != len(self.flag_meanings or []):
+            raise ValueError("flag_values and flag_meanings must have the same length")
+        if self.flag_values and len(set(self.flag_values)) != len(self.flag_values):
+            raise ValueError("flag_values must be distinct")
+        if (self.valid_min is not None and self.valid_max is not None
+                and self.valid_min > self.valid_max):
+            raise ValueError("valid_min is greater than valid_max")
+        if self.scale_factor == 0:
+            raise ValueError("scale_factor must not be 0")
+        return self
+
+
+class SourceSpec(_Model):
+    """A source: where the file is, how to read it, which variables to take."""
+
+    name: Identifier
+    sample: str | None = None
+    path: str | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    format: Literal["netcdf", "hdf5", "geotiff", "image", "raw"]
+    time: Literal["static", "series", "climatology_monthly"] = "static"
+    georeference: GeoreferenceSpec | None = None
+    bands: list[Identifier] | None = None
+    dtype: Literal["uint8", "int8", "uint16", "int16", "int32", "float32", "float64"] | None = None
+    shape: list[PositiveInt] | None = None
+    compression: Literal["none", "gzip"] = "none"
+    variables: Annotated[list[VariableSpec], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _check(self) -> SourceSpec:
+        if (self.sample is None) == (self.path is None):
+            raise ValueError("give exactly one of `sample` (a registered sample) or `path`")
+        if self.format in ("image", "raw") and self.georeference is None:
+            raise ValueError(f"format {self.format!r} carries no georeference; declare "
+                             "`georeference` (crs, bbox, row_order)")
+        if self.format == "raw" and (self.dtype is None or self.shape is None):
+            raise ValueError("format 'raw' needs `dtype` and `shape`")
+        if self.time == "climatology_monthly":
+            dims = self.georeference.dims if self.georeference else None
+            if self.format in ("hdf5", "raw") and (not dims or "month" not in dims):
+                raise ValueError("a monthly climatology needs a `month` dim in georeference.dims")
+        return self
+
+
+class CompressorSpec(_Model):
+    """Blosc compressor of the Zarr store (zarr.codecs.BloscCodec)."""
+
+    cname: Literal["zstd", "lz4", "lz4hc", "zlib", "blosclz"] = "zstd"
+    clevel: Annotated[int, Field(ge=0, le=9)] = 3
+    shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "shuffle"
+
+
+class OutputSpec(_Model):
+    """Where and how the cube is stored."""
+
+    path: str | None = None
+    chunks: dict[Identifier, PositiveInt] = Field(default_factory=dict)
+    compressor: CompressorSpec = Field(default_factory=CompressorSpec)
+
+
+class Recipe(_Model):
+    """A validated recipe.
+
+    Attributes
+    ----------
+    name : str
+        Identifier of the cube (default output ``cubes/{name}.zarr``).
+    title, summary, license : str
+        ACDD global attributes of the cube.
+    grid : GridSpec
+    sources : list of SourceSpec
+    output : OutputSpec
+    """
+
+    name: Identifier
+    title: str
+    summary: str = ""
+    license: str = "see esdc_sources"
+    grid: GridSpec
+    sources: Annotated[list[SourceSpec], Field(min_length=1)]
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        names = [s.name for s in self.sources]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"source names must be unique; repeated: {sorted(dup)}")
+        vnames = [v.name for s in self.sources for v in s.variables]
+        dup = {n for n in vnames if vnames.count(n) > 1}
+        if dup:
+            raise ValueError(f"variable names must be unique; repeated: {sorted(dup)}")
+        for i, s in enumerate(self.sources):
+            if s.time != "static" and self.grid.time is None:
+                raise ValueError(f"sources[{i}] ({s.name}) has time {s.time!r} but the grid has "
+                                 "no time axis; add grid.time")
+        bad = set(self.output.chunks) - {"time", "lat", "lon", "y", "x"}
+        if bad:
+            raise ValueError(f"output.chunks names unknown dims {sorted(bad)}; use time, lat/lon "
+                             "or y/x")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain-JSON dict; :meth:`from_dict` inverts it."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        """Validate a dict (as from YAML) into a recipe.
+
+        Raises
+        ------
+        RecipeError
+            Listing every invalid field by its path.
+        """
+        try:
+            return cls.model_validate(d)
+        except ValidationError as exc:
+            raise RecipeError(_format_errors(exc, "recipe")) from None
+
+    def to_yaml(self) -> str:
+        """The recipe as YAML text."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def sha256(self) -> str:
+        """SHA-256 of the canonical YAML form (identity of the recipe in provenance)."""
+        return hashlib.sha256(self.to_yaml().encode()).hexdigest()
+
+
+def _format_errors(exc: ValidationError, where: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ""
+        for part in err["loc"]:
+            if isinstance(part, int):
+                loc += f"[{part}]"
+            elif part in RESAMPLING_METHODS or str(part).startswith(("function-", "tagged")):
+                continue
+            else:
+                loc += ("." if loc else "") + str(part)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling; see docs/recipes.md)"
+        lines.append(f"  {loc or '(top level)'}: {msg}")
+    return f"{where} is invalid:\n" + "\n".join(lines)
+
+
+def parse_recipe(text: str, where: str = "recipe") -> Recipe:
+    """Parse and validate recipe YAML text.
+
+    Parameters
+    ----------
+    text : str
+        YAML text.
+    where : str
+        Name of the file, used in messages.
+
+    Returns
+    -------
+    Recipe
+
+    Raises
+    ------
+    RecipeError
+        If the YAML is malformed (with line and column) or the recipe invalid.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{where}: malformed YAML{pos}: {problem}.") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: a recipe is a YAML mapping (name:, grid:, sources:), "
+                          f"got {type(data).__name__}.")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, where)) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file.
+
+    Raises
+    ------
+    RecipeError
+        If the file is missing, unreadable, malformed or invalid.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file {p} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"recipe file {p} cannot be read: {exc}.") from None
+    return parse_recipe(text, str(p))

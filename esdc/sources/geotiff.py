@@ -1,0 +1,67 @@
+"""GeoTIFF reader (rioxarray, lazy via Dask)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyproj
+import xarray as xr
+
+from esdc.errors import SourceError
+from esdc.recipe import SourceSpec
+from esdc.sources.base import Geolocated, normalize
+
+__all__ = ["open_geotiff"]
+
+
+def open_geotiff(spec: SourceSpec, path: Path) -> Geolocated:
+    """Open a GeoTIFF lazily; each band becomes a variable.
+
+    Bands are named by ``spec.bands`` (in band order) or ``band_1``, ``band_2``, …
+    The file's nodata value is *not* applied (``masked=False``): categorical rasters
+    use it for a real class (e.g. 0 = ocean); declare ``fill_value`` per variable.
+
+    Parameters
+    ----------
+    spec : SourceSpec
+        The recipe's source (``format: geotiff``).
+    path : pathlib.Path
+        The file.
+
+    Returns
+    -------
+    Geolocated
+        Variables of dims ``(y, x)`` with the file's CRS (or the declared one).
+
+    Raises
+    ------
+    SourceError
+        If the file is not a GeoTIFF or has no CRS and none is declared.
+    """
+    import rioxarray
+
+    try:
+        da = rioxarray.open_rasterio(path, chunks={"band": 1, "y": "auto", "x": -1},
+                                     masked=False, lock=False)
+    except Exception as exc:  # noqa: BLE001 - any rasterio failure is a bad source file
+        raise SourceError(
+            f"sources.{spec.name}: {path} is not a readable GeoTIFF ({str(exc)[:200]})."
+        ) from None
+    assert isinstance(da, xr.DataArray)
+    if spec.georeference is not None:
+        crs = pyproj.CRS.from_user_input(spec.georeference.crs)
+    elif da.rio.crs is not None:
+        crs = pyproj.CRS.from_user_input(da.rio.crs.to_wkt())
+    else:
+        raise SourceError(f"sources.{spec.name}: {path} has no CRS; declare georeference.crs.")
+    nb = da.sizes["band"]
+    names = spec.bands or [f"band_{i + 1}" for i in range(nb)]
+    if len(names) != nb:
+        raise SourceError(f"sources.{spec.name}: {path} has {nb} bands but `bands` names "
+                          f"{len(names)}.")
+    ds = xr.Dataset({
+        n: da.isel(band=i, drop=True).drop_vars("spatial_ref", errors="ignore")
+        for i, n in enumerate(names)
+    })
+    ds.attrs = {}
+    return normalize(ds, crs, path, f"sources.{spec.name}")

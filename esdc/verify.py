@@ -1,0 +1,164 @@
+"""Convention checks of a cube, after xcube's ``verify_cube``: every problem at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from esdc.errors import EsdcError
+
+__all__ = ["assert_cube", "verify_cube", "verify_store"]
+
+_SPATIAL = (("lat", "lon"), ("y", "x"))
+_PROVENANCE = ("esdc_recipe", "esdc_recipe_sha256", "esdc_sources", "esdc_versions", "esdc_grid")
+
+
+def _check_axis(ds: xr.Dataset, name: str, problems: list[str]) -> None:
+    c = ds[name]
+    if c.ndim != 1:
+        problems.append(f"coordinate {name!r} must be 1-D, has dims {c.dims}")
+        return
+    v = np.asarray(c.values, dtype="float64")
+    if v.size > 1:
+        d = np.diff(v)
+        if not (np.all(d > 0) or np.all(d < 0)):
+            problems.append(f"coordinate {name!r} is not strictly monotonic")
+        elif np.max(np.abs(d - d[0])) > 1e-6 * abs(d[0]) + 1e-9:
+            problems.append(f"coordinate {name!r} is not evenly spaced")
+    if "units" not in c.attrs:
+        problems.append(f"coordinate {name!r} has no units attribute")
+    if name == "lat":
+        if c.attrs.get("standard_name") != "latitude" or c.attrs.get("units") != "degrees_north":
+            problems.append("coordinate 'lat' needs standard_name latitude, units degrees_north")
+        if v.size and (v.min() < -90 or v.max() > 90):
+            problems.append("coordinate 'lat' has values outside [-90, 90]")
+    if name == "lon":
+        if c.attrs.get("standard_name") != "longitude" or c.attrs.get("units") != "degrees_east":
+            problems.append("coordinate 'lon' needs standard_name longitude, units degrees_east")
+        if v.size and (v.min() < -180 or v.max() > 360):
+            problems.append("coordinate 'lon' has values outside [-180, 360]")
+
+
+def verify_cube(ds: xr.Dataset) -> list[str]:
+    """List every way ``ds`` departs from the esdc cube conventions.
+
+    The conventions are xcube's (CF; dims ``time, lat|y, lon|x``, spatial dims
+    last) plus esdc's provenance attributes:
+
+    - spatial dims ``(lat, lon)`` or ``(y, x)``, 1-D, monotonic, evenly spaced
+      coordinates with CF ``units``/``standard_name``;
+    - ``time`` (when present) is datetime64 and strictly increasing;
+    - every data variable ends in the spatial dims, has ``time`` first when it has
+      one, a ``units`` attribute and a ``grid_mapping`` naming an existing variable;
+      ``flag_values`` and ``flag_meanings`` agree in length;
+    - global ``Conventions`` names CF; provenance attributes ``esdc_*`` are present
+      and ``esdc_sources`` is a JSON list.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The cube (opened lazily; only coordinates are read).
+
+    Returns
+    -------
+    list of str
+        One message per problem; empty when the cube conforms.
+    """
+    problems: list[str] = []
+    spatial = next((p for p in _SPATIAL if all(d in ds.dims for d in p)), None)
+    if spatial is None:
+        problems.append(f"no spatial dims: expected (lat, lon) or (y, x), found {tuple(ds.dims)}")
+    else:
+        for d in spatial:
+            if d not in ds.coords:
+                problems.append(f"dim {d!r} has no coordinate variable")
+            else:
+                _check_axis(ds, d, problems)
+    if "time" in ds.dims:
+        if "time" not in ds.coords:
+            problems.append("dim 'time' has no coordinate variable")
+        else:
+            t = ds["time"].values
+            if not np.issubdtype(t.dtype, np.datetime64):
+                problems.append("coordinate 'time' is not decoded to datetime64")
+            elif t.size > 1 and not np.all(np.diff(t) > np.timedelta64(0, "ns")):
+                problems.append("coordinate 'time' is not strictly increasing")
+    if not ds.data_vars:
+        problems.append("the cube has no data variables")
+    for name, v in ds.data_vars.items():
+        if spatial is not None and tuple(v.dims[-2:]) != spatial:
+            problems.append(f"variable {name!r} has dims {v.dims}; they must end in {spatial}")
+        if "time" in v.dims and v.dims[0] != "time":
+            problems.append(f"variable {name!r} must have 'time' as its first dim, has {v.dims}")
+        if "units" not in v.attrs:
+            problems.append(f"variable {name!r} has no units attribute")
+        gm = v.attrs.get("grid_mapping")
+        if gm is None:
+            problems.append(f"variable {name!r} has no grid_mapping attribute")
+        elif gm not in ds.variables:
+            problems.append(f"variable {name!r} names grid_mapping {gm!r}, which is missing")
+        fv, fm = v.attrs.get("flag_values"), v.attrs.get("flag_meanings")
+        if (fv is None) != (fm is None):
+            problems.append(f"variable {name!r} has only one of flag_values/flag_meanings")
+        elif fv is not None and len(np.atleast_1d(fv)) != len(str(fm).split()):
+            problems.append(f"variable {name!r}: flag_values and flag_meanings differ in length")
+        if not (np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.bool_)):
+            problems.append(f"variable {name!r} has non-numeric dtype {v.dtype}")
+    if "CF-" not in str(ds.attrs.get("Conventions", "")):
+        problems.append("global attribute Conventions must name CF (e.g. 'CF-1.10')")
+    for key in _PROVENANCE:
+        if key not in ds.attrs:
+            problems.append(f"provenance attribute {key!r} is missing")
+    if "esdc_sources" in ds.attrs:
+        try:
+            if not isinstance(json.loads(ds.attrs["esdc_sources"]), list):
+                raise ValueError
+        except ValueError:
+            problems.append("attribute 'esdc_sources' is not a JSON list")
+    return problems
+
+
+def verify_store(path: str | Path) -> list[str]:
+    """Problems of a cube on disk: :func:`verify_cube` plus store-level checks.
+
+    Checks that the store is Zarr format 3 with consolidated metadata.
+
+    Returns
+    -------
+    list of str
+        Empty when the store conforms.
+    """
+    from esdc.store import open_cube
+
+    p = Path(path)
+    meta = p / "zarr.json"
+    if not meta.exists():
+        return [f"{p} is not a Zarr v3 store (no zarr.json)"]
+    problems = []
+    root = json.loads(meta.read_text())
+    if root.get("zarr_format") != 3:
+        problems.append(f"{p} is Zarr format {root.get('zarr_format')}, expected 3")
+    if "consolidated_metadata" not in root or root["consolidated_metadata"] is None:
+        problems.append(f"{p} has no consolidated metadata")
+    try:
+        ds = open_cube(p, consolidated=None)
+    except Exception as exc:  # noqa: BLE001 - any failure to open is a problem to report
+        return [*problems, f"{p} cannot be opened by xarray: {exc}"]
+    return problems + verify_cube(ds)
+
+
+def assert_cube(ds: xr.Dataset) -> xr.Dataset:
+    """Return ``ds`` if it conforms, else raise with every problem listed.
+
+    Raises
+    ------
+    EsdcError
+        Listing each problem found by :func:`verify_cube`.
+    """
+    problems = verify_cube(ds)
+    if problems:
+        raise EsdcError("the dataset is not a valid esdc cube:\n  " + "\n  ".join(problems))
+    return ds
