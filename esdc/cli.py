@@ -72,12 +72,11 @@ def build(
     """Build the cube a RECIPE describes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from esdc.build import build as run_build
-    from esdc.build import default_output
+    from esdc.build import default_output, plan
     from esdc.recipe import load_recipe
     from esdc.samples import SAMPLES
     from esdc.samples import fetch as fetch_samples
-    from esdc.store import check_target
+    from esdc.store import check_target, write_cube
 
     r = load_recipe(recipe)
     target = out_path or default_output(r)
@@ -86,6 +85,7 @@ def build(
         names = [s.sample for s in r.sources if s.sample in SAMPLES]
         if names:
             fetch_samples(names)
+    ds = plan(r, base_dir=recipe.resolve().parent)  # lazy: all input errors surface here
     client = _client(scheduler)
     try:
         out.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
@@ -97,8 +97,9 @@ def build(
             def on_region(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            path = run_build(r, target, overwrite=overwrite, client=client,
-                             base_dir=recipe.resolve().parent, on_region=on_region)
+            path = write_cube(ds, target, chunks=dict(r.output.chunks),
+                              compressor=r.output.compressor, overwrite=overwrite,
+                              client=client, on_region=on_region)
     finally:
         cluster = getattr(client, "cluster", None)
         client.close()

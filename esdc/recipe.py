@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pandas as pd
+import pyproj
 import yaml
 from pydantic import (
     BaseModel,
@@ -85,6 +86,16 @@ class TimeAxisSpec(_Model):
         return pd.date_range(self.start, self.end, freq=self.freq)
 
 
+def _check_crs(v: str | None) -> str | None:
+    if v is not None:
+        try:
+            pyproj.CRS.from_user_input(v)
+        except pyproj.exceptions.CRSError:
+            raise ValueError(f"unknown CRS {v!r}; use an authority code such as 'EPSG:4326' "
+                             "or 'IAU_2015:30100', a PROJ string or WKT") from None
+    return v
+
+
 class GridSpec(_Model):
     """The common grid: body, CRS, bounding box (outer edges), resolution, time axis."""
 
@@ -93,6 +104,8 @@ class GridSpec(_Model):
     bbox: BBox
     resolution: PositiveFloat | tuple[PositiveFloat, PositiveFloat]
     time: TimeAxisSpec | None = None
+
+    _crs = field_validator("crs")(_check_crs)
 
     @field_validator("bbox")
     @classmethod
@@ -146,6 +159,8 @@ class GeoreferenceSpec(_Model):
     bbox: BBox
     row_order: Literal["north_up", "south_up"] = "north_up"
     dims: list[Identifier] | None = None
+
+    _crs = field_validator("crs")(_check_crs)
 
 
 class VariableSpec(_Model):
