@@ -92,14 +92,13 @@ def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
             if spec.time == "series":
                 da = align_series(da, grid, f"sources.{spec.name}")
             da = regrid(da, geo, grid, var.resampling, flag_values=var.flag_values)
+            da = da.drop_vars([c for c in da.coords if c not in da.dims])
+            da.attrs = {**cf_attrs(var, spec.name), "grid_mapping": "crs"}
             if spec.time == "climatology_monthly":
                 da = place_climatology(da, grid)
                 da.attrs["esdc_time_placement"] = (
                     "monthly climatology: each time step holds the climatology of its month "
                     "of year")
-            da = da.drop_vars([c for c in da.coords if c not in da.dims])
-            da.attrs = {**cf_attrs(var, spec.name), "grid_mapping": "crs"}
-            if spec.time == "climatology_monthly":
                 da.attrs["cell_methods"] = (
                     da.attrs.get("cell_methods", "") + " time: mean within years "
                     "time: mean over years").strip()

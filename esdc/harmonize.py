@@ -73,7 +73,8 @@ def place_climatology(data: xr.DataArray, grid: Grid) -> xr.DataArray:
         If the ``month`` dim is not of length 12.
     """
     if data.sizes.get("month") != 12:
-        raise SourceError(f"a monthly climatology needs a `month` dim of 12, got {dict(data.sizes)}")
+        raise SourceError(
+            f"a monthly climatology needs a `month` dim of 12, got {dict(data.sizes)}")
     assert grid.time is not None
     months = pd.DatetimeIndex(np.array(grid.time)).month.to_numpy() - 1
     out = data.isel(month=xr.DataArray(months, dims="time")).drop_vars("month", errors="ignore")

@@ -123,7 +123,9 @@ class GridSpec(_Model):
             self.resolution, float) else self.resolution
         nx, ny = round((e - w) / dx), round((n - s) / dy)
         if nx < 1 or ny < 1:
-            raise ValueError(f"grid of {ny} x {nx} cells: the resolution is larger than the bbox")
+            raise ValueError(f"grid.resolution {self.resolution} gives {ny} x {nx} cells in "
+                             f"grid.bbox {list(self.bbox)}; use a resolution smaller than "
+                             "the bbox")
         if nx * ny > 2_000_000_000:
             raise ValueError(f"grid of {ny} x {nx} cells is too large (over 2e9 cells)")
         if self.crs is None and self.body not in BODY_CRS:

@@ -3,9 +3,11 @@
 Methods, in the field's words:
 
 ``nearest``
-    nearest neighbour (pyresample gradient search, ``nn``).
+    nearest neighbour within 0.75 source pixel (pyresample
+    ``KDTreeNearestXarrayResampler``, lazy).
 ``bilinear``
-    bilinear interpolation (pyresample gradient search, ``bilinear``).
+    bilinear interpolation (pyresample gradient search, lazy); target cells
+    beyond the outermost source pixel centres are NaN.
 ``bucket_average``
     mean of the source pixels whose centres fall in each target cell (area mean
     when downsampling; pyresample ``BucketResampler.get_average``). NaN is skipped.
@@ -73,20 +75,52 @@ def aligned_blocks(source: Geolocated, grid: Grid) -> tuple[int, int, int, int] 
     return fy, fx, row0, col0  # type: ignore[return-value]
 
 
+def _box_overlap(a: Sequence[float], b: Sequence[float], geographic: bool) -> bool:
+    """Whether boxes ``a`` and ``b`` (west, south, east, north) intersect.
+
+    In a geographic CRS a box with ``west > east`` crosses the antimeridian (as
+    :meth:`pyproj.Transformer.transform_bounds` returns it); it is then taken to span
+    every longitude, which can only say "overlap" too often, never too rarely.
+    """
+    aw, as_, ae, an = a
+    bw, bs, be, bn = b
+    if geographic and (aw > ae or bw > be):
+        aw, ae, bw, be = -np.inf, np.inf, -np.inf, np.inf
+    return bool(aw < be and ae > bw and as_ < bn and an > bs)
+
+
+def _transformed(box: Sequence[float], src: pyproj.CRS,
+                 dst: pyproj.CRS) -> tuple[float, float, float, float] | None:
+    """``box`` in ``src`` as an envelope in ``dst``, or None when it cannot be told."""
+    try:
+        tr = pyproj.Transformer.from_crs(src, dst, always_xy=True)
+        out = tr.transform_bounds(*box, densify_pts=21)
+    except pyproj.exceptions.ProjError:
+        return None
+    return out if np.all(np.isfinite(out)) else None
+
+
 def overlaps(source: Geolocated, grid: Grid) -> bool:
-    """True when the source's footprint intersects the grid's bounding box."""
-    west, south, east, north = source.bbox
-    if not source.crs.equals(grid.pyproj_crs, ignore_axis_order=True):
-        try:
-            tr = pyproj.Transformer.from_crs(source.crs, grid.pyproj_crs, always_xy=True)
-            west, south, east, north = tr.transform_bounds(west, south, east, north,
-                                                           densify_pts=21)
-        except pyproj.exceptions.ProjError:
-            return True  # cannot tell; let the resampler decide
-        if not np.all(np.isfinite([west, south, east, north])):
-            return True
-    gw, gs, ge, gn = grid.bbox
-    return west < ge and east > gw and south < gn and north > gs
+    """True when the source's footprint intersects the grid's bounding box.
+
+    With different CRSs both boxes are compared in both CRSs: the envelope of a
+    source band around a pole (or of a polar grid in degrees) is much larger than
+    the area itself, so either comparison alone can report an overlap that is not
+    there. Where a transformation is impossible or not finite, that comparison
+    counts as an overlap (the resampler decides).
+    """
+    gcrs = grid.pyproj_crs
+    if source.crs.equals(gcrs, ignore_axis_order=True):
+        return _box_overlap(source.bbox, grid.bbox, False)
+    src_in_grid = _transformed(source.bbox, source.crs, gcrs)
+    if src_in_grid is not None and not _box_overlap(src_in_grid, grid.bbox,
+                                                     bool(gcrs.is_geographic)):
+        return False
+    grid_in_src = _transformed(grid.bbox, gcrs, source.crs)
+    if grid_in_src is not None and not _box_overlap(source.bbox, grid_in_src,
+                                                     bool(source.crs.is_geographic)):
+        return False
+    return True
 
 
 def _block_mode(block: np.ndarray, fy: int, fx: int, cats: np.ndarray, fill: int) -> np.ndarray:
@@ -130,13 +164,25 @@ def _pyresample(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
                 cats: np.ndarray | None) -> xr.DataArray:
     src_area = source.area_definition()
     dst_area = grid.area_definition()
-    if method in ("nearest", "bilinear"):
+    if method == "nearest":
+        from pyresample.future.resamplers.nearest import KDTreeNearestXarrayResampler
+
+        # Search radius: 0.75 source pixel (just over the half-diagonal), in metres
+        # on the body's sphere for geographic sources.
+        step = max(source.resolution)
+        if source.crs.is_geographic:
+            step = np.deg2rad(step) * source.crs.ellipsoid.semi_major_metre
+        arr = xr.DataArray(data.data.astype("float32"), dims=(*data.dims[:-2], "y", "x"))
+        out = KDTreeNearestXarrayResampler(src_area, dst_area).resample(
+            arr, radius_of_influence=0.75 * step, fill_value=np.nan)
+        return xr.DataArray(out.data, dims=data.dims)
+    if method == "bilinear":
         from pyresample.gradient import create_gradient_search_resampler
 
         resampler = create_gradient_search_resampler(src_area, dst_area)
         arr = data.rename({source.ydim: "y", source.xdim: "x"}).astype("float32")
         out = resampler.resample(arr.drop_vars(["y", "x"], errors="ignore"),
-                                 method="bilinear" if method == "bilinear" else "nn",
+                                 method="bilinear",
                                  fill_value=np.nan)
         return xr.DataArray(out.data, dims=data.dims)
     from pyresample.bucket import BucketResampler
@@ -156,9 +202,10 @@ def _pyresample(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
             fr = resampler.get_fractions(plane, categories=list(cats), fill_value=np.nan)
             stack = da.stack([fr[c] for c in cats])
             valid = da.isfinite(stack).any(axis=0)
-            idx = da.argmax(da.nan_to_num(stack, nan=-1.0), axis=0)
+            idx = da.argmax(da.where(da.isnan(stack), -1.0, stack), axis=0)
             fill = _mode_fill(data.dtype)
-            planes.append(da.where(valid, da.asarray(cats)[idx], fill).astype(data.dtype))
+            classes = idx.map_blocks(lambda i, c=cats: c[i], dtype=cats.dtype)
+            planes.append(da.where(valid, classes, fill).astype(data.dtype))
     out = da.stack(planes).reshape((*lead_shape, *grid.shape))
     return xr.DataArray(out, dims=data.dims)
 

@@ -42,6 +42,12 @@ def check_target(target: Path, overwrite: bool) -> None:
             "new one is complete) or choose another --out."
         )
     parent = target.parent
+    blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise OutputPathError(
+            f"cannot write the cube into {parent}: {blocker} is a file, not a folder. Choose "
+            "a writable --out path."
+        )
     try:
         parent.mkdir(parents=True, exist_ok=True)
         probe = parent / f".esdc-probe-{uuid.uuid4().hex[:8]}"

@@ -141,10 +141,11 @@ def verify_store(path: str | Path) -> list[str]:
     root = json.loads(meta.read_text())
     if root.get("zarr_format") != 3:
         problems.append(f"{p} is Zarr format {root.get('zarr_format')}, expected 3")
-    if "consolidated_metadata" not in root or root["consolidated_metadata"] is None:
+    consolidated = root.get("consolidated_metadata") is not None
+    if not consolidated:
         problems.append(f"{p} has no consolidated metadata")
     try:
-        ds = open_cube(p, consolidated=None)
+        ds = open_cube(p, consolidated=consolidated)
     except Exception as exc:  # noqa: BLE001 - any failure to open is a problem to report
         return [*problems, f"{p} cannot be opened by xarray: {exc}"]
     return problems + verify_cube(ds)

@@ -37,9 +37,10 @@ def open_netcdf(spec: SourceSpec, path: Path) -> Geolocated:
     Raises
     ------
     SourceError
-        If the file is not NetCDF/HDF5, or its dims do not match the declaration.
+        If the file is not NetCDF/HDF5, lacks a variable the recipe names, or its
+        dims do not match the declaration.
     """
-    names = [v.source for v in spec.variables]
+    names = list(dict.fromkeys(v.source for v in spec.variables))
     try:
         if spec.format == "hdf5":
             ds = xr.open_dataset(path, engine="h5netcdf", phony_dims="sort", chunks={},
@@ -51,12 +52,19 @@ def open_netcdf(spec: SourceSpec, path: Path) -> Geolocated:
             f"sources.{spec.name}: {path} is not a readable {spec.format.upper()} file "
             f"({type(exc).__name__}: {str(exc)[:200]}); check the file and `format`."
         ) from None
-    present = [n for n in names if n in ds.data_vars]
-    ds = ds[present]
+    missing = [n for n in names if n not in ds.data_vars]
+    if missing:
+        have = sorted(map(str, ds.data_vars))
+        ds.close()
+        raise SourceError(
+            f"sources.{spec.name}: variable(s) {missing} not in {path}; it has {have}. "
+            "Fix `source:` of the variable in the recipe."
+        )
+    ds = ds[names]
     geo = spec.georeference
     if geo is not None and geo.dims is not None:
         renamed = {}
-        for n in present:
+        for n in names:
             da = ds[n]
             if da.ndim != len(geo.dims):
                 raise SourceError(

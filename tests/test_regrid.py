@@ -1,0 +1,131 @@
+from pathlib import Path
+
+import numpy as np
+import pyproj
+import pytest
+import xarray as xr
+
+from esdc.build import plan
+from esdc.errors import RegridError
+from esdc.grid import Grid
+from esdc.harmonize import decode
+from esdc.recipe import SourceSpec, load_recipe
+from esdc.regrid import aligned_blocks, regrid
+from esdc.sources import Geolocated, open_source
+from esdc.testing import raise_if_dask_computes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic(values: np.ndarray, bbox=(0.0, 0.0, 8.0, 4.0)) -> Geolocated:
+    ny, nx = values.shape
+    w, s, e, n = bbox
+    lat = n - (np.arange(ny) + 0.5) * (n - s) / ny
+    lon = w + (np.arange(nx) + 0.5) * (e - w) / nx
+    ds = xr.Dataset({"v": (("lat", "lon"), values)}, coords={"lat": lat, "lon": lon})
+    return Geolocated(ds.chunk({"lat": 20, "lon": 40}), pyproj.CRS.from_epsg(4326), "lat", "lon",
+                      Path("synthetic"))
+
+
+def test_fast_path_equals_pyresample_bucket_average():
+    rng = np.random.default_rng(1)
+    vals = rng.random((40, 80)).astype("float32")
+    vals[3, 7] = np.nan
+    src = synthetic(vals)
+    grid = Grid.from_bbox("earth", "EPSG:4326", (0, 0, 8, 4), 0.5)
+    assert aligned_blocks(src, grid) == (5, 5, 0, 0)
+    fast = regrid(src.data["v"], src, grid, "bucket_average").values
+    slow = regrid(src.data["v"], src, grid, "bucket_average", fast_path=False).values
+    assert fast.shape == (8, 16)
+    np.testing.assert_allclose(fast, slow, rtol=1e-5)
+    block = vals[:5, 5:10]
+    np.testing.assert_allclose(fast[0, 1], np.nanmean(block), rtol=1e-5)
+
+
+def test_fast_path_equals_pyresample_bucket_mode():
+    rng = np.random.default_rng(2)
+    # each 5x5 block has a clear majority class (no ties), plus noise
+    major = rng.integers(0, 3, size=(8, 16)).astype("uint8")
+    vals = np.kron(major, np.ones((5, 5), dtype="uint8"))
+    noise = rng.random(vals.shape) < 0.3
+    vals[noise] = rng.integers(0, 3, size=noise.sum())
+    src = synthetic(vals)
+    grid = Grid.from_bbox("earth", "EPSG:4326", (0, 0, 8, 4), 0.5)
+    fast = regrid(src.data["v"], src, grid, "bucket_mode", flag_values=[0, 1, 2]).values
+    slow = regrid(src.data["v"], src, grid, "bucket_mode", flag_values=[0, 1, 2],
+                  fast_path=False).values
+    assert fast.dtype == np.uint8
+    np.testing.assert_array_equal(fast, slow)
+    np.testing.assert_array_equal(fast, major)
+
+
+def test_bilinear_reproduces_a_linear_field():
+    lat = np.arange(9.5, -10, -1.0)
+    lon = np.arange(-9.5, 10, 1.0)
+    field = (lon[None, :] + 2 * lat[:, None]).astype("float32")
+    src = synthetic(field, bbox=(-10, -10, 10, 10))
+    grid = Grid.from_bbox("earth", "EPSG:4326", (-5, -5, 5, 5), 0.25)
+    out = regrid(src.data["v"], src, grid, "bilinear")
+    expect = grid.x[None, :] + 2 * grid.y[:, None]
+    np.testing.assert_allclose(out.values, expect, atol=1e-3)
+    assert out.dims == ("lat", "lon")
+
+
+def test_nearest_takes_source_values():
+    rng = np.random.default_rng(3)
+    vals = rng.random((20, 20)).astype("float32")
+    src = synthetic(vals, bbox=(-10, -10, 10, 10))
+    grid = Grid.from_bbox("earth", "EPSG:4326", (-10, -10, 10, 10), 0.5)
+    out = regrid(src.data["v"], src, grid, "nearest").values
+    np.testing.assert_array_equal(out[::2, ::2], vals)
+
+
+def test_leading_dims_kept():
+    vals = np.stack([np.full((40, 80), k, "float32") for k in range(3)])
+    src = synthetic(vals[0])
+    data = xr.DataArray(vals, dims=("month", "lat", "lon"),
+                        coords={"lat": src.data.lat, "lon": src.data.lon}).chunk()
+    grid = Grid.from_bbox("earth", "EPSG:4326", (0, 0, 8, 4), 1.0)
+    for method in ("bucket_average", "bilinear"):
+        out = regrid(data, src, grid, method)
+        assert out.dims == ("month", "lat", "lon")
+        assert np.nanmax(np.abs(out.values - np.arange(3)[:, None, None])) < 1e-5
+
+
+def test_unknown_method():
+    src = synthetic(np.zeros((40, 80), "float32"))
+    grid = Grid.from_bbox("earth", "EPSG:4326", (0, 0, 8, 4), 1.0)
+    with pytest.raises(RegridError, match="cubic"):
+        regrid(src.data["v"], src, grid, "cubic")
+
+
+@pytest.mark.parametrize("sample, spec_kw, var", [
+    ("pvlib-linke-turbidity", dict(format="hdf5", georeference=dict(
+        bbox=[-180, -90, 180, 90], dims=["lat", "lon", "month"])),
+     dict(source="LinkeTurbidity", scale_factor=0.05)),
+    ("bmng", dict(format="image", bands=["red", "green", "blue"],
+                  georeference=dict(bbox=[-180, -90, 180, 90])), dict(source="red")),
+])
+def test_bucket_average_preserves_area_weighted_mean(samples, sample, spec_kw, var):
+    """Area mean of the field on the grid equals the source's within 1 %."""
+    spec = SourceSpec(name="s", sample=sample, variables=[dict(
+        name="v", resampling="bucket_average", units="1", **var)], **spec_kw)
+    geo = open_source(spec)
+    raw = decode(geo.data[var["source"]], spec.variables[0])
+    if "month" in raw.dims:
+        raw = raw.isel(month=6)
+    grid = Grid.from_bbox("earth", "EPSG:4326", (-180, -90, 180, 90), 1.0)
+    out = regrid(raw, geo, grid, "bucket_average")
+    src_w = np.cos(np.deg2rad(geo.data["lat"]))
+    src_mean = float(raw.weighted(src_w).mean())
+    dst_mean = float(out.weighted(xr.DataArray(grid.cell_area_weights()[:, 0],
+                                               dims="lat")).mean())
+    assert dst_mean == pytest.approx(src_mean, rel=0.01)
+
+
+def test_building_the_recipe_graph_computes_nothing(samples):
+    recipe = load_recipe(ROOT / "recipes" / "earth.yaml")
+    with raise_if_dask_computes():
+        ds = plan(recipe)
+    assert set(ds.data_vars) >= {"altitude", "koppen_class", "sst", "linke_turbidity"}
+    assert all(v.chunks is not None for v in ds.data_vars.values())
