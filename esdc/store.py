@@ -8,6 +8,7 @@ half-written: a failed build leaves it as it was.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import uuid
@@ -154,28 +155,27 @@ def write_cube(
                    encoding=enc)
         ydim, xdim = next((y, x) for y, x in (("lat", "lon"), ("y", "x")) if y in ds.dims)
         spatial = [v for v in ds.data_vars if ydim in ds[v].dims]
-        writes = []
-        for ysl in regions(ds, ydim, chunks.get(ydim, ds.sizes[ydim])):
-            for xsl in regions(ds, xdim, chunks.get(xdim, ds.sizes[xdim])):
-                part = ds[spatial].isel({ydim: ysl, xdim: xsl})
-                part = part.drop_vars([c for c in part.coords
-                                       if not {ydim, xdim} <= set(part[c].dims)])
-                writes.append(part.to_zarr(tmp, region={ydim: ysl, xdim: xsl}, compute=False,
-                                           zarr_format=3, consolidated=False))
-        if client is not None:
-            from distributed import as_completed
+        tiles = [(ysl, xsl)
+                 for ysl in regions(ds, ydim, chunks.get(ydim, ds.sizes[ydim]))
+                 for xsl in regions(ds, xdim, chunks.get(xdim, ds.sizes[xdim]))]
 
-            futures = client.compute(writes)
-            for done, fut in enumerate(as_completed(futures), start=1):
-                fut.result()
-                if on_region:
-                    on_region(done, len(writes))
-        else:
-            import dask
+        def region_write(ysl: slice, xsl: slice) -> Any:
+            part = ds[spatial].isel({ydim: ysl, xdim: xsl})
+            part = part.drop_vars([c for c in part.coords
+                                   if not {ydim, xdim} <= set(part[c].dims)])
+            # Every chunk is stored, even all-fill ones, so a missing chunk file always
+            # means a lost write and is detected below.
+            return part.to_zarr(tmp, region={ydim: ysl, xdim: xsl}, compute=False,
+                                zarr_format=3, consolidated=False, write_empty_chunks=True)
 
-            dask.compute(*writes)
-            if on_region:
-                on_region(len(writes), len(writes))
+        _run([region_write(*t) for t in tiles], client, on_region)
+        lost = _missing_tiles(tmp, ds, spatial, tiles, ydim, xdim, chunks)
+        if lost:  # rewrite lost regions once, then give up loudly
+            _run([region_write(*t) for t in lost], client, None)
+            lost = _missing_tiles(tmp, ds, spatial, lost, ydim, xdim, chunks)
+            if lost:
+                raise OSError(f"region writes of {len(lost)} tile(s) were lost twice; the "
+                              f"cube was not committed: {lost[:3]}")
         with warnings.catch_warnings():
             # Consolidated metadata is not (yet) in the Zarr v3 spec; zarr-python and
             # xarray read it, and it makes opening a cube one read.
@@ -192,6 +192,42 @@ def write_cube(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _run(writes: list[Any], client: Any, on_region: Callable[[int, int], None] | None) -> None:
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.compute(writes)
+        for done, fut in enumerate(as_completed(futures), start=1):
+            fut.result()
+            if on_region:
+                on_region(done, len(writes))
+    else:
+        import dask
+
+        dask.compute(*writes)
+        if on_region:
+            on_region(len(writes), len(writes))
+
+
+def _missing_tiles(store: Path, ds: xr.Dataset, names: list[Any],
+                   tiles: list[tuple[slice, slice]], ydim: str, xdim: str,
+                   chunks: dict[str, int]) -> list[tuple[slice, slice]]:
+    """Tiles for which some variable lacks a chunk file (a lost region write)."""
+    lost = []
+    for ysl, xsl in tiles:
+        for name in names:
+            v = ds[name]
+            lead = [range(0, -(-v.sizes[d] // chunks.get(str(d), v.sizes[d])))
+                    for d in v.dims[:-2]]
+            iy = ysl.start // chunks.get(ydim, ds.sizes[ydim])
+            ix = xsl.start // chunks.get(xdim, ds.sizes[xdim])
+            keys = [(*k, iy, ix) for k in itertools.product(*lead)]
+            if any(not (store / str(name) / "c" / "/".join(map(str, k))).exists() for k in keys):
+                lost.append((ysl, xsl))
+                break
+    return lost
 
 
 def open_cube(path: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
