@@ -11,6 +11,7 @@ from typing import Any
 
 import xarray as xr
 
+from esdc.derive import FUNCTIONS
 from esdc.errors import RegridError
 from esdc.grid import Grid
 from esdc.harmonize import align_series, cf_attrs, decode, place_climatology
@@ -102,7 +103,22 @@ def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
                 da.attrs["cell_methods"] = (
                     da.attrs.get("cell_methods", "") + " time: mean within years "
                     "time: mean over years").strip()
-            variables[var.name] = da
+            if var.name in variables:  # combine: first_valid (validated in the recipe)
+                first = variables[var.name]
+                merged = first.fillna(da)
+                merged.attrs = {**first.attrs, "esdc_source": f"{first.attrs['esdc_source']} "
+                                f"then {spec.name} (first valid value)"}
+                variables[var.name] = merged
+            else:
+                variables[var.name] = da
+    for d in recipe.derived:
+        out = FUNCTIONS[d.function]([variables[n] for n in d.inputs], grid, **d.params)
+        out.attrs = {"long_name": d.long_name or d.name.replace("_", " "), "units": d.units,
+                     **({"standard_name": d.standard_name} if d.standard_name else {}),
+                     **({"comment": d.comment} if d.comment else {}),
+                     "esdc_derived": f"{d.function}({', '.join(d.inputs)})",
+                     "grid_mapping": "crs"}
+        variables[d.name] = out.astype("float32")
     coords = grid.coords()
     ds = xr.Dataset(variables, coords={k: v for k, v in coords.items() if k != "time_bnds"})
     if "time_bnds" in coords:

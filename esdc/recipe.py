@@ -33,6 +33,7 @@ from esdc.grid import BODY_CRS, Grid
 __all__ = [
     "RESAMPLING_METHODS",
     "CompressorSpec",
+    "DerivedSpec",
     "GeoreferenceSpec",
     "GridSpec",
     "OutputSpec",
@@ -183,6 +184,7 @@ class VariableSpec(_Model):
     flag_values: list[int] | None = None
     flag_meanings: list[Identifier] | None = None
     comment: str | None = None
+    combine: Literal["error", "first_valid"] = "error"
 
     @model_validator(mode="after")
     def _check(self) -> VariableSpec:
@@ -235,6 +237,24 @@ class SourceSpec(_Model):
         return self
 
 
+class DerivedSpec(_Model):
+    """A layer computed on the common grid from other cube variables.
+
+    ``function`` names an entry of :data:`esdc.derive.FUNCTIONS` (e.g. ``slope``,
+    ``roughness``, ``accumulate``); ``inputs`` are cube variable names; ``params``
+    are the function's keyword arguments.
+    """
+
+    name: Identifier
+    function: str
+    inputs: Annotated[list[Identifier], Field(min_length=1)]
+    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    units: str
+    standard_name: str | None = None
+    long_name: str | None = None
+    comment: str | None = None
+
+
 class CompressorSpec(_Model):
     """Blosc compressor of the Zarr store (zarr.codecs.BloscCodec)."""
 
@@ -271,6 +291,7 @@ class Recipe(_Model):
     license: str = "see esdc_sources"
     grid: GridSpec
     sources: Annotated[list[SourceSpec], Field(min_length=1)]
+    derived: list[DerivedSpec] = Field(default_factory=list)
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     @model_validator(mode="after")
@@ -279,10 +300,27 @@ class Recipe(_Model):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"source names must be unique; repeated: {sorted(dup)}")
-        vnames = [v.name for s in self.sources for v in s.variables]
-        dup = {n for n in vnames if vnames.count(n) > 1}
+        variables = [v for s in self.sources for v in s.variables]
+        vnames = [v.name for v in variables]
+        dup = {v.name for v in variables if vnames.count(v.name) > 1 and v.combine == "error"}
         if dup:
-            raise ValueError(f"variable names must be unique; repeated: {sorted(dup)}")
+            raise ValueError(f"variable names must be unique; repeated: {sorted(dup)} (to merge "
+                             "several sources into one variable give each `combine: "
+                             "first_valid`)")
+        from esdc.derive import FUNCTIONS
+
+        known = set(vnames)
+        for i, d in enumerate(self.derived):
+            if d.function not in FUNCTIONS:
+                raise ValueError(f"derived[{i}].function: {d.function!r} is unknown; use one of "
+                                 f"{sorted(FUNCTIONS)}")
+            missing = [n for n in d.inputs if n not in known]
+            if missing:
+                raise ValueError(f"derived[{i}].inputs: {missing} are not variables defined "
+                                 "before it")
+            if d.name in known:
+                raise ValueError(f"derived[{i}].name: {d.name!r} is already a variable")
+            known.add(d.name)
         for i, s in enumerate(self.sources):
             if s.time != "static" and self.grid.time is None:
                 raise ValueError(f"sources[{i}] ({s.name}) has time {s.time!r} but the grid has "

