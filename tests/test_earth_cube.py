@@ -74,6 +74,9 @@ def test_altitude(ds):
 
 
 def test_land_fraction(ds):
+    # an indicator mean over a gap-free source: every cell has a value (no lost chunk)
+    assert int(ds.land_fraction.isnull().sum()) == 0
+    assert int((ds.koppen_class == 255).sum()) == 0
     w = xr.DataArray(np.cos(np.deg2rad(ds.lat.values)), dims="lat", coords={"lat": ds.lat})
     frac = float(ds.land_fraction.weighted(w).mean())
     assert 0.27 <= frac <= 0.31
