@@ -1,0 +1,10 @@
+"""Machine learning on cubes: patch streaming, framework adapters, training on Dask.
+
+Heavy frameworks (torch, tensorflow, scikit-learn) are imported lazily by their
+adapters; the error names the extra to install.
+"""
+
+from esdc.ml.patches import Patch, PatchStream, block_splits
+from esdc.ml.stats import cube_statistics, write_statistics
+
+__all__ = ["Patch", "PatchStream", "block_splits", "cube_statistics", "write_statistics"]

@@ -1,0 +1,334 @@
+"""Chunk-aligned patch streaming from a cube: the fast data path into ML frameworks.
+
+Patches are *defined* with xbatcher's :class:`xbatcher.generators.BatchSchema`
+(input dims, overlap) and *read* chunk-aligned: a work unit is one band of Zarr
+chunk rows (all columns) for one time chunk; its variables are read once with
+``zarr`` (each chunk decompressed once, plus the ``patch - 1`` rows below the band)
+and every patch whose origin lies in the band is cut from memory. Units are
+shuffled with a seed and split disjointly across shards (DataLoader workers ×
+Dask workers / ranks); patches go through a seeded shuffle buffer. Memory is
+bounded by one unit plus the buffer, never by the cube.
+
+Reading one patch at a time decompresses a whole chunk per patch — that, not
+Python, makes plain xbatcher slow (../shared/STACK.md: ~156 patches/s vs ~85,000/s
+for whole-chunk reads); ``benchmarks/bench_batches.py`` measures the difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from esdc.errors import EsdcError
+from esdc.ml.stats import normalisation, read_statistics
+
+__all__ = ["Patch", "PatchStream", "block_splits"]
+
+Split = Literal["train", "validation", "test"]
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One patch and where it is.
+
+    Attributes
+    ----------
+    data : numpy.ndarray
+        ``(C, ph, pw)`` float32, channels in the order of ``PatchStream.variables``,
+        normalised (``(x - mean) / std`` from the cube's statistics) unless disabled;
+        invalid cells hold ``fill_value``.
+    valid : numpy.ndarray
+        ``(C, ph, pw)`` bool, False where the cube is NaN.
+    t : int or None
+        Time index in the cube (None for a static cube).
+    y, x : int
+        Row and column index of the patch's upper-left cell in the cube.
+    """
+
+    data: np.ndarray
+    valid: np.ndarray
+    t: int | None
+    y: int
+    x: int
+
+
+def block_splits(shape: tuple[int, int], patch: tuple[int, int], block: tuple[int, int],
+                 fractions: Sequence[float] = (0.7, 0.15, 0.15),
+                 seed: int = 0) -> np.ndarray:
+    """Assign spatial blocks to train / validation / test.
+
+    The grid is cut into blocks of ``block`` cells; blocks are shuffled with ``seed``
+    and given to the splits in proportion to ``fractions``. A patch belongs to a
+    split only if it lies wholly inside one block, so neighbouring patches never
+    straddle splits (spatial autocorrelation; Roberts et al. 2017, Ecography 40,
+    913-929, "Cross-validation strategies for data with temporal, spatial,
+    hierarchical, or phylogenetic structure").
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Grid ``(ny, nx)`` in cells.
+    patch : (int, int)
+        Patch ``(ph, pw)`` in cells (used to check that a block holds a patch).
+    block : (int, int)
+        Block ``(bh, bw)`` in cells, at least the patch size.
+    fractions : 3 floats
+        Shares of blocks for train, validation, test (normalised to sum 1).
+    seed : int
+        Random seed.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(nby, nbx)`` int8 block labels: 0 train, 1 validation, 2 test.
+
+    Raises
+    ------
+    EsdcError
+        If a block is smaller than a patch or the fractions are invalid.
+    """
+    if block[0] < patch[0] or block[1] < patch[1]:
+        raise EsdcError(f"split block {block} is smaller than the patch {patch}.")
+    f = np.asarray(fractions, dtype=float)
+    if f.shape != (3,) or np.any(f < 0) or f.sum() <= 0:
+        raise EsdcError(f"split fractions {list(fractions)} must be 3 non-negative numbers.")
+    nby, nbx = -(-shape[0] // block[0]), -(-shape[1] // block[1])
+    n = nby * nbx
+    order = np.random.default_rng(seed).permutation(n)
+    bounds = np.round(np.cumsum(f / f.sum()) * n).astype(int)
+    labels = np.empty(n, dtype=np.int8)
+    labels[order[: bounds[0]]] = 0
+    labels[order[bounds[0]: bounds[1]]] = 1
+    labels[order[bounds[1]:]] = 2
+    return labels.reshape(nby, nbx)
+
+
+@dataclass
+class PatchStream:
+    """Stream patches of ``variables`` from a Zarr cube, chunk-aligned and shuffled.
+
+    Parameters
+    ----------
+    cube : str or pathlib.Path
+        The cube's Zarr store (built by esdc).
+    variables : sequence of str
+        Channels; time-varying ``(time, y, x)`` and static ``(y, x)`` variables may be
+        mixed (static ones repeat at every time step).
+    patch : (int, int)
+        Patch size ``(ph, pw)`` in grid cells.
+    overlap : (int, int)
+        Overlap of neighbouring patches in cells (stride = patch - overlap).
+    seed : int
+        Seed of the unit order and the shuffle buffer (same seed, same order).
+    shuffle : bool
+        Shuffle units and patches; ``False`` streams in cube order.
+    buffer_size : int
+        Patches held in the shuffle buffer.
+    normalize : bool
+        Normalise with the ``esdc_statistics`` stored in the cube
+        (:func:`esdc.ml.stats.write_statistics`); computed on the fly if absent.
+    fill_value : float
+        Value put where the cube is NaN (after normalisation: 0 = the mean).
+    min_valid_fraction : float
+        Skip patches with a smaller fraction of valid cells (over all channels).
+    split : {"train", "validation", "test"}, optional
+        Keep only patches of this spatial split (:func:`block_splits` with
+        ``split_block``, ``split_fractions``, ``split_seed``).
+    shard, num_shards : int
+        This stream reads units ``shard, shard + num_shards, ...`` of the shuffled
+        unit list: shards are disjoint and together complete.
+
+    Raises
+    ------
+    EsdcError
+        If a variable is missing, the patch is larger than the grid, or the
+        variables do not share the spatial grid.
+    """
+
+    cube: str | Path
+    variables: Sequence[str]
+    patch: tuple[int, int] = (64, 64)
+    overlap: tuple[int, int] = (0, 0)
+    seed: int = 0
+    shuffle: bool = True
+    buffer_size: int = 4096
+    normalize: bool = True
+    fill_value: float = 0.0
+    min_valid_fraction: float = 0.0
+    split: Split | None = None
+    split_block: tuple[int, int] | None = None
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_seed: int = 0
+    shard: int = 0
+    num_shards: int = 1
+    _ds: xr.Dataset = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from esdc.store import open_cube
+
+        self.variables = list(self.variables)
+        self._ds = open_cube(self.cube)
+        missing = [v for v in self.variables if v not in self._ds.data_vars]
+        if missing:
+            raise EsdcError(f"variables {missing} are not in the cube {self.cube}; it has "
+                            f"{sorted(map(str, self._ds.data_vars))}.")
+        spatial = {self._ds[v].dims[-2:] for v in self.variables}
+        if len(spatial) != 1:
+            raise EsdcError(f"variables {self.variables} do not share spatial dims: {spatial}.")
+        self.ydim, self.xdim = next(iter(spatial))
+        self.ny, self.nx = self._ds.sizes[self.ydim], self._ds.sizes[self.xdim]
+        ph, pw = self.patch
+        if ph < 1 or pw < 1 or ph > self.ny or pw > self.nx:
+            raise EsdcError(f"patch {self.patch} does not fit the grid ({self.ny}, {self.nx}); "
+                            "choose a patch size between 1 and the grid size.")
+        if not (0 <= self.overlap[0] < ph and 0 <= self.overlap[1] < pw):
+            raise EsdcError(f"overlap {self.overlap} must be >= 0 and smaller than the patch.")
+        if not 0 <= self.shard < self.num_shards:
+            raise EsdcError(f"shard {self.shard} is not in 0..{self.num_shards - 1}.")
+        self.has_time = any("time" in self._ds[v].dims for v in self.variables)
+        self.nt = self._ds.sizes["time"] if self.has_time else 1
+        self._group = zarr.open_group(str(self.cube), mode="r")
+        self.band = int(self._group[self.variables[0]].chunks[-2])
+        tvars = [v for v in self.variables if "time" in self._ds[v].dims]
+        self.tchunk = int(self._group[tvars[0]].chunks[0]) if tvars else 1
+        self._origins = self._patch_origins()
+        if self.normalize:
+            stats = read_statistics(self._ds, self.variables)
+            if stats is None:
+                from esdc.ml.stats import cube_statistics
+
+                stats = cube_statistics(self._ds, self.variables)
+            self._mean, self._scale = normalisation(stats, self.variables)
+        else:
+            c = len(self.variables)
+            self._mean, self._scale = np.zeros(c, "float32"), np.ones(c, "float32")
+
+    # ------------------------------------------------------------------ geometry
+    def _patch_origins(self) -> np.ndarray:
+        """``(N, 2)`` (y0, x0) of every patch in one time step, from xbatcher's schema."""
+        from xbatcher.generators import BatchSchema
+
+        skeleton = xr.Dataset(coords={self.ydim: np.arange(self.ny), self.xdim: np.arange(
+            self.nx)})
+        skeleton["v"] = xr.DataArray(np.broadcast_to(np.float32(0), (self.ny, self.nx)),
+                                     dims=(self.ydim, self.xdim))
+        schema = BatchSchema(skeleton, input_dims={self.ydim: self.patch[0],
+                                                   self.xdim: self.patch[1]},
+                             input_overlap={self.ydim: self.overlap[0],
+                                            self.xdim: self.overlap[1]}, batch_dims={})
+        sel = [s for batch in schema.selectors.values() for s in batch]
+        origins = np.array([(s[self.ydim].start, s[self.xdim].start) for s in sel], dtype=int)
+        if self.split is not None:
+            block = self.split_block or (4 * self.patch[0], 4 * self.patch[1])
+            labels = block_splits((self.ny, self.nx), self.patch, block, self.split_fractions,
+                                  self.split_seed)
+            want = {"train": 0, "validation": 1, "test": 2}[self.split]
+            by, bx = origins[:, 0] // block[0], origins[:, 1] // block[1]
+            inside = ((origins[:, 0] + self.patch[0] - 1) // block[0] == by) & (
+                (origins[:, 1] + self.patch[1] - 1) // block[1] == bx)
+            origins = origins[inside & (labels[by, bx] == want)]
+        return origins
+
+    def units(self) -> list[tuple[int, int]]:
+        """Work units ``(time chunk index, band index)`` in cube order."""
+        bands = np.unique(self._origins[:, 0] // self.band)
+        nct = -(-self.nt // self.tchunk)
+        return [(tc, int(b)) for tc in range(nct) for b in bands]
+
+    def _shard_units(self, epoch: int) -> list[tuple[int, int]]:
+        units = self.units()
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(units))
+            units = [units[i] for i in order]
+        return units[self.shard:: self.num_shards]
+
+    def __len__(self) -> int:
+        """Patches per epoch over all shards (before ``min_valid_fraction``)."""
+        return len(self._origins) * self.nt
+
+    # ------------------------------------------------------------------ reading
+    def _read_unit(self, tc: int, band: int) -> tuple[np.ndarray, range, int]:
+        r0 = band * self.band
+        r1 = min(self.ny, r0 + self.band + self.patch[0] - 1)
+        t0, t1 = tc * self.tchunk, min(self.nt, (tc + 1) * self.tchunk)
+        block = np.empty((t1 - t0, len(self.variables), r1 - r0, self.nx), dtype="float32")
+        for c, v in enumerate(self.variables):
+            arr = self._group[v]
+            if "time" in self._ds[v].dims:
+                block[:, c] = arr[t0:t1, r0:r1, :]
+            else:
+                block[:, c] = arr[r0:r1, :][None]
+        return block, range(t0, t1), r0
+
+    def _unit_patches(self, tc: int, band: int) -> Iterator[Patch]:
+        block, times, r0 = self._read_unit(tc, band)
+        valid = ~np.isnan(block)
+        block = (block - self._mean[None, :, None, None]) / self._scale[None, :, None, None]
+        block[~valid] = self.fill_value
+        mine = self._origins[self._origins[:, 0] // self.band == band]
+        ph, pw = self.patch
+        for i, t in enumerate(times):
+            for y0, x0 in mine:
+                ys, xs = slice(y0 - r0, y0 - r0 + ph), slice(x0, x0 + pw)
+                v = valid[i, :, ys, xs]
+                if self.min_valid_fraction > 0 and v.mean() < self.min_valid_fraction:
+                    continue
+                yield Patch(block[i, :, ys, xs].copy(), v.copy(),
+                            t if self.has_time else None, int(y0), int(x0))
+
+    def __iter__(self) -> Iterator[Patch]:
+        return self.patches(epoch=0)
+
+    def patches(self, epoch: int = 0) -> Iterator[Patch]:
+        """Patches of this shard for one epoch, shuffled through the buffer.
+
+        Yields
+        ------
+        Patch
+            Each patch of the shard exactly once per epoch.
+        """
+        rng = np.random.default_rng([self.seed, epoch, self.shard, 1])
+        buffer: list[Patch] = []
+        for tc, band in self._shard_units(epoch):
+            for p in self._unit_patches(tc, band):
+                if not self.shuffle:
+                    yield p
+                    continue
+                if len(buffer) < self.buffer_size:
+                    buffer.append(p)
+                    continue
+                j = int(rng.integers(len(buffer)))
+                buffer[j], p = p, buffer[j]
+                yield p
+        if self.shuffle:
+            for j in rng.permutation(len(buffer)):
+                yield buffer[j]
+
+    def batches(self, batch_size: int, epoch: int = 0,
+                drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Stacked batches.
+
+        Yields
+        ------
+        tuple
+            ``(x, valid, index)``: ``x`` float32 ``(B, C, ph, pw)``, ``valid`` bool of the
+            same shape, ``index`` int64 ``(B, 3)`` rows ``(t, y, x)`` (t = -1 if static).
+        """
+        xs: list[np.ndarray] = []
+        vs: list[np.ndarray] = []
+        idx: list[tuple[int, int, int]] = []
+        for p in self.patches(epoch):
+            xs.append(p.data)
+            vs.append(p.valid)
+            idx.append((-1 if p.t is None else p.t, p.y, p.x))
+            if len(xs) == batch_size:
+                yield np.stack(xs), np.stack(vs), np.asarray(idx, dtype=np.int64)
+                xs, vs, idx = [], [], []
+        if xs and not drop_last:
+            yield np.stack(xs), np.stack(vs), np.asarray(idx, dtype=np.int64)

@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from esdc.errors import EsdcError
+from esdc.ml import PatchStream, block_splits
+from esdc.ml.stats import cube_statistics, read_statistics, write_statistics
+from esdc.store import open_cube
+from esdc.testing import new_cube
+
+
+@pytest.fixture(scope="module")
+def cube(tmp_path_factory):
+    ds = new_cube(shape=(50, 70), times=5, variables=("a", "b"), seed=4)
+    ds["s"] = ds["a"].isel(time=0, drop=True) * 0 + np.arange(70, dtype="float32")
+    ds["s"].attrs = {"units": "1", "grid_mapping": "crs"}
+    ds["a"][1, 3:9, 4:20] = np.nan
+    path = tmp_path_factory.mktemp("c") / "cube.zarr"
+    enc = {v: {"chunks": (2, 16, 32)} for v in ("a", "b")} | {"s": {"chunks": (16, 32)}}
+    ds.to_zarr(path, zarr_format=3, encoding=enc, consolidated=True)
+    return path
+
+
+def _all(stream, epoch=0):
+    return [(p.t, p.y, p.x) for p in stream.patches(epoch)]
+
+
+def test_patch_equals_cube_slice(cube):
+    ds = open_cube(cube).load()
+    stream = PatchStream(cube, ["a", "s", "b"], patch=(8, 12), normalize=False,
+                         fill_value=np.nan, seed=1)
+    n = 0
+    for p in stream:
+        expect = np.stack([ds["a"].values[p.t, p.y:p.y + 8, p.x:p.x + 12],
+                           ds["s"].values[p.y:p.y + 8, p.x:p.x + 12],
+                           ds["b"].values[p.t, p.y:p.y + 8, p.x:p.x + 12]])
+        np.testing.assert_array_equal(p.data, expect)
+        np.testing.assert_array_equal(p.valid, ~np.isnan(expect))
+        n += 1
+    assert n == len(stream) == 5 * (50 // 8) * (70 // 12)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ph=st.integers(1, 20), pw=st.integers(1, 30), oy=st.integers(0, 5), ox=st.integers(0, 5),
+       seed=st.integers(0, 2**16), shards=st.integers(1, 4))
+def test_epoch_complete_disjoint_and_patches_exact(cube, ph, pw, oy, ox, seed, shards):
+    oy, ox = min(oy, ph - 1), min(ox, pw - 1)
+    ds = open_cube(cube)
+    a = ds["a"].values
+    kw = dict(patch=(ph, pw), overlap=(oy, ox), seed=seed, normalize=False, fill_value=np.nan,
+              buffer_size=37)
+    full = _all(PatchStream(cube, ["a"], **kw))
+    assert len(full) == len(set(full)) == len(PatchStream(cube, ["a"], **kw))
+    parts = [_all(PatchStream(cube, ["a"], shard=k, num_shards=shards, **kw))
+             for k in range(shards)]
+    merged = [x for part in parts for x in part]
+    assert len(merged) == len(set(merged))  # disjoint
+    assert set(merged) == set(full)  # complete
+    p = next(iter(PatchStream(cube, ["a"], **kw)))
+    np.testing.assert_array_equal(p.data[0], a[p.t, p.y:p.y + ph, p.x:p.x + pw])
+
+
+def test_same_seed_same_order_and_epochs_differ(cube):
+    s1 = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=7)
+    s2 = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=7)
+    assert _all(s1) == _all(s2)
+    assert _all(s1, 0) != _all(s1, 1)
+    assert sorted(_all(s1, 0)) == sorted(_all(s1, 1))
+    assert _all(PatchStream(cube, ["a"], patch=(8, 8), shuffle=False)) == sorted(
+        _all(PatchStream(cube, ["a"], patch=(8, 8), shuffle=False)),
+        key=lambda k: (k[0] // 2, k[1] // 16, k[0], k[1], k[2]))
+
+
+def test_normalisation_from_stored_statistics_and_nan_fill(cube, tmp_path):
+    import shutil
+
+    path = tmp_path / "c.zarr"
+    shutil.copytree(cube, path)
+    ds = open_cube(path)
+    stats = cube_statistics(ds, ["a", "b"])
+    write_statistics(path, stats)
+    assert read_statistics(open_cube(path), ["a", "b"])["a"]["mean"] == stats["a"]["mean"]
+    stream = PatchStream(path, ["a", "b"], patch=(10, 10), seed=0)
+    xs = np.concatenate([p.data[0][p.valid[0]] for p in stream])
+    assert abs(xs.mean()) < 0.05 and abs(xs.std() - 1) < 0.05
+    p = next(p for p in stream if not p.valid.all())
+    assert np.all(p.data[~p.valid] == 0.0)  # fill value after normalisation
+    dropped = PatchStream(path, ["a"], patch=(10, 10), min_valid_fraction=1.0)
+    assert all(q.valid.all() for q in dropped)
+    assert sum(1 for _ in dropped) < len(dropped)
+
+
+def test_spatial_splits_disjoint_no_straddle(cube):
+    kw = dict(patch=(5, 5), split_block=(10, 14), seed=0, normalize=False)
+    sets = {s: set(_all(PatchStream(cube, ["a"], split=s, **kw)))
+            for s in ("train", "validation", "test")}
+    assert not (sets["train"] & sets["validation"]) and not (sets["train"] & sets["test"])
+    labels = block_splits((50, 70), (5, 5), (10, 14), seed=0)
+    for split, patches in sets.items():
+        want = {"train": 0, "validation": 1, "test": 2}[split]
+        for _, y, x in patches:
+            assert y // 10 == (y + 4) // 10 and x // 14 == (x + 4) // 14
+            assert labels[y // 10, x // 14] == want
+    assert sets["train"] and sets["validation"]
+
+
+def test_batches_shapes(cube):
+    stream = PatchStream(cube, ["a", "s"], patch=(8, 8), seed=0)
+    batches = list(stream.batches(16))
+    x, v, idx = batches[0]
+    assert x.shape == (16, 2, 8, 8) and v.shape == x.shape and idx.shape == (16, 3)
+    assert sum(len(b[0]) for b in batches) == len(stream)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(variables=["nope"]), "not in the cube"),
+    (dict(patch=(60, 8)), "does not fit the grid"),
+    (dict(overlap=(8, 0)), "overlap"),
+    (dict(shard=2, num_shards=2), "shard"),
+])
+def test_bad_input(cube, kw, match):
+    args = dict(variables=["a"], patch=(8, 8)) | kw
+    with pytest.raises(EsdcError, match=match):
+        PatchStream(cube, **args)
