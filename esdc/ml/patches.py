@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -28,7 +28,7 @@ import zarr
 from esdc.errors import EsdcError
 from esdc.ml.stats import normalisation, read_statistics
 
-__all__ = ["Patch", "PatchStream", "block_splits"]
+__all__ = ["Batch", "Patch", "PatchStream", "block_splits"]
 
 Split = Literal["train", "validation", "test"]
 
@@ -49,6 +49,9 @@ class Patch:
         Time index in the cube (None for a static cube).
     y, x : int
         Row and column index of the patch's upper-left cell in the cube.
+    target : numpy.ndarray or None
+        ``(K, ph, pw)`` float32 values of ``PatchStream.targets``, not normalised, NaN
+        where missing; None without targets.
     """
 
     data: np.ndarray
@@ -56,6 +59,21 @@ class Patch:
     t: int | None
     y: int
     x: int
+    target: np.ndarray | None = None
+
+
+class Batch(NamedTuple):
+    """A stacked batch of patches.
+
+    ``x`` float32 ``(B, C, ph, pw)``, ``valid`` bool like ``x``, ``index`` int64
+    ``(B, 3)`` rows ``(t, y, x)`` (t = -1 if static), ``target`` float32
+    ``(B, K, ph, pw)`` or None.
+    """
+
+    x: np.ndarray
+    valid: np.ndarray
+    index: np.ndarray
+    target: np.ndarray | None
 
 
 def block_splits(shape: tuple[int, int], patch: tuple[int, int], block: tuple[int, int],
@@ -140,6 +158,8 @@ class PatchStream:
     split : {"train", "validation", "test"}, optional
         Keep only patches of this spatial split (:func:`block_splits` with
         ``split_block``, ``split_fractions``, ``split_seed``).
+    targets : sequence of str
+        Variables read alongside as labels (``Patch.target``), never normalised.
     shard, num_shards : int
         This stream reads units ``shard, shard + num_shards, ...`` of the shuffled
         unit list: shards are disjoint and together complete.
@@ -165,6 +185,7 @@ class PatchStream:
     split_block: tuple[int, int] | None = None
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_seed: int = 0
+    targets: Sequence[str] = ()
     shard: int = 0
     num_shards: int = 1
     _ds: xr.Dataset = field(init=False, repr=False)
@@ -173,12 +194,13 @@ class PatchStream:
         from esdc.store import open_cube
 
         self.variables = list(self.variables)
+        self.targets = list(self.targets)
         self._ds = open_cube(self.cube)
-        missing = [v for v in self.variables if v not in self._ds.data_vars]
+        missing = [v for v in [*self.variables, *self.targets] if v not in self._ds.data_vars]
         if missing:
             raise EsdcError(f"variables {missing} are not in the cube {self.cube}; it has "
                             f"{sorted(map(str, self._ds.data_vars))}.")
-        spatial = {self._ds[v].dims[-2:] for v in self.variables}
+        spatial = {self._ds[v].dims[-2:] for v in [*self.variables, *self.targets]}
         if len(spatial) != 1:
             raise EsdcError(f"variables {self.variables} do not share spatial dims: {spatial}.")
         self.ydim, self.xdim = next(iter(spatial))
@@ -191,11 +213,11 @@ class PatchStream:
             raise EsdcError(f"overlap {self.overlap} must be >= 0 and smaller than the patch.")
         if not 0 <= self.shard < self.num_shards:
             raise EsdcError(f"shard {self.shard} is not in 0..{self.num_shards - 1}.")
-        self.has_time = any("time" in self._ds[v].dims for v in self.variables)
+        self.has_time = any("time" in self._ds[v].dims for v in [*self.variables, *self.targets])
         self.nt = self._ds.sizes["time"] if self.has_time else 1
         self._group = zarr.open_group(str(self.cube), mode="r")
         self.band = int(self._group[self.variables[0]].chunks[-2])
-        tvars = [v for v in self.variables if "time" in self._ds[v].dims]
+        tvars = [v for v in [*self.variables, *self.targets] if "time" in self._ds[v].dims]
         self.tchunk = int(self._group[tvars[0]].chunks[0]) if tvars else 1
         self._origins = self._patch_origins()
         if self.normalize:
@@ -253,21 +275,22 @@ class PatchStream:
         return len(self._origins) * self.nt
 
     # ------------------------------------------------------------------ reading
-    def _read_unit(self, tc: int, band: int) -> tuple[np.ndarray, range, int]:
-        r0 = band * self.band
-        r1 = min(self.ny, r0 + self.band + self.patch[0] - 1)
-        t0, t1 = tc * self.tchunk, min(self.nt, (tc + 1) * self.tchunk)
-        block = np.empty((t1 - t0, len(self.variables), r1 - r0, self.nx), dtype="float32")
-        for c, v in enumerate(self.variables):
+    def _read(self, names: list[str], times: range, r0: int, r1: int) -> np.ndarray:
+        block = np.empty((len(times), len(names), r1 - r0, self.nx), dtype="float32")
+        for c, v in enumerate(names):
             arr = self._group[v]
             if "time" in self._ds[v].dims:
-                block[:, c] = arr[t0:t1, r0:r1, :]
+                block[:, c] = arr[times.start:times.stop, r0:r1, :]
             else:
                 block[:, c] = arr[r0:r1, :][None]
-        return block, range(t0, t1), r0
+        return block
 
     def _unit_patches(self, tc: int, band: int) -> Iterator[Patch]:
-        block, times, r0 = self._read_unit(tc, band)
+        r0 = band * self.band
+        r1 = min(self.ny, r0 + self.band + self.patch[0] - 1)
+        times = range(tc * self.tchunk, min(self.nt, (tc + 1) * self.tchunk))
+        block = self._read(self.variables, times, r0, r1)
+        target = self._read(self.targets, times, r0, r1) if self.targets else None
         valid = ~np.isnan(block)
         block = (block - self._mean[None, :, None, None]) / self._scale[None, :, None, None]
         block[~valid] = self.fill_value
@@ -280,7 +303,8 @@ class PatchStream:
                 if self.min_valid_fraction > 0 and v.mean() < self.min_valid_fraction:
                     continue
                 yield Patch(block[i, :, ys, xs].copy(), v.copy(),
-                            t if self.has_time else None, int(y0), int(x0))
+                            t if self.has_time else None, int(y0), int(x0),
+                            None if target is None else target[i, :, ys, xs].copy())
 
     def __iter__(self) -> Iterator[Patch]:
         return self.patches(epoch=0)
@@ -311,24 +335,28 @@ class PatchStream:
                 yield buffer[j]
 
     def batches(self, batch_size: int, epoch: int = 0,
-                drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Stacked batches.
+                drop_last: bool = False) -> Iterator[Batch]:
+        """Stacked batches of this shard for one epoch.
 
         Yields
         ------
-        tuple
-            ``(x, valid, index)``: ``x`` float32 ``(B, C, ph, pw)``, ``valid`` bool of the
-            same shape, ``index`` int64 ``(B, 3)`` rows ``(t, y, x)`` (t = -1 if static).
+        Batch
+            ``x`` float32 ``(B, C, ph, pw)``, ``valid``, ``index`` ``(B, 3)``, ``target``.
         """
-        xs: list[np.ndarray] = []
-        vs: list[np.ndarray] = []
-        idx: list[tuple[int, int, int]] = []
+        group: list[Patch] = []
         for p in self.patches(epoch):
-            xs.append(p.data)
-            vs.append(p.valid)
-            idx.append((-1 if p.t is None else p.t, p.y, p.x))
-            if len(xs) == batch_size:
-                yield np.stack(xs), np.stack(vs), np.asarray(idx, dtype=np.int64)
-                xs, vs, idx = [], [], []
-        if xs and not drop_last:
-            yield np.stack(xs), np.stack(vs), np.asarray(idx, dtype=np.int64)
+            group.append(p)
+            if len(group) == batch_size:
+                yield _stack(group)
+                group = []
+        if group and not drop_last:
+            yield _stack(group)
+
+
+def _stack(patches: list[Patch]) -> Batch:
+    target = None
+    if patches[0].target is not None:
+        target = np.stack([p.target for p in patches])  # type: ignore[misc]
+    return Batch(np.stack([p.data for p in patches]), np.stack([p.valid for p in patches]),
+                 np.asarray([(-1 if p.t is None else p.t, p.y, p.x) for p in patches],
+                            dtype=np.int64), target)

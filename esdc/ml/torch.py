@@ -81,7 +81,8 @@ class PatchDataset(torch.utils.data.IterableDataset):  # type: ignore[misc]
     ------
     tuple of torch.Tensor
         ``(x, valid, index)``: float32 ``(B, C, ph, pw)``, bool ``(B, C, ph, pw)``,
-        int64 ``(B, 3)`` rows ``(t, y, x)``.
+        int64 ``(B, 3)`` rows ``(t, y, x)``; plus ``target`` float32 ``(B, K, ph, pw)``
+        when the stream has targets.
     """
 
     def __init__(self, stream: PatchStream, batch_size: int = 64, epoch: int = 0,
@@ -96,12 +97,13 @@ class PatchDataset(torch.utils.data.IterableDataset):  # type: ignore[misc]
         """Use ``epoch``'s shuffle on the next iteration."""
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[tuple[Any, Any, Any]]:
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
         """Batches of this worker's shard (DataLoader workers split the stream's shard)."""
         info = torch.utils.data.get_worker_info()
         stream = self.stream
         if info is not None and info.num_workers > 1:
             stream = replace(stream, shard=stream.shard * info.num_workers + info.id,
                              num_shards=stream.num_shards * info.num_workers)
-        for x, v, idx in stream.batches(self.batch_size, self.epoch, self.drop_last):
-            yield torch.from_numpy(x), torch.from_numpy(v), torch.from_numpy(idx)
+        for b in stream.batches(self.batch_size, self.epoch, self.drop_last):
+            out = (torch.from_numpy(b.x), torch.from_numpy(b.valid), torch.from_numpy(b.index))
+            yield out if b.target is None else (*out, torch.from_numpy(b.target))

@@ -109,9 +109,18 @@ def test_spatial_splits_disjoint_no_straddle(cube):
 def test_batches_shapes(cube):
     stream = PatchStream(cube, ["a", "s"], patch=(8, 8), seed=0)
     batches = list(stream.batches(16))
-    x, v, idx = batches[0]
+    x, v, idx, target = batches[0]
     assert x.shape == (16, 2, 8, 8) and v.shape == x.shape and idx.shape == (16, 3)
-    assert sum(len(b[0]) for b in batches) == len(stream)
+    assert target is None
+    assert sum(len(b.x) for b in batches) == len(stream)
+
+
+def test_targets_read_alongside_unnormalised(cube):
+    ds = open_cube(cube)
+    stream = PatchStream(cube, ["a"], patch=(8, 8), targets=["s"], seed=2)
+    for b in stream.batches(7):
+        for (_, y, x), tgt in zip(b.index, b.target, strict=True):
+            np.testing.assert_array_equal(tgt[0], ds["s"].values[y:y + 8, x:x + 8])
 
 
 @pytest.mark.parametrize("kw, match", [
