@@ -162,6 +162,69 @@ def verify(cube: Annotated[Path, typer.Argument(help="Cube (Zarr store).")]) -> 
     out.print(f"{cube}: OK", highlight=False)
 
 
+@app.command()
+@user_errors
+def train(
+    cube: Annotated[Path, typer.Argument(help="Cube (Zarr store) to learn from.")],
+    config: Annotated[Path, typer.Option("--config", help="Training config YAML.")],
+    scheduler: Annotated[str | None, typer.Option(help="Address of a running Dask "
+                                                  "scheduler; default: a LocalCluster.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: "
+                                                     "sqlite:///mlruns.db here).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train a model on a cube on a Dask worker; track it in MLflow."""
+    from esdc.ml.config import load_train_config
+    from esdc.ml.patches import PatchStream
+    from esdc.ml.train import submit
+
+    cfg = load_train_config(config)
+    if not cube.exists():
+        raise EsdcError(f"no cube at {cube}.")
+    # Fail here, not on the worker, for missing variables or a patch larger than the grid.
+    PatchStream(str(cube.resolve()), cfg.inputs, patch=cfg.patch, targets=[cfg.target],
+                normalize=False)
+    client = _client(scheduler)
+    try:
+        if not as_json:
+            out.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
+        result = submit(client, str(cube.resolve()), cfg, tracking_uri).result()
+    finally:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    if as_json:
+        print(json.dumps(result))
+        return
+    out.print(f"run {result['run_id']} on {result['device']}: test {result['metric']} "
+              f"{result['test']:.4f} (baseline {result['baseline']:.4f}); model "
+              f"{result['model_path']}", highlight=False)
+
+
+@app.command("serve-model")
+@user_errors
+def serve_model(
+    name: Annotated[str, typer.Argument(help="Registered model name (MLflow registry).")],
+    version: Annotated[str, typer.Option(help="Model version or 'latest'.")] = "latest",
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5001,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: "
+                                                     "sqlite:///mlruns.db here).")] = None,
+) -> None:
+    """Serve a registered model over HTTP (POST /invocations) with MLflow's model server."""
+    import subprocess
+
+    from esdc.ml.serving import serve_command, serve_env
+    from esdc.ml.train import default_tracking_uri
+
+    env = serve_env(tracking_uri or default_tracking_uri())
+    cmd = serve_command(f"models:/{name}/{version}", port, host)
+    out.print(f"serving models:/{name}/{version} on http://{host}:{port}/invocations",
+              highlight=False)
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
 @samples_app.command("list")
 def samples_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the registered real samples and whether they are cached."""
