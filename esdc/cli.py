@@ -182,7 +182,8 @@ def train(
     if not cube.exists():
         raise EsdcError(f"no cube at {cube}.")
     # Fail here, not on the worker, for missing variables or a patch larger than the grid.
-    PatchStream(str(cube.resolve()), cfg.inputs, patch=cfg.patch, targets=[cfg.target],
+    PatchStream(str(cube.resolve()), cfg.inputs, patch=cfg.patch,
+                targets=[cfg.target] if cfg.target else [],
                 normalize=False)
     client = _client(scheduler)
     try:
@@ -200,6 +201,110 @@ def train(
     out.print(f"run {result['run_id']} on {result['device']}: test {result['metric']} "
               f"{result['test']:.4f} (baseline {result['baseline']:.4f}); model "
               f"{result['model_path']}", highlight=False)
+
+
+@app.command()
+@user_errors
+def embed(
+    cube: Annotated[Path, typer.Argument(help="Cube (Zarr store); embeddings are written "
+                                         "back into it.")],
+    model: Annotated[str, typer.Option("--model", help="MLflow run id of a trained encoder "
+                                       "(esdc train with task: embedding).")],
+    tile: Annotated[list[int] | None, typer.Option("--tile", help="Tile size in cells; "
+                                                   "repeat for several (default 8 and 16).")]
+    = None,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address; default: "
+                                                  "a LocalCluster.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+) -> None:
+    """Embed every tile of a cube with a trained encoder; write the vectors into the cube."""
+    from esdc.embed import embed_cube, load_encoder
+
+    if not cube.exists():
+        raise EsdcError(f"no cube at {cube}.")
+    tiles = sorted(set(tile or [8, 16]))
+    if any(t < 1 for t in tiles):
+        raise EsdcError(f"--tile {tiles}: tile sizes must be positive.")
+    bundle = load_encoder(model, tracking_uri)
+    client = _client(scheduler)
+    try:
+        out.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
+        names = embed_cube(str(cube.resolve()), bundle, tiles, client)
+    finally:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    out.print(f"wrote {', '.join(names)} into {cube}", highlight=False)
+
+
+@app.command()
+@user_errors
+def index(
+    cube: Annotated[Path, typer.Argument(help="Cube with embeddings.")],
+    kind: Annotated[str, typer.Option(help="flat (exact), hnsw, ivfpq or auto (exact below "
+                                      "200,000 vectors).")] = "auto",
+    variable: Annotated[str | None, typer.Option(help="Embedding variable (default: the "
+                                                 "smallest tile).")] = None,
+) -> None:
+    """Build a FAISS index of a cube's embeddings, stored beside the cube."""
+    from esdc.search.index import build_index, index_dir
+
+    if not cube.exists():
+        raise EsdcError(f"no cube at {cube}.")
+    m = build_index(cube, variable, kind)
+    out.print(f"indexed {m.count} tiles of {m.variable} ({m.kind}, {m.dim} dims) in "
+              f"{index_dir(cube)}", highlight=False)
+
+
+def _bbox(text: str | None) -> tuple[float, float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        w, s, e, n = (float(v) for v in text.split(","))
+    except ValueError:
+        raise EsdcError(f"--bbox {text!r}: give four numbers W,S,E,N.") from None
+    return (w, s, e, n)
+
+
+@app.command()
+@user_errors
+def search(
+    cube: Annotated[Path, typer.Argument(help="Cube with embeddings and an index.")],
+    lat: Annotated[float, typer.Option("--lat", "--y", help="Latitude (or y) of the query "
+                                       "tile.")],
+    lon: Annotated[float, typer.Option("--lon", "--x", help="Longitude (or x).")],
+    time: Annotated[str | None, typer.Option(help="Time of the query tile.")] = None,
+    k: Annotated[int, typer.Option("-k", help="Number of neighbours.")] = 10,
+    bbox: Annotated[str | None, typer.Option(help="Keep neighbours in W,S,E,N.")] = None,
+    start: Annotated[str | None, typer.Option(help="Keep neighbours from this time.")] = None,
+    end: Annotated[str | None, typer.Option(help="Keep neighbours up to this time.")] = None,
+    variable: Annotated[str | None, typer.Option(help="Embedding variable.")] = None,
+    quicklook: Annotated[Path | None, typer.Option(help="PNG of the query beside its "
+                                                   "neighbours.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Find the tiles most like the one at LAT, LON (reverse image search)."""
+    from esdc.search.query import SearchEngine
+
+    if not cube.exists():
+        raise EsdcError(f"no cube at {cube}.")
+    engine = SearchEngine(cube, variable)
+    trange = None if start is None and end is None else (start, end)
+    result = engine.search_tile(lat, lon, time, k, _bbox(bbox), trange)
+    if quicklook is not None:
+        engine.quicklook(result, quicklook)
+    if as_json:
+        print(json.dumps(result.to_json()))
+        return
+    ny, nx = engine.names
+    out.print(f"query {ny}={result.query[ny]:.3f} {nx}={result.query[nx]:.3f} "
+              f"time={result.query['time']} ({engine.variable})", highlight=False)
+    for i, n in enumerate(result.neighbours, 1):
+        out.print(f"{i:>3}  {ny}={n.y:9.3f} {nx}={n.x:9.3f} time={n.time} "
+                  f"distance={n.distance:.6f}", highlight=False)
+    if quicklook is not None:
+        out.print(f"quicklook: {quicklook}", highlight=False)
 
 
 @app.command("serve-model")

@@ -257,4 +257,7 @@ def open_cube(path: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
         raise SourceNotFoundError(f"no Zarr cube at {p}.")
     kwargs.setdefault("consolidated", True)
     kwargs.setdefault("chunks", {})
-    return xr.open_zarr(p, **kwargs)
+    ds = xr.open_zarr(p, **kwargs)
+    # CF cell bounds (e.g. the embeddings' tile bounds) are coordinates, not data.
+    bounds = {c.attrs["bounds"] for c in ds.coords.values() if "bounds" in c.attrs}
+    return ds.set_coords([b for b in bounds if b in ds.data_vars])

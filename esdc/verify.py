@@ -89,6 +89,9 @@ def verify_cube(ds: xr.Dataset) -> list[str]:
     if not ds.data_vars:
         problems.append("the cube has no data variables")
     for name, v in ds.data_vars.items():
+        if v.attrs.get("esdc_role") == "embedding":
+            problems += _check_embedding(ds, str(name))
+            continue
         if spatial is not None and tuple(v.dims[-2:]) != spatial:
             problems.append(f"variable {name!r} has dims {v.dims}; they must end in {spatial}")
         if "time" in v.dims and v.dims[0] != "time":
@@ -119,6 +122,24 @@ def verify_cube(ds: xr.Dataset) -> list[str]:
         except ValueError:
             problems.append("attribute 'esdc_sources' is not a JSON list")
     return problems
+
+
+def _check_embedding(ds: xr.Dataset, name: str) -> list[str]:
+    """Embedding variables: dims (tile_y*, tile_x*, [time,] feature*), centre and bound coords."""
+    v, out = ds[name], []
+    dims = [str(d) for d in v.dims]
+    if len(dims) not in (3, 4) or not (dims[0].startswith("tile_y") and dims[1].startswith(
+            "tile_x") and dims[-1].startswith("feature")) or (len(dims) == 4 and dims[2] != "time"):
+        out.append(f"embedding {name!r} has dims {tuple(dims)}; expected (tile_y, tile_x, "
+                   "[time,] feature)")
+        return out
+    for d in dims[:2]:
+        if d not in ds.coords or f"{d}_bounds" not in ds.variables:
+            out.append(f"embedding {name!r}: coordinate {d!r} or {d}_bounds is missing")
+    for key in ("esdc_model_run", "esdc_model_sha256", "esdc_tile_size"):
+        if key not in v.attrs:
+            out.append(f"embedding {name!r} has no {key} attribute")
+    return out
 
 
 def verify_store(path: str | Path) -> list[str]:

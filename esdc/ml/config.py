@@ -35,13 +35,14 @@ class TrainConfig(_Model):
         Experiment name in MLflow.
     framework : {"sklearn", "torch", "keras"}
         Trainer.
-    task : {"classification", "regression"}
+    task : {"classification", "regression", "embedding"}
         Per-pixel task; classes of a classification come from the target's
-        ``flag_values`` unless given.
+        ``flag_values`` unless given. ``embedding`` trains a self-supervised tile
+        encoder (SimSiam, :mod:`esdc.ml.ssl`) on patches of size ``patch`` (no target).
     inputs : list of str
         Cube variables used as input channels.
-    target : str
-        Cube variable to predict.
+    target : str, optional
+        Cube variable to predict (none for ``embedding``).
     model : dict
         ``kind`` (``random_forest`` | ``sgd`` for sklearn; ``cnn`` for torch/keras)
         and its keyword parameters.
@@ -57,9 +58,9 @@ class TrainConfig(_Model):
 
     name: Identifier
     framework: Literal["sklearn", "torch", "keras"]
-    task: Literal["classification", "regression"]
+    task: Literal["classification", "regression", "embedding"]
     inputs: Annotated[list[Identifier], Field(min_length=1)]
-    target: Identifier
+    target: Identifier | None = None
     model: dict[str, Any] = Field(default_factory=dict)
     patch: tuple[PositiveInt, PositiveInt] = (16, 16)
     split: SplitSpec = Field(default_factory=SplitSpec)
@@ -73,7 +74,17 @@ class TrainConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        kinds = {"sklearn": ("random_forest", "sgd"), "torch": ("cnn",), "keras": ("cnn",)}
+        kinds = {"sklearn": ("random_forest", "sgd"), "torch": ("cnn", "simsiam"),
+                 "keras": ("cnn",)}
+        if self.task == "embedding":
+            if self.framework != "torch" or self.model.get("kind", "simsiam") != "simsiam":
+                raise ValueError("task embedding trains a torch SimSiam encoder: use "
+                                 "framework torch and model.kind simsiam")
+            if self.target is not None:
+                raise ValueError("task embedding is self-supervised: remove `target`")
+            return self
+        if self.target is None:
+            raise ValueError(f"task {self.task} needs a `target` variable")
         kind = self.model.get("kind", kinds[self.framework][0])
         if kind not in kinds[self.framework]:
             raise ValueError(f"model.kind {kind!r} is not available for {self.framework}; use "
@@ -85,6 +96,8 @@ class TrainConfig(_Model):
     @property
     def model_kind(self) -> str:
         """The model kind, defaulted per framework."""
+        if self.task == "embedding":
+            return "simsiam"
         return str(self.model.get("kind", {"sklearn": "random_forest"}.get(self.framework,
                                                                              "cnn")))
 

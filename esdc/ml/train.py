@@ -56,7 +56,10 @@ class TrainResult:
     @property
     def beats_baseline(self) -> bool:
         """True when the model is better than the baseline (higher accuracy, lower RMSE)."""
-        return self.test > self.baseline if self.metric == "accuracy" else self.test < self.baseline
+        if self.metric == "accuracy":
+            return self.test > self.baseline
+        return self.test < self.baseline
+
 
 
 def default_tracking_uri() -> str:
@@ -65,7 +68,8 @@ def default_tracking_uri() -> str:
 
 
 def _streams(cube: str, cfg: TrainConfig) -> dict[str, PatchStream]:
-    return {s: PatchStream(cube, cfg.inputs, patch=cfg.patch, targets=[cfg.target], split=s,
+    targets = [cfg.target] if cfg.target else []
+    return {s: PatchStream(cube, cfg.inputs, patch=cfg.patch, targets=targets, split=s,
                            split_block=cfg.split.block, split_fractions=cfg.split.fractions,
                            split_seed=cfg.split.seed, seed=cfg.seed, shuffle=(s == "train"))
             for s in ("train", "validation", "test")}
@@ -275,7 +279,11 @@ def train(cube: str, config: dict[str, Any] | TrainConfig, tracking_uri: str | N
             mlflow.log_metrics(metrics, step=epoch)
 
         out = Path(tmp)
-        if cfg.framework == "sklearn":
+        if cfg.task == "embedding":
+            from esdc.embed import fit_encoder
+
+            test, base, path = fit_encoder(cfg, streams, out, log, device)
+        elif cfg.framework == "sklearn":
             test, base, path = _fit_sklearn(cfg, streams, cube, out, log)
         elif cfg.framework == "torch":
             test, base, path = _fit_torch(cfg, streams, cube, out, log, device)
@@ -283,10 +291,11 @@ def train(cube: str, config: dict[str, Any] | TrainConfig, tracking_uri: str | N
             from esdc.ml.keras import fit_keras
 
             test, base, path = fit_keras(cfg, streams, cube, out, log)
-        metric = "accuracy" if cfg.task == "classification" else "rmse"
+        metric = {"classification": "accuracy", "regression": "rmse"}.get(cfg.task,
+                                                                           "simsiam_loss")
         mlflow.log_metrics({f"test_{metric}": test, f"baseline_{metric}": base})
         mlflow.log_artifacts(str(out), artifact_path="model")
-        if cfg.framework == "torch":  # registered for serving (models from code, no pickle)
+        if cfg.framework == "torch" and cfg.task != "embedding":  # registered for serving
             from esdc.ml.serving import log_pixel_cnn
 
             example = next(streams["test"].batches(2)).x

@@ -1,0 +1,287 @@
+"""Queries: "tiles like this one", by tile (lat/lon/time), by vector or by image array."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from esdc.errors import EsdcError
+from esdc.search.index import embedding_variable, load_index, normalise
+
+__all__ = ["Neighbour", "SearchEngine", "SearchResult"]
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One result: tile indices, centre coordinates (grid units), time, cosine distance."""
+
+    tile_y: int
+    tile_x: int
+    t: int | None
+    y: float
+    x: float
+    time: str | None
+    distance: float
+
+    def to_json(self, names: tuple[str, str]) -> dict[str, Any]:
+        """JSON object in the grid's coordinate names (``lat``/``lon`` or ``y``/``x``)."""
+        return {names[0]: self.y, names[1]: self.x, "time": self.time,
+                "distance": self.distance, "tile_y": self.tile_y, "tile_x": self.tile_x}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A query and its neighbours, nearest first."""
+
+    query: dict[str, Any]
+    neighbours: list[Neighbour] = field(default_factory=list)
+    names: tuple[str, str] = ("lat", "lon")
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"query": {...}, "neighbours": [{lat|y, lon|x, time, distance}, ...]}``."""
+        return {"query": self.query, "neighbours": [n.to_json(self.names)
+                                                    for n in self.neighbours]}
+
+
+class SearchEngine:
+    """Search one embedding variable of a cube with its FAISS index.
+
+    Parameters
+    ----------
+    cube : str or path-like
+        The cube.
+    variable : str, optional
+        Embedding variable (default: the smallest tile size).
+
+    Raises
+    ------
+    EsdcError
+        If the cube has no embeddings or index, or the index's lineage does not match.
+    """
+
+    def __init__(self, cube: str | Path, variable: str | None = None) -> None:
+        from esdc.store import open_cube
+
+        self.cube = Path(cube)
+        self.ds = open_cube(self.cube)
+        self.variable = embedding_variable(self.ds, variable)
+        self.index, self.manifest = load_index(self.cube, self.variable, self.ds)
+        emb = self.ds[self.variable]
+        self.attrs = dict(emb.attrs)
+        self.ydim, self.xdim = str(emb.dims[0]), str(emb.dims[1])
+        self.names = tuple(emb.attrs.get("esdc_tile_dims", ["lat", "lon"]))
+        self.has_time = emb.ndim == 4
+        self.yc = np.asarray(self.ds[self.ydim].values, dtype=float)
+        self.xc = np.asarray(self.ds[self.xdim].values, dtype=float)
+        self.ybounds = np.asarray(self.ds[f"{self.ydim}_bounds"].values, dtype=float)
+        self.xbounds = np.asarray(self.ds[f"{self.xdim}_bounds"].values, dtype=float)
+        self.times = (pd.DatetimeIndex(self.ds["time"].values) if self.has_time else None)
+        self.shape = emb.shape[:-1]
+        self.dim = int(emb.shape[-1])
+        self._vectors = np.asarray(emb.values, dtype="float32")
+
+    # ------------------------------------------------------------------ geometry
+    def _locate(self, bounds: np.ndarray, value: float, what: str) -> int:
+        lo, hi = bounds.min(axis=1), bounds.max(axis=1)
+        hit = np.flatnonzero((value >= lo) & (value <= hi))
+        if hit.size == 0:
+            raise EsdcError(f"{what} {value} is outside the embedded grid "
+                            f"[{lo.min()}, {hi.max()}].")
+        return int(hit[0])
+
+    def _time_index(self, time: str | None) -> int | None:
+        if self.times is None:
+            return None
+        if time is None:
+            raise EsdcError("the embeddings vary in time: give --time (e.g. 2008-07).")
+        try:
+            t = pd.Timestamp(time)
+        except ValueError:
+            raise EsdcError(f"--time {time!r} is not a date.") from None
+        i = int(self.times.get_indexer([t], method="nearest")[0])
+        return i
+
+    def tile_at(self, y: float, x: float, time: str | None = None) -> tuple[int, int, int | None]:
+        """``(tile_y, tile_x, t)`` of the tile containing ``(y, x)`` (lat/lon in degrees).
+
+        Raises
+        ------
+        EsdcError
+            If the point lies outside the embedded grid or the time is missing.
+        """
+        return (self._locate(self.ybounds, y, self.names[0]),
+                self._locate(self.xbounds, x, self.names[1]), self._time_index(time))
+
+    def vector_of(self, tile_y: int, tile_x: int, t: int | None = None) -> np.ndarray:
+        """The tile's embedding ``(F,)``.
+
+        Raises
+        ------
+        EsdcError
+            If the tile has no embedding (too few valid cells).
+        """
+        v = self._vectors[tile_y, tile_x] if t is None else self._vectors[tile_y, tile_x, t]
+        if not np.isfinite(v).all():
+            raise EsdcError(f"tile ({tile_y}, {tile_x}) has no embedding (too few valid cells).")
+        return v
+
+    def _id_to_tile(self, i: int) -> tuple[int, int, int | None]:
+        idx = np.unravel_index(int(i), self.shape)
+        return int(idx[0]), int(idx[1]), (int(idx[2]) if self.has_time else None)
+
+    def _allowed(self, bbox: tuple[float, float, float, float] | None,
+                 time_range: tuple[str | None, str | None] | None) -> np.ndarray | None:
+        if bbox is None and time_range is None:
+            return None
+        ny, nx = self.shape[0], self.shape[1]
+        ok_y = np.ones(ny, bool)
+        ok_x = np.ones(nx, bool)
+        if bbox is not None:
+            w, s, e, n = bbox
+            if s > n:
+                raise EsdcError(f"--bbox {list(bbox)}: south is north of north.")
+            ok_y = (self.yc >= s) & (self.yc <= n)
+            ok_x = ((self.xc >= w) & (self.xc <= e)) if w <= e else ((self.xc >= w) | (
+                self.xc <= e))  # crosses the antimeridian
+        mask = ok_y[:, None] & ok_x[None, :]
+        if self.has_time:
+            assert self.times is not None
+            ok_t = np.ones(len(self.times), bool)
+            if time_range is not None:
+                lo, hi = time_range
+                if lo is not None:
+                    ok_t &= self.times >= pd.Timestamp(lo)
+                if hi is not None:
+                    ok_t &= self.times <= pd.Timestamp(hi)
+            mask = mask[:, :, None] & ok_t[None, None, :]
+        return np.flatnonzero(mask.ravel()).astype("int64")
+
+    # ------------------------------------------------------------------ search
+    def search_vector(self, vector: Any, k: int = 10,
+                      bbox: tuple[float, float, float, float] | None = None,
+                      time_range: tuple[str | None, str | None] | None = None,
+                      query: dict[str, Any] | None = None) -> SearchResult:
+        """The ``k`` tiles nearest to ``vector`` (cosine), optionally filtered.
+
+        Parameters
+        ----------
+        vector : array-like
+            ``(F,)`` embedding (normalised here).
+        k : int
+            Number of neighbours, 1 .. number of indexed tiles.
+        bbox : (west, south, east, north), optional
+            Keep tiles whose centre lies inside (grid units; west > east crosses the
+            antimeridian).
+        time_range : (start, end), optional
+            Keep tiles whose time lies inside (inclusive).
+
+        Raises
+        ------
+        EsdcError
+            For a vector of the wrong dimension or a ``k`` out of range.
+        """
+        import faiss
+
+        v = np.asarray(vector, dtype="float32").reshape(-1)
+        if v.shape[0] != self.dim:
+            raise EsdcError(f"query vector has {v.shape[0]} values; the index holds {self.dim}-"
+                            "dimensional embeddings.")
+        if not np.isfinite(v).all():
+            raise EsdcError("query vector has NaN or infinite values.")
+        if not 1 <= k <= self.manifest.count:
+            raise EsdcError(f"k = {k} must be between 1 and {self.manifest.count} (indexed tiles).")
+        v = normalise(v[None], np.asarray(self.manifest.centre, dtype="float32"))[0]
+        allowed = self._allowed(bbox, time_range)
+        params = None
+        if allowed is not None:
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+        sims, ids = self.index.search(v[None], k, params=params)
+        out = []
+        for sim, i in zip(sims[0], ids[0], strict=True):
+            if i < 0:
+                continue
+            ty, tx, t = self._id_to_tile(int(i))
+            out.append(Neighbour(ty, tx, t, float(self.yc[ty]), float(self.xc[tx]),
+                                 None if t is None or self.times is None
+                                 else str(self.times[t].date()), max(0.0, float(1.0 - sim))))
+        return SearchResult(query or {"vector": True}, out, self.names)  # type: ignore[arg-type]
+
+    def search_tile(self, y: float, x: float, time: str | None = None, k: int = 10,
+                    bbox: tuple[float, float, float, float] | None = None,
+                    time_range: tuple[str | None, str | None] | None = None) -> SearchResult:
+        """Neighbours of the tile containing ``(y, x)`` (and ``time``).
+
+        The tile itself comes first in an exact index (distance 0).
+        """
+        ty, tx, t = self.tile_at(y, x, time)
+        q = {self.names[0]: float(self.yc[ty]), self.names[1]: float(self.xc[tx]),
+             "time": None if t is None or self.times is None else str(self.times[t].date()),
+             "tile_y": ty, "tile_x": tx, "variable": self.variable, "k": k}
+        return self.search_vector(self.vector_of(ty, tx, t), k, bbox, time_range, q)
+
+    def search_image(self, image: np.ndarray, encoder: Any, k: int = 10, **kw: Any) -> \
+            SearchResult:
+        """Neighbours of an image ``(C, H, W)`` normalised like the cube's inputs.
+
+        The image is embedded with ``encoder``, an :class:`esdc.embed.EncoderBundle` of
+        the model the index was built from.
+        """
+        if encoder.sha256 != self.manifest.model_sha256:
+            raise EsdcError("the encoder is not the model the index was built from.")
+        vec = encoder.encode(np.asarray(image, dtype="float32")[None])[0]
+        return self.search_vector(vec, k, query={"image": list(np.shape(image))}, **kw)
+
+    def tile_image(self, tile_y: int, tile_x: int, t: int | None = None) -> np.ndarray:
+        """Pixels of a tile for display.
+
+        RGB ``(T, T, 3)`` in [0, 1] when the cube has Blue Marble channels, else the
+        first input variable ``(T, T)``.
+        """
+        size = int(self.attrs["esdc_tile_size"])
+        ydim, xdim = self.attrs.get("esdc_tile_dims", ["lat", "lon"])
+        sel = {ydim: slice(tile_y * size, (tile_y + 1) * size),
+               xdim: slice(tile_x * size, (tile_x + 1) * size)}
+        rgb = [v for v in ("bmng_red", "bmng_green", "bmng_blue") if v in self.ds]
+        if len(rgb) == 3:
+            return np.clip(np.stack([self.ds[v].isel(sel).values for v in rgb], -1), 0, 1)
+        var = self.ds[self.attrs["esdc_inputs"][0]].isel(sel)
+        if "time" in var.dims:
+            var = var.isel(time=t or 0)
+        return np.asarray(var.values)
+
+    def quicklook(self, result: SearchResult, path: str | Path) -> Path:
+        """Write a PNG mosaic: the query tile, then its neighbours with location and distance."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        q = result.query
+        tiles = []
+        if "tile_y" in q:
+            tiles.append(("query", int(q["tile_y"]), int(q["tile_x"]), None))
+        tiles += [(f"d={n.distance:.2g}", n.tile_y, n.tile_x, n.t) for n in result.neighbours]
+        cols = min(6, len(tiles))
+        rows = -(-len(tiles) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows), squeeze=False)
+        for ax in axes.ravel():
+            ax.axis("off")
+        for ax, (label, ty, tx, t) in zip(axes.ravel(), tiles, strict=False):
+            img = self.tile_image(ty, tx, t)
+            ax.imshow(img, cmap=None if img.ndim == 3 else "viridis")
+            ax.set_title(f"{label}\n{self.yc[ty]:.1f}, {self.xc[tx]:.1f}", fontsize=8)
+        fig.suptitle(f"{self.cube.name}: {self.variable} ({self.names[0]}, {self.names[1]}), "
+                     "query then neighbours (cosine distance)", fontsize=9)
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest as a dict (for the HTTP health endpoint)."""
+        return asdict(self.manifest)
