@@ -34,3 +34,9 @@ class EsdcAccessor:
     def verify(self) -> list[str]:
         """Convention problems (:func:`esdc.verify.verify_cube`)."""
         return verify_cube(self._ds)
+
+    def quicklook(self, variable: str, path: Any = None, time: Any = None) -> Any:
+        """Map of a variable (:func:`esdc.plot.quicklook`)."""
+        from esdc.plot import quicklook
+
+        return quicklook(self._ds, variable, path, time)

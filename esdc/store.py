@@ -148,6 +148,11 @@ def write_cube(
     """
     check_target(target, overwrite)
     ds = ds.chunk({d: chunks.get(str(d), -1) for d in ds.dims if d != "nv"})
+    # Small non-spatial coordinates (time bounds) go in memory: the metadata write
+    # stores them, the region writes leave them alone.
+    ds = ds.assign_coords({c: ds[c].load() for c in ds.coords
+                           if ds[c].chunks is not None and not {"lat", "lon", "y", "x"} & set(
+                               ds[c].dims)})
     enc = encoding(ds, chunks, compressor)
     tmp = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
