@@ -10,17 +10,15 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[ml,search,plot]'
 
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,tensorflow]'
 
-## demo: install, fetch the real samples, build cubes/earth.zarr, verify and describe it
+## demo: install, then the whole pipeline on real data into out/demo (cube, encoder,
+## embeddings, index, search, pictures, summary.json); FULL=1 for the 0.25 degree grid
 demo: install
-	$(BIN)/esdc samples fetch --all
-	$(BIN)/esdc build recipes/earth.yaml --overwrite
-	$(BIN)/esdc verify cubes/earth.zarr
-	$(BIN)/esdc info cubes/earth.zarr
+	$(BIN)/esdc demo --out out/demo $(if $(FULL),--full,)
 
 ## test: install with the test extra, fetch the real samples, run the whole suite
 test: install-test

@@ -38,8 +38,11 @@ regrid fast path
     in memory, best of 3, 2 threads; the two results are checked to be identical.
 
 Source files are read once before any timing so every path sees a warm page cache.
-Ratios: ``ratio_to_io_floor = esdc / io_floor`` (1 would be perfect) and
-``ratio_to_naive = esdc / naive`` (below 1: esdc is faster).
+Ratios are of wall seconds: ``ratio_to_io_floor = esdc / io_floor`` (1 would be
+perfect) and ``ratio_to_naive = esdc / naive`` (below 1: esdc is faster). CPU
+seconds (user + system, summed over the process tree) are reported beside them:
+they are less disturbed than wall time when other programs share the machine, whose
+load average at the start is recorded in ``machine.load_avg_1min``.
 
 How to run
 ----------
@@ -105,42 +108,55 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-class RssSampler:
-    """Peak resident memory of this process and all its descendants.
+class TreeMonitor:
+    """Peak resident memory and CPU time of this process and all its descendants.
 
-    Sums ``psutil`` RSS over the process tree every ``interval`` seconds in a
-    daemon thread between ``__enter__`` and ``__exit__``.
+    A daemon thread sums ``psutil`` RSS over the process tree every ``interval``
+    seconds between ``__enter__`` and ``__exit__``, and keeps each process's last
+    seen CPU time (user + system), so ``cpu_seconds`` also counts processes that
+    end before ``__exit__``. CPU seconds are less disturbed than wall seconds when
+    other programs share the machine.
     """
 
     def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
         self.proc = psutil.Process()
         self.start_mb = self.peak_mb = 0.0
+        self._cpu0: dict[int, float] = {}
+        self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def tree_mb(self) -> float:
-        total = 0
+    def _sample(self) -> float:
+        rss = 0
         for p in [self.proc, *self.proc.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
+                with p.oneshot():
+                    rss += p.memory_info().rss
+                    cpu = p.cpu_times()
+                self._cpu[p.pid] = cpu.user + cpu.system
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        return total / 2**20
+        return rss / 2**20
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak_mb = max(self.peak_mb, self.tree_mb())
+            self.peak_mb = max(self.peak_mb, self._sample())
 
-    def __enter__(self) -> RssSampler:
-        self.start_mb = self.peak_mb = self.tree_mb()
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(c - self._cpu0.get(pid, 0.0) for pid, c in self._cpu.items())
+
+    def __enter__(self) -> TreeMonitor:
+        self.start_mb = self.peak_mb = self._sample()
+        self._cpu0 = dict(self._cpu)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_mb = max(self.peak_mb, self.tree_mb())
+        self.peak_mb = max(self.peak_mb, self._sample())
 
 
 @contextmanager
@@ -198,6 +214,8 @@ def machine() -> dict[str, Any]:
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        # Other processes compete for the CPUs when this is not near 0 at the start.
+        "load_avg_1min": round(os.getloadavg()[0], 2),
     }
 
 
@@ -237,15 +255,15 @@ def stop_cluster(client: Any) -> None:
 def run_esdc(recipe: Recipe, target: Path, client: Any) -> dict[str, Any]:
     """Build the cube as ``esdc build`` does; time plan and write; sample the RSS."""
     t: dict[str, float] = {}
-    with RssSampler() as rss:
+    with TreeMonitor() as mon:
         with timer(t, "plan"):
             ds = plan(recipe)
         with timer(t, "write"):
             write_cube(ds, target, chunks=dict(recipe.output.chunks),
                        compressor=recipe.output.compressor, overwrite=True, client=client)
     return {"seconds": t["plan"] + t["write"], "plan_seconds": t["plan"],
-            "write_seconds": t["write"], "peak_rss_mb": rss.peak_mb,
-            "rss_before_mb": rss.start_mb,
+            "write_seconds": t["write"], "cpu_seconds": mon.cpu_seconds,
+            "peak_rss_mb": mon.peak_mb, "rss_before_mb": mon.start_mb,
             "output_mb": sum(v.nbytes for v in ds.data_vars.values()) / MB,
             "dims": {str(k): int(v) for k, v in ds.sizes.items() if k != "nv"},
             "variables": list(map(str, ds.data_vars))}
@@ -264,21 +282,23 @@ def _covering(data: xr.DataArray, geo: Geolocated, grid: Grid) -> xr.DataArray:
                      geo.xdim: slice(west - dx, east + dx)})
 
 
-def io_floor_read(recipe: Recipe, client: Any) -> float:
-    """Seconds to open every source and read + decode its pixels on the cluster."""
+def io_floor_read(recipe: Recipe, client: Any) -> tuple[float, float]:
+    """Wall and CPU seconds to open every source and read + decode its pixels."""
     grid = recipe.grid.to_grid()
-    t0 = time.perf_counter()
-    reads = []
-    for spec in recipe.sources:
-        geo = open_source(spec)
-        for name in dict.fromkeys(v.source for v in spec.variables):
-            reads.append(_covering(geo.data[name], geo, grid).data.max())
-    client.gather(client.compute(reads))
-    return time.perf_counter() - t0
+    with TreeMonitor() as mon:
+        t0 = time.perf_counter()
+        reads = []
+        for spec in recipe.sources:
+            geo = open_source(spec)
+            for name in dict.fromkeys(v.source for v in spec.variables):
+                reads.append(_covering(geo.data[name], geo, grid).data.max())
+        client.gather(client.compute(reads))
+        seconds = time.perf_counter() - t0
+    return seconds, mon.cpu_seconds
 
 
-def io_floor_write(cube: Path, target: Path, recipe: Recipe) -> float:
-    """Seconds to encode and write the cube's bytes (already in memory) with 2 threads."""
+def io_floor_write(cube: Path, target: Path, recipe: Recipe) -> tuple[float, float]:
+    """Wall and CPU seconds to encode and write the cube's bytes (in memory), 2 threads."""
     src = open_cube(cube)
     ds = xr.Dataset({k: (v.dims, v.values) for k, v in src.data_vars.items()},
                     coords={k: src[k].values for k in src.dims if k in src.coords})
@@ -286,10 +306,11 @@ def io_floor_write(cube: Path, target: Path, recipe: Recipe) -> float:
     chunks = dict(recipe.output.chunks)
     ds = ds.chunk({d: chunks.get(str(d), -1) for d in ds.dims})
     enc = encoding(ds, chunks, recipe.output.compressor)
-    t0 = time.perf_counter()
-    with dask.config.set(scheduler="threads", num_workers=N_WORKERS):
+    with TreeMonitor() as mon, dask.config.set(scheduler="threads", num_workers=N_WORKERS):
+        t0 = time.perf_counter()
         ds.to_zarr(target, mode="w-", zarr_format=3, consolidated=False, encoding=enc)
-    return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+    return seconds, mon.cpu_seconds
 
 
 # --------------------------------------------------------------------------- naive
@@ -334,7 +355,7 @@ def run_naive(recipe: Recipe, target: Path) -> dict[str, float]:
     grid = recipe.grid.to_grid()
     chunks = dict(recipe.output.chunks)
     written: set[str] = set()
-    with RssSampler() as rss, dask.config.set(scheduler="synchronous"):
+    with TreeMonitor() as mon, dask.config.set(scheduler="synchronous"):
         t0 = time.perf_counter()
         for spec in recipe.sources:
             geo = open_source(spec)
@@ -357,7 +378,8 @@ def run_naive(recipe: Recipe, target: Path) -> dict[str, float]:
                 del da, ds
             del loaded
         seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "peak_rss_mb": rss.peak_mb, "rss_before_mb": rss.start_mb}
+    return {"seconds": seconds, "cpu_seconds": mon.cpu_seconds, "peak_rss_mb": mon.peak_mb,
+            "rss_before_mb": mon.start_mb}
 
 
 def agreement(esdc_cube: Path, naive_cube: Path) -> dict[str, dict[str, float]]:
@@ -433,6 +455,7 @@ def run(recipe: Recipe, workdir: Path, step: Callable[[str], None] = log) -> dic
     stores = {k: workdir / f"{recipe.name}-{k}.zarr" for k in ("esdc", "io_floor", "naive")}
     for p in stores.values():
         fresh(p)
+    host = machine()  # before the run: its load average is the other processes'
     step("warming the page cache")
     warm_page_cache(recipe)
 
@@ -443,11 +466,11 @@ def run(recipe: Recipe, workdir: Path, step: Callable[[str], None] = log) -> dic
         esdc = run_esdc(recipe, stores["esdc"], client)
         gc.collect()
         step("I/O floor: reading the sources")
-        read_s = io_floor_read(recipe, client)
+        read_s, read_cpu = io_floor_read(recipe, client)
     finally:
         stop_cluster(client)
     step("I/O floor: writing the cube's bytes")
-    write_s = io_floor_write(stores["esdc"], stores["io_floor"], recipe)
+    write_s, write_cpu = io_floor_write(stores["esdc"], stores["io_floor"], recipe)
     gc.collect()
 
     step("naive xarray baseline")
@@ -476,6 +499,8 @@ def run(recipe: Recipe, workdir: Path, step: Callable[[str], None] = log) -> dic
         "io_floor_read_seconds": read_s,
         "io_floor_write_seconds": write_s,
         "naive_seconds": naive["seconds"],
+        "cpu_seconds": {"esdc": esdc["cpu_seconds"], "io_floor": read_cpu + write_cpu,
+                        "naive": naive["cpu_seconds"]},
         "ratio_to_io_floor": esdc["seconds"] / floor_s,
         "ratio_to_naive": esdc["seconds"] / naive["seconds"],
         "throughput_mb_s": {"esdc": out_mb / esdc["seconds"], "io_floor": out_mb / floor_s,
@@ -487,7 +512,7 @@ def run(recipe: Recipe, workdir: Path, step: Callable[[str], None] = log) -> dic
         "naive_vs_esdc": agree,
         "fast_path_speedup": fast["speedup"],
         "fast_path": fast,
-        "machine": machine(),
+        "machine": host,
         "versions": versions(),
     }
 
@@ -499,27 +524,31 @@ def print_table(r: dict[str, Any]) -> None:
     m = r["machine"]
     print(f"recipe {r['recipe']}: {dims}; {len(r['variables'])} variables, "
           f"{r['output_mb']:.0f} MB uncompressed")
-    print(f"machine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['ram_gb']} GiB RAM; "
+    print(f"machine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['ram_gb']} GiB RAM, load "
+          f"average {m['load_avg_1min']} at the start; "
           f"LocalCluster {N_WORKERS} processes x 1 thread, started in "
           f"{r['cluster_startup_seconds']:.1f} s (not counted)")
     print()
-    print(f"{'path':<34}{'seconds':>9}{'MB/s out':>10}{'on disk MB':>12}{'esdc / path':>13}")
+    cpu = r["cpu_seconds"]
+    print(f"{'path':<34}{'seconds':>9}{'CPU s':>8}{'MB/s out':>10}{'on disk MB':>12}"
+          f"{'esdc / path':>13}")
     rows = [
-        ("esdc (plan + write_cube)", r["esdc_seconds"], tp["esdc"], disk["esdc"], 1.0),
-        (f"  plan {r['esdc_plan_seconds']:.2f} s, write {r['esdc_write_seconds']:.2f} s",
-         None, None, None, None),
-        ("I/O floor (read + write)", r["io_floor_seconds"], tp["io_floor"], disk["io_floor"],
-         r["ratio_to_io_floor"]),
+        ("esdc (plan + write_cube)", r["esdc_seconds"], cpu["esdc"], tp["esdc"], disk["esdc"],
+         1.0),
+        (f"  plan {r['esdc_plan_seconds']:.2f} s, write {r['esdc_write_seconds']:.2f} s",),
+        ("I/O floor (read + write)", r["io_floor_seconds"], cpu["io_floor"], tp["io_floor"],
+         disk["io_floor"], r["ratio_to_io_floor"]),
         (f"  read {r['io_floor_read_seconds']:.2f} s, write "
-         f"{r['io_floor_write_seconds']:.2f} s", None, None, None, None),
-        ("naive xarray, synchronous", r["naive_seconds"], tp["naive"], disk["naive"],
-         r["ratio_to_naive"]),
+         f"{r['io_floor_write_seconds']:.2f} s",),
+        ("naive xarray, synchronous", r["naive_seconds"], cpu["naive"], tp["naive"],
+         disk["naive"], r["ratio_to_naive"]),
     ]
-    for name, s, t, d, ratio in rows:
-        if s is None:
-            print(name)
+    for row in rows:
+        if len(row) == 1:
+            print(row[0])
         else:
-            print(f"{name:<34}{s:>9.2f}{t:>10.1f}{d:>12.1f}{ratio:>13.2f}")
+            name, s, c, t, d, ratio = row
+            print(f"{name:<34}{s:>9.2f}{c:>8.1f}{t:>10.1f}{d:>12.1f}{ratio:>13.2f}")
     print()
     print(f"peak RSS, esdc build (process tree, workers included): {r['peak_rss_mb']:.0f} MB "
           f"(before: {r['rss_before_build_mb']:.0f} MB); naive: "

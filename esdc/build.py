@@ -14,8 +14,8 @@ import xarray as xr
 from esdc.derive import FUNCTIONS
 from esdc.errors import RegridError
 from esdc.grid import Grid
-from esdc.harmonize import align_series, cf_attrs, decode, place_climatology
-from esdc.recipe import Recipe, SourceSpec
+from esdc.harmonize import align_series, cf_attrs, decode, place_climatology, validity_mask
+from esdc.recipe import ObservedTimeSpec, Recipe, SourceSpec
 from esdc.regrid import overlaps, regrid
 from esdc.samples import SAMPLES, sha256sum
 from esdc.sources import Geolocated, open_source
@@ -24,7 +24,7 @@ from esdc.store import check_target, write_cube
 __all__ = ["build", "default_output", "plan"]
 
 _LIBS = ("esdc", "numpy", "xarray", "dask", "distributed", "zarr", "pyresample", "pyproj",
-         "rioxarray", "h5netcdf", "netCDF4", "pillow")
+         "rioxarray", "h5netcdf", "netCDF4", "pillow", "astropy", "sunpy", "reproject")
 
 
 def _versions() -> dict[str, str]:
@@ -75,10 +75,12 @@ def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
     RegridError
         If the grid's bounding box lies outside every source.
     """
-    grid: Grid = recipe.grid.to_grid()
     variables: dict[str, xr.DataArray] = {}
     provenance = []
     opened = [(spec, open_source(spec, base_dir)) for spec in recipe.sources]
+    # grid.time `observed: true` is made of the series sources' own time steps.
+    grid: Grid = recipe.grid.to_grid(observed=[
+        t for spec, geo in opened if spec.time == "series" for t in geo.data["time"].values])
     inside = [spec.name for spec, geo in opened if overlaps(geo, grid)]
     if not inside:
         raise RegridError(
@@ -90,9 +92,12 @@ def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
         provenance.append(_source_provenance(spec, geo))
         for var in spec.variables:
             da = decode(geo.data[var.source], var)
-            if spec.time == "series":
+            if spec.time == "series" and grid.body != "sun":
                 da = align_series(da, grid, f"sources.{spec.name}")
             da = regrid(da, geo, grid, var.resampling, flag_values=var.flag_values)
+            if spec.time == "series" and grid.body == "sun":
+                # A solar image is one observation: reproject it once, then place it.
+                da = align_series(da, grid, f"sources.{spec.name}")
             da = da.drop_vars([c for c in da.coords if c not in da.dims])
             da.attrs = {**cf_attrs(var, spec.name), "grid_mapping": "crs"}
             if spec.time == "climatology_monthly":
@@ -111,6 +116,12 @@ def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
                 variables[var.name] = merged
             else:
                 variables[var.name] = da
+    if isinstance(recipe.grid.time, ObservedTimeSpec):
+        # On an axis of observations each channel is missing where it was not observed.
+        for name in [n for n, v in variables.items() if "time" in v.dims]:
+            mask = validity_mask(variables[name].rename(name))
+            mask.attrs["grid_mapping"] = "crs"
+            variables[f"{name}_valid"] = mask
     for d in recipe.derived:
         out = FUNCTIONS[d.function]([variables[n] for n in d.inputs], grid, **d.params)
         out.attrs = {"long_name": d.long_name or d.name.replace("_", " "), "units": d.units,

@@ -307,6 +307,134 @@ def search(
         out.print(f"quicklook: {quicklook}", highlight=False)
 
 
+@app.command()
+@user_errors
+def serve(
+    cube: Annotated[Path, typer.Argument(help="Cube with embeddings and an index.")],
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine "
+                                      "only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    variable: Annotated[str | None, typer.Option(help="Embedding variable (default: the "
+                                                 "smallest tile).")] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Serve the reverse image search over HTTP (FastAPI; OpenAPI at /openapi.json)."""
+    from esdc.search.http import create_app, run_app
+
+    if not cube.exists():
+        raise EsdcError(f"no cube at {cube}.")
+    if not 0 <= port <= 65535:
+        raise EsdcError(f"--port {port}: give a TCP port, 0 .. 65535.")
+    api = create_app(cube, variable)
+    out.print(f"serving {api.state.engine.variable} of {cube} on http://{host}:{port} "
+              f"(docs: http://{host}:{port}/docs)", highlight=False)
+    run_app(api, host, port, access_log=access_log)
+
+
+@app.command()
+@user_errors
+def plot(
+    cube: Annotated[Path, typer.Argument(help="Cube (Zarr store).")],
+    variable: Annotated[str, typer.Argument(help="Variable to map, or 'rgb'.")],
+    time: Annotated[str | None, typer.Option(help="Time step (nearest), default first.")]
+    = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="PNG path (default "
+                                                  "VARIABLE.png).")] = None,
+) -> None:
+    """Draw a map of a cube variable (categorical classes get a legend)."""
+    from esdc.plot import quicklook
+    from esdc.store import open_cube
+
+    path = quicklook(open_cube(cube), variable, out_path or Path(f"{variable}.png"), time)
+    out.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("out/demo"),
+    full: Annotated[bool, typer.Option(help="Full 0.25 degree grid (default 0.5).")] = False,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Encoder epochs.")] = None,
+) -> None:
+    """Build the Earth cube, train an encoder, embed, index, search: the whole pipeline."""
+    from esdc.demo import run_demo
+
+    s = run_demo(out_dir, full, scheduler, lambda m: out.print(m, highlight=False), epochs)
+    out.print(f"\n[bold]done in {s['total_s']} s[/] -> {out_dir / 'summary.json'}")
+    out.print(f"cube {s['cube']} ({len(s['variables'])} variables), verify problems: "
+              f"{len(s['verify_problems'])}", highlight=False)
+    enc = s["encoder"]
+    out.print(f"encoder run {enc['run_id']}: SimSiam loss {enc['test']:.4f} (untrained "
+              f"{enc['baseline']:.4f})", highlight=False)
+    out.print(f"index: {s['index']['count']} tiles ({s['index']['kind']})", highlight=False)
+    for label, ev in s["search_evaluation"].items():
+        p = ev.get("precision_at_k", {})
+        out.print(f"precision@10 by {label}: embedding {p.get('embedding', float('nan')):.3f}, "
+                  f"raw-pixel PCA {p.get('pca_pixels', float('nan')):.3f}, random "
+                  f"{p.get('random', float('nan')):.3f}", highlight=False)
+    out.print(f"pictures: {Path(s['pictures'][0]).parent}", highlight=False)
+
+
+@app.command("evaluate-search")
+@user_errors
+def evaluate_search(
+    cube: Annotated[Path, typer.Argument(help="Cube with embeddings.")],
+    label: Annotated[str, typer.Option("--label", help="Class variable (e.g. koppen_class, "
+                                       "land_sea_mask); a tile's label is its mode.")],
+    variable: Annotated[str | None, typer.Option(help="Embedding variable (default: the "
+                                                 "smallest tile).")] = None,
+    k: Annotated[int, typer.Option("-k", help="Neighbours per query.")] = 10,
+    queries: Annotated[int, typer.Option(help="Query tiles (random sample).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the sample and baselines.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Precision@k of the search by a class label, against random and raw-pixel PCA."""
+    from esdc.search.evaluate import evaluate_search as run
+
+    r = run(cube, label, variable, k, queries, seed)
+    if as_json:
+        print(json.dumps(r))
+        return
+    p = r["precision_at_k"]
+    out.print(f"{r['variable']}: precision@{r['k']} by {r['label']} over {r['queries']} "
+              f"queries ({r['tiles']} tiles)", highlight=False)
+    out.print(f"  embedding {p['embedding']:.3f}  raw-pixel PCA {p['pca_pixels']:.3f}  "
+              f"random {p['random']:.3f} (expected {p['random_expected']:.3f})",
+              highlight=False)
+    for c, v in r["per_class"].items():
+        if v["queries"]:
+            out.print(f"  class {c:>3} {v['name'] or '':<14} share {v['share']:.3f}  queries "
+                      f"{v['queries']:>4}  embedding {v['embedding']:.3f}  PCA "
+                      f"{v['pca_pixels']:.3f}  random {v['random']:.3f}", highlight=False,
+                      soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def balance(
+    cube: Annotated[Path, typer.Argument(help="Cube with embeddings.")],
+    variable: Annotated[str | None, typer.Option(help="Embedding variable (default: the "
+                                                 "smallest tile).")] = None,
+    clusters: Annotated[int, typer.Option(help="k-means clusters of the embeddings.")] = 20,
+    per_cluster: Annotated[int, typer.Option(help="Tiles drawn from each cluster.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the clustering and the draw.")] = 0,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write the sample as JSON "
+                                                  "here (default: print it).")] = None,
+) -> None:
+    """Draw a class-balanced sample of tiles: the same number from each embedding cluster."""
+    from esdc.search.balance import balanced_sample, write_sample
+
+    r = balanced_sample(cube, variable, clusters, per_cluster, seed)
+    if out_path is None:
+        print(json.dumps(r))
+        return
+    write_sample(r, out_path)
+    out.print(f"{r['count']} tiles of {r['variable']} from {r['clusters']} clusters (sizes "
+              f"{min(r['cluster_sizes'])} .. {max(r['cluster_sizes'])}) -> {out_path}",
+              highlight=False, soft_wrap=True)
+
+
 @app.command("serve-model")
 @user_errors
 def serve_model(

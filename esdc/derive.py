@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import dask.array as da
+import numpy as np
 import xarray as xr
 
 from esdc.grid import Grid
 
-__all__ = ["FUNCTIONS", "accumulate", "register"]
+__all__ = ["FUNCTIONS", "accumulate", "ground_spacing", "register", "roughness", "slope"]
 
 DeriveFunction = Callable[..., xr.DataArray]
 
@@ -53,3 +55,228 @@ def accumulate(inputs: list[xr.DataArray], grid: Grid) -> xr.DataArray:
     total = x.fillna(0).cumsum("time")
     seen = x.notnull().cumsum("time") > 0
     return total.where(seen).transpose("time", ...)
+
+
+# ------------------------------------------------------------------ terrain (slope, roughness)
+def _is_periodic_x(grid: Grid) -> bool:
+    """True when the grid is geographic and its columns go once around the body."""
+    return grid.is_geographic and abs(grid.shape[1] * grid.resolution[0] - 360.0) < 1e-6 * 360
+
+
+def _projected_spacing(y: np.ndarray, x: np.ndarray, crs_wkt: str, dx: float,
+                       dy: float) -> np.ndarray:
+    """Ground spacing ``(2, ny, nx)`` (m) of a block of a projected grid (map scale removed)."""
+    import pyproj
+
+    crs = pyproj.CRS.from_wkt(crs_wkt)
+    xx, yy = np.broadcast_arrays(x, y)
+    lon, lat = pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True).transform(
+        xx, yy)
+    f = pyproj.Proj(crs).get_factors(lon, lat)
+    return np.stack([dx / np.asarray(f.parallel_scale), dy / np.asarray(f.meridional_scale)])
+
+
+def ground_spacing(grid: Grid, chunks: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+                   ) -> tuple[xr.DataArray, xr.DataArray]:
+    """Distance on the body's surface between neighbouring cell centres, in metres.
+
+    Geographic grids (degrees) on an ellipsoid of semi-major axis ``a`` and squared
+    eccentricity ``e2`` (a sphere of radius ``R`` when ``e2 = 0``, e.g. the Moon's
+    ``IAU_2015:30100``, R = 1737.4 km)::
+
+        dx = N(lat) * cos(lat) * dlon,  dy = M(lat) * dlat        (angles in radians)
+        N = a / sqrt(1 - e2 sin^2 lat),  M = a (1 - e2) / (1 - e2 sin^2 lat)^(3/2)
+
+    the radii of curvature in the prime vertical and the meridian (Snyder 1987, Map
+    Projections - A Working Manual, USGS Prof. Paper 1395, eqs. 4-18 and 4-20), so
+    on a sphere ``dx = R cos(lat) dlon`` and ``dy = R dlat``.
+
+    Projected grids: the cell size in CRS units (converted to metres) divided by the
+    projection's scale factor at the cell centre, along parallels (``k``) for ``dx``
+    and meridians (``h``) for ``dy`` (:meth:`pyproj.Proj.get_factors`). This is exact
+    for conformal projections (``h = k``; polar stereographic, Mercator, UTM) and for
+    cylindrical ones whose axes follow the graticule (equirectangular).
+
+    Parameters
+    ----------
+    grid : Grid
+        The grid.
+    chunks : tuple of 2 tuples of int, optional
+        Dask chunks ``(row chunks, column chunks)`` for projected grids, whose
+        spacing varies in both directions and is computed lazily per chunk; one
+        chunk when omitted.
+
+    Returns
+    -------
+    tuple of 2 xarray.DataArray
+        ``(dx, dy)`` in m: dims ``(ydim,)`` (numpy) on geographic grids, where they
+        depend on latitude only; dims ``(ydim, xdim)`` (Dask) on projected grids.
+    """
+    ydim, xdim = grid.dims
+    gdx, gdy = grid.resolution
+    crs = grid.pyproj_crs
+    if grid.is_geographic:
+        a = crs.ellipsoid.semi_major_metre
+        b = crs.ellipsoid.semi_minor_metre
+        e2 = 1.0 - (b / a) ** 2
+        lat = np.deg2rad(grid.y)
+        w = 1.0 - e2 * np.sin(lat) ** 2
+        dx = a / np.sqrt(w) * np.cos(lat) * np.deg2rad(gdx)
+        dy = a * (1.0 - e2) / w**1.5 * np.deg2rad(gdy)
+        return xr.DataArray(dx, dims=(ydim,)), xr.DataArray(dy, dims=(ydim,))
+    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    ych, xch = chunks if chunks is not None else ((grid.shape[0],), (grid.shape[1],))
+    yy = da.from_array(grid.y, chunks=(ych,))[:, None]
+    xx = da.from_array(grid.x, chunks=(xch,))[None, :]
+    sp = da.map_blocks(_projected_spacing, yy, xx, crs.to_wkt(), gdx * unit, gdy * unit,
+                       new_axis=0, chunks=((2,), ych, xch), dtype="float64")
+    return (xr.DataArray(sp[0], dims=(ydim, xdim)), xr.DataArray(sp[1], dims=(ydim, xdim)))
+
+
+def _horn_slope(z: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Horn (1981) slope in degrees of a block padded by one cell (edges become NaN)."""
+    out = np.full(z.shape, np.nan, dtype="float32")
+    n, c, s = slice(0, -2), slice(1, -1), slice(2, None)
+    # East-west difference in every row, over that row's own spacing; then the
+    # Horn weights 1-2-1 over the rows north, centre, south (and vice versa).
+    ex = (z[..., :, s] - z[..., :, n]) / (2.0 * dx[..., :, c])
+    gx = (ex[..., n, :] + 2.0 * ex[..., c, :] + ex[..., s, :]) / 4.0
+    ny_ = (z[..., n, :] - z[..., s, :]) / (2.0 * dy[..., c, :])
+    gy = (ny_[..., :, n] + 2.0 * ny_[..., :, c] + ny_[..., :, s]) / 4.0
+    out[..., c, c] = np.degrees(np.arctan(np.hypot(gx, gy)))
+    return out
+
+
+def _tri(z: np.ndarray) -> np.ndarray:
+    """Riley et al. (1999) ruggedness of a block padded by one cell (edges become NaN)."""
+    out = np.full(z.shape, np.nan, dtype="float32")
+    h, w = z.shape[-2:]
+    centre = z[..., 1:-1, 1:-1]
+    total = np.zeros(centre.shape, dtype="float64")
+    for i in range(3):
+        for j in range(3):
+            if i != 1 or j != 1:
+                total += (z[..., i:h - 2 + i, j:w - 2 + j] - centre) ** 2
+    out[..., 1:-1, 1:-1] = np.sqrt(total)
+    return out
+
+
+def _neighbourhood(fn: Callable[..., np.ndarray], arrays: list[da.Array],
+                   grid: Grid) -> da.Array:
+    """Apply a 3 x 3 kernel lazily (``dask.array.map_overlap``, halo of one cell).
+
+    Columns wrap around on a global geographic grid; elsewhere the halo beyond the
+    grid's edge is NaN, so the outermost cells come out NaN.
+    """
+    nd = arrays[0].ndim
+    depth = {k: (1 if k >= nd - 2 else 0) for k in range(nd)}
+    boundary = {k: np.nan for k in range(nd)}
+    if _is_periodic_x(grid):
+        boundary[nd - 1] = "periodic"
+    return da.map_overlap(fn, *arrays, depth=depth, boundary=boundary, trim=True,
+                          dtype="float32", meta=np.array((), dtype="float32"))
+
+
+def _elevation(inputs: list[xr.DataArray], grid: Grid, what: str) -> xr.DataArray:
+    (z,) = inputs
+    if tuple(z.dims[-2:]) != grid.dims or z.shape[-2:] != grid.shape:
+        raise ValueError(f"{what}: the elevation must end in the grid's dims {grid.dims} "
+                         f"with shape {grid.shape}; got dims {z.dims}, shape {z.shape}")
+    if z.chunks is None:
+        z = z.chunk()
+    return z.astype("float64")
+
+
+@register("slope")
+def slope(inputs: list[xr.DataArray], grid: Grid) -> xr.DataArray:
+    """Surface slope from an elevation model, in degrees (Horn 1981).
+
+    Horn's third-order finite difference over the 3 x 3 neighbourhood::
+
+        a b c
+        d e f     dz/dx = ((c + 2f + i) - (a + 2d + g)) / (8 dx)
+        g h i     dz/dy = ((a + 2b + c) - (g + 2h + i)) / (8 dy)
+
+        slope = degrees(arctan(sqrt((dz/dx)^2 + (dz/dy)^2)))
+
+    (Horn, B. K. P. (1981), Hill shading and the reflectance map, Proc. IEEE 69(1),
+    14-47). ``dx`` and ``dy`` are ground distances in metres from
+    :func:`ground_spacing`: on a geographic grid each row's east-west difference is
+    divided by that row's own ``dx = R cos(lat) dlon`` (R the body's radius, from
+    the grid's CRS), which reduces to Horn's formula when ``dx`` is constant; on a
+    projected grid the cell size is corrected by the map scale factor.
+
+    Parameters
+    ----------
+    inputs : list of one xarray.DataArray
+        Elevation in metres, dims ``(..., y, x)`` (``lat, lon`` on geographic grids)
+        of shape ``(..., ny, nx)`` = ``grid.shape``; NaN where unknown.
+    grid : Grid
+        The cube's grid.
+
+    Returns
+    -------
+    xarray.DataArray
+        Slope in degrees (0 flat, 90 vertical), float32, same dims, coordinates and
+        chunks; lazy (``dask.array.map_overlap``). NaN where any cell of the 3 x 3
+        neighbourhood is NaN, on the outermost rows (the poles of a global grid)
+        and on the outermost columns unless the grid goes around the body in
+        longitude (then columns wrap).
+
+    Raises
+    ------
+    ValueError
+        If the input's last two dims are not the grid's.
+    """
+    z = _elevation(inputs, grid, "slope")
+    assert z.chunks is not None
+    spacing = []
+    for d in ground_spacing(grid, (z.chunks[-2], z.chunks[-1])):
+        arr = d.data if d.ndim == 2 else da.from_array(d.values[:, None],
+                                                       chunks=(z.chunks[-2], 1))
+        spacing.append(da.broadcast_to(arr, z.shape, chunks=z.chunks))
+    out = _neighbourhood(_horn_slope, [z.data, *spacing], grid)
+    return xr.DataArray(out, dims=z.dims, coords=z.coords)
+
+
+@register("roughness")
+def roughness(inputs: list[xr.DataArray], grid: Grid) -> xr.DataArray:
+    """Terrain ruggedness index (TRI) of an elevation model, in metres (Riley et al. 1999).
+
+    The square root of the summed squared elevation differences between a cell
+    and its eight neighbours::
+
+        TRI = sqrt(sum over the 8 neighbours i of (z_i - z_centre)^2)
+
+    (Riley, S. J., DeGloria, S. D. and Elliot, R. (1999), A terrain ruggedness index
+    that quantifies topographic heterogeneity, Intermountain J. Sci. 5(1-4), 23-27).
+    TRI is a difference of elevations and needs no cell size, but it measures the
+    relief over the 3 x 3 window, whose ground size is that of the grid's cells: on a
+    geographic grid ``3 R cos(lat) dlon`` by ``3 R dlat`` (R the body's radius),
+    narrower towards the poles; compare values at one resolution and similar latitude
+    (:func:`ground_spacing` gives the cell size).
+
+    Parameters
+    ----------
+    inputs : list of one xarray.DataArray
+        Elevation in metres, dims ``(..., y, x)`` (``lat, lon`` on geographic grids)
+        of shape ``(..., ny, nx)`` = ``grid.shape``; NaN where unknown.
+    grid : Grid
+        The cube's grid.
+
+    Returns
+    -------
+    xarray.DataArray
+        TRI in metres (0 on a flat or uniform surface), float32, same dims,
+        coordinates and chunks; lazy (``dask.array.map_overlap``). NaN where any cell
+        of the neighbourhood is NaN, and on the outermost rows and columns as for
+        :func:`slope`.
+
+    Raises
+    ------
+    ValueError
+        If the input's last two dims are not the grid's.
+    """
+    z = _elevation(inputs, grid, "roughness")
+    out = _neighbourhood(_tri, [z.data], grid)
+    return xr.DataArray(out, dims=z.dims, coords=z.coords)

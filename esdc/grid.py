@@ -19,7 +19,7 @@ import pyproj
 
 from esdc.errors import GridError
 
-__all__ = ["BODY_CRS", "Body", "Grid"]
+__all__ = ["AU_M", "BODY_CRS", "HELIOPROJECTIVE", "RSUN_REF_M", "Body", "Grid"]
 
 Body = Literal["earth", "moon", "sun"]
 
@@ -28,6 +28,19 @@ Body = Literal["earth", "moon", "sun"]
 #: Archinal et al. 2018, Celest. Mech. Dyn. Astr. 130:22). The Sun has no geographic
 #: CRS in PROJ; solar grids are helioprojective and declared by WCS.
 BODY_CRS: dict[str, str] = {"earth": "EPSG:4326", "moon": "IAU_2015:30100"}
+
+#: CRS name of solar grids: the helioprojective-cartesian frame (Thompson 2006, A&A 449,
+#: 791) in the gnomonic (TAN) projection centred on the Sun, solar north up, as seen by
+#: an observer at 1 AU on the Sun-Earth line at each time step's observation time.
+#: Coordinates are arcsec in the projection plane (helioprojective Tx, Ty to 1e-5
+#: within 1 degree of the Sun). PROJ has no such CRS: :mod:`esdc.solar` regrids onto it.
+HELIOPROJECTIVE = "helioprojective"
+#: The astronomical unit in metres (IAU 2012 Resolution B2): observer distance of solar grids.
+AU_M = 149_597_870_700.0
+#: Solar radius of SDO's pipelines (``RSUN_REF`` of AIA/HMI headers), metres: the sphere
+#: on-disk pixels lie on. Seen from 1 AU it subtends ``arcsin(RSUN_REF_M / AU_M)`` =
+#: 959.64 arcsec.
+RSUN_REF_M = 696_000_000.0
 
 
 def _parse_crs(crs: str) -> pyproj.CRS:
@@ -50,7 +63,8 @@ class Grid:
         The body the grid lies on.
     crs : str
         The CRS as an authority code, PROJ string or WKT (anything
-        :func:`pyproj.CRS.from_user_input` takes).
+        :func:`pyproj.CRS.from_user_input` takes), or ``"helioprojective"``
+        (:data:`HELIOPROJECTIVE`, Sun only; transform in arcsec).
     transform : tuple of 6 float
         Affine transform ``(a, b, c, d, e, f)`` from (column, row) of cell *edges* to
         CRS coordinates: ``x = a*col + b*row + c``, ``y = d*col + e*row + f`` (the
@@ -105,7 +119,12 @@ class Grid:
                 "e < 0) are supported."
             )
         object.__setattr__(self, "transform", (a, b, c, d, e, f))
-        _parse_crs(self.crs)
+        if self.is_helioprojective:
+            if self.body != "sun":
+                raise GridError(f"grid.crs: {HELIOPROJECTIVE!r} is a frame of the Sun, not of "
+                                f"{self.body!r}; use a CRS of that body.")
+        else:
+            _parse_crs(self.crs)
         if self.time is not None:
             t = tuple(np.datetime64(v, "ns") for v in self.time)
             if len(t) == 0 or any(t1 <= t0 for t0, t1 in zip(t, t[1:], strict=False)):
@@ -138,7 +157,8 @@ class Grid:
             The CRS (see :class:`Grid`).
         bbox : tuple of 4 float
             ``(west, south, east, north)`` of the outer cell edges, in CRS units
-            (degrees for geographic CRSs, metres for projected ones).
+            (degrees for geographic CRSs, metres for projected ones, arcsec for
+            helioprojective grids).
         resolution : float or (float, float)
             Cell size ``dx`` (or ``(dx, dy)``), in CRS units. The number of cells is
             ``round((east - west) / dx)``; east/north edges are moved to fit.
@@ -173,13 +193,27 @@ class Grid:
     # ---------------------------------------------------------------- properties
     @cached_property
     def pyproj_crs(self) -> pyproj.CRS:
-        """The CRS as a :class:`pyproj.CRS`."""
+        """The CRS as a :class:`pyproj.CRS`.
+
+        Raises
+        ------
+        GridError
+            For a helioprojective (solar) grid, which PROJ cannot describe.
+        """
+        if self.is_helioprojective:
+            raise GridError("a helioprojective solar grid has no PROJ CRS; its frame is "
+                            "described by Grid.crs_attrs() and regridded by esdc.solar.")
         return _parse_crs(self.crs)
+
+    @property
+    def is_helioprojective(self) -> bool:
+        """True for a solar grid in the helioprojective frame (:data:`HELIOPROJECTIVE`)."""
+        return self.crs.strip().lower() == HELIOPROJECTIVE
 
     @property
     def is_geographic(self) -> bool:
         """True when the CRS is geographic (coordinates in degrees)."""
-        return bool(self.pyproj_crs.is_geographic)
+        return not self.is_helioprojective and bool(self.pyproj_crs.is_geographic)
 
     @property
     def dims(self) -> tuple[str, str]:
@@ -225,7 +259,18 @@ class Grid:
 
     # ---------------------------------------------------------------- conversions
     def area_definition(self) -> Any:
-        """The grid as a :class:`pyresample.geometry.AreaDefinition` (target of regrids)."""
+        """The grid as a :class:`pyresample.geometry.AreaDefinition` (target of regrids).
+
+        Raises
+        ------
+        GridError
+            For a helioprojective (solar) grid: pyresample needs a PROJ CRS; solar
+            sources are reprojected by :func:`esdc.solar.reproject` instead.
+        """
+        if self.is_helioprojective:
+            raise GridError("a helioprojective solar grid has no pyresample AreaDefinition "
+                            "(PROJ has no helioprojective CRS); esdc.solar.reproject regrids "
+                            "onto it with sunpy/reproject.")
         from pyresample.geometry import AreaDefinition
 
         west, south, east, north = self.bbox
@@ -242,7 +287,8 @@ class Grid:
         dict
             ``{dim_y: DataArray (ny,), dim_x: DataArray (nx,)}`` plus ``time`` and
             ``time_bnds`` ``(time, nv=2)`` when the grid has a time axis. Geographic
-            coordinates are in ``degrees_north`` / ``degrees_east``.
+            coordinates are in ``degrees_north`` / ``degrees_east``; helioprojective ones
+            in ``arcsec`` (``y`` solar north positive, ``x`` solar west positive).
         """
         import xarray as xr
 
@@ -252,6 +298,11 @@ class Grid:
                       "units": "degrees_north", "axis": "Y"}
             xattrs = {"standard_name": "longitude", "long_name": "longitude",
                       "units": "degrees_east", "axis": "X"}
+        elif self.is_helioprojective:
+            yattrs = {"long_name": "helioprojective latitude (Ty, solar north positive)",
+                      "units": "arcsec", "axis": "Y", "esdc_wcs_ctype": "HPLT-TAN"}
+            xattrs = {"long_name": "helioprojective longitude (Tx, solar west positive)",
+                      "units": "arcsec", "axis": "X", "esdc_wcs_ctype": "HPLN-TAN"}
         else:
             unit = self.pyproj_crs.axis_info[0].unit_name if self.pyproj_crs.axis_info else "m"
             unit = {"metre": "m"}.get(unit, unit)
@@ -273,7 +324,28 @@ class Grid:
         return out
 
     def crs_attrs(self) -> dict[str, Any]:
-        """CF grid-mapping attributes of the CRS (``pyproj.CRS.to_cf``) plus ``crs_wkt``."""
+        """CF grid-mapping attributes of the CRS (``pyproj.CRS.to_cf``) plus ``crs_wkt``.
+
+        A helioprojective grid has no CF grid mapping: it gets a CF-ish description
+        (``grid_mapping_name: helioprojective``, the WCS axis types and units, the
+        observer convention, its distance and the solar radius used) and
+        ``esdc_body: sun``.
+        """
+        if self.is_helioprojective:
+            rsun_arcsec = math.degrees(math.asin(RSUN_REF_M / AU_M)) * 3600.0
+            return {
+                "grid_mapping_name": HELIOPROJECTIVE,
+                "long_name": "helioprojective-cartesian frame, gnomonic (TAN) projection "
+                             "centred on the Sun, solar north up",
+                "wcs_ctype": "HPLN-TAN HPLT-TAN",
+                "wcs_cunit": "arcsec arcsec",
+                "esdc_observer": "at 1 AU on the Sun-Earth line (heliographic Stonyhurst "
+                                 "longitude 0, latitude B0) at each observation's time",
+                "observer_distance_m": AU_M,
+                "rsun_ref_m": RSUN_REF_M,
+                "rsun_obs_arcsec": rsun_arcsec,
+                "esdc_body": self.body,
+            }
         attrs: dict[str, Any] = {}
         try:
             attrs.update(self.pyproj_crs.to_cf())

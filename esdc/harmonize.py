@@ -14,7 +14,7 @@ from esdc.errors import SourceError
 from esdc.grid import Grid
 from esdc.recipe import VariableSpec
 
-__all__ = ["cf_attrs", "decode", "place_climatology", "align_series"]
+__all__ = ["cf_attrs", "decode", "place_climatology", "align_series", "validity_mask"]
 
 
 def decode(raw: xr.DataArray, var: VariableSpec) -> xr.DataArray:
@@ -25,7 +25,10 @@ def decode(raw: xr.DataArray, var: VariableSpec) -> xr.DataArray:
     ``[valid_min, valid_max]`` (physical units) become NaN. With ``select_values``
     the result is instead an indicator: 1.0 where the stored value is one of them,
     0.0 elsewhere (NaN at ``fill_value``), e.g. a land fraction from a class mask.
-    For ``bucket_mode`` (categorical) the integer codes are kept unchanged.
+    For ``bucket_mode`` (categorical) the integer codes are kept unchanged. When the
+    recipe leaves ``fill_value``/``scale_factor``/``add_offset`` unset, the file's CF
+    attributes (``_FillValue``, ``missing_value``, ``scale_factor``, ``add_offset``) are
+    used.
 
     Parameters
     ----------
@@ -41,13 +44,23 @@ def decode(raw: xr.DataArray, var: VariableSpec) -> xr.DataArray:
     """
     if var.resampling == "bucket_mode":
         return raw
-    missing = raw == var.fill_value if var.fill_value is not None else None
+    # The recipe's values win; otherwise the file's own CF attributes apply.
+    fills = [var.fill_value] if var.fill_value is not None else [
+        raw.attrs[k] for k in ("_FillValue", "missing_value") if k in raw.attrs]
+    missing = None
+    for f in fills:
+        for value in np.atleast_1d(f):
+            hit = raw == value
+            missing = hit if missing is None else missing | hit
+    scale = var.scale_factor if var.scale_factor != 1.0 else float(raw.attrs.get(
+        "scale_factor", 1.0))
+    offset = var.add_offset if var.add_offset != 0.0 else float(raw.attrs.get("add_offset", 0.0))
     if var.select_values is not None:
         out = raw.isin(var.select_values).astype("float32")
     else:
         out = raw.astype("float32")
-        if var.scale_factor != 1.0 or var.add_offset != 0.0:
-            out = out * np.float32(var.scale_factor) + np.float32(var.add_offset)
+        if scale != 1.0 or offset != 0.0:
+            out = out * np.float32(scale) + np.float32(offset)
         if var.valid_min is not None:
             out = out.where(out >= var.valid_min)
         if var.valid_max is not None:
@@ -159,3 +172,27 @@ def cf_attrs(var: VariableSpec, source_name: str) -> dict[str, object]:
     attrs["esdc_source"] = source_name
     attrs["esdc_resampling"] = var.resampling
     return attrs
+
+
+def validity_mask(data: xr.DataArray) -> xr.DataArray:
+    """Where a variable holds a value: 1, else 0 (CF flags, uint8; lazy).
+
+    On a time axis of observations (``grid.time.observed``) a channel is missing at
+    the time steps it was not observed, and outside its field of view: its NaN
+    cells. The mask makes that explicit (e.g. to weight a loss).
+
+    Parameters
+    ----------
+    data : xarray.DataArray
+        Any dims, float with NaN for missing values.
+
+    Returns
+    -------
+    xarray.DataArray
+        uint8, same dims and coordinates; attributes ``flag_values [0, 1]``,
+        ``flag_meanings "missing valid"``, ``units "1"``.
+    """
+    out = data.notnull().astype("uint8")
+    out.attrs = {"long_name": f"{data.name or 'variable'} holds a value",
+                 "units": "1", "flag_values": [0, 1], "flag_meanings": "missing valid"}
+    return out

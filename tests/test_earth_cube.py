@@ -95,6 +95,8 @@ def test_sst_series(ds):
     assert 290 < float(eq.mean()) < 305  # equatorial Pacific, K
     assert np.isnan(float(ds.sst.sel(lat=45, lon=0, method="nearest").isel(time=0)))  # off band
     assert int(ds.sst.isel(time=0).count()) > 0 and int(ds.sst.isel(time=-1).count()) > 0
+    assert float(ds.sst.max()) < 310 and float(ds.sst.min()) > 265  # the file's _FillValue
+    assert np.isnan(float(ds.sst.sel(lat=-0.125, lon=-60.125).isel(time=0)))  # Amazon: land
 
 
 def test_climatology_by_month(ds):

@@ -155,3 +155,31 @@ def test_swath_nearest_and_bucket_average():
     assert np.isnan(regrid(ds["v"], src, far, "nearest").values).all()
     with pytest.raises(RegridError, match="swath"):
         regrid(ds["v"], src, grid, "bilinear")
+
+
+def test_nearest_graph_can_move_between_worker_processes(client):
+    """Every intermediate result of the nearest graph pickles (no KD-tree object in it).
+
+    pyresample's lazy nearest resampler returns its KD-tree from one task to the next;
+    on a multi-process cluster that fails as soon as the two run on different workers.
+    """
+    import cloudpickle
+    import dask
+
+    lons, lats = np.meshgrid(np.linspace(-9.75, 9.75, 40), np.linspace(9.75, -9.75, 40))
+    vals = (lons + 2 * lats).astype("float32")
+    ds = xr.Dataset({"v": (("time", "row", "col"), np.stack([vals, vals + 1]))}).chunk(
+        {"time": 1, "row": 20, "col": 20})
+    src = Geolocated(ds, pyproj.CRS.from_epsg(4326), "row", "col", Path("swath"), lons, lats)
+    grid = Grid.from_bbox("earth", "EPSG:4326", (-5, -5, 5, 5), 0.25)
+    out = regrid(ds["v"], src, grid, "nearest")
+    graph = dict(out.data.__dask_graph__())
+    for key, result in zip(graph, dask.get(graph, list(graph)), strict=True):
+        try:
+            cloudpickle.dumps(result)
+        except Exception as exc:  # noqa: BLE001
+            pytest.fail(f"task {key} returns a {type(result).__name__} that cannot be sent "
+                        f"to another worker: {exc}")
+    got = client.compute(out.data).result(timeout=120)
+    np.testing.assert_array_equal(got, out.values)
+    assert np.isfinite(got).all() and got.shape == (2, 40, 40)

@@ -266,7 +266,12 @@ def train(cube: str, config: dict[str, Any] | TrainConfig, tracking_uri: str | N
         from esdc.ml.torch import device_for
 
         device = device_for(cfg.device, resources)
-    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    uri = tracking_uri or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(cfg.name) is None and uri.startswith("sqlite:///"):
+        # artifacts beside the SQLite file, not in whatever the worker's cwd is
+        root = Path(uri.removeprefix("sqlite:///")).parent / "mlruns"
+        mlflow.create_experiment(cfg.name, artifact_location=root.resolve().as_uri())
     mlflow.set_experiment(cfg.name)
     with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params({k: json.dumps(v) if isinstance(v, (dict, list, tuple)) else v

@@ -255,7 +255,7 @@ def open_source(spec: SourceSpec, base_dir: Path | None = None) -> Geolocated:
     SourceError
         If the file cannot be read as declared, or a variable is missing.
     """
-    from esdc.sources import geotiff, image, netcdf, raw
+    from esdc.sources import fits, geotiff, image, netcdf, raw
 
     readers: dict[str, Callable[[SourceSpec, Path], Geolocated]] = {
         "netcdf": netcdf.open_netcdf,
@@ -263,6 +263,8 @@ def open_source(spec: SourceSpec, base_dir: Path | None = None) -> Geolocated:
         "geotiff": geotiff.open_geotiff,
         "image": image.open_image,
         "raw": raw.open_raw,
+        "fits": fits.open_fits,
+        "jp2": fits.open_jp2,
     }
     path = resolve_path(spec, base_dir)
     try:

@@ -9,7 +9,7 @@ import xarray as xr
 
 from esdc.errors import SourceError
 from esdc.recipe import SourceSpec
-from esdc.sources.base import Geolocated, normalize
+from esdc.sources.base import Geolocated, apply_georeference, normalize
 
 __all__ = ["open_geotiff"]
 
@@ -20,6 +20,10 @@ def open_geotiff(spec: SourceSpec, path: Path) -> Geolocated:
     Bands are named by ``spec.bands`` (in band order) or ``band_1``, ``band_2``, …
     The file's nodata value is *not* applied (``masked=False``): categorical rasters
     use it for a real class (e.g. 0 = ocean); declare ``fill_value`` per variable.
+    A declared ``georeference`` gives the CRS (it replaces the file's, e.g. an
+    authority code for a planetary CRS the file only describes); its ``bbox`` places
+    the pixels of a file without a geotransform and must agree with the file's
+    bounds otherwise.
 
     Parameters
     ----------
@@ -36,7 +40,8 @@ def open_geotiff(spec: SourceSpec, path: Path) -> Geolocated:
     Raises
     ------
     SourceError
-        If the file is not a GeoTIFF or has no CRS and none is declared.
+        If the file is not a GeoTIFF, has no CRS and none is declared, or its bounds
+        differ from the declared ``georeference.bbox`` by more than 1 % of a pixel.
     """
     import rioxarray
 
@@ -64,4 +69,32 @@ def open_geotiff(spec: SourceSpec, path: Path) -> Geolocated:
         for i, n in enumerate(names)
     })
     ds.attrs = {}
+    if spec.georeference is not None:
+        ds = _declared_bbox(ds, spec, path)
     return normalize(ds, crs, path, f"sources.{spec.name}")
+
+
+def _declared_bbox(ds: xr.Dataset, spec: SourceSpec, path: Path) -> xr.Dataset:
+    """Place a file without geotransform by the declared bbox; else check they agree."""
+    import warnings
+
+    import rasterio
+
+    geo = spec.georeference
+    assert geo is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path) as f:
+            transform, bounds, (ny, nx) = f.transform, tuple(f.bounds), f.shape
+    if transform.is_identity:
+        return apply_georeference(ds, geo, f"sources.{spec.name}")
+    tol = 0.01 * max(abs(transform.a), abs(transform.e))
+    west, south, east, north = geo.bbox
+    if (max(abs(a - b) for a, b in zip(bounds, (west, south, east, north), strict=True)) > tol
+            or transform.b != 0 or transform.d != 0):
+        raise SourceError(
+            f"sources.{spec.name}: georeference.bbox {list(geo.bbox)} differs from the bounds "
+            f"{[round(v, 6) for v in bounds]} of {path} ({ny} x {nx} pixels); declare the "
+            "file's own bounds, or leave georeference out to use the file's."
+        )
+    return ds

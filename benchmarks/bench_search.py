@@ -1,0 +1,547 @@
+"""Benchmark esdc's search: approximate index recall and speed, and the HTTP service's latency.
+
+What is measured
+----------------
+Index (in this process, FAISS with its default OpenMP threads, 2 on a 2-core machine):
+
+data
+    ``--n`` vectors (default 1,000,000) and ``--queries`` held-out query vectors
+    (default 1,000) of ``--dim`` (128) dimensions, synthetic but clustered: a Gaussian
+    mixture of ``--centres`` (4,096) centres drawn on the unit sphere, each cluster
+    spread along its own random ``--rank``-dimensional (12) subspace plus a little
+    isotropic noise, then centred on the collection mean and L2-normalised with
+    :func:`esdc.search.index.normalise`, exactly as ``esdc index`` prepares embeddings.
+    The local intrinsic dimension (~12) is in the range reported for the last layers
+    of image CNNs (Ansuini et al. 2019, NeurIPS, "Intrinsic dimension of data
+    representations in deep neural networks"); the SimSiam embeddings of the real
+    Earth cube are far lower-dimensional (4 principal components hold 99 % of their
+    variance), so this data is the harder case.
+exact
+    ``IndexIDMap2(IndexFlatIP)``, what ``esdc index --kind flat`` builds: the ground
+    truth (top 10 by inner product = cosine) and ``qps_exact``.
+HNSW
+    ``IndexIDMap2(IndexHNSWFlat(d, M, METRIC_INNER_PRODUCT))`` with ``efConstruction``,
+    what ``esdc index --kind hnsw`` builds (``M`` and ``efConstruction`` from
+    ``--hnsw-m``/``--ef-construction``; esdc's defaults are 32/80, this benchmark uses
+    32/40 by default to keep the 1M build within minutes on 2 cores). ``efSearch`` is
+    swept; the smallest value whose recall@10 reaches ``--target-recall`` (0.95) is
+    the tuned one, and its recall and queries per second are ``recall_at_10`` and
+    ``qps_approx``.
+IVF-PQ + refine
+    The ``ivfpq`` index exactly as :func:`esdc.search.index.build_index` builds it
+    (``nlist = min(4096, 4 sqrt(n))``, ``m = 16`` sub-quantisers of 8 bits, trained on
+    all vectors when ``n <= 256 nlist``, ``nprobe = nlist / 8``, ``IndexRefineFlat``
+    with ``k_factor = 16``), also at smaller ``nprobe``. Its k-means training grows as
+    ``n * nlist`` (about 20 minutes at 1M on 2 cores), so it runs by default only when
+    ``n <= 200,000`` (``--ivfpq`` forces it, ``--no-ivfpq`` skips it).
+
+The parameters are those of ``build_index`` reproduced here (it builds from a cube,
+not from an array); keep them in step with ``esdc/search/index.py``.
+
+Queries per second are for the whole query batch in one ``search`` call (FAISS
+parallelises over queries), best of ``--repeats`` runs; recall@10 is the mean
+fraction of the exact top 10 found in the approximate top 10.
+
+HTTP:
+    A cube with embeddings and a flat index (default: a synthetic Blue Marble cube of
+    ``--http-shape`` cells (512 x 1024: 8,192 tiles of 8 x 8) embedded by a freshly
+    initialised, seeded encoder, built in a temporary folder; ``--cube PATH`` copies an
+    existing cube and its index there instead) is served by a real ``esdc serve``
+    subprocess on a free 127.0.0.1 port. ``--clients`` (16) threads, each with its own
+    keep-alive connection, send ``--requests`` (2,000) requests in total after 100
+    warm-up requests: 80 % ``GET /search/tile`` at random points (k = 10; one in four
+    with a random bbox), 10 % ``POST /search/vector`` (a random tile's embedding), 10 %
+    ``GET /tiles/{y}/{x}.png``. Latency is measured by the client, from sending the
+    request to reading the whole answer; ``http_p50_ms``/``http_p99_ms`` are over all
+    requests. Client and server share the machine's cores.
+
+Aims (issue): ``recall_at_10 >= 0.95`` at ``qps_ratio = qps_approx / qps_exact >= 10``;
+``http_p99_ms <= 50``. Timings depend on the machine and on what else runs on it (the
+load average is reported at start and end): compare runs on the same machine.
+
+How to run
+----------
+::
+
+    python benchmarks/bench_search.py --quick         # 100k vectors, 500 requests, ~1-2 min
+    python benchmarks/bench_search.py                 # 1M vectors, 2,000 requests
+    python benchmarks/bench_search.py --json          # one JSON object on stdout
+    python benchmarks/bench_search.py --cube /path/to/cube.zarr   # HTTP on a real cube
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from esdc.search.index import index_dir, normalise
+
+EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def log(msg: str) -> None:
+    print(f"[bench_search {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    import faiss
+    import psutil
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu_count": os.cpu_count(), "cpu_model": cpu,
+            "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "faiss_threads": faiss.omp_get_max_threads(),
+            "load_avg_1min_start": round(os.getloadavg()[0], 2)}
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for lib in ("esdc", "numpy", "faiss-cpu", "fastapi", "starlette", "uvicorn", "pydantic"):
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+# ---------------------------------------------------------------------------- data
+def clustered(n: int, nq: int, dim: int, centres: int, rank: int, seed: int = 0,
+              spread: float = 0.5, noise: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """Base ``(n, dim)`` and query ``(nq, dim)`` vectors, centred and L2-normalised.
+
+    Gaussian mixture: centres ``N(0, I/dim)`` (norm ~1); a point is its centre plus
+    ``spread * z @ B_c`` (``z ~ N(0, I_rank)``, ``B_c`` the cluster's random
+    ``(rank, dim)`` basis, rows of norm ~1) plus ``noise * N(0, I/dim)``.
+    """
+    rng = np.random.default_rng(seed)
+    c = (rng.standard_normal((centres, dim)) / np.sqrt(dim)).astype("float32")
+    basis = (rng.standard_normal((centres, rank, dim)) / np.sqrt(dim)).astype("float32")
+    total = n + nq
+    raw = np.empty((total, dim), dtype="float32")
+    labels = rng.integers(0, centres, total)
+    step = 100_000
+    for s in range(0, total, step):
+        lab = labels[s: s + step]
+        z = rng.standard_normal((len(lab), rank), dtype="float32") * spread
+        raw[s: s + len(lab)] = (c[lab] + np.einsum("nr,nrd->nd", z, basis[lab])
+                                + noise * rng.standard_normal((len(lab), dim), dtype="float32")
+                                / np.sqrt(dim))
+    centre = raw[:n].mean(axis=0)  # as esdc.search.index.embedding_matrix
+    base = normalise(raw[:n], centre)
+    queries = normalise(raw[n:], centre)
+    return base, queries
+
+
+# ---------------------------------------------------------------------------- indexes
+def esdc_index(vec: np.ndarray, kind: str, **params: Any) -> tuple[Any, dict[str, Any]]:
+    """The index ``esdc.search.index.build_index`` builds for ``kind``, from an array.
+
+    Same classes and parameters as ``build_index`` (keep in step with it), without the
+    cube, the file and the manifest.
+    """
+    import faiss
+
+    n, d = vec.shape
+    metric = faiss.METRIC_INNER_PRODUCT
+    used: dict[str, Any] = {}
+    if kind == "flat":
+        base = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        used = {"M": 32, "ef_construction": 80, "ef_search": 96} | params
+        base = faiss.IndexHNSWFlat(d, int(used["M"]), metric)
+        base.hnsw.efConstruction = int(used["ef_construction"])
+        base.hnsw.efSearch = int(used["ef_search"])
+    elif kind == "ivfpq":
+        nlist = int(params.get("nlist", max(1, min(4096, int(4 * np.sqrt(n))))))
+        m = int(params.get("m", next(k for k in (16, 8, 4, 2, 1) if d % k == 0)))
+        used = {"nlist": nlist, "m": m, "nprobe": int(params.get("nprobe", max(1, nlist // 8))),
+                "k_factor": float(params.get("k_factor", 16))}
+        ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, 8, metric)
+        ivf.train(vec[np.random.default_rng(0).permutation(n)[: max(256 * nlist, 40 * 256)]]
+                  if n > 256 * nlist else vec)
+        ivf.nprobe = used["nprobe"]
+        base = faiss.IndexRefineFlat(ivf)
+        base.k_factor = used["k_factor"]
+    else:
+        raise ValueError(kind)
+    index = faiss.IndexIDMap2(base)
+    index.add_with_ids(vec, np.arange(n, dtype="int64"))
+    return index, used
+
+
+def timed_search(index: Any, queries: np.ndarray, k: int, repeats: int) -> tuple[np.ndarray,
+                                                                                 float]:
+    """Ids of the top ``k`` and the best queries per second over ``repeats`` runs."""
+    best, ids = np.inf, None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _, ids = index.search(queries, k)
+        best = min(best, time.perf_counter() - t0)
+    return ids, len(queries) / best
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each row of ``truth`` present in the same row of ``found``."""
+    k = truth.shape[1]
+    return float(np.mean([len(set(a[:k]) & set(b)) / k
+                          for a, b in zip(found, truth, strict=True)]))
+
+
+def bench_index(args: argparse.Namespace) -> dict[str, Any]:
+    import faiss
+
+    k = 10
+    t0 = time.perf_counter()
+    base, queries = clustered(args.n, args.queries, args.dim, args.centres, args.rank)
+    gen_s = time.perf_counter() - t0
+    log(f"data: {args.n:,} x {args.dim} base, {args.queries:,} queries ({gen_s:.1f} s)")
+
+    flat, _ = esdc_index(base, "flat")
+    truth, qps_exact = timed_search(flat, queries, k, args.repeats)
+    del flat
+    log(f"exact (IndexFlatIP): {qps_exact:,.0f} queries/s")
+
+    t0 = time.perf_counter()
+    hnsw, used = esdc_index(base, "hnsw", M=args.hnsw_m, ef_construction=args.ef_construction)
+    hnsw_build = time.perf_counter() - t0
+    log(f"HNSW M={args.hnsw_m} efConstruction={args.ef_construction}: built in "
+        f"{hnsw_build:.1f} s")
+    inner = faiss.downcast_index(hnsw.index)
+    sweep, chosen = [], None
+    for ef in EF_SEARCH:
+        inner.hnsw.efSearch = ef
+        ids, qps = timed_search(hnsw, queries, k, args.repeats)
+        row = {"ef_search": ef, "recall_at_10": round(recall(ids, truth), 4),
+               "qps": round(qps, 1), "qps_ratio": round(qps / qps_exact, 2)}
+        sweep.append(row)
+        log(f"  efSearch={ef:<4} recall@10={row['recall_at_10']:.4f} {qps:,.0f} q/s "
+            f"({row['qps_ratio']:.1f}x exact)")
+        if chosen is None and row["recall_at_10"] >= args.target_recall:
+            chosen = row
+        if chosen is not None and ef >= max(96, 2 * chosen["ef_search"]):
+            break
+    if chosen is None:  # not reached: report the best recall
+        chosen = max(sweep, key=lambda r: r["recall_at_10"])
+    del hnsw, inner
+
+    ivfpq: dict[str, Any]
+    run_ivfpq = args.ivfpq if args.ivfpq is not None else args.n <= 200_000
+    if run_ivfpq:
+        t0 = time.perf_counter()
+        ivf, iused = esdc_index(base, "ivfpq")
+        ivf_build = time.perf_counter() - t0
+        log(f"IVF-PQ+refine {iused}: built in {ivf_build:.1f} s")
+        inner_ivf = faiss.downcast_index(faiss.downcast_index(ivf.index).base_index)
+        rows = []
+        for nprobe in sorted({max(1, iused["nlist"] // f) for f in (64, 32, 16, 8)}):
+            inner_ivf.nprobe = nprobe
+            ids, qps = timed_search(ivf, queries, k, args.repeats)
+            rows.append({"nprobe": nprobe, "recall_at_10": round(recall(ids, truth), 4),
+                         "qps": round(qps, 1), "qps_ratio": round(qps / qps_exact, 2)})
+            log(f"  nprobe={nprobe:<4} recall@10={rows[-1]['recall_at_10']:.4f} {qps:,.0f} q/s "
+                f"({rows[-1]['qps_ratio']:.1f}x exact)")
+        default = next(r for r in rows if r["nprobe"] == iused["nprobe"])
+        ivfpq = {"params": iused, "build_s": round(ivf_build, 1),
+                 "recall_at_10": default["recall_at_10"], "qps": default["qps"],
+                 "qps_ratio": default["qps_ratio"], "sweep": rows}
+        del ivf
+    else:
+        ivfpq = {"skipped": f"k-means training of esdc's ivfpq (nlist "
+                 f"{min(4096, int(4 * np.sqrt(args.n)))}) on {args.n:,} vectors takes tens "
+                 "of minutes on 2 cores; pass --ivfpq to run it"}
+    return {
+        "n": args.n, "dim": args.dim, "queries": args.queries, "k": k,
+        "data": {"centres": args.centres, "rank": args.rank, "generate_s": round(gen_s, 1)},
+        "recall_at_10": chosen["recall_at_10"], "qps_approx": chosen["qps"],
+        "qps_exact": round(qps_exact, 1), "qps_ratio": chosen["qps_ratio"],
+        "hnsw": {"M": used["M"], "ef_construction": used["ef_construction"],
+                 "ef_search": chosen["ef_search"], "build_s": round(hnsw_build, 1),
+                 "sweep": sweep},
+        "ivfpq": ivfpq,
+    }
+
+
+# ---------------------------------------------------------------------------- HTTP
+def synthetic_cube(folder: Path, shape: tuple[int, int], dim: int = 64) -> Path:
+    """A Blue Marble-like cube with ``embedding_t8`` (untrained, seeded encoder), flat index."""
+    import torch
+
+    import esdc.testing
+    from esdc.embed import EncoderBundle, compute_embeddings, write_embeddings
+    from esdc.ml.ssl import Encoder
+    from esdc.search import build_index
+
+    inputs = ["bmng_red", "bmng_green", "bmng_blue"]
+    cube = folder / "bench.zarr"
+    chunks = {"lat": min(256, shape[0]), "lon": min(256, shape[1])}  # like a built cube
+    esdc.testing.new_cube(shape=shape, times=0, variables=tuple(inputs), chunks=chunks).to_zarr(
+        cube, zarr_format=3, consolidated=True)
+    torch.manual_seed(0)
+    meta = {"class": "esdc.ml.ssl.Encoder", "in_channels": 3,
+            "params": {"dim": dim, "width": 8}, "inputs": inputs, "tile": [8, 8]}
+    torch.save(Encoder(3, **meta["params"]).state_dict(), folder / "encoder.pt")
+    bundle = EncoderBundle(folder / "encoder.pt", meta)
+    write_embeddings(cube, compute_embeddings(str(cube), bundle, 8))
+    build_index(cube, kind="flat")
+    return cube
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def plan_requests(health: dict[str, Any], vectors: np.ndarray, count: int,
+                  seed: int) -> list[tuple[str, str, bytes | None]]:
+    """``count`` (method, path, body) requests: the mix of the module docstring."""
+    from urllib.parse import urlencode
+
+    rng = np.random.default_rng(seed)
+    ny, nx = health["coordinates"]
+    lo_y, hi_y, lo_x, hi_x = health["grid"]
+    nty, ntx = health["tiles"][:2]
+    times = health["times"]
+    out: list[tuple[str, str, bytes | None]] = []
+    for _ in range(count):
+        r = rng.random()
+        if r < 0.8:
+            q: dict[str, Any] = {ny: round(float(rng.uniform(lo_y, hi_y)), 4),
+                                 nx: round(float(rng.uniform(lo_x, hi_x)), 4), "k": 10}
+            if times:
+                q["time"] = times[int(rng.integers(len(times)))]
+            if rng.random() < 0.25:
+                w = float(rng.uniform(lo_x, hi_x))
+                s = float(rng.uniform(lo_y, hi_y))
+                q["bbox"] = (f"{w:.3f},{s:.3f},{min(hi_x, w + (hi_x - lo_x) / 3):.3f},"
+                             f"{min(hi_y, s + (hi_y - lo_y) / 3):.3f}")
+            out.append(("GET", "/search/tile?" + urlencode(q), None))
+        elif r < 0.9:
+            v = vectors[int(rng.integers(len(vectors)))]
+            body = json.dumps({"vector": [round(float(x), 6) for x in v], "k": 10}).encode()
+            out.append(("POST", "/search/vector", body))
+        else:
+            out.append(("GET", f"/tiles/{int(rng.integers(nty))}/{int(rng.integers(ntx))}.png",
+                        None))
+    return out
+
+
+def load_test(port: int, reqs: list[tuple[str, str, bytes | None]], clients: int) -> tuple[
+        np.ndarray, list[str], float]:
+    """Send ``reqs`` from ``clients`` threads (keep-alive); latencies (ms), errors, seconds."""
+    lat = np.full(len(reqs), np.nan)
+    errors: list[str] = []
+    nxt = iter(range(len(reqs)))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while True:
+            with lock:
+                i = next(nxt, None)
+            if i is None:
+                break
+            method, path, body = reqs[i]
+            headers = {"content-type": "application/json"} if body is not None else {}
+            t0 = time.perf_counter()
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                lat[i] = (time.perf_counter() - t0) * 1000
+                if resp.status != 200:
+                    with lock:
+                        errors.append(f"{resp.status} {path}: {data[:200]!r}")
+            except (OSError, http.client.HTTPException) as exc:
+                with lock:
+                    errors.append(f"{path}: {exc!r}")
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return lat, errors, time.perf_counter() - t0
+
+
+def bench_http(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import psutil
+
+    from esdc.store import open_cube
+
+    t0 = time.perf_counter()
+    if args.cube:
+        src = Path(args.cube)
+        cube = work / src.name
+        shutil.copytree(src, cube)
+        shutil.copytree(index_dir(src), index_dir(cube))
+        log(f"HTTP: serving a copy of {src}")
+    else:
+        cube = synthetic_cube(work, tuple(args.http_shape))
+        log(f"HTTP: synthetic cube {args.http_shape[0]} x {args.http_shape[1]} built in "
+            f"{time.perf_counter() - t0:.1f} s")
+    port = free_port()
+    logf = open(work / "serve.log", "w+b")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen([sys.executable, "-m", "esdc.cli", "serve", str(cube),
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=logf, stderr=subprocess.STDOUT)
+    try:
+        t0 = time.perf_counter()
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("esdc serve exited: " + (work / "serve.log").read_text())
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/health")
+                resp = conn.getresponse()
+                health = json.loads(resp.read())
+                conn.close()
+                if resp.status == 200:
+                    break
+            except OSError:
+                pass
+            if time.perf_counter() - t0 > 120:
+                raise RuntimeError("esdc serve did not answer /health in 120 s")
+            time.sleep(0.2)
+        startup = time.perf_counter() - t0
+        log(f"HTTP: esdc serve up on 127.0.0.1:{port} in {startup:.1f} s "
+            f"({health['manifest']['count']:,} tiles, {health['manifest']['dim']} dims)")
+        ds = open_cube(cube)
+        var = health["variable"]
+        emb = ds[var]
+        yb, xb = (np.asarray(ds[f"{d}_bounds"].values) for d in emb.dims[:2])
+        health["grid"] = (float(yb.min()), float(yb.max()), float(xb.min()), float(xb.max()))
+        vecs = np.asarray(emb.values, dtype="float32").reshape(-1, emb.shape[-1])
+        vecs = vecs[np.isfinite(vecs).all(axis=1)]
+        warm = plan_requests(health, vecs, 100, seed=1)
+        reqs = plan_requests(health, vecs, args.requests, seed=2)
+        _, werr, _ = load_test(port, warm, args.clients)
+        if werr:
+            raise RuntimeError(f"warm-up failed: {werr[:3]}")
+        server = psutil.Process(proc.pid)
+        cpu0, own0 = server.cpu_times(), psutil.Process().cpu_times()
+        lat, errors, wall = load_test(port, reqs, args.clients)
+        cpu1, own1 = server.cpu_times(), psutil.Process().cpu_times()
+        server_cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / len(reqs) * 1000
+        client_cpu = (own1.user + own1.system - own0.user - own0.system) / len(reqs) * 1000
+        kinds = np.array([("tile" if p.startswith("/search/tile") else
+                           "vector" if p.startswith("/search/vector") else "png")
+                          for _, p, _ in reqs])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        logf.close()
+    ok = np.isfinite(lat)
+
+    def pct(a: np.ndarray, q: float) -> float:
+        return round(float(np.percentile(a, q)), 2) if a.size else float("nan")
+
+    per = {k: {"count": int((kinds == k).sum()), "p50_ms": pct(lat[ok & (kinds == k)], 50),
+               "p99_ms": pct(lat[ok & (kinds == k)], 99)} for k in ("tile", "vector", "png")}
+    return {"http_p50_ms": pct(lat[ok], 50), "http_p90_ms": pct(lat[ok], 90),
+            "http_p99_ms": pct(lat[ok], 99), "http_max_ms": pct(lat[ok], 100),
+            "http_requests": len(reqs), "http_clients": args.clients,
+            "http_errors": len(errors), "http_error_examples": errors[:3],
+            "http_requests_per_s": round(len(reqs) / wall, 1),
+            "http_server_cpu_ms_per_request": round(server_cpu, 3),
+            "http_client_cpu_ms_per_request": round(client_cpu, 3),
+            "http_by_endpoint": per, "http_server_startup_s": round(startup, 1),
+            "http_cube": args.cube or f"synthetic {args.http_shape[0]} x {args.http_shape[1]}",
+            "http_index": {"tiles": health["manifest"]["count"],
+                           "dim": health["manifest"]["dim"],
+                           "kind": health["manifest"]["kind"]}}
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="100k vectors, 500 requests (about a minute or two)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ap.add_argument("--n", type=int, help="indexed vectors (default 1,000,000; quick 100,000)")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--centres", type=int, default=4096)
+    ap.add_argument("--rank", type=int, default=12, help="dimension of each cluster")
+    ap.add_argument("--hnsw-m", type=int, default=32)
+    ap.add_argument("--ef-construction", type=int, default=40)
+    ap.add_argument("--target-recall", type=float, default=0.95)
+    ap.add_argument("--ivfpq", action=argparse.BooleanOptionalAction, default=None,
+                    help="measure esdc's ivfpq too (default: when n <= 200,000)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed searches, best kept")
+    ap.add_argument("--requests", type=int, help="HTTP requests (default 2,000; quick 500)")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--cube", help="serve a copy of this cube (with its index) instead of a "
+                    "synthetic one")
+    ap.add_argument("--http-shape", type=int, nargs=2, default=(512, 1024),
+                    metavar=("NY", "NX"))
+    ap.add_argument("--skip-index", action="store_true")
+    ap.add_argument("--skip-http", action="store_true")
+    args = ap.parse_args(argv)
+    args.n = args.n or (100_000 if args.quick else 1_000_000)
+    args.requests = args.requests or (500 if args.quick else 2000)
+    if args.quick and args.queries == 1000:
+        args.queries = 500
+
+    t_start = time.perf_counter()
+    result: dict[str, Any] = {"quick": args.quick, "machine": machine(), "versions": versions()}
+    if not args.skip_index:
+        result.update(bench_index(args))
+    if not args.skip_http:
+        with tempfile.TemporaryDirectory(prefix="bench_search-") as tmp:
+            result.update(bench_http(args, Path(tmp)))
+    aims: dict[str, Any] = {}
+    if "recall_at_10" in result:
+        aims["recall_at_10 >= 0.95"] = result["recall_at_10"] >= 0.95
+        aims["qps_ratio >= 10"] = result["qps_ratio"] >= 10
+    if "http_p99_ms" in result:
+        aims["http_p99_ms <= 50"] = result["http_p99_ms"] <= 50
+    result["aims_met"] = aims
+    result["machine"]["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
+    result["total_s"] = round(time.perf_counter() - t_start, 1)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key in ("recall_at_10", "qps_approx", "qps_exact", "qps_ratio", "hnsw",
+                    "ivfpq", "http_p50_ms", "http_p99_ms", "http_requests_per_s",
+                    "http_errors", "aims_met", "machine", "total_s"):
+            if key in result:
+                val = result[key]
+                if isinstance(val, dict):
+                    val = {k: v for k, v in val.items() if k != "sweep"}
+                print(f"{key:>22}: {val}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

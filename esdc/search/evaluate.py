@@ -1,0 +1,303 @@
+r"""How good is the search? Precision@k of neighbours that share the query tile's class.
+
+A tile's label is the most frequent class of a label variable (e.g. ``koppen_class``,
+``land_sea_mask``) over the tile's cells. For ``Q`` query tiles drawn at random (seeded)
+among the indexed, labelled tiles, the ``k`` nearest other tiles are found by exact
+cosine search and
+
+.. math::
+
+    P@k = \frac{1}{Q} \sum_{q=1}^{Q} \frac{1}{k} \sum_{j=1}^{k}
+          \mathbf{1}[\ell(n_{q,j}) = \ell(q)]
+
+where :math:`n_{q,j}` is the query's :math:`j`-th neighbour (the query itself excluded)
+and :math:`\ell` the tile label. The same is measured for two baselines:
+
+``random``
+    ``k`` tiles drawn uniformly without replacement; its expectation is
+    :math:`\sum_c p_c^2`, with :math:`p_c` the share of class :math:`c` among the
+    labelled indexed tiles (reported as ``random_expected``).
+``pca_pixels``
+    the tiles' raw input pixels (the embedding's ``esdc_inputs``, normalised with the
+    cube's statistics as the encoder saw them, flattened) reduced by PCA to the
+    embedding's dimension and searched the same way (exact FAISS index of centred,
+    L2-normalised vectors). An embedding worth its training beats this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from esdc.errors import EsdcError
+from esdc.search.index import _faiss, embedding_matrix, embedding_variable, normalise
+
+__all__ = ["evaluate_search", "precision_at_k", "tile_labels"]
+
+
+def _classes(lab: xr.DataArray, values: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
+    """Class values (from ``flag_values`` or the data) and their names, if any."""
+    flags = lab.attrs.get("flag_values")
+    if flags is not None:
+        classes = np.atleast_1d(np.asarray(flags, dtype="float64"))
+        names = str(lab.attrs.get("flag_meanings", "")).split()
+        return classes, names if len(names) == len(classes) else None
+    finite = values[np.isfinite(values)]
+    classes = np.unique(finite)
+    if classes.size and (np.any(classes != np.round(classes)) or classes.size > 1000):
+        raise EsdcError(f"--label {lab.name!r} is not a class variable (no flag_values and "
+                        "non-integer or too many distinct values); use a categorical "
+                        "variable such as koppen_class or land_sea_mask.")
+    return classes, None
+
+
+def tile_labels(ds: xr.Dataset, label: str, variable: str,
+                min_valid_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                          list[str] | None]:
+    """Label of every tile of an embedding variable: the mode of ``label`` over its cells.
+
+    Tiles are the embedding's non-overlapping ``T x T`` blocks of cells (``T`` =
+    ``esdc_tile_size``). A label that varies in time gives one label per time step
+    when the embedding does too, else the mode is taken over all time steps; a static
+    label is repeated over the embedding's time steps. Cells that are NaN or (with
+    ``flag_values``) hold no listed class are missing; ties go to the smaller class.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The cube.
+    label : str
+        Categorical variable on the cube's grid.
+    variable : str
+        Embedding variable.
+    min_valid_fraction : float
+        Tiles with a smaller fraction of labelled cells get no label.
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        ``(N,)`` float64 class value per tile id (flat C-order index into the
+        embedding's leading dims, as in :func:`esdc.search.index.embedding_matrix`).
+    ok : numpy.ndarray
+        ``(N,)`` bool, True where the tile has a label.
+    classes : numpy.ndarray
+        The class values.
+    names : list of str or None
+        Class names from ``flag_meanings``.
+
+    Raises
+    ------
+    EsdcError
+        If ``label`` is missing, not on the embedding's grid or not categorical.
+    """
+    if label not in ds.data_vars:
+        raise EsdcError(f"--label {label!r} is not a variable of the cube; it has "
+                        f"{sorted(str(n) for n in ds.data_vars)}.")
+    lab = ds[label]
+    if lab.attrs.get("esdc_role") == "embedding":
+        raise EsdcError(f"--label {label!r} is an embedding, not a class variable.")
+    emb = ds[variable]
+    tile = int(emb.attrs["esdc_tile_size"])
+    ydim, xdim = (str(d) for d in emb.attrs.get("esdc_tile_dims", ["lat", "lon"]))
+    if tuple(lab.dims[-2:]) != (ydim, xdim) or lab.ndim not in (2, 3) or (
+            lab.ndim == 3 and lab.dims[0] != "time"):
+        raise EsdcError(f"--label {label!r} has dims {lab.dims}; it must be ([time,] {ydim}, "
+                        f"{xdim}) like the embedding's inputs.")
+    nty, ntx = int(emb.shape[0]), int(emb.shape[1])
+    emb_time = emb.ndim == 4
+    values = np.asarray(lab.values, dtype="float64")
+    classes, names = _classes(lab, values)
+    cells = values[..., : nty * tile, : ntx * tile]
+    lead = cells.shape[:-2]
+    cells = cells.reshape(*lead, nty, tile, ntx, tile)
+    cells = np.moveaxis(cells, -3, -2).reshape(*lead, nty, ntx, tile * tile)
+    if lab.ndim == 3:
+        if emb_time:  # (time, ty, tx, c) -> (ty, tx, time, c)
+            cells = np.moveaxis(cells, 0, 2)
+        else:  # pool time steps into the tile's cells
+            cells = np.moveaxis(cells, 0, 2).reshape(nty, ntx, -1)
+    elif emb_time:
+        cells = np.broadcast_to(cells[:, :, None], (nty, ntx, int(emb.shape[2]),
+                                                    cells.shape[-1]))
+    counts = np.stack([(cells == c).sum(axis=-1) for c in classes], axis=-1) \
+        if classes.size else np.zeros((*cells.shape[:-1], 1), dtype=int)
+    labelled = counts.sum(axis=-1)
+    ok = labelled >= min_valid_fraction * cells.shape[-1]
+    ok &= labelled > 0
+    labels = classes[np.argmax(counts, axis=-1)] if classes.size else np.zeros(ok.shape)
+    return labels.reshape(-1), ok.reshape(-1), classes, names
+
+
+def precision_at_k(vectors: np.ndarray, labels: np.ndarray, queries: np.ndarray,
+                   k: int) -> np.ndarray:
+    r"""Per-query precision@k of an exact inner-product search, the query excluded.
+
+    Parameters
+    ----------
+    vectors : numpy.ndarray
+        ``(N, F)`` centred, L2-normalised vectors (inner product = cosine).
+    labels : numpy.ndarray
+        ``(N,)`` class of each vector.
+    queries : numpy.ndarray
+        ``(Q,)`` positions of the query vectors.
+    k : int
+        Neighbours per query, ``1 <= k <= N - 1``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(Q,)`` fraction of each query's ``k`` nearest other vectors with its label:
+        :math:`\frac{1}{k}\sum_{j=1}^{k} \mathbf{1}[\ell(n_{q,j}) = \ell(q)]`.
+    """
+    faiss = _faiss()
+    vec = np.ascontiguousarray(vectors, dtype="float32")
+    index = faiss.IndexFlatIP(vec.shape[1])
+    index.add(vec)
+    _, nn = index.search(vec[queries], k + 1)
+    keep = nn != queries[:, None]
+    missing = keep.all(axis=1)  # the query tied with others and fell off the list
+    keep[missing, -1] = False
+    nn = nn[keep].reshape(len(queries), k)
+    return (labels[nn] == labels[queries][:, None]).mean(axis=1)
+
+
+def _random_precision(labels: np.ndarray, queries: np.ndarray, k: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Per-query precision of ``k`` other tiles drawn uniformly without replacement."""
+    n = len(labels)
+    out = np.empty(len(queries))
+    for i, q in enumerate(queries):
+        pick = rng.choice(n - 1, size=k, replace=False)
+        pick = pick + (pick >= q)  # skip the query itself
+        out[i] = np.mean(labels[pick] == labels[q])
+    return out
+
+
+def _tile_pixels(cube: str | Path, ds: xr.Dataset, variable: str,
+                 ids: np.ndarray) -> np.ndarray:
+    """``(len(ids), C * T * T)`` normalised input pixels of the tiles ``ids`` (flat ids)."""
+    from esdc.ml.patches import PatchStream
+
+    emb = ds[variable]
+    tile = int(emb.attrs["esdc_tile_size"])
+    inputs = [str(v) for v in emb.attrs["esdc_inputs"]]
+    stream = PatchStream(str(cube), inputs, patch=(tile, tile), shuffle=False)
+    shape = tuple(int(s) for s in emb.shape[:-1])
+    pos = np.full(int(np.prod(shape)), -1, dtype="int64")
+    pos[ids] = np.arange(len(ids))
+    out = np.zeros((len(ids), len(inputs) * tile * tile), dtype="float32")
+    for b in stream.batches(512):
+        ty, tx = b.index[:, 1] // tile, b.index[:, 2] // tile
+        inside = (ty < shape[0]) & (tx < shape[1])
+        if len(shape) == 3:
+            flat = np.ravel_multi_index((ty[inside], tx[inside], b.index[inside, 0]), shape)
+        else:
+            flat = np.ravel_multi_index((ty[inside], tx[inside]), shape)
+        p = pos[flat]
+        sel = p >= 0
+        out[p[sel]] = b.x[inside][sel].reshape(int(sel.sum()), -1)
+    return out
+
+
+def evaluate_search(cube: str | Path, label: str, variable: str | None = None, k: int = 10,
+                    queries: int = 1000, seed: int = 0) -> dict[str, Any]:
+    r"""Precision@k of the embedding search against a class label, with two baselines.
+
+    Parameters
+    ----------
+    cube : str or path-like
+        Cube with embeddings (no index is needed: the search here is exact).
+    label : str
+        Categorical variable giving each tile a class (mode over its cells,
+        :func:`tile_labels`); tiles with mostly missing labels are left out.
+    variable : str, optional
+        Embedding variable (default: the smallest tile size).
+    k : int
+        Neighbours per query, ``1 <= k < N`` (``N`` labelled indexed tiles).
+    queries : int
+        Query tiles drawn without replacement (all tiles if fewer).
+    seed : int
+        Seed of the query sample, the random baseline and the PCA.
+
+    Returns
+    -------
+    dict
+        ``{"label", "variable", "k", "queries", "tiles", "seed", "precision_at_k":
+        {"embedding", "pca_pixels", "random", "random_expected"}, "per_class": {class:
+        {"name", "tiles", "share", "queries", "embedding", "pca_pixels", "random",
+        "random_expected"}}, "macro_precision_at_k": {...}}``; ``macro_precision_at_k``
+        is the mean of the per-class figures over the classes queried, which the
+        majority class cannot dominate. Precision@k is
+        :math:`\frac{1}{Q}\sum_q \frac{1}{k}\sum_{j\le k}\mathbf{1}[\ell(n_{q,j})=\ell(q)]`;
+        ``random_expected`` is :math:`\sum_c p_c^2` overall and :math:`p_c` per class
+        (the chance that a random other tile shares class :math:`c`).
+
+    Raises
+    ------
+    EsdcError
+        If the cube has no embeddings, the label is unusable, or ``k``/``queries`` are
+        out of range.
+    """
+    from sklearn.decomposition import PCA
+
+    from esdc.store import open_cube
+
+    cube = Path(cube)
+    if not cube.exists():
+        raise EsdcError(f"no cube at {cube}.")
+    if queries < 1:
+        raise EsdcError(f"--queries {queries} must be at least 1.")
+    ds = open_cube(cube)
+    var = embedding_variable(ds, variable)
+    vec, ids, _ = embedding_matrix(ds, var)
+    labels, ok, classes, names = tile_labels(ds, label, var)
+    keep = ok[ids]
+    vec, ids = vec[keep], ids[keep]
+    y = labels[ids]
+    n = len(ids)
+    if n < 2:
+        raise EsdcError(f"only {n} tile(s) of {var!r} have both an embedding and a "
+                        f"{label!r} label; nothing to evaluate.")
+    if not 1 <= k <= n - 1:
+        raise EsdcError(f"k = {k} must be between 1 and {n - 1} (labelled indexed tiles "
+                        "minus the query).")
+    rng = np.random.default_rng(seed)
+    q = np.sort(rng.choice(n, size=min(queries, n), replace=False))
+
+    emb_p = precision_at_k(vec, y, q, k)
+    pixels = _tile_pixels(cube, ds, var, ids)
+    ncomp = int(min(vec.shape[1], n, pixels.shape[1]))
+    pcs = PCA(n_components=ncomp, random_state=seed).fit_transform(pixels)
+    pca_vec = normalise(pcs, pcs.mean(axis=0).astype("float32"))
+    pca_p = precision_at_k(pca_vec, y, q, k)
+    rnd_p = _random_precision(y, q, k, rng)
+
+    present, counts = np.unique(y, return_counts=True)
+    share = counts / n
+    per_class: dict[str, Any] = {}
+    for c, cnt, p in zip(present, counts, share, strict=True):
+        m = y[q] == c
+        key = str(int(c)) if float(c).is_integer() else str(c)
+        idx = np.flatnonzero(classes == c)
+        per_class[key] = {
+            "name": names[int(idx[0])] if names is not None and idx.size else None,
+            "tiles": int(cnt), "share": float(p), "queries": int(m.sum()),
+            "embedding": float(emb_p[m].mean()) if m.any() else None,
+            "pca_pixels": float(pca_p[m].mean()) if m.any() else None,
+            "random": float(rnd_p[m].mean()) if m.any() else None,
+            "random_expected": float(p)}
+    asked = [c for c in per_class.values() if c["queries"]]
+    macro = {m: float(np.mean([c[m] for c in asked]))
+             for m in ("embedding", "pca_pixels", "random", "random_expected")}
+    return {
+        "label": label, "variable": var, "k": int(k), "queries": int(len(q)), "tiles": int(n),
+        "seed": int(seed),
+        "precision_at_k": {"embedding": float(emb_p.mean()), "pca_pixels": float(pca_p.mean()),
+                           "random": float(rnd_p.mean()),
+                           "random_expected": float(np.sum(share ** 2))},
+        "macro_precision_at_k": macro,
+        "per_class": per_class,
+    }
