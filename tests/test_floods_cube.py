@@ -117,9 +117,6 @@ def test_grid_and_hourly_time_axis(ds):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="esdc.store.write_cube does not store time_bnds: "
-                   "ds.chunk() makes it a Dask array, which the metadata write skips and "
-                   "the region writes drop (all NaT on disk)")
 def test_time_bounds_stored(ds):
     b = ds.time_bnds.values
     assert b[0, 0] == np.datetime64("2018-09-13T19:00") and b[0, 1] == np.datetime64(
