@@ -285,26 +285,36 @@ class PatchStream:
                 block[:, c] = arr[r0:r1, :][None]
         return block
 
-    def _unit_patches(self, tc: int, band: int) -> Iterator[Patch]:
-        r0 = band * self.band
-        r1 = min(self.ny, r0 + self.band + self.patch[0] - 1)
-        times = range(tc * self.tchunk, min(self.nt, (tc + 1) * self.tchunk))
-        block = self._read(self.variables, times, r0, r1)
-        target = self._read(self.targets, times, r0, r1) if self.targets else None
-        valid = ~np.isnan(block)
-        block = (block - self._mean[None, :, None, None]) / self._scale[None, :, None, None]
-        block[~valid] = self.fill_value
+    def _unit(self, tc: int, band: int) -> Batch:
+        """Every patch of one unit, cut at once from its block (copies, C order)."""
         mine = self._origins[self._origins[:, 0] // self.band == band]
         ph, pw = self.patch
-        for i, t in enumerate(times):
-            for y0, x0 in mine:
-                ys, xs = slice(y0 - r0, y0 - r0 + ph), slice(x0, x0 + pw)
-                v = valid[i, :, ys, xs]
-                if self.min_valid_fraction > 0 and v.mean() < self.min_valid_fraction:
-                    continue
-                yield Patch(block[i, :, ys, xs].copy(), v.copy(),
-                            t if self.has_time else None, int(y0), int(x0),
-                            None if target is None else target[i, :, ys, xs].copy())
+        r0 = band * self.band
+        r1 = min(self.ny, int(mine[:, 0].max()) + ph)  # no rows no patch needs
+        times = range(tc * self.tchunk, min(self.nt, (tc + 1) * self.tchunk))
+        block = self._read(self.variables, times, r0, r1)
+        valid = ~np.isnan(block)
+        block -= self._mean[None, :, None, None]
+        block /= self._scale[None, :, None, None]
+        block[~valid] = self.fill_value
+        ys, xs = mine[:, 0] - r0, mine[:, 1]
+
+        def cut(a: np.ndarray) -> np.ndarray:
+            win = np.lib.stride_tricks.sliding_window_view(a, (ph, pw), axis=(2, 3))
+            # (T, C, ny', nx', ph, pw) -> (T * n, C, ph, pw)
+            return np.moveaxis(win[:, :, ys, xs], 2, 1).reshape(-1, a.shape[1], ph, pw)
+
+        x, v = cut(block), cut(valid)
+        target = None
+        if self.targets:
+            target = cut(self._read(self.targets, times, r0, r1))
+        t = np.repeat(np.asarray(times) if self.has_time else np.full(len(times), -1), len(mine))
+        index = np.column_stack([t, np.tile(mine, (len(times), 1))]).astype(np.int64)
+        if self.min_valid_fraction > 0:
+            keep = v.reshape(len(v), -1).mean(axis=1) >= self.min_valid_fraction
+            x, v, index = x[keep], v[keep], index[keep]
+            target = None if target is None else target[keep]
+        return Batch(x, v, index, target)
 
     def __iter__(self) -> Iterator[Patch]:
         return self.patches(epoch=0)
@@ -317,46 +327,107 @@ class PatchStream:
         Patch
             Each patch of the shard exactly once per epoch.
         """
-        rng = np.random.default_rng([self.seed, epoch, self.shard, 1])
-        buffer: list[Patch] = []
-        for tc, band in self._shard_units(epoch):
-            for p in self._unit_patches(tc, band):
-                if not self.shuffle:
-                    yield p
-                    continue
-                if len(buffer) < self.buffer_size:
-                    buffer.append(p)
-                    continue
-                j = int(rng.integers(len(buffer)))
-                buffer[j], p = p, buffer[j]
-                yield p
-        if self.shuffle:
-            for j in rng.permutation(len(buffer)):
-                yield buffer[j]
+        for b in self.batches(256, epoch):
+            for i in range(len(b.x)):
+                t = int(b.index[i, 0])
+                yield Patch(b.x[i], b.valid[i], None if t < 0 else t, int(b.index[i, 1]),
+                            int(b.index[i, 2]), None if b.target is None else b.target[i])
 
     def batches(self, batch_size: int, epoch: int = 0,
                 drop_last: bool = False) -> Iterator[Batch]:
         """Stacked batches of this shard for one epoch.
+
+        Units are read whole and their patches pooled in a shuffle buffer of
+        ``buffer_size`` patches (preallocated arrays); each batch is a seeded random
+        draw from the pool, whose holes are filled from its end. Without shuffling,
+        patches come in unit order.
 
         Yields
         ------
         Batch
             ``x`` float32 ``(B, C, ph, pw)``, ``valid``, ``index`` ``(B, 3)``, ``target``.
         """
-        group: list[Patch] = []
-        for p in self.patches(epoch):
-            group.append(p)
-            if len(group) == batch_size:
-                yield _stack(group)
-                group = []
-        if group and not drop_last:
-            yield _stack(group)
+        if not self.shuffle:
+            yield from self._ordered_batches(batch_size, epoch, drop_last)
+            return
+        rng = np.random.default_rng([self.seed, epoch, self.shard, 1])
+        pool: Batch | None = None
+        m = 0
+        for tc, band in self._shard_units(epoch):
+            unit = self._unit(tc, band)
+            n = len(unit.x)
+            if n == 0:
+                continue
+            if pool is None or m + n > len(pool.x):
+                cap = max(m + n, self.buffer_size + n, 2 * m)
+                pool = _grow(pool, m, cap, unit)
+            for arr, new in zip(pool, unit, strict=True):
+                if arr is not None:
+                    arr[m:m + n] = new
+            m += n
+            while m - batch_size >= self.buffer_size:
+                pick = np.sort(rng.choice(m, batch_size, replace=False))
+                yield Batch(*(None if a is None else a[pick] for a in pool))
+                m = _remove(pool, m, pick)
+        if pool is not None and m:
+            order = rng.permutation(m)
+            for s0 in range(0, m, batch_size):
+                pick = order[s0:s0 + batch_size]
+                if len(pick) < batch_size and drop_last:
+                    break
+                yield Batch(*(None if a is None else a[pick] for a in pool))
+
+    def _ordered_batches(self, batch_size: int, epoch: int,
+                         drop_last: bool) -> Iterator[Batch]:
+        """Batches in unit order (``shuffle=False``)."""
+        carry: list[Batch] = []
+        count = 0
+        for tc, band in self._shard_units(epoch):
+            unit = self._unit(tc, band)
+            carry.append(unit)
+            count += len(unit.x)
+            while count >= batch_size:
+                merged = _concat(carry)
+                yield _rows(merged, slice(0, batch_size))
+                rest = _rows(merged, slice(batch_size, None))
+                carry, count = [rest], len(rest.x)
+        if count and not drop_last:
+            yield _concat(carry)
 
 
-def _stack(patches: list[Patch]) -> Batch:
-    target = None
-    if patches[0].target is not None:
-        target = np.stack([p.target for p in patches])  # type: ignore[misc]
-    return Batch(np.stack([p.data for p in patches]), np.stack([p.valid for p in patches]),
-                 np.asarray([(-1 if p.t is None else p.t, p.y, p.x) for p in patches],
-                            dtype=np.int64), target)
+def _concat(parts: list[Batch]) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    return Batch(*(None if parts[0][i] is None else np.concatenate([p[i] for p in parts])
+                   for i in range(4)))
+
+
+def _rows(b: Batch, sel: slice) -> Batch:
+    return Batch(*(None if a is None else a[sel] for a in b))
+
+
+def _grow(pool: Batch | None, m: int, cap: int, like: Batch) -> Batch:
+    arrays = []
+    for old, new in zip(pool or (None,) * 4, like, strict=True):
+        if new is None:
+            arrays.append(None)
+            continue
+        arr = np.empty((cap, *new.shape[1:]), dtype=new.dtype)
+        if old is not None:
+            arr[:m] = old[:m]
+        arrays.append(arr)
+    return Batch(*arrays)
+
+
+def _remove(pool: Batch, m: int, pick: np.ndarray) -> int:
+    """Drop rows ``pick`` (sorted) from the first ``m`` rows; fill holes from the end."""
+    b = len(pick)
+    end = m - b
+    holes = pick[pick < end]
+    taken = np.zeros(b, bool)
+    taken[pick[pick >= end] - end] = True
+    fillers = end + np.flatnonzero(~taken)
+    for arr in pool:
+        if arr is not None and len(holes):
+            arr[holes] = arr[fillers]
+    return end
