@@ -122,12 +122,12 @@ def _pick(names: tuple[str, str], given: dict[str, float | None]) -> tuple[float
     out = []
     for i, (named, plain) in enumerate((("lat", "y"), ("lon", "x"))):
         a, b = given[named], given[plain]
-        grid_name = names[i]
         if a is not None and b is not None and a != b:
             raise EsdcError(f"give {named} or {plain}, not both.")
         v = a if a is not None else b
         if v is None:
-            raise EsdcError(f"give the query point: {grid_name}= (or {plain}=) is missing.")
+            raise EsdcError(f"give the query point: {named}= (or {plain}=, the grid's "
+                            f"{names[i]}) is missing.")
         out.append(float(v))
     return out[0], out[1]
 
@@ -307,14 +307,15 @@ def create_app(cube: str | Path, variable: str | None = None) -> Any:
              summary="Tiles like the one at a point")
     async def search_tile(
         eng: Engine,
-        lat: Annotated[float | None, Query(description=f"{ny} of the query point "
-                                           "(geographic grids)", **fin)] = None,
-        lon: Annotated[float | None, Query(description=f"{nx} of the query point", **fin)]
-        = None,
-        y: Annotated[float | None, Query(description="y of the query point (same as lat)",
+        lat: Annotated[float | None, Query(description="latitude of the query point "
+                                           f"(the grid's {ny}; same as y)", **fin)] = None,
+        lon: Annotated[float | None, Query(description="longitude of the query point "
+                                           f"(the grid's {nx}; same as x)", **fin)] = None,
+        y: Annotated[float | None, Query(description=f"{ny} of the query point in the "
+                                         "grid's units (projected grids; same as lat)",
                                          **fin)] = None,
-        x: Annotated[float | None, Query(description="x of the query point (same as lon)",
-                                         **fin)] = None,
+        x: Annotated[float | None, Query(description=f"{nx} of the query point in the "
+                                         "grid's units (same as lon)", **fin)] = None,
         time: Annotated[str | None, Query(description="time of the query tile (nearest "
                                           "step); required when embeddings vary in time")]
         = None,
@@ -397,7 +398,6 @@ def run_app(app: Any, host: str = "127.0.0.1", port: int = 8000, access_log: boo
         import uvicorn
     except ImportError:
         raise EsdcError("the HTTP API needs uvicorn: pip install 'esdc[search]'.") from None
-    import sys as _s; _s.setswitchinterval(float(__import__("os").environ.get("SWI", "0.005")))
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
 
 

@@ -350,7 +350,7 @@ def _get(url: str, timeout: float = 10) -> tuple[int, bytes, str]:
 def test_esdc_serve_subprocess(embedded_cube_time, tmp_path):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "serve.log", "w+b")  # noqa: SIM115 - closed below
+    log = open(tmp_path / "serve.log", "w+b")
     proc = subprocess.Popen([sys.executable, "-m", "esdc.cli", "serve", str(embedded_cube_time),
                              "--host", "127.0.0.1", "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT)
