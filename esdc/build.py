@@ -12,8 +12,8 @@ from typing import Any
 import xarray as xr
 
 from esdc.derive import FUNCTIONS
-from esdc.errors import RegridError
-from esdc.grid import Grid
+from esdc.errors import RegridError, SourceError
+from esdc.grid import Grid, body_of
 from esdc.harmonize import align_series, cf_attrs, decode, place_climatology, validity_mask
 from esdc.recipe import ObservedTimeSpec, Recipe, SourceSpec
 from esdc.regrid import overlaps, regrid
@@ -81,6 +81,13 @@ def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
     # grid.time `observed: true` is made of the series sources' own time steps.
     grid: Grid = recipe.grid.to_grid(observed=[
         t for spec, geo in opened if spec.time == "series" for t in geo.data["time"].values])
+    for spec, geo in opened:
+        body = body_of(getattr(geo, "crs", None))
+        if body is not None and body != grid.body:
+            raise SourceError(
+                f"sources.{spec.name}: {geo.path.name} lies on the {body} but grid.body is "
+                f"{grid.body}; a cube stacks data of one body. Use a {body} grid (another "
+                "recipe) or remove the source.")
     inside = [spec.name for spec, geo in opened if overlaps(geo, grid)]
     if not inside:
         raise RegridError(

@@ -19,7 +19,7 @@ import pyproj
 
 from esdc.errors import GridError
 
-__all__ = ["AU_M", "BODY_CRS", "HELIOPROJECTIVE", "RSUN_REF_M", "Body", "Grid"]
+__all__ = ["AU_M", "BODY_CRS", "HELIOPROJECTIVE", "RSUN_REF_M", "Body", "Grid", "body_of"]
 
 Body = Literal["earth", "moon", "sun"]
 
@@ -41,6 +41,24 @@ AU_M = 149_597_870_700.0
 #: on-disk pixels lie on. Seen from 1 AU it subtends ``arcsin(RSUN_REF_M / AU_M)`` =
 #: 959.64 arcsec.
 RSUN_REF_M = 696_000_000.0
+
+
+def body_of(crs: pyproj.CRS | None) -> str | None:
+    """The body a CRS lies on, from its ellipsoid's size; ``"sun"`` for no CRS (a WCS).
+
+    Earth ellipsoids have semi-major axes near 6378 km, the IAU Moon sphere 1737.4 km;
+    other sizes give ``None`` (unknown body, not checked).
+    """
+    if crs is None:
+        return "sun"
+    a = crs.ellipsoid.semi_major_metre if crs.ellipsoid is not None else None
+    if a is None:
+        return None
+    if 6.3e6 < a < 6.4e6:
+        return "earth"
+    if 1.7e6 < a < 1.8e6:
+        return "moon"
+    return None
 
 
 def _parse_crs(crs: str) -> pyproj.CRS:

@@ -137,6 +137,12 @@ def _open_curvilinear(ds: xr.Dataset, names: list[str], pair: tuple[str, str],
     if not valid.any():
         raise SourceError(f"sources.{spec.name}: {path} has no finite value in its 2-D "
                           f"coordinates {lat_name!r}/{lon_name!r}.")
+    if not valid.all():
+        raise SourceError(
+            f"sources.{spec.name}: the 2-D coordinates {lat_name!r}/{lon_name!r} of {path} "
+            f"hold {int((~valid).sum())} NaN or infinite values; a curvilinear source needs a "
+            "position for every pixel. Fill or crop them (e.g. with xarray) and point "
+            "`path:` at the fixed file.")
     if np.abs(lats[valid]).max() > 90.0:
         raise SourceError(
             f"sources.{spec.name}: 2-D latitude {lat_name!r} of {path} has values outside "

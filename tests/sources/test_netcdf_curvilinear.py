@@ -90,11 +90,11 @@ def test_latitudes_beyond_the_pole_are_refused(tmp_path):
         open_source(spec(path))
 
 
-def test_fill_coordinates_become_nan(tmp_path):
+def test_nan_coordinates_are_refused(tmp_path):
+    """A curvilinear source needs a position for every pixel (issue 3, bad input)."""
     lons, lats = rotated()
     lats = lats.copy()
     lats[0, 0] = np.nan
     path = write(tmp_path / "gap.nc", lons, lats)
-    geo = open_source(spec(path))
-    assert np.isnan(geo.lats[0, 0]) and np.isnan(geo.lons[0, 0])
-    assert np.isfinite(geo.lats[1:, 1:]).all()
+    with pytest.raises(SourceError, match="1 NaN or infinite values"):
+        open_source(spec(path))
