@@ -304,6 +304,9 @@ def _nearest(data: xr.DataArray, source: Geolocated, grid: Grid) -> xr.DataArray
     return xr.DataArray(out, dims=data.dims)
 
 
+_BUCKETS: dict[tuple[Any, ...], Any] = {}
+
+
 def _pyresample(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
                 cats: np.ndarray | None) -> xr.DataArray:
     src_area = source.area_definition()
@@ -327,12 +330,22 @@ def _pyresample(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
     from pyresample.bucket import BucketResampler
 
     chunks = data.data.chunksize[-2:]
-    if source.is_swath:
-        lons = da.from_array(source.lons, chunks=chunks)
-        lats = da.from_array(source.lats, chunks=chunks)
-    else:
-        lons, lats = src_area.get_lonlats(chunks=chunks, dtype=np.float64)
-    resampler = BucketResampler(dst_area, da.asarray(lons), da.asarray(lats))
+    # One resampler per (source geometry, grid, chunks): variables of the same source
+    # (e.g. the three Blue Marble bands) then share the bin indices in the Dask graph,
+    # which are computed once instead of once per variable.
+    key = (str(source.path), source.ydim, source.xdim, data.shape[-2:], source.bbox,
+           source.is_swath, grid, chunks)
+    resampler = _BUCKETS.get(key)
+    if resampler is None:
+        if source.is_swath:
+            lons = da.from_array(source.lons, chunks=chunks)
+            lats = da.from_array(source.lats, chunks=chunks)
+        else:
+            lons, lats = src_area.get_lonlats(chunks=chunks, dtype=np.float64)
+        resampler = BucketResampler(dst_area, da.asarray(lons), da.asarray(lats))
+        if len(_BUCKETS) >= 8:
+            _BUCKETS.pop(next(iter(_BUCKETS)))
+        _BUCKETS[key] = resampler
     lead_shape = data.shape[:-2]
     flat = data.data.reshape((-1, *data.shape[-2:])) if lead_shape else data.data[None]
     planes = []

@@ -53,10 +53,10 @@ def open_netcdf(spec: SourceSpec, path: Path) -> Geolocated:
     names = list(dict.fromkeys(v.source for v in spec.variables))
     try:
         if spec.format == "hdf5":
-            ds = xr.open_dataset(path, engine="h5netcdf", phony_dims="sort", chunks={},
+            ds = xr.open_dataset(path, engine="h5netcdf", phony_dims="sort", chunks="auto",
                                  mask_and_scale=False, decode_cf=False)
         else:
-            ds = xr.open_dataset(path, chunks={}, mask_and_scale=False)
+            ds = xr.open_dataset(path, chunks="auto", mask_and_scale=False)
     except Exception as exc:  # noqa: BLE001 - any backend failure is a bad source file
         raise SourceError(
             f"sources.{spec.name}: {path} is not a readable {spec.format.upper()} file "
