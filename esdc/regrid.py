@@ -161,7 +161,8 @@ def _aligned(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
     # Chunks that are whole multiples of the block, about 64 target cells high.
     # Source chunks that are whole blocks, about 32 M pixels each.
     cx = fx * max(1, min(nx, 8192 // fx))
-    cy = fy * max(1, min(ny, 32_000_000 // (fy * cx)))
+    lead = int(np.prod(sub.shape[:-2])) if sub.ndim > 2 else 1
+    cy = fy * max(1, min(ny, 32_000_000 // (fy * cx * lead)))
     sub = sub.chunk({**{d: -1 for d in sub.dims[:-2]}, source.ydim: cy, source.xdim: cx})
     if method == "bucket_average":
         return sub.coarsen({source.ydim: fy, source.xdim: fx}).mean()  # NaN skipped (float data)

@@ -181,8 +181,9 @@ def build_index(cube: str | Path, variable: str | None = None, kind: str = "auto
         used = {"nlist": nlist, "m": m, "nprobe": int(params.get("nprobe", max(1, nlist // 8))),
                 "k_factor": float(params.get("k_factor", 16))}
         ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, 8, metric)
-        ivf.train(vec[np.random.default_rng(0).permutation(n)[: max(256 * nlist, 40 * 256)]]
-                  if n > 256 * nlist else vec)
+        # k-means on a sample: FAISS needs >= 39 points per list; 64 per list is plenty
+        sample = min(n, max(64 * nlist, 256 * 40))
+        ivf.train(vec[np.random.default_rng(0).permutation(n)[:sample]])
         ivf.nprobe = used["nprobe"]
         base = faiss.IndexRefineFlat(ivf)
         base.k_factor = used["k_factor"]

@@ -247,7 +247,9 @@ class SearchEngine:
                xdim: slice(tile_x * size, (tile_x + 1) * size)}
         rgb = [v for v in ("bmng_red", "bmng_green", "bmng_blue") if v in self.ds]
         if len(rgb) == 3:
-            return np.clip(np.stack([self.ds[v].isel(sel).values for v in rgb], -1), 0, 1)
+            bands = [self.ds[v].isel(sel) for v in rgb]
+            bands = [b.isel(time=t or 0) if "time" in b.dims else b for b in bands]
+            return np.clip(np.stack([b.values for b in bands], -1), 0, 1)
         var = self.ds[self.attrs["esdc_inputs"][0]].isel(sel)
         if "time" in var.dims:
             var = var.isel(time=t or 0)
