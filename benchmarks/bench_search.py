@@ -7,18 +7,21 @@ Index (in this process, FAISS with its default OpenMP threads, 2 on a 2-core mac
 data
     ``--n`` vectors (default 1,000,000) and ``--queries`` held-out query vectors
     (default 1,000) of ``--dim`` (128) dimensions, synthetic but clustered: a Gaussian
-    mixture of ``--centres`` (4,096) centres drawn on the unit sphere, each cluster
-    spread along its own random ``--rank``-dimensional (12) subspace plus a little
-    isotropic noise, then centred on the collection mean and L2-normalised with
+    mixture of ``--centres`` (``n / 250``: 4,000 at 1M) centres drawn on the unit
+    sphere (~1.4 apart), each cluster spread along its own random ``--rank``-dimensional
+    (16) subspace (radius ``--spread * sqrt(rank)`` = 0.8) plus a little isotropic
+    ``--noise``, then centred on the collection mean and L2-normalised with
     :func:`esdc.search.index.normalise`, exactly as ``esdc index`` prepares embeddings.
-    The local intrinsic dimension (~12) is in the range reported for the last layers
+    The local intrinsic dimension (~16) is in the range reported for the last layers
     of image CNNs (Ansuini et al. 2019, NeurIPS, "Intrinsic dimension of data
     representations in deep neural networks"); the SimSiam embeddings of the real
     Earth cube are far lower-dimensional (4 principal components hold 99 % of their
     variance), so this data is the harder case.
 exact
     ``IndexIDMap2(IndexFlatIP)``, what ``esdc index --kind flat`` builds: the ground
-    truth (top 10 by inner product = cosine) and ``qps_exact``.
+    truth (top 10 by inner product = cosine) and ``qps_exact``, timed before and again
+    after the HNSW sweep (the load of a shared machine changes over minutes); the
+    higher rate is kept, so ``qps_ratio`` errs low.
 HNSW
     ``IndexIDMap2(IndexHNSWFlat(d, M, METRIC_INNER_PRODUCT))`` with ``efConstruction``,
     what ``esdc index --kind hnsw`` builds (``M`` and ``efConstruction`` from
@@ -34,7 +37,7 @@ IVF-PQ + refine
     (``nlist = min(4096, 4 sqrt(n))``, ``m = 16`` sub-quantisers of 8 bits, trained on
     all vectors when ``n <= 256 nlist``, ``nprobe = nlist / 8``, ``IndexRefineFlat``
     with ``k_factor = 16``), also at smaller ``nprobe``. Its k-means training grows as
-    ``n * nlist`` (about 20 minutes at 1M on 2 cores), so it runs by default only when
+    ``n * nlist`` (tens of minutes at 1M on 2 cores), so it runs by default only when
     ``n <= 200,000`` (``--ivfpq`` forces it, ``--no-ivfpq`` skips it).
 
 The parameters are those of ``build_index`` reproduced here (it builds from a cube,
@@ -50,12 +53,13 @@ HTTP:
     initialised, seeded encoder, built in a temporary folder; ``--cube PATH`` copies an
     existing cube and its index there instead) is served by a real ``esdc serve``
     subprocess on a free 127.0.0.1 port. ``--clients`` (16) threads, each with its own
-    keep-alive connection, send ``--requests`` (2,000) requests in total after 100
-    warm-up requests: 80 % ``GET /search/tile`` at random points (k = 10; one in four
-    with a random bbox), 10 % ``POST /search/vector`` (a random tile's embedding), 10 %
-    ``GET /tiles/{y}/{x}.png``. Latency is measured by the client, from sending the
-    request to reading the whole answer; ``http_p50_ms``/``http_p99_ms`` are over all
-    requests. Client and server share the machine's cores.
+    keep-alive connection, send ``--requests`` (2,000) search requests after 100
+    warm-up requests: 90 % ``GET /search/tile`` at random points (k = 10; one in four
+    with a random bbox), 10 % ``POST /search/vector`` (a random tile's embedding).
+    Latency is measured by the client, from sending the request to reading the whole
+    answer; ``http_p50_ms``/``http_p99_ms`` are over these requests. Then, separately
+    (``http_png``), a quarter as many ``GET /tiles/{y}/{x}.png`` of random tiles.
+    Client and server share the machine's cores.
 
 Aims (issue): ``recall_at_10 >= 0.95`` at ``qps_ratio = qps_approx / qps_exact >= 10``;
 ``http_p99_ms <= 50``. Timings depend on the machine and on what else runs on it (the
@@ -65,8 +69,8 @@ How to run
 ----------
 ::
 
-    python benchmarks/bench_search.py --quick         # 100k vectors, 500 requests, ~1-2 min
-    python benchmarks/bench_search.py                 # 1M vectors, 2,000 requests
+    python benchmarks/bench_search.py --quick         # 100k vectors, 500 requests, 0.5-2 min
+    python benchmarks/bench_search.py                 # 1M vectors, 2,000 requests, 2-12 min
     python benchmarks/bench_search.py --json          # one JSON object on stdout
     python benchmarks/bench_search.py --cube /path/to/cube.zarr   # HTTP on a real cube
 """
@@ -222,14 +226,14 @@ def bench_index(args: argparse.Namespace) -> dict[str, Any]:
 
     k = 10
     t0 = time.perf_counter()
-    base, queries = clustered(args.n, args.queries, args.dim, args.centres, args.rank)
+    base, queries = clustered(args.n, args.queries, args.dim, args.centres, args.rank,
+                              spread=args.spread, noise=args.noise)
     gen_s = time.perf_counter() - t0
     log(f"data: {args.n:,} x {args.dim} base, {args.queries:,} queries ({gen_s:.1f} s)")
 
     flat, _ = esdc_index(base, "flat")
-    truth, qps_exact = timed_search(flat, queries, k, args.repeats)
-    del flat
-    log(f"exact (IndexFlatIP): {qps_exact:,.0f} queries/s")
+    truth, qps_exact_before = timed_search(flat, queries, k, args.repeats)
+    log(f"exact (IndexFlatIP): {qps_exact_before:,.0f} queries/s")
 
     t0 = time.perf_counter()
     hnsw, used = esdc_index(base, "hnsw", M=args.hnsw_m, ef_construction=args.ef_construction)
@@ -242,10 +246,10 @@ def bench_index(args: argparse.Namespace) -> dict[str, Any]:
         inner.hnsw.efSearch = ef
         ids, qps = timed_search(hnsw, queries, k, args.repeats)
         row = {"ef_search": ef, "recall_at_10": round(recall(ids, truth), 4),
-               "qps": round(qps, 1), "qps_ratio": round(qps / qps_exact, 2)}
+               "qps": round(qps, 1)}
         sweep.append(row)
         log(f"  efSearch={ef:<4} recall@10={row['recall_at_10']:.4f} {qps:,.0f} q/s "
-            f"({row['qps_ratio']:.1f}x exact)")
+            f"({qps / qps_exact_before:.1f}x the first exact rate)")
         if chosen is None and row["recall_at_10"] >= args.target_recall:
             chosen = row
         if chosen is not None and ef >= max(96, 2 * chosen["ef_search"]):
@@ -253,6 +257,14 @@ def bench_index(args: argparse.Namespace) -> dict[str, Any]:
     if chosen is None:  # not reached: report the best recall
         chosen = max(sweep, key=lambda r: r["recall_at_10"])
     del hnsw, inner
+    # The machine's load changes over minutes: time the exact search again and keep its
+    # best rate, so the ratios are not flattered by a slow first measurement.
+    _, qps_exact_after = timed_search(flat, queries, k, args.repeats)
+    del flat
+    qps_exact = max(qps_exact_before, qps_exact_after)
+    log(f"exact again: {qps_exact_after:,.0f} queries/s; kept {qps_exact:,.0f}")
+    for row in sweep:
+        row["qps_ratio"] = round(row["qps"] / qps_exact, 2)
 
     ivfpq: dict[str, Any]
     run_ivfpq = args.ivfpq if args.ivfpq is not None else args.n <= 200_000
@@ -281,9 +293,11 @@ def bench_index(args: argparse.Namespace) -> dict[str, Any]:
                  "of minutes on 2 cores; pass --ivfpq to run it"}
     return {
         "n": args.n, "dim": args.dim, "queries": args.queries, "k": k,
-        "data": {"centres": args.centres, "rank": args.rank, "generate_s": round(gen_s, 1)},
+        "data": {"centres": args.centres, "rank": args.rank, "spread": args.spread,
+                 "noise": args.noise, "generate_s": round(gen_s, 1)},
         "recall_at_10": chosen["recall_at_10"], "qps_approx": chosen["qps"],
         "qps_exact": round(qps_exact, 1), "qps_ratio": chosen["qps_ratio"],
+        "qps_exact_runs": [round(qps_exact_before, 1), round(qps_exact_after, 1)],
         "hnsw": {"M": used["M"], "ef_construction": used["ef_construction"],
                  "ef_search": chosen["ef_search"], "build_s": round(hnsw_build, 1),
                  "sweep": sweep},
@@ -512,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--centres", type=int, help="mixture centres (default n / 250: 4,000 "
                     "at 1M, 400 in --quick)")
     ap.add_argument("--rank", type=int, default=16, help="dimension of each cluster")
+    ap.add_argument("--spread", type=float, default=0.2,
+                    help="cluster spread per dimension (radius spread * sqrt(rank))")
+    ap.add_argument("--noise", type=float, default=0.1, help="isotropic noise (norm)")
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--target-recall", type=float, default=0.95)
