@@ -68,6 +68,13 @@ def build(
     scheduler: Annotated[str | None, typer.Option(help="Address of a running Dask "
                                                   "scheduler; default: a LocalCluster.")] = None,
     fetch: Annotated[bool, typer.Option(help="Fetch missing registered samples first.")] = True,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted build of "
+                                         "the same recipe (its journaled regions are kept); "
+                                         "do nothing if the cube is complete and up to "
+                                         "date.")] = False,
+    append: Annotated[bool, typer.Option("--append", help="Add the recipe's new time steps "
+                                         "to the existing cube; its old chunks are kept as "
+                                         "they are.")] = False,
 ) -> None:
     """Build the cube a RECIPE describes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -76,16 +83,22 @@ def build(
     from esdc.recipe import load_recipe
     from esdc.samples import SAMPLES
     from esdc.samples import fetch as fetch_samples
-    from esdc.store import check_target, write_cube
+    from esdc.store import check_target, cube_is_current, write_cube
 
     r = load_recipe(recipe)
     target = out_path or default_output(r)
-    check_target(target, overwrite)
+    if append and overwrite:
+        raise EsdcError("--append grows the existing cube; it does not go with --overwrite.")
+    check_target(target, overwrite or resume or append)
     if fetch:
         names = [s.sample for s in r.sources if s.sample in SAMPLES]
         if names:
             fetch_samples(names)
     ds = plan(r, base_dir=recipe.resolve().parent)  # lazy: all input errors surface here
+    if (resume or append) and cube_is_current(ds, target, chunks=dict(r.output.chunks),
+                                              compressor=r.output.compressor):
+        out.print(f"{target} is up to date", highlight=False, soft_wrap=True)
+        return
     client = _client(scheduler)
     try:
         out.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
@@ -99,13 +112,16 @@ def build(
 
             path = write_cube(ds, target, chunks=dict(r.output.chunks),
                               compressor=r.output.compressor, overwrite=overwrite,
-                              client=client, on_region=on_region)
+                              client=client, on_region=on_region, resume=resume,
+                              append=append,
+                              report=lambda msg: out.print(msg, highlight=False,
+                                                           soft_wrap=True))
     finally:
         cluster = getattr(client, "cluster", None)
         client.close()
         if cluster is not None:
             cluster.close()
-    out.print(f"built {path}", highlight=False)
+    out.print(f"{'appended to' if append else 'built'} {path}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -147,19 +163,34 @@ def info(cube: Annotated[Path, typer.Argument(help="Cube (Zarr store).")],
 
 @app.command()
 @user_errors
-def verify(cube: Annotated[Path, typer.Argument(help="Cube (Zarr store).")]) -> None:
+def verify(
+    cube: Annotated[Path, typer.Argument(help="Cube (Zarr store).")],
+    checksums: Annotated[bool, typer.Option("--checksums", help="Also recompute every chunk "
+                                            "file's SHA-256 and compare it with the one "
+                                            "recorded at build time.")] = False,
+) -> None:
     """List every convention problem of a cube; exit 1 if there is any."""
+    from esdc.integrity import check_checksums
     from esdc.verify import verify_store
 
     if not cube.exists():
         raise EsdcError(f"no cube at {cube}.")
     problems = verify_store(cube)
+    checked = None
+    if checksums:
+        report = check_checksums(cube)
+        problems += report.problems
+        checked = report.checked
+        if report.uncovered:
+            out.print(f"not covered by the checksum record (written after the build): "
+                      f"{', '.join(report.uncovered)}", highlight=False, soft_wrap=True)
     for p in problems:
-        out.print(f"- {p}", highlight=False)
+        out.print(f"- {p}", highlight=False, markup=False, soft_wrap=True)
     if problems:
-        out.print(f"{cube}: {len(problems)} problem(s)", highlight=False)
+        out.print(f"{cube}: {len(problems)} problem(s)", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    out.print(f"{cube}: OK", highlight=False)
+    note = f" ({checked} chunk checksums match)" if checked is not None else ""
+    out.print(f"{cube}: OK{note}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -433,6 +464,64 @@ def balance(
     out.print(f"{r['count']} tiles of {r['variable']} from {r['clusters']} clusters (sizes "
               f"{min(r['cluster_sizes'])} .. {max(r['cluster_sizes'])}) -> {out_path}",
               highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def card(
+    cube_or_run: Annotated[str, typer.Argument(help="A cube (an existing path: data card) or "
+                                               "an MLflow run id (model card).")],
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the run "
+                                                     "(default: sqlite:///mlruns.db here).")]
+    = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write the Markdown here "
+                                                  "(default: print it).")] = None,
+) -> None:
+    """Write the data card of a cube or the model card of a training run (Markdown)."""
+    from esdc.cards import data_card, model_card, write_card
+
+    path = Path(cube_or_run)
+    if path.exists():
+        text = data_card(path)
+    else:
+        try:
+            text = model_card(cube_or_run, tracking_uri)
+        except EsdcError as exc:
+            raise EsdcError(f"{cube_or_run}: no cube at that path, and {exc}") from None
+    if out_path is None:
+        print(text)
+        return
+    write_card(text, out_path)
+    kind = "data" if path.exists() else "model"
+    out.print(f"wrote the {kind} card of {cube_or_run} to {out_path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def catalog(
+    cubes: Annotated[list[Path] | None, typer.Argument(help="Cubes to add or replace "
+                                                       "(default: every *.zarr beside the "
+                                                       "catalog).")] = None,
+    out_path: Annotated[Path, typer.Option("--out", help="Catalog file; updated when it "
+                                           "exists.")] = Path("cubes/catalog.json"),
+    cards: Annotated[bool, typer.Option(help="Write each cube's data card beside its "
+                                        "Item.")] = True,
+) -> None:
+    """Write or update a self-contained STAC catalog of built cubes (one Item per cube)."""
+    from esdc.catalog import update_catalog, validate_catalog
+
+    names = list(cubes or sorted(p for p in out_path.parent.glob("*.zarr") if p.is_dir()))
+    if not names:
+        raise EsdcError(f"no cubes given and no *.zarr in {out_path.parent}; name the cubes "
+                        "to catalog.")
+    cat = update_catalog(names, out_path, cards=cards)
+    report = validate_catalog(cat)
+    items = sorted(i.id for i in cat.get_items(recursive=True))
+    out.print(f"{out_path}: {len(items)} item(s) ({', '.join(items)}); STAC core schemas "
+              "valid", highlight=False, soft_wrap=True)
+    for uri in report["skipped"]:
+        out.print(f"  not checked (schema not reachable): {uri}", highlight=False,
+                  soft_wrap=True)
 
 
 @app.command("serve-model")

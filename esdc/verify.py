@@ -179,16 +179,28 @@ def _check_sun(ds: xr.Dataset) -> list[str]:
     return out
 
 
-def verify_store(path: str | Path) -> list[str]:
+def verify_store(path: str | Path, *, checksums: bool = False) -> list[str]:
     """Problems of a cube on disk: :func:`verify_cube` plus store-level checks.
 
     Checks that the store is Zarr format 3 with consolidated metadata.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The Zarr store.
+    checksums : bool
+        Also recompute every chunk file's SHA-256 and compare it with the build's
+        record (:func:`esdc.integrity.verify_checksums`); reads all the data.
 
     Returns
     -------
     list of str
         Empty when the store conforms.
     """
+    if checksums:
+        from esdc.integrity import verify_checksums
+
+        return verify_store(path) + verify_checksums(path)
     from esdc.store import open_cube
 
     p = Path(path)
