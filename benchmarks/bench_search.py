@@ -163,39 +163,10 @@ def clustered(n: int, nq: int, dim: int, centres: int, rank: int, seed: int = 0,
 
 # ---------------------------------------------------------------------------- indexes
 def esdc_index(vec: np.ndarray, kind: str, **params: Any) -> tuple[Any, dict[str, Any]]:
-    """The index ``esdc.search.index.build_index`` builds for ``kind``, from an array.
+    """The index ``esdc.search.index.build_index`` builds for ``kind``, from an array."""
+    from esdc.search.index import make_index
 
-    Same classes and parameters as ``build_index`` (keep in step with it), without the
-    cube, the file and the manifest.
-    """
-    import faiss
-
-    n, d = vec.shape
-    metric = faiss.METRIC_INNER_PRODUCT
-    used: dict[str, Any] = {}
-    if kind == "flat":
-        base = faiss.IndexFlatIP(d)
-    elif kind == "hnsw":
-        used = {"M": 32, "ef_construction": 80, "ef_search": 96} | params
-        base = faiss.IndexHNSWFlat(d, int(used["M"]), metric)
-        base.hnsw.efConstruction = int(used["ef_construction"])
-        base.hnsw.efSearch = int(used["ef_search"])
-    elif kind == "ivfpq":
-        nlist = int(params.get("nlist", max(1, min(4096, int(4 * np.sqrt(n))))))
-        m = int(params.get("m", next(k for k in (16, 8, 4, 2, 1) if d % k == 0)))
-        used = {"nlist": nlist, "m": m, "nprobe": int(params.get("nprobe", max(1, nlist // 8))),
-                "k_factor": float(params.get("k_factor", 16))}
-        ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, 8, metric)
-        ivf.train(vec[np.random.default_rng(0).permutation(n)[: max(256 * nlist, 40 * 256)]]
-                  if n > 256 * nlist else vec)
-        ivf.nprobe = used["nprobe"]
-        base = faiss.IndexRefineFlat(ivf)
-        base.k_factor = used["k_factor"]
-    else:
-        raise ValueError(kind)
-    index = faiss.IndexIDMap2(base)
-    index.add_with_ids(vec, np.arange(n, dtype="int64"))
-    return index, used
+    return make_index(vec, kind, **params)
 
 
 def timed_search(index: Any, queries: np.ndarray, k: int, repeats: int) -> tuple[np.ndarray,

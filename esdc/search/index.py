@@ -33,7 +33,7 @@ import xarray as xr
 from esdc.errors import EsdcError
 
 __all__ = ["EXACT_THRESHOLD", "Manifest", "build_index", "embedding_matrix", "embedding_variable",
-           "index_dir", "load_index", "normalise"]
+           "index_dir", "load_index", "make_index", "normalise"]
 
 #: Below this many vectors ``auto`` builds an exact index.
 EXACT_THRESHOLD = 200_000
@@ -128,6 +128,61 @@ def _sha(path: Path) -> str:
     return sha256sum(path)
 
 
+def make_index(vec: np.ndarray, kind: str, ids: np.ndarray | None = None,
+               **params: Any) -> tuple[Any, dict[str, Any]]:
+    """The FAISS index of ``kind`` over vectors ``(N, F)`` float32 (centred, normalised).
+
+    Parameters
+    ----------
+    vec : numpy.ndarray
+        ``(N, F)`` vectors.
+    kind : {"flat", "hnsw", "ivfpq"}
+        See the module docstring.
+    ids : numpy.ndarray, optional
+        ``(N,)`` int64 ids (default ``0..N-1``).
+    **params
+        Kind parameters (see :func:`build_index`).
+
+    Returns
+    -------
+    tuple
+        ``(faiss.IndexIDMap2, parameters used)``.
+
+    Raises
+    ------
+    EsdcError
+        For an unknown kind.
+    """
+    faiss = _faiss()
+    n, d = vec.shape
+    metric = faiss.METRIC_INNER_PRODUCT
+    used: dict[str, Any] = {}
+    if kind == "flat":
+        base = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        used = {"M": 32, "ef_construction": 80, "ef_search": 96} | params
+        base = faiss.IndexHNSWFlat(d, int(used["M"]), metric)
+        base.hnsw.efConstruction = int(used["ef_construction"])
+        base.hnsw.efSearch = int(used["ef_search"])
+    elif kind == "ivfpq":
+        nlist = int(params.get("nlist", max(1, min(4096, int(4 * np.sqrt(n))))))
+        m = int(params.get("m", next(k for k in (16, 8, 4, 2, 1) if d % k == 0)))
+        used = {"nlist": nlist, "m": m, "nprobe": int(params.get("nprobe", max(1, nlist // 8))),
+                "k_factor": float(params.get("k_factor", 16))}
+        ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, 8, metric)
+        # k-means on a sample: FAISS needs >= 39 points per list; 64 per list is plenty
+        sample = min(n, max(64 * nlist, 256 * 40))
+        ivf.train(vec[np.random.default_rng(0).permutation(n)[:sample]])
+        ivf.nprobe = used["nprobe"]
+        base = faiss.IndexRefineFlat(ivf)
+        base.k_factor = used["k_factor"]
+    else:
+        raise EsdcError(f"--kind {kind!r} is unknown; use flat, hnsw, ivfpq or auto.")
+    index = faiss.IndexIDMap2(base)
+    index.add_with_ids(vec, np.arange(len(vec), dtype="int64") if ids is None else ids)
+    return index, used
+
+
 def build_index(cube: str | Path, variable: str | None = None, kind: str = "auto",
                 **params: Any) -> Manifest:
     """Build a FAISS index of an embedding variable and store it beside the cube.
@@ -166,31 +221,7 @@ def build_index(cube: str | Path, variable: str | None = None, kind: str = "auto
     n, d = vec.shape
     if kind == "auto":
         kind = "flat" if n < EXACT_THRESHOLD else "hnsw"
-    metric = faiss.METRIC_INNER_PRODUCT
-    used: dict[str, Any] = {}
-    if kind == "flat":
-        base = faiss.IndexFlatIP(d)
-    elif kind == "hnsw":
-        used = {"M": 32, "ef_construction": 80, "ef_search": 96} | params
-        base = faiss.IndexHNSWFlat(d, int(used["M"]), metric)
-        base.hnsw.efConstruction = int(used["ef_construction"])
-        base.hnsw.efSearch = int(used["ef_search"])
-    elif kind == "ivfpq":
-        nlist = int(params.get("nlist", max(1, min(4096, int(4 * np.sqrt(n))))))
-        m = int(params.get("m", next(k for k in (16, 8, 4, 2, 1) if d % k == 0)))
-        used = {"nlist": nlist, "m": m, "nprobe": int(params.get("nprobe", max(1, nlist // 8))),
-                "k_factor": float(params.get("k_factor", 16))}
-        ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, 8, metric)
-        # k-means on a sample: FAISS needs >= 39 points per list; 64 per list is plenty
-        sample = min(n, max(64 * nlist, 256 * 40))
-        ivf.train(vec[np.random.default_rng(0).permutation(n)[:sample]])
-        ivf.nprobe = used["nprobe"]
-        base = faiss.IndexRefineFlat(ivf)
-        base.k_factor = used["k_factor"]
-    else:
-        raise EsdcError(f"--kind {kind!r} is unknown; use flat, hnsw, ivfpq or auto.")
-    index = faiss.IndexIDMap2(base)
-    index.add_with_ids(vec, ids)
+    index, used = make_index(vec, kind, ids, **params)
     folder = index_dir(cube)
     folder.mkdir(exist_ok=True)
     target, tmp = folder / f"{var}.faiss", folder / f".{var}.faiss.tmp"
