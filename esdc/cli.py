@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from esdc.cluster import dask_client
 from esdc.errors import EsdcError
 
 __all__ = ["app", "main"]
@@ -42,20 +43,6 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _client(scheduler: str | None) -> Any:
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            return Client(scheduler, timeout="10s")
-        except OSError as exc:
-            raise EsdcError(f"--scheduler {scheduler}: cannot connect ({exc}); check the "
-                            "address (tcp://HOST:PORT) and that the scheduler runs.") from None
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address="127.0.0.1:0", host="127.0.0.1")
-    return Client(cluster)
 
 
 @app.command()
@@ -99,8 +86,7 @@ def build(
                                               compressor=r.output.compressor):
         out.print(f"{target} is up to date", highlight=False, soft_wrap=True)
         return
-    client = _client(scheduler)
-    try:
+    with dask_client(scheduler) as client:
         out.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
         with Progress("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=err,
@@ -116,11 +102,6 @@ def build(
                               append=append,
                               report=lambda msg: out.print(msg, highlight=False,
                                                            soft_wrap=True))
-    finally:
-        cluster = getattr(client, "cluster", None)
-        client.close()
-        if cluster is not None:
-            cluster.close()
     out.print(f"{'appended to' if append else 'built'} {path}", highlight=False, soft_wrap=True)
 
 
@@ -216,16 +197,10 @@ def train(
     PatchStream(str(cube.resolve()), cfg.inputs, patch=cfg.patch,
                 targets=[cfg.target] if cfg.target else [],
                 normalize=False)
-    client = _client(scheduler)
-    try:
+    with dask_client(scheduler) as client:
         if not as_json:
             out.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
         result = submit(client, str(cube.resolve()), cfg, tracking_uri).result()
-    finally:
-        cluster = getattr(client, "cluster", None)
-        client.close()
-        if cluster is not None:
-            cluster.close()
     if as_json:
         print(json.dumps(result))
         return
@@ -257,15 +232,9 @@ def embed(
     if any(t < 1 for t in tiles):
         raise EsdcError(f"--tile {tiles}: tile sizes must be positive.")
     bundle = load_encoder(model, tracking_uri)
-    client = _client(scheduler)
-    try:
+    with dask_client(scheduler) as client:
         out.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
         names = embed_cube(str(cube.resolve()), bundle, tiles, client)
-    finally:
-        cluster = getattr(client, "cluster", None)
-        client.close()
-        if cluster is not None:
-            cluster.close()
     out.print(f"wrote {', '.join(names)} into {cube}", highlight=False)
 
 

@@ -65,7 +65,7 @@ def run_demo(out: Path, full: bool = False, scheduler: str | None = None,
         The summary written to ``out/summary.json``.
     """
     from esdc.build import plan
-    from esdc.cli import _client
+    from esdc.cluster import dask_client
     from esdc.embed import embed_cube, load_encoder
     from esdc.ml.config import TrainConfig
     from esdc.ml.train import submit
@@ -99,8 +99,7 @@ def run_demo(out: Path, full: bool = False, scheduler: str | None = None,
     fetch([s.sample for s in recipe.sources if s.sample in SAMPLES])
     step("fetch")
     ds = plan(recipe, base_dir=find_recipe("earth.yaml").parent)
-    client = _client(scheduler)
-    try:
+    with dask_client(scheduler) as client:
         say(f"Dask dashboard: {client.dashboard_link}")
         say(f"building {cube} ({recipe.grid.resolution} degree grid) ...")
         write_cube(ds, cube, chunks=dict(recipe.output.chunks),
@@ -125,11 +124,6 @@ def run_demo(out: Path, full: bool = False, scheduler: str | None = None,
         bundle = load_encoder(trained["run_id"], tracking)
         names = embed_cube(str(cube), bundle, [8, 16], client)
         step("embed")
-    finally:
-        cluster = getattr(client, "cluster", None)
-        client.close()
-        if cluster is not None:
-            cluster.close()
     manifest = build_index(cube)
     step("index")
     engine = SearchEngine(cube)

@@ -1,0 +1,53 @@
+"""The Dask cluster esdc computes on: a running scheduler, or a LocalCluster."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from esdc.errors import EsdcError
+
+__all__ = ["dask_client"]
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None) -> Iterator[Any]:
+    """A ``distributed.Client`` for the block; closed (with its LocalCluster) afterwards.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of a running scheduler (``tcp://HOST:PORT``; dask-jobqueue,
+        dask-kubernetes and dask-gateway clusters give one). Without it a LocalCluster
+        of 2 single-threaded worker processes is started on 127.0.0.1 with its
+        dashboard on a free port (``client.dashboard_link``).
+
+    Yields
+    ------
+    distributed.Client
+
+    Raises
+    ------
+    EsdcError
+        If the scheduler does not answer within 10 s.
+    """
+    from distributed import Client, LocalCluster
+
+    cluster = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as exc:
+            raise EsdcError(f"--scheduler {scheduler}: cannot connect ({exc}); check the "
+                            "address (tcp://HOST:PORT) and that the scheduler runs.") from None
+    else:
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address="127.0.0.1:0", host="127.0.0.1")
+        client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
