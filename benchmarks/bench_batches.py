@@ -79,7 +79,6 @@ import gc
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -89,10 +88,10 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import _machine  # benchmarks/_machine.py: machine and versions
 import dask.array as dsa
 import numpy as np
 import psutil
@@ -215,35 +214,14 @@ def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else None,
-        "cpu_model": cpu,
-        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        # Other processes compete for the CPUs when this is not near 0.
-        "load_avg_1min_start": round(os.getloadavg()[0], 2),
-    }
+    m = _machine.machine()
+    m["load_avg_1min_start"] = m.pop("load_avg_1min")
+    return m
 
 
 def versions() -> dict[str, str]:
-    out = {}
-    for lib in ("esdc", "numpy", "xarray", "dask", "zarr", "numcodecs", "xbatcher", "torch"):
-        try:
-            out[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return _machine.versions(("esdc", "numpy", "xarray", "dask", "zarr", "numcodecs",
+                              "xbatcher", "torch"))
 
 
 def store_mb(path: Path) -> float:

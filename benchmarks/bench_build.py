@@ -63,8 +63,6 @@ import argparse
 import gc
 import json
 import logging
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -72,10 +70,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import _machine  # benchmarks/_machine.py: machine and versions
 import dask
 import numpy as np
 import psutil
@@ -197,37 +195,12 @@ def warm_page_cache(recipe: Recipe) -> None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_count_physical": psutil.cpu_count(logical=False),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else None,
-        "cpu_model": cpu,
-        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        # Other processes compete for the CPUs when this is not near 0 at the start.
-        "load_avg_1min": round(os.getloadavg()[0], 2),
-    }
+    return _machine.machine()
 
 
 def versions() -> dict[str, str]:
-    out = {}
-    for lib in ("esdc", "numpy", "scipy", "xarray", "dask", "distributed", "zarr",
-                "pyresample"):
-        try:
-            out[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return _machine.versions(("esdc", "numpy", "scipy", "xarray", "dask", "distributed", "zarr",
+                              "pyresample"))
 
 
 def start_cluster() -> tuple[Any, float]:

@@ -81,7 +81,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -89,10 +88,10 @@ import sys
 import tempfile
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import _machine  # benchmarks/_machine.py: machine and versions
 import numpy as np
 
 from esdc.search.index import index_dir, normalise
@@ -106,30 +105,16 @@ def log(msg: str) -> None:
 
 def machine() -> dict[str, Any]:
     import faiss
-    import psutil
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu_count": os.cpu_count(), "cpu_model": cpu,
-            "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "faiss_threads": faiss.omp_get_max_threads(),
-            "load_avg_1min_start": round(os.getloadavg()[0], 2)}
+    m = _machine.machine()
+    m["load_avg_1min_start"] = m.pop("load_avg_1min")
+    m["faiss_threads"] = faiss.omp_get_max_threads()
+    return m
 
 
 def versions() -> dict[str, str]:
-    out = {}
-    for lib in ("esdc", "numpy", "faiss-cpu", "fastapi", "starlette", "uvicorn", "pydantic"):
-        try:
-            out[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return _machine.versions(("esdc", "numpy", "faiss-cpu", "fastapi", "starlette", "uvicorn",
+                              "pydantic"))
 
 
 # ---------------------------------------------------------------------------- data
