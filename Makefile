@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test clean xcube-env xcube-test
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -12,8 +12,12 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[ml,search,plot]'
 
+# The search page's browser test (tests/search/test_page_browser.py) drives Debian's
+# Chromium at /usr/bin/chromium with Playwright: installed here when missing (sudo if not root).
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,tensorflow]'
+	test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
 ## demo: install, then the whole pipeline on real data into out/demo (cube, encoder,
 ## embeddings, index, search, pictures, summary.json); FULL=1 for the 0.25 degree grid
@@ -25,6 +29,32 @@ test: install-test
 	$(BIN)/esdc samples fetch --all
 	$(BIN)/ruff check esdc tests benchmarks
 	$(BIN)/pytest
+	$(MAKE) xcube-test
+
+# xcube interoperability (tests/interop/test_xcube.py) in its own environment, .venv-xcube:
+# xcube-core pins pandas<3 and esdc pandas 3. Debian's GDAL (libgdal-dev, when gdal-config is
+# missing; sudo if not root), GDAL's Python bindings built against it and NumPy (so that
+# osgeo.gdal_array exists), then esdc's core pins with the `xcube` extra's pins replacing
+# them (ci/xcube_requirements.py) and esdc itself with --no-deps.
+XVENV := .venv-xcube
+XBIN := $(XVENV)/bin
+
+$(XBIN)/python:
+	$(PY) -m venv $(XVENV)
+	$(XBIN)/pip install --quiet --upgrade pip
+
+xcube-env: $(XBIN)/python
+	command -v gdal-config >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libgdal-dev; }
+	$(XBIN)/python ci/xcube_requirements.py pyproject.toml > $(XVENV)/requirements.txt
+	$(XBIN)/pip install --quiet setuptools wheel $$(grep '^numpy==' $(XVENV)/requirements.txt)
+	$(XBIN)/pip install --quiet --no-build-isolation "gdal==$$(gdal-config --version)"
+	$(XBIN)/pip install --quiet -r $(XVENV)/requirements.txt
+	$(XBIN)/pip install --quiet --no-deps -e .
+
+## xcube-test: esdc cubes checked by xcube itself (verification, file data store, grid mapping)
+xcube-test: xcube-env
+	$(XBIN)/pytest -m xcube tests/interop/test_xcube.py
 
 clean:
-	rm -rf $(VENV) cubes/*.zarr .pytest_cache
+	rm -rf $(VENV) $(XVENV) cubes/*.zarr .pytest_cache

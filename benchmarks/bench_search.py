@@ -61,6 +61,9 @@ HTTP:
     (``http_png``), a quarter as many ``GET /tiles/{y}/{x}.png`` of random tiles.
     Client and server share the machine's cores.
 
+``benchmarks/bench_load.py`` is the load test of the service (10,000 requests at 32
+clients, with an index swap while serving).
+
 Aims (issue): ``recall_at_10 >= 0.95`` at ``qps_ratio = qps_approx / qps_exact >= 10``;
 ``http_p99_ms <= 50``. Timings depend on the machine and on what else runs on it (the
 load average is reported at start and end): compare runs on the same machine.

@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from esdc.derive import FUNCTIONS
@@ -46,8 +47,12 @@ def _source_provenance(spec: SourceSpec, geo: Geolocated) -> dict[str, Any]:
     return rec
 
 
-def default_output(recipe: Recipe, cwd: Path | None = None) -> Path:
-    """``recipe.output.path``, or ``cubes/{name}.zarr`` under ``cwd``."""
+def default_output(recipe: Recipe, cwd: Path | None = None) -> Path | str:
+    """``recipe.output.path`` (a URL such as ``s3://bucket/c.zarr`` as it is), or ``cubes/{name}.zarr`` under ``cwd``."""  # noqa: E501
+    from esdc.remote import is_url
+
+    if is_url(recipe.output.path):
+        return str(recipe.output.path)
     path = Path(recipe.output.path or f"cubes/{recipe.name}.zarr")
     return path if path.is_absolute() else (cwd or Path.cwd()) / path
 
@@ -135,7 +140,10 @@ def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
                      **({"standard_name": d.standard_name} if d.standard_name else {}),
                      **({"comment": d.comment} if d.comment else {}),
                      "esdc_derived": f"{d.function}({', '.join(d.inputs)})",
-                     "grid_mapping": "crs"}
+                     "grid_mapping": "crs",
+                     # a categorical layer (classify) keeps its CF flags
+                     **{k: out.attrs[k] for k in ("flag_values", "flag_meanings")
+                        if k in out.attrs}}
         variables[d.name] = out.astype("float32")
     coords = grid.coords()
     ds = xr.Dataset(variables, coords={k: v for k, v in coords.items() if k != "time_bnds"})
@@ -164,6 +172,11 @@ def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
     if grid.is_geographic:
         ds.attrs.update(geospatial_lat_min=south, geospatial_lat_max=north,
                         geospatial_lon_min=west, geospatial_lon_max=east)
+    if "time_bnds" in ds:
+        # ACDD time coverage: from the first cell's start to the last cell's end.
+        bnds = ds["time_bnds"].values
+        ds.attrs.update(time_coverage_start=str(np.datetime_as_string(bnds[0, 0], "s")),
+                        time_coverage_end=str(np.datetime_as_string(bnds[-1, 1], "s")))
     return ds
 
 
@@ -175,15 +188,17 @@ def build(
     client: Any = None,
     base_dir: Path | None = None,
     on_region: Callable[[int, int], None] | None = None,
-) -> Path:
+    storage_options: dict[str, Any] | None = None,
+) -> Path | str:
     """Build a recipe's cube and store it.
 
     Parameters
     ----------
     recipe : Recipe
         A validated recipe.
-    out : pathlib.Path, optional
-        Where to store the cube; :func:`default_output` when omitted.
+    out : pathlib.Path or str, optional
+        Where to store the cube (a folder, or a URL such as ``s3://bucket/cube.zarr``);
+        :func:`default_output` when omitted.
     overwrite : bool
         Replace an existing cube at ``out`` (atomically, when the new one is done).
     client : distributed.Client, optional
@@ -192,20 +207,25 @@ def build(
         Folder relative source paths are taken from.
     on_region : callable, optional
         Progress callback ``on_region(done, total)``.
+    storage_options : dict, optional
+        fsspec options of a URL ``out`` (:func:`esdc.remote.storage_options`).
 
     Returns
     -------
-    pathlib.Path
-        The cube's path.
+    pathlib.Path or str
+        The cube's path or URL.
 
     Raises
     ------
     EsdcError
         Any subclass, for bad input; nothing at ``out`` is changed then.
     """
-    target = Path(out) if out is not None else default_output(recipe)
-    check_target(target, overwrite)
+    from esdc.remote import is_url
+
+    target = ((out if is_url(out) else Path(out)) if out is not None
+              else default_output(recipe))
+    check_target(target, overwrite, storage_options=storage_options)
     ds = plan(recipe, base_dir)
     return write_cube(ds, target, chunks=dict(recipe.output.chunks),
                       compressor=recipe.output.compressor, overwrite=overwrite, client=client,
-                      on_region=on_region)
+                      on_region=on_region, storage_options=storage_options)

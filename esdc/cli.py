@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +31,12 @@ app.add_typer(samples_app, name="samples")
 out = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+# fsspec options of s3:// (any URL) cubes; see esdc.remote.storage_options.
+StorageOptions = Annotated[list[str] | None, typer.Option(
+    "--storage-option", metavar="KEY=VALUE",
+    help="fsspec option of an s3:// (or other URL) cube, e.g. endpoint_url=http://HOST:9000 "
+         "or anon=true (VALUE may be JSON); repeatable. Also: ESDC_STORAGE_OPTIONS (a JSON "
+         "object) and the AWS_* variables.")]
 
 
 def user_errors(fn: F) -> F:
@@ -41,16 +49,34 @@ def user_errors(fn: F) -> F:
         except EsdcError as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except Exception as exc:
+            if not _from_codec(exc):
+                raise
+            err.print(f"[bold red]error:[/] a chunk of the cube could not be decoded "
+                      f"({type(exc).__name__}: {exc}): its files are damaged. `esdc verify "
+                      "CUBE --checksums` names the corrupted or missing chunks; rebuild the "
+                      "cube or restore it from a copy.", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _from_codec(exc: BaseException) -> bool:
+    """True if ``exc`` was raised while decoding a Zarr chunk (a damaged chunk file)."""
+    import traceback
+
+    marks = ("numcodecs", f"zarr{os.sep}codecs")
+    return any(m in frame.filename for frame in traceback.extract_tb(exc.__traceback__)
+               for m in marks)
 
 
 @app.command()
 @user_errors
 def build(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
-    out_path: Annotated[Path | None, typer.Option("--out", help="Cube path (default from the "
-                                                  "recipe, else cubes/NAME.zarr).")] = None,
+    out_path: Annotated[str | None, typer.Option("--out", help="Cube path or URL "
+                                                 "(s3://bucket/cube.zarr); default from the "
+                                                 "recipe, else cubes/NAME.zarr.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing cube.")] = False,
     scheduler: Annotated[str | None, typer.Option(help="Address of a running Dask "
                                                   "scheduler; default: a LocalCluster.")] = None,
@@ -62,28 +88,32 @@ def build(
     append: Annotated[bool, typer.Option("--append", help="Add the recipe's new time steps "
                                          "to the existing cube; its old chunks are kept as "
                                          "they are.")] = False,
+    storage_option: StorageOptions = None,
 ) -> None:
     """Build the cube a RECIPE describes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from esdc.build import default_output, plan
     from esdc.recipe import load_recipe
+    from esdc.remote import is_url, storage_options
     from esdc.samples import SAMPLES
     from esdc.samples import fetch as fetch_samples
     from esdc.store import check_target, cube_is_current, write_cube
 
     r = load_recipe(recipe)
-    target = out_path or default_output(r)
+    target = (out_path if is_url(out_path) else Path(out_path)) if out_path else default_output(r)
+    so = storage_options(storage_option) if is_url(target) else None
     if append and overwrite:
         raise EsdcError("--append grows the existing cube; it does not go with --overwrite.")
-    check_target(target, overwrite or resume or append)
+    check_target(target, overwrite or resume or append, storage_options=so)
     if fetch:
         names = [s.sample for s in r.sources if s.sample in SAMPLES]
         if names:
             fetch_samples(names)
     ds = plan(r, base_dir=recipe.resolve().parent)  # lazy: all input errors surface here
     if (resume or append) and cube_is_current(ds, target, chunks=dict(r.output.chunks),
-                                              compressor=r.output.compressor):
+                                              compressor=r.output.compressor,
+                                              storage_options=so):
         out.print(f"{target} is up to date", highlight=False, soft_wrap=True)
         return
     with dask_client(scheduler) as client:
@@ -91,7 +121,8 @@ def build(
         with Progress("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                       disable=not err.is_terminal) as bar:
-            task = bar.add_task(f"building {target.name}", total=None)
+            task = bar.add_task(f"building {str(target).rstrip('/').rsplit('/', 1)[-1]}",
+                                total=None)
 
             def on_region(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
@@ -99,7 +130,7 @@ def build(
             path = write_cube(ds, target, chunks=dict(r.output.chunks),
                               compressor=r.output.compressor, overwrite=overwrite,
                               client=client, on_region=on_region, resume=resume,
-                              append=append,
+                              append=append, storage_options=so,
                               report=lambda msg: out.print(msg, highlight=False,
                                                            soft_wrap=True))
     out.print(f"{'appended to' if append else 'built'} {path}", highlight=False, soft_wrap=True)
@@ -107,12 +138,15 @@ def build(
 
 @app.command()
 @user_errors
-def info(cube: Annotated[Path, typer.Argument(help="Cube (Zarr store).")],
-         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def info(cube: Annotated[str, typer.Argument(help="Cube (Zarr store: path or URL).")],
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+         storage_option: StorageOptions = None) -> None:
     """Describe a cube: grid, variables, provenance."""
+    from esdc.remote import is_url, storage_options
     from esdc.store import open_cube
 
-    ds = open_cube(cube)
+    ds = open_cube(cube, storage_options=storage_options(storage_option) if is_url(cube)
+                   else None)
     sources = json.loads(ds.attrs.get("esdc_sources", "[]"))
     desc = {
         "path": str(cube),
@@ -145,21 +179,26 @@ def info(cube: Annotated[Path, typer.Argument(help="Cube (Zarr store).")],
 @app.command()
 @user_errors
 def verify(
-    cube: Annotated[Path, typer.Argument(help="Cube (Zarr store).")],
+    cube: Annotated[str, typer.Argument(help="Cube (Zarr store: path or URL).")],
     checksums: Annotated[bool, typer.Option("--checksums", help="Also recompute every chunk "
                                             "file's SHA-256 and compare it with the one "
                                             "recorded at build time.")] = False,
+    storage_option: StorageOptions = None,
 ) -> None:
     """List every convention problem of a cube; exit 1 if there is any."""
     from esdc.integrity import check_checksums
+    from esdc.remote import is_url, require_cube, storage_options
     from esdc.verify import verify_store
 
-    if not cube.exists():
+    so = storage_options(storage_option) if is_url(cube) else None
+    if so is not None:
+        require_cube(cube, so)
+    elif not Path(cube).exists():
         raise EsdcError(f"no cube at {cube}.")
-    problems = verify_store(cube)
+    problems = verify_store(cube, storage_options=so)
     checked = None
     if checksums:
-        report = check_checksums(cube)
+        report = check_checksums(cube, storage_options=so)
         problems += report.problems
         checked = report.checked
         if report.uncovered:
@@ -194,9 +233,12 @@ def train(
     if not cube.exists():
         raise EsdcError(f"no cube at {cube}.")
     # Fail here, not on the worker, for missing variables or a patch larger than the grid.
-    PatchStream(str(cube.resolve()), cfg.inputs, patch=cfg.patch,
-                targets=[cfg.target] if cfg.target else [],
-                normalize=False)
+    stream = PatchStream(str(cube.resolve()), cfg.inputs, patch=cfg.patch,
+                         targets=[cfg.target] if cfg.target else [], normalize=False)
+    if cfg.search is not None:  # more spatial folds than train blocks
+        from esdc.ml.tuning import check_search_blocks
+
+        check_search_blocks(cfg, (stream.ny, stream.nx))
     with dask_client(scheduler) as client:
         if not as_json:
             out.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
@@ -207,6 +249,9 @@ def train(
     out.print(f"run {result['run_id']} on {result['device']}: test {result['metric']} "
               f"{result['test']:.4f} (baseline {result['baseline']:.4f}); model "
               f"{result['model_path']}", highlight=False)
+    if result.get("best_params") is not None:
+        out.print(f"search: best {result['best_params']} with spatial-CV "
+                  f"{result['cv_scoring']} {result['cv_score']:.4f}", highlight=False)
 
 
 @app.command()
@@ -246,15 +291,20 @@ def index(
                                       "200,000 vectors).")] = "auto",
     variable: Annotated[str | None, typer.Option(help="Embedding variable (default: the "
                                                  "smallest tile).")] = None,
+    device: Annotated[str, typer.Option(help="auto (a GPU when FAISS sees one and the kind "
+                                        "runs there: flat, ivfpq), cpu or gpu (needs "
+                                        "esdc[gpu]).")] = "auto",
 ) -> None:
     """Build a FAISS index of a cube's embeddings, stored beside the cube."""
     from esdc.search.index import build_index, index_dir
 
     if not cube.exists():
         raise EsdcError(f"no cube at {cube}.")
-    m = build_index(cube, variable, kind)
-    out.print(f"indexed {m.count} tiles of {m.variable} ({m.kind}, {m.dim} dims) in "
-              f"{index_dir(cube)}", highlight=False)
+    m = build_index(cube, variable, kind, device)
+    out.print(f"indexed {m.count} tiles of {m.variable} ({m.kind}, {m.dim} dims, built on "
+              f"{m.params.get('built_on', 'cpu')}) in "
+              f"{index_dir(cube)}: generation {m.generation} (a running `esdc serve` "
+              "swaps it in)", highlight=False)
 
 
 def _bbox(text: str | None) -> tuple[float, float, float, float] | None:
@@ -264,7 +314,22 @@ def _bbox(text: str | None) -> tuple[float, float, float, float] | None:
         w, s, e, n = (float(v) for v in text.split(","))
     except ValueError:
         raise EsdcError(f"--bbox {text!r}: give four numbers W,S,E,N.") from None
+    if not all(math.isfinite(v) for v in (w, s, e, n)):
+        raise EsdcError(f"--bbox {text!r}: the numbers must be finite.")
+    if s > n:
+        raise EsdcError(f"--bbox {text!r}: south ({s}) is north of north ({n}).")
     return (w, s, e, n)
+
+
+def _png_target(path: Path, option: str) -> Path:
+    """Check before any work that ``path`` can be written: its folder exists."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise EsdcError(f"{option} {path}: the folder {folder} does not exist (or is not a "
+                        "folder); create it or choose another path.")
+    if path.is_dir():
+        raise EsdcError(f"{option} {path} is a folder; give a file name such as map.png.")
+    return path
 
 
 @app.command()
@@ -289,6 +354,8 @@ def search(
 
     if not cube.exists():
         raise EsdcError(f"no cube at {cube}.")
+    if quicklook is not None:
+        _png_target(quicklook, "--quicklook")
     engine = SearchEngine(cube, variable)
     trange = None if start is None and end is None else (start, end)
     result = engine.search_tile(lat, lon, time, k, _bbox(bbox), trange)
@@ -317,6 +384,9 @@ def serve(
     variable: Annotated[str | None, typer.Option(help="Embedding variable (default: the "
                                                  "smallest tile).")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    watch: Annotated[float, typer.Option(help="Seconds between checks for a rebuilt index "
+                                         "(`esdc index`), swapped in without stopping; "
+                                         "0: never.")] = 1.0,
 ) -> None:
     """Serve the reverse image search over HTTP (FastAPI; OpenAPI at /openapi.json)."""
     from esdc.search.http import create_app, run_app
@@ -325,27 +395,34 @@ def serve(
         raise EsdcError(f"no cube at {cube}.")
     if not 0 <= port <= 65535:
         raise EsdcError(f"--port {port}: give a TCP port, 0 .. 65535.")
-    api = create_app(cube, variable)
+    if watch < 0:
+        raise EsdcError(f"--watch {watch}: give seconds >= 0 (0: never).")
+    api = create_app(cube, variable, watch)
     out.print(f"serving {api.state.engine.variable} of {cube} on http://{host}:{port} "
-              f"(docs: http://{host}:{port}/docs)", highlight=False)
+              f"(search page: http://{host}:{port}/, docs: http://{host}:{port}/docs)",
+              highlight=False)
     run_app(api, host, port, access_log=access_log)
 
 
 @app.command()
 @user_errors
 def plot(
-    cube: Annotated[Path, typer.Argument(help="Cube (Zarr store).")],
+    cube: Annotated[str, typer.Argument(help="Cube (Zarr store: path or URL).")],
     variable: Annotated[str, typer.Argument(help="Variable to map, or 'rgb'.")],
     time: Annotated[str | None, typer.Option(help="Time step (nearest), default first.")]
     = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="PNG path (default "
                                                   "VARIABLE.png).")] = None,
+    storage_option: StorageOptions = None,
 ) -> None:
     """Draw a map of a cube variable (categorical classes get a legend)."""
     from esdc.plot import quicklook
+    from esdc.remote import is_url, storage_options
     from esdc.store import open_cube
 
-    path = quicklook(open_cube(cube), variable, out_path or Path(f"{variable}.png"), time)
+    so = storage_options(storage_option) if is_url(cube) else None
+    path = quicklook(open_cube(cube, storage_options=so), variable,
+                     _png_target(out_path or Path(f"{variable}.png"), "--out"), time)
     out.print(f"wrote {path}", highlight=False)
 
 
@@ -491,6 +568,23 @@ def catalog(
     for uri in report["skipped"]:
         out.print(f"  not checked (schema not reachable): {uri}", highlight=False,
                   soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def reference(
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write the Markdown here "
+                                                  "(default: print it).")] = None,
+) -> None:
+    """Print the recipe and training-config reference generated from their schemas."""
+    from esdc.reference import render
+
+    text = render()
+    if out_path is None:
+        typer.echo(text, nl=False)
+    else:
+        out_path.write_text(text)
+        out.print(f"wrote {out_path}", highlight=False)
 
 
 @app.command("serve-model")

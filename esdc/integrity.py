@@ -277,21 +277,29 @@ class ChecksumReport:
         return out
 
 
-def check_checksums(store: str | os.PathLike[str], *, workers: int = 4) -> ChecksumReport:
+def check_checksums(store: str | os.PathLike[str], *, workers: int = 4,
+                    storage_options: dict[str, Any] | None = None) -> ChecksumReport:
     """Recompute every recorded chunk's SHA-256 and compare with the build's record.
 
     Parameters
     ----------
     store : str or path-like
-        Root of a cube built by esdc.
+        Root of a cube built by esdc: a folder, or a URL (``s3://bucket/cube.zarr``,
+        checked by :func:`esdc.remote.check_remote_checksums`).
     workers : int
         Files hashed in parallel (hashlib releases the GIL).
+    storage_options : dict, optional
+        fsspec options of a URL.
 
     Returns
     -------
     ChecksumReport
         Mismatched, missing and unexpected chunk files; ``error`` if there is no record.
     """
+    from esdc.remote import check_remote_checksums, is_url
+
+    if is_url(store):
+        return check_remote_checksums(str(store), options=storage_options)
     root = Path(store)
     rec = read_manifest(root)
     if rec is None:
@@ -324,13 +332,16 @@ def check_checksums(store: str | os.PathLike[str], *, workers: int = 4) -> Check
     return report
 
 
-def verify_checksums(store: str | os.PathLike[str]) -> list[str]:
+def verify_checksums(store: str | os.PathLike[str], *,
+                     storage_options: dict[str, Any] | None = None) -> list[str]:
     """Problems of a cube's chunk files against its checksum record.
 
     Parameters
     ----------
     store : str or path-like
-        Root of a cube built by esdc.
+        Root of a cube built by esdc (a folder or a URL).
+    storage_options : dict, optional
+        fsspec options of a URL.
 
     Returns
     -------
@@ -338,4 +349,4 @@ def verify_checksums(store: str | os.PathLike[str]) -> list[str]:
         One message per corrupted (``sst/c/3/1/2: checksum mismatch ...``), missing or
         unrecorded chunk file; empty when every chunk matches.
     """
-    return check_checksums(store).problems
+    return check_checksums(store, storage_options=storage_options).problems

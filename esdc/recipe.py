@@ -10,6 +10,8 @@ the field's path, e.g. ``sources[2].variables[0].resampling``).
 from __future__ import annotations
 
 import hashlib
+import inspect
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -57,7 +59,10 @@ BBox = tuple[float, float, float, float]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # allow_inf_nan=False: no NaN or infinity in any number of a recipe (a NaN
+    # scale_factor or valid_min would silently blank a layer; an infinite bbox has no cells).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False,
+                              use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 class TimeAxisSpec(_Model):
@@ -68,16 +73,29 @@ class TimeAxisSpec(_Model):
     """
 
     start: str
+    """First time label (ISO 8601 date or date-time, e.g. ``2006-04-01``)."""
     end: str
+    """Last time label, included when it falls on ``freq``."""
     freq: str = "MS"
+    """pandas offset alias between labels (``MS`` month start, ``D``, ``h``)."""
 
     @model_validator(mode="after")
     def _check(self) -> TimeAxisSpec:
         try:
-            idx = self.index()
-        except (ValueError, TypeError) as exc:
+            # Estimate the length before making the axis: a second-by-second axis over
+            # centuries would allocate hundreds of GB.
+            a, b = pd.Timestamp(self.start), pd.Timestamp(self.end)
+            if pd.isna(a) or pd.isna(b):
+                raise ValueError("start and end must be dates such as 2006-04-01")
+            step = (a + pd.tseries.frequencies.to_offset(self.freq)) - a
+            steps = (b - a) / step if step > pd.Timedelta(0) else 0.0
+            idx = self.index() if steps <= 2_000_000 else None
+        except (ValueError, TypeError, OverflowError) as exc:
             raise ValueError(f"cannot make a time axis from {self.start!r} to {self.end!r} "
                              f"every {self.freq!r}: {exc}") from None
+        if idx is None:
+            raise ValueError(f"time axis from {self.start} to {self.end} every {self.freq} "
+                             f"has about {steps:.3g} steps; at most 1,000,000 allowed")
         if len(idx) == 0:
             raise ValueError(f"time axis from {self.start} to {self.end} is empty")
         if len(idx) > 1_000_000:
@@ -101,7 +119,9 @@ class ObservedTimeSpec(_Model):
     """
 
     observed: Literal[True]
+    """Must be ``true``: the axis is made of the sources' observation times."""
     cell: str = "6min"
+    """Width of a time cell, a pandas timedelta string (``6min``, ``1h``)."""
 
     @field_validator("cell")
     @classmethod
@@ -135,10 +155,18 @@ class GridSpec(_Model):
     """The common grid: body, CRS, bounding box (outer edges), resolution, time axis."""
 
     body: Literal["earth", "moon", "sun"]
+    """Planetary body of the grid; sources of another body are refused."""
     crs: str | None = None
+    """CRS of the grid (authority code, PROJ string or WKT; ``helioprojective`` for the Sun);
+    default the body's geographic CRS (EPSG:4326, IAU_2015:30100).
+    """
     bbox: BBox
+    """Outer edges ``[west, south, east, north]`` in CRS units (degrees, metres or arcsec)."""
     resolution: PositiveFloat | tuple[PositiveFloat, PositiveFloat]
+    """Cell size in CRS units, one number or ``[dx, dy]``."""
     time: TimeAxisSpec | ObservedTimeSpec | None = None
+    """Time axis: ``{start, end, freq}``, ``{observed: true, cell}``, or absent for a static cube.
+    """
 
     @field_validator("crs")
     @classmethod
@@ -151,6 +179,9 @@ class GridSpec(_Model):
     @classmethod
     def _bbox(cls, v: BBox) -> BBox:
         w, s, e, n = v
+        if not all(math.isfinite(c) for c in v):
+            raise ValueError(f"bbox {list(v)} must be four finite numbers [west, south, east, "
+                             "north]")
         if not (e > w and n > s):
             raise ValueError(f"bbox {list(v)} is empty: give [west, south, east, north] with "
                              "east > west and north > south")
@@ -161,7 +192,12 @@ class GridSpec(_Model):
         w, s, e, n = self.bbox
         dx, dy = (self.resolution, self.resolution) if isinstance(
             self.resolution, float) else self.resolution
-        nx, ny = round((e - w) / dx), round((n - s) / dy)
+        fx, fy = (e - w) / dx, (n - s) / dy
+        if not (math.isfinite(fx) and math.isfinite(fy)) or fx * fy > 4_000_000_000:
+            raise ValueError(f"grid.resolution {self.resolution} gives about {fy:.3g} x "
+                             f"{fx:.3g} cells in grid.bbox {list(self.bbox)}: too large "
+                             "(over 2e9 cells)")
+        nx, ny = round(fx), round(fy)
         if nx < 1 or ny < 1:
             raise ValueError(f"grid.resolution {self.resolution} gives {ny} x {nx} cells in "
                              f"grid.bbox {list(self.bbox)}; use a resolution smaller than "
@@ -224,9 +260,13 @@ class GeoreferenceSpec(_Model):
     """
 
     crs: str = "EPSG:4326"
+    """CRS of the file's pixels."""
     bbox: BBox
+    """Outer edges of the file's pixels ``[west, south, east, north]`` in ``crs`` units."""
     row_order: Literal["north_up", "south_up"] = "north_up"
+    """Whether the first row is the northernmost (``north_up``) or southernmost."""
     dims: list[Identifier] | None = None
+    """The file's dimension names in storage order (``lat``/``lon``, ``y``/``x``, ``month``)."""
 
     _crs = field_validator("crs")(_check_crs)
 
@@ -235,21 +275,43 @@ class VariableSpec(_Model):
     """One cube variable taken from a source variable (or image band)."""
 
     name: Identifier
+    """Name of the cube variable."""
     source: str
+    """Variable (NetCDF/HDF5 path) or band name in the source file."""
     resampling: Literal["nearest", "bilinear", "bucket_average", "bucket_mode"]
+    """How the source is put on the grid: ``nearest``, ``bilinear``, ``bucket_average`` (area mean
+    of the source pixels in each cell) or ``bucket_mode`` (most frequent class; categorical).
+    """
     scale_factor: float = 1.0
+    """Multiplier applied to the stored values (after fill masking), as CF ``scale_factor``."""
     add_offset: float = 0.0
+    """Added after ``scale_factor``, as CF ``add_offset``."""
     fill_value: float | None = None
+    """Stored value meaning missing (becomes NaN); the file's own CF ``_FillValue`` is honoured
+    too.
+    """
     valid_min: float | None = None
+    """Physical values below it become NaN."""
     valid_max: float | None = None
+    """Physical values above it become NaN."""
     select_values: list[int] | None = None
+    """Keep only these stored values (others become NaN), e.g. one class of a mask."""
     units: str
+    """CF units of the cube variable (UDUNITS, ``1`` for dimensionless)."""
     standard_name: str | None = None
+    """CF standard name."""
     long_name: str | None = None
+    """Human-readable name."""
     flag_values: list[int] | None = None
+    """Class codes of a categorical variable (CF ``flag_values``)."""
     flag_meanings: list[Identifier] | None = None
+    """One identifier per class code (CF ``flag_meanings``)."""
     comment: str | None = None
+    """Free text stored as the variable's ``comment``."""
     combine: Literal["error", "first_valid"] = "error"
+    """``first_valid`` lets several sources fill one variable (earlier sources win where valid);
+    ``error`` refuses repeated names.
+    """
 
     @model_validator(mode="after")
     def _check(self) -> VariableSpec:
@@ -291,9 +353,13 @@ class FitsSpec(_Model):
     """
 
     hdu: Annotated[int, Field(ge=0)] | None = None
+    """FITS HDU index (default: the first holding an image)."""
     header: dict[str, float | int | str] = Field(default_factory=dict)
+    """FITS keywords replacing the file's, to fix a known-wrong header."""
     divide_by_exposure: bool = False
+    """Divide by ``EXPTIME`` (DN become DN s-1)."""
     off_disk: Literal["keep", "drop"] = "keep"
+    """``keep`` or ``drop`` (NaN) pixels beyond the solar limb."""
 
     @field_validator("header")
     @classmethod
@@ -310,18 +376,35 @@ class SourceSpec(_Model):
     """A source: where the file is, how to read it, which variables to take."""
 
     name: Identifier
+    """Name of the source (unique in the recipe; recorded in provenance)."""
     sample: str | None = None
+    """Name of a registered sample (``esdc samples list``); fetched and checked by SHA-256."""
     path: str | None = None
+    """Path of a local file (relative to the recipe); give ``sha256`` to pin its content."""
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """Expected SHA-256 (hex) of ``path``; a mismatch stops the build."""
     format: Literal["netcdf", "hdf5", "geotiff", "image", "raw", "fits", "jp2"]
+    """Reader: ``netcdf``, ``hdf5``, ``geotiff``, ``image`` (PNG/JPEG), ``raw`` (headerless
+    binary), ``fits``, ``jp2``.
+    """
     time: Literal["static", "series", "climatology_monthly"] = "static"
+    """``static`` (no time), ``series`` (dated steps binned into the grid's time cells) or
+    ``climatology_monthly`` (12 months, repeated by month of year).
+    """
     georeference: GeoreferenceSpec | None = None
+    """Georeference of a file that has none (HDF5 arrays, images, raw)."""
     bands: list[Identifier] | None = None
+    """Names of an image's bands (e.g. ``[red, green, blue]``), used as ``variables[].source``."""
     dtype: Literal["uint8", "int8", "uint16", "int16", "int32", "float32", "float64"] | None = None
+    """Element type of a ``raw`` file (little-endian)."""
     shape: list[PositiveInt] | None = None
+    """Array shape of a ``raw`` file in storage order."""
     compression: Literal["none", "gzip"] = "none"
+    """``gzip`` when a ``raw`` file is gzip-compressed."""
     fits: FitsSpec | None = None
+    """Options of ``fits``/``jp2`` solar images."""
     variables: Annotated[list[VariableSpec], Field(min_length=1)]
+    """The cube variables taken from this source (at least one)."""
 
     @model_validator(mode="after")
     def _check(self) -> SourceSpec:
@@ -354,34 +437,52 @@ class DerivedSpec(_Model):
     """A layer computed on the common grid from other cube variables.
 
     ``function`` names an entry of :data:`esdc.derive.FUNCTIONS` (e.g. ``slope``,
-    ``roughness``, ``accumulate``); ``inputs`` are cube variable names; ``params``
-    are the function's keyword arguments.
+    ``roughness``, ``accumulate``, ``classify``); ``inputs`` are cube variable names;
+    ``params`` are the function's keyword arguments.
     """
 
     name: Identifier
+    """Name of the derived cube variable."""
     function: str
+    """Function of :data:`esdc.derive.FUNCTIONS` (see the list below)."""
     inputs: Annotated[list[Identifier], Field(min_length=1)]
-    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    """Cube variables the function reads, in its order."""
+    params: dict[str, float | int | str | bool | list[float | int | str]] = Field(
+        default_factory=dict)
+    """Keyword arguments of the function (numbers, strings, booleans or lists of them,
+    e.g. ``classify``'s ``bins`` and ``flag_meanings``)."""
     units: str
+    """CF units of the result."""
     standard_name: str | None = None
+    """CF standard name."""
     long_name: str | None = None
+    """Human-readable name."""
     comment: str | None = None
+    """Free text stored as the variable's ``comment``."""
 
 
 class CompressorSpec(_Model):
     """Blosc compressor of the Zarr store (zarr.codecs.BloscCodec)."""
 
     cname: Literal["zstd", "lz4", "lz4hc", "zlib", "blosclz"] = "zstd"
+    """Blosc codec."""
     clevel: Annotated[int, Field(ge=0, le=9)] = 3
+    """Compression level 0-9."""
     shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "shuffle"
+    """Byte or bit shuffle before compression."""
 
 
 class OutputSpec(_Model):
     """Where and how the cube is stored."""
 
     path: str | None = None
+    """Where the cube is written (default ``cubes/{name}.zarr``); ``--out`` overrides it."""
     chunks: dict[Identifier, PositiveInt] = Field(default_factory=dict)
+    """Chunk length per dimension (``time``, ``lat``/``y``, ``lon``/``x``); default chosen for ~1-8
+    MB chunks.
+    """
     compressor: CompressorSpec = Field(default_factory=CompressorSpec)
+    """Blosc compressor of every variable."""
 
 
 class Recipe(_Model):
@@ -399,13 +500,21 @@ class Recipe(_Model):
     """
 
     name: Identifier
+    """Identifier of the cube (default output ``cubes/{name}.zarr``)."""
     title: str
+    """Title of the cube (ACDD ``title``)."""
     summary: str = ""
+    """Abstract of the cube (ACDD ``summary``)."""
     license: str = "see esdc_sources"
+    """Licence of the cube; the sources' own licences are kept in ``esdc_sources``."""
     grid: GridSpec
+    """The common grid every source is resampled onto."""
     sources: Annotated[list[SourceSpec], Field(min_length=1)]
+    """The input files and the variables taken from each."""
     derived: list[DerivedSpec] = Field(default_factory=list)
+    """Layers computed on the grid from cube variables, in order."""
     output: OutputSpec = Field(default_factory=OutputSpec)
+    """Storage of the cube: path, chunks, compressor."""
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
@@ -427,6 +536,11 @@ class Recipe(_Model):
             if d.function not in FUNCTIONS:
                 raise ValueError(f"derived[{i}].function: {d.function!r} is unknown; use one of "
                                  f"{sorted(FUNCTIONS)}")
+            try:  # params must be the function's keyword arguments (inputs, grid come first)
+                inspect.signature(FUNCTIONS[d.function]).bind(None, None, **d.params)
+            except TypeError as exc:
+                raise ValueError(f"derived[{i}].params: {exc} (function {d.function})") \
+                    from None
             missing = [n for n in d.inputs if n not in known]
             if missing:
                 raise ValueError(f"derived[{i}].inputs: {missing} are not variables defined "
@@ -515,6 +629,8 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
         pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(f"{where}: malformed YAML{pos}: {problem}.") from None
+    except RecursionError:
+        raise RecipeError(f"{where}: malformed YAML: nested too deeply.") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: a recipe is a YAML mapping (name:, grid:, sources:), "
                           f"got {type(data).__name__}.")

@@ -69,8 +69,12 @@ __all__ = ["check_target", "cube_is_current", "encoding", "fingerprint", "open_c
            "partial_path", "regions", "write_cube"]
 
 PARTIAL_SUFFIX = ".partial-build"
-def check_target(target: Path, overwrite: bool) -> None:
+def check_target(target: Path | str, overwrite: bool, *,
+                 storage_options: dict[str, Any] | None = None) -> None:
     """Fail early when the cube cannot be written at ``target``.
+
+    A URL (``s3://bucket/cube.zarr``) is checked by
+    :func:`esdc.remote.check_remote_target` with ``storage_options``.
 
     Raises
     ------
@@ -79,6 +83,11 @@ def check_target(target: Path, overwrite: bool) -> None:
     OutputPathError
         If ``target``'s folder cannot be created or written.
     """
+    from esdc.remote import check_remote_target, is_url
+
+    if is_url(target):
+        return check_remote_target(str(target), overwrite, options=storage_options)
+    target = Path(target)
     if target.exists() and not overwrite:
         raise CubeExistsError(
             f"{target} exists; pass --overwrite to replace it (the old cube is kept until the "
@@ -213,8 +222,9 @@ def _complete_digest(target: Path) -> str | None:
     return None if rec is None else rec.get("fingerprint_sha256")
 
 
-def cube_is_current(ds: xr.Dataset, target: Path, *, chunks: dict[str, int],
-                    compressor: CompressorSpec) -> bool:
+def cube_is_current(ds: xr.Dataset, target: Path | str, *, chunks: dict[str, int],
+                    compressor: CompressorSpec,
+                    storage_options: dict[str, Any] | None = None) -> bool:
     """Whether ``target`` is a complete cube built with the same fingerprint as ``ds``.
 
     Reads only the target's metadata (not its chunks; ``esdc verify --checksums``
@@ -236,6 +246,11 @@ def cube_is_current(ds: xr.Dataset, target: Path, *, chunks: dict[str, int],
     bool
         True when rebuilding would write the same chunks: nothing to do.
     """
+    from esdc.remote import is_url, remote_is_current
+
+    if is_url(target):
+        return remote_is_current(ds, str(target), chunks=chunks, compressor=compressor,
+                                 options=storage_options)
     return _complete_digest(Path(target)) == _digest(fingerprint(ds, chunks, compressor))
 
 
@@ -542,7 +557,8 @@ def write_cube(
     resume: bool = False,
     append: bool = False,
     report: Callable[[str], None] | None = None,
-) -> Path:
+    storage_options: dict[str, Any] | None = None,
+) -> Path | str:
     """Write a lazy cube to Zarr (format 3) region by region, then commit atomically.
 
     The metadata and the in-memory coordinates are written first; then each spatial
@@ -577,10 +593,14 @@ def write_cube(
         keep (hard-link) every old chunk file that holds none of them.
     report : callable, optional
         Called with a one-line message on what is done (resumed, up to date, ...).
+    storage_options : dict, optional
+        For a URL ``target`` (``s3://bucket/cube.zarr``): fsspec options. Such a cube is
+        built into local staging, then uploaded with its root metadata last
+        (:func:`esdc.remote.write_remote`).
 
     Returns
     -------
-    pathlib.Path
+    pathlib.Path or str
         ``target``.
 
     Raises
@@ -592,6 +612,13 @@ def write_cube(
         If another process is writing the target, if ``resume`` finds an unfinished
         build of another fingerprint, or if ``append`` finds no compatible cube.
     """
+    from esdc.remote import is_url, write_remote
+
+    if is_url(target):
+        return write_remote(ds, str(target), chunks=chunks, compressor=compressor,
+                            overwrite=overwrite, client=client, on_region=on_region,
+                            resume=resume, append=append, report=report,
+                            options=storage_options)
     target = Path(target)
     say = report or (lambda _msg: None)
     if append and overwrite:
@@ -643,6 +670,11 @@ def write_cube(
         keep = True
         if not part.complete_path.exists():
             _write_regions(ds, part, head, enc, ydim, xdim, client, on_region, say)
+            try:
+                _check_not_empty(ds, part, target)
+            except EsdcError:
+                keep = False  # resuming would find the same empty layer: discard the build
+                raise
             _finish(part, head, fp, digest)
         _commit(part.store, target)
         part.remove()
@@ -774,6 +806,51 @@ def _write_regions(ds: xr.Dataset, part: _Partial, head: dict[str, Any], enc: di
                           f"not committed: {lost[:3]}")
 
 
+def _check_not_empty(ds: xr.Dataset, part: _Partial, target: Path) -> None:
+    """Refuse to commit a floating-point layer that holds no valid value at all.
+
+    A layer that is NaN everywhere means its source gave nothing on this grid (an
+    all-NaN file, a wrong ``fill_value``/``valid_min``/``scale_factor``, a grid beside the
+    data). Checked from the journal without reading the cube: for each layer the
+    chunks are decoded largest file first (a chunk of one repeated value, such as all
+    NaN, compresses to a few bytes) until one holds a finite value, so a layer with data
+    costs one chunk read.
+
+    Raises
+    ------
+    EsdcError
+        Naming the empty layers and their sources; the build stays unfinished and an
+        existing cube at ``target`` is untouched.
+    """
+    import zarr
+
+    sizes: dict[str, list[tuple[int, str]]] = {}
+    for sums in part.done().values():
+        for key, (_sha, size) in sums.items():
+            name, _, rest = key.partition("/")
+            sizes.setdefault(name, []).append((int(size), rest))
+    empty = []
+    for name, chunks in sizes.items():
+        if name not in ds.data_vars or ds[name].dtype.kind != "f":
+            continue
+        arr = zarr.open_array(part.store / name, mode="r")
+        sep = "." if (arr.metadata.chunk_key_encoding.to_dict().get("configuration", {})
+                      .get("separator") == ".") else "/"
+        for _size, rest in sorted(chunks, reverse=True):
+            parts = rest.split(sep)
+            block = tuple(int(i) for i in (parts[1:] if parts and parts[0] == "c" else parts))
+            if np.isfinite(arr.blocks[block]).any():
+                break
+        else:
+            empty.append(f"{name} (source {ds[name].attrs.get('esdc_source', '?')})")
+    if empty:
+        raise EsdcError(
+            f"no valid value anywhere in the grid for {', '.join(empty)}: every cell is NaN. "
+            "Check the source file, the variable's fill_value, valid_min/valid_max and "
+            "scale_factor, and that grid.bbox covers the data; or remove the variable from "
+            f"the recipe. Nothing was committed; {target} is unchanged.")
+
+
 def _run(writes: list[Any], tiles: list[list[int]], client: Any,
          finished: Callable[[list[int]], bool]) -> list[list[int]]:
     """Compute region writes; call ``finished`` on each as it ends; return the lost tiles."""
@@ -843,13 +920,17 @@ def _commit(store: Path, target: Path) -> None:
     _fsync_dir(target.parent)
 
 
-def open_cube(path: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
+def open_cube(path: str | os.PathLike[str], *,
+              storage_options: dict[str, Any] | None = None, **kwargs: Any) -> xr.Dataset:
     """Open a cube lazily (consolidated metadata, Dask chunks = Zarr chunks).
 
     Parameters
     ----------
     path : str or path-like
-        The Zarr store.
+        The Zarr store: a folder, or a URL such as ``s3://bucket/cube.zarr``.
+    storage_options : dict, optional
+        fsspec options of a URL (:func:`esdc.remote.storage_options`); ignored for a
+        folder.
     **kwargs
         Passed to :func:`xarray.open_zarr`.
 
@@ -864,13 +945,23 @@ def open_cube(path: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
         If there is no cube at ``path``.
     """
     from esdc.errors import SourceNotFoundError
+    from esdc.remote import is_url, open_remote
 
+    if is_url(path):
+        return open_remote(str(path), storage_options, **kwargs)
     p = Path(path)
     if not (p / "zarr.json").exists() and not (p / ".zgroup").exists():
         raise SourceNotFoundError(f"no Zarr cube at {p}.")
     kwargs.setdefault("consolidated", True)
     kwargs.setdefault("chunks", {})
-    ds = xr.open_zarr(p, **kwargs)
+    try:
+        ds = xr.open_zarr(p, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure to read the metadata: a bad store
+        from esdc.errors import SourceError
+
+        raise SourceError(f"{p} is not a readable Zarr cube ({type(exc).__name__}: "
+                          f"{str(exc)[:200]}); its metadata is corrupt or was edited. "
+                          "Rebuild the cube (`esdc verify` lists what it can).") from None
     # CF cell bounds (e.g. the embeddings' tile bounds) are coordinates, not data.
     bounds = {c.attrs["bounds"] for c in ds.coords.values() if "bounds" in c.attrs}
     return ds.set_coords([b for b in bounds if b in ds.data_vars])

@@ -179,7 +179,8 @@ def _check_sun(ds: xr.Dataset) -> list[str]:
     return out
 
 
-def verify_store(path: str | Path, *, checksums: bool = False) -> list[str]:
+def verify_store(path: str | Path, *, checksums: bool = False,
+                 storage_options: dict | None = None) -> list[str]:
     """Problems of a cube on disk: :func:`verify_cube` plus store-level checks.
 
     Checks that the store is Zarr format 3 with consolidated metadata.
@@ -187,16 +188,23 @@ def verify_store(path: str | Path, *, checksums: bool = False) -> list[str]:
     Parameters
     ----------
     path : str or pathlib.Path
-        The Zarr store.
+        The Zarr store: a folder, or a URL (``s3://bucket/cube.zarr``,
+        :func:`esdc.remote.verify_remote`).
     checksums : bool
         Also recompute every chunk file's SHA-256 and compare it with the build's
         record (:func:`esdc.integrity.verify_checksums`); reads all the data.
+    storage_options : dict, optional
+        fsspec options of a URL.
 
     Returns
     -------
     list of str
         Empty when the store conforms.
     """
+    from esdc.remote import is_url, verify_remote
+
+    if is_url(path):
+        return verify_remote(str(path), checksums=checksums, options=storage_options)
     if checksums:
         from esdc.integrity import verify_checksums
 

@@ -365,6 +365,18 @@ def test_unevenly_spaced_coordinates(tmp_path: Path, build: Callable[..., Any]) 
     assert_user_error(build(path), "sources.local", "'lat'", str(nc), "evenly spaced")
 
 
+def test_all_nan_source_is_refused_before_commit(tmp_path: Path,
+                                                build: Callable[..., Any]) -> None:
+    """A source that is NaN everywhere would make an empty layer: exit 2, nothing kept."""
+    nc = tmp_path / "nan.nc"
+    xr.Dataset({"t2m": (("lat", "lon"), np.full((6, 6), np.nan, "float32"), {"units": "K"})},
+               coords={"lat": np.linspace(5.5, 0.5, 6), "lon": np.linspace(0.5, 5.5, 6)}
+               ).to_netcdf(nc)
+    result = build(write_recipe(tmp_path, netcdf_recipe(nc)))
+    assert_user_error(result, "no valid value anywhere in the grid for t2m (source local)",
+                      "fill_value", "unchanged")
+
+
 def test_not_a_netcdf_file(tmp_path: Path, build: Callable[..., Any]) -> None:
     bogus = tmp_path / "bogus.nc"
     bogus.write_text("this is not NetCDF\n")

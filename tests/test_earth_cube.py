@@ -41,6 +41,9 @@ def test_dims_and_time_axis(ds):
     assert str(ds.time.values[0])[:7] == "2006-04" and str(ds.time.values[-1])[:7] == "2010-09"
     assert ds.sst.dims == ("time", "lat", "lon")
     assert ds.altitude.dims == ("lat", "lon")  # static: no time
+    # ACDD time coverage: first cell start .. last cell end (September's cell ends 1 Oct)
+    assert ds.attrs["time_coverage_start"] == "2006-04-01T00:00:00"
+    assert ds.attrs["time_coverage_end"] == "2010-10-01T00:00:00"
 
 
 def test_provenance(ds):

@@ -21,8 +21,8 @@ import pytest
 import xarray as xr
 
 from esdc.build import plan
-from esdc.derive import ground_spacing, roughness, slope
-from esdc.errors import SourceError
+from esdc.derive import classify, ground_spacing, minimum_error_threshold, roughness, slope
+from esdc.errors import RecipeError, SourceError
 from esdc.grid import Grid
 from esdc.recipe import Recipe, SourceSpec, load_recipe
 from esdc.regrid import regrid
@@ -59,7 +59,7 @@ def test_recipes_validate_and_round_trip():
         r = load_recipe(ROOT / "recipes" / name)
         assert Recipe.from_dict(r.to_dict()) == r
         assert r.grid.body == "moon"
-        assert {d.function for d in r.derived} == {"slope", "roughness"}
+        assert {"slope", "roughness"} <= {d.function for d in r.derived}
     g = load_recipe(ROOT / "recipes" / "moon.yaml").grid.to_grid()
     assert g.crs == "IAU_2015:30100" and g.shape == (1800, 3600) and g.dims == ("lat", "lon")
     assert g.pyproj_crs.ellipsoid.semi_major_metre == R_MOON
@@ -185,6 +185,61 @@ def test_terrain_functions_are_lazy():
         for out in outs:
             assert out.dims == g.dims and out.chunks == z.chunks and out.dtype == np.float32
             np.testing.assert_array_equal(out[g.dims[1]].values, g.x)
+
+
+# ---------------------------------------------------------------- classes (mare / highland)
+def test_classify_bins_flags_and_exclusions():
+    g = Grid.from_bbox("moon", "IAU_2015:30100", (-180, -90, 180, 90), 30.0)  # 6 x 12
+    v = np.tile(np.linspace(0.0, 1.1, 12), (6, 1))
+    v[2, 3] = np.nan
+    with raise_if_dask_computes():
+        out = classify([horizontal(v, g, {"lat": 4, "lon": 5})], g, bins=[0.3, 0.7],
+                       flag_meanings=["dark", "mid", "bright"], flag_values=[5, 6, 7],
+                       valid_min=0.05, valid_max=1.0, max_abs_latitude=70)
+    assert out.attrs == {"flag_values": [5, 6, 7], "flag_meanings": "dark mid bright"}
+    assert out.dtype == np.float32 and out.chunks == ((4, 2), (5, 5, 2))
+    c = out.values
+    want = np.where(v < 0.3, 5.0, np.where(v < 0.7, 6.0, 7.0))  # digitize: bins[i-1] <= v
+    want[(v < 0.05) | (v > 1.0) | np.isnan(v)] = np.nan
+    want[np.abs(g.y) > 70] = np.nan  # the rows centred at +-75 degrees
+    np.testing.assert_array_equal(c, want)
+    assert np.isnan(c[[0, -1]]).all() and np.isfinite(c[1:-1, 1:-1]).sum() == 4 * 10 - 1
+    for bad, match in (({"bins": [0.5, 0.2]}, "ascending"),
+                       ({"flag_meanings": ["a", "b"]}, "must be 3 words"),
+                       ({"flag_values": [1, 1, 2]}, "distinct")):
+        kw = {"bins": [0.3, 0.7], "flag_meanings": ["a", "b", "c"]} | bad
+        with pytest.raises(RecipeError, match=match):
+            classify([horizontal(v, g)], g, **kw)
+    # In a recipe, params that are not the function's arguments are refused when parsed.
+    d = load_recipe(ROOT / "recipes" / "moon.yaml").to_dict()
+    mh = next(x for x in d["derived"] if x["name"] == "mare_highland")
+    assert mh["function"] == "classify" and mh["params"]["bins"] == [0.28]
+    mh["params"]["bin"] = [0.3]  # a typo
+    with pytest.raises(RecipeError, match=r"derived\[2\]\.params: .*unexpected keyword "
+                                          "argument 'bin'"):
+        Recipe.from_dict(d)
+    proj = Grid.from_bbox("moon", "IAU_2015:30110", (0, 0, 500, 500), 100.0)
+    with pytest.raises(RecipeError, match="geographic"):
+        classify([horizontal(np.zeros(proj.shape), proj)], proj, bins=[0.5],
+                 flag_meanings=["a", "b"], max_abs_latitude=60)
+    ramp = np.linspace(0.0, 1.0, 25).reshape(proj.shape)  # projected grid, no latitude cut
+    np.testing.assert_array_equal(
+        classify([horizontal(ramp, proj)], proj, bins=[0.5], flag_meanings=["a", "b"]).values,
+        (ramp >= 0.5).astype("float32"))
+
+
+def test_minimum_error_threshold_splits_two_unequal_modes():
+    """Kittler-Illingworth on a 15 % / 85 % mixture lands in the valley between the modes."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0.2, 0.04, 15_000), rng.normal(0.55, 0.1, 85_000)])
+    t = minimum_error_threshold(x)
+    assert 0.27 < t < 0.35
+    assert abs(np.mean(x < t) - 0.15) < 0.02  # Otsu would cut far into the big mode
+    # a weight counts like repeated values (cells weighted by their area)
+    w = np.r_[np.full(15_000, 2.0), np.ones(85_000)]
+    assert minimum_error_threshold(x, w) == minimum_error_threshold(np.r_[x, x[:15_000]])
+    with pytest.raises(ValueError, match="two bins"):
+        minimum_error_threshold(np.full(10, 0.5))
 
 
 # ---------------------------------------------------------------- regrid and readers
@@ -342,6 +397,36 @@ def test_maria_darker_and_lower_than_highlands(moon):
     assert region(moon.elevation, *imbrium) < region(moon.elevation, *highlands) - 1000
     assert region(moon.slope, *imbrium) < region(moon.slope, *highlands)
     assert region(moon.roughness, *imbrium) < region(moon.roughness, *highlands)
+
+
+@pytest.mark.slow
+def test_mare_highland_classes(moon_cube, moon):
+    """Albedo classes against the known map: maria cover ~31 % of the nearside, ~2 % of
+    the farside (Wilhelms 1987, USGS Prof. Paper 1348; Lunar Sourcebook, 1991)."""
+    m = moon.mare_highland
+    assert m.attrs["flag_values"] == [0, 1] and m.attrs["flag_meanings"] == "mare highland"
+    assert m.attrs["esdc_derived"] == "classify(clementine_uvvis)"
+    at = {name: float(m.sel(lat=lat, lon=lon, method="nearest")) for name, (lat, lon) in {
+        "imbrium": (33.0, -16.0), "serenitatis": (28.0, 17.0), "tranquillitatis": (8.0, 31.0),
+        "crisium": (17.0, 59.0), "south_of_tycho": (-50.0, 0.0),
+        "farside_highlands": (0.0, 180.0)}.items()}
+    assert at == {"imbrium": 0, "serenitatis": 0, "tranquillitatis": 0, "crisium": 0,
+                  "south_of_tycho": 1, "farside_highlands": 1}
+    v = m.values
+    assert set(np.unique(v[np.isfinite(v)])) == {0.0, 1.0}
+    assert np.isnan(v[np.abs(moon.lat.values) > 70]).all()  # no albedo class at the poles
+    w = np.broadcast_to(np.cos(np.deg2rad(moon.lat.values))[:, None], v.shape)
+    near = np.broadcast_to(np.abs(moon.lon.values)[None, :] < 90, v.shape)
+    ok = np.isfinite(v)
+    share = {side: float((w * (v == 0))[ok & sel].sum() / w[ok & sel].sum())
+             for side, sel in (("near", near), ("far", ~near))}
+    assert 0.18 < share["near"] < 0.4 and share["far"] < 0.05
+    assert share["near"] > 8 * share["far"]
+    # The recipe's threshold is the minimum-error threshold of this cube's albedo.
+    x = moon.clementine_uvvis.values
+    keep = (np.abs(moon.lat.values)[:, None] <= 70) & (x >= 0.06)
+    assert minimum_error_threshold(np.where(keep, x, np.nan), w) == pytest.approx(0.28,
+                                                                                  abs=0.015)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from esdc.errors import RecipeError
 from esdc.recipe import Identifier, _format_errors
 
-__all__ = ["SplitSpec", "TrainConfig", "load_train_config"]
+__all__ = ["Distribution", "SearchSpec", "SplitSpec", "TrainConfig", "load_train_config"]
 
 
 class _Model(BaseModel):
@@ -24,6 +24,94 @@ class SplitSpec(_Model):
     block: tuple[PositiveInt, PositiveInt] = (64, 64)
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0
+
+
+class Distribution(_Model):
+    """A sampled hyperparameter of a randomized search (scipy.stats).
+
+    ``randint``: integers ``low..high`` inclusive; ``uniform``: floats on ``[low, high]``;
+    ``loguniform``: log-uniform on ``[low, high]`` (``low > 0``).
+    """
+
+    dist: Literal["randint", "uniform", "loguniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _check(self) -> Distribution:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        if self.dist == "randint" and not (self.low.is_integer() and self.high.is_integer()):
+            raise ValueError("randint takes integer low and high")
+        if self.dist == "loguniform" and self.low <= 0:
+            raise ValueError("loguniform needs low > 0")
+        return self
+
+
+_Values = Annotated[list[Any], Field(min_length=1)]
+
+
+class SearchSpec(_Model):
+    """Cross-validated hyperparameter search of a scikit-learn model (:mod:`esdc.ml.tuning`).
+
+    Give either ``grid`` (every combination: ``GridSearchCV``) or ``distributions`` and
+    ``n_iter`` (``RandomizedSearchCV``). Folds are whole spatial blocks of
+    ``split.block`` from the train split; each fit is a task on the Dask cluster.
+    Candidates are fitted in memory on the sampled training pixels (``max_train_pixels``);
+    for ``sgd`` that is ``fit``, not the streamed ``partial_fit`` of a plain run.
+
+    Attributes
+    ----------
+    grid : dict of str to list, optional
+        Estimator parameter -> values to try (at least one parameter, one value each).
+    distributions : dict of str to list or Distribution, optional
+        Parameter -> values drawn uniformly, or a :class:`Distribution`.
+    n_iter : int
+        Candidates drawn from ``distributions`` (default 10).
+    scoring : str, optional
+        A scikit-learn scorer name (``sklearn.metrics.get_scorer_names()``); default
+        ``accuracy`` (classification) or ``neg_root_mean_squared_error`` (regression).
+    cv : int
+        Number of spatial folds, at least 2 (default 3).
+    """
+
+    grid: Annotated[dict[str, _Values], Field(min_length=1)] | None = None
+    distributions: Annotated[dict[str, _Values | Distribution],
+                             Field(min_length=1)] | None = None
+    n_iter: PositiveInt | None = None
+    scoring: str | None = None
+    cv: Annotated[int, Field(ge=2)] = 3
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpec:
+        if (self.grid is None) == (self.distributions is None):
+            raise ValueError("give exactly one of `grid` (grid search) or `distributions` "
+                             "(randomized search with n_iter)")
+        if self.grid is not None and self.n_iter is not None:
+            raise ValueError("n_iter is for `distributions`; a grid tries every combination")
+        if self.scoring is not None:
+            from esdc.ml.tuning import require_sklearn
+
+            require_sklearn()
+            from sklearn.metrics import get_scorer_names
+
+            if self.scoring not in get_scorer_names():
+                raise ValueError(f"scoring {self.scoring!r} is not a scikit-learn scorer; "
+                                 "see sklearn.metrics.get_scorer_names()")
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The searched parameters with their values or distributions."""
+        return dict(self.grid if self.grid is not None else self.distributions or {})
+
+
+def _search_error(loc: tuple[str | int, ...], msg: str, value: Any) -> ValidationError:
+    """A validation error located at a field inside ``search`` (for _format_errors)."""
+    from pydantic_core import InitErrorDetails, PydanticCustomError
+
+    return ValidationError.from_exception_data("TrainConfig", [InitErrorDetails(
+        type=PydanticCustomError("value_error", "{msg}", {"msg": msg}), loc=loc, input=value)])
 
 
 class TrainConfig(_Model):
@@ -54,6 +142,9 @@ class TrainConfig(_Model):
         Cap of training pixels for estimators fitted in memory (random forest).
     device : {"auto", "cpu", "cuda"}
         Where torch trains (``auto``: the worker's GPU if it has one).
+    search : SearchSpec, optional
+        Hyperparameter search (sklearn only): spatial-block cross-validation on the
+        train split, candidate fits on the Dask workers, best candidate refitted.
     """
 
     name: Identifier
@@ -71,11 +162,15 @@ class TrainConfig(_Model):
     classes: list[int] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+    search: SearchSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         kinds = {"sklearn": ("random_forest", "sgd"), "torch": ("cnn", "simsiam"),
                  "keras": ("cnn",)}
+        if self.search is not None and self.framework != "sklearn":
+            raise _search_error(("search",), "hyperparameter search is for framework "
+                                "sklearn", self.framework)
         if self.task == "embedding":
             if self.framework != "torch" or self.model.get("kind", "simsiam") != "simsiam":
                 raise ValueError("task embedding trains a torch SimSiam encoder: use "
@@ -91,7 +186,32 @@ class TrainConfig(_Model):
                              f"one of {list(kinds[self.framework])}")
         if self.target in self.inputs:
             raise ValueError(f"target {self.target!r} is also an input")
+        if self.search is not None:
+            self._check_search(kind)
         return self
+
+    def _check_search(self, kind: str) -> None:
+        """Searched parameters must exist on the estimator and have valid values."""
+        from esdc.ml.tuning import estimator_class
+
+        search = self.search
+        assert search is not None
+        cls = estimator_class(kind, self.task)
+        from sklearn.base import clone
+
+        est = cls()
+        known = est.get_params()
+        field = "grid" if search.grid is not None else "distributions"
+        for name, values in search.params.items():
+            loc = ("search", field, name)
+            if name not in known:
+                raise _search_error(loc, f"{name!r} is not a parameter of {cls.__name__}; it "
+                                    f"has {sorted(known)}", name)
+            for v in values if isinstance(values, list) else []:
+                try:
+                    clone(est).set_params(**{name: v})._validate_params()
+                except ValueError as exc:  # sklearn's InvalidParameterError
+                    raise _search_error(loc, str(exc), v) from None
 
     @property
     def model_kind(self) -> str:
@@ -122,6 +242,10 @@ def load_train_config(path: str | Path) -> TrainConfig:
         raise RecipeError(f"config file {p} does not exist.") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{p}: malformed YAML: {exc}".splitlines()[0]) from None
+    except RecursionError:
+        raise RecipeError(f"{p}: malformed YAML: nested too deeply.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"config file {p} cannot be read: {exc}.") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{p}: a training config is a YAML mapping.")
     try:

@@ -7,6 +7,10 @@
 metrics, the model and the cube's identity to MLflow, and saves the model in a
 format that loads without executing code (scikit-learn: skops; PyTorch:
 ``state_dict`` for ``torch.load(weights_only=True)``).
+
+A scikit-learn config with a ``search`` block cross-validates candidates on spatial-block
+folds of the train split, each fit a task on the Dask cluster (:mod:`esdc.ml.tuning`),
+then refits and tests the best one.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ class TrainResult:
         Where the model trained.
     model_path : str
         Saved model file (skops or state_dict).
+    cv_score, cv_scoring, best_params : float, str, dict or None
+        With a ``search`` block: the best candidate's mean spatial-CV score, the scorer
+        and its parameters (None otherwise).
     """
 
     run_id: str
@@ -52,6 +59,9 @@ class TrainResult:
     baseline: float
     device: str
     model_path: str
+    cv_score: float | None = None
+    cv_scoring: str | None = None
+    best_params: dict[str, Any] | None = None
 
     @property
     def beats_baseline(self) -> bool:
@@ -87,9 +97,13 @@ def _classes(cube: str, cfg: TrainConfig) -> np.ndarray:
     return np.asarray(flags)
 
 
-def _pixels(stream: PatchStream, limit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Valid pixels as ``X (N, C)``, ``y (N,)``, at most ``limit`` (uniform sample)."""
-    xs, ys = [], []
+def _pixels(stream: PatchStream, limit: int, seed: int,
+            coords: bool = False) -> tuple[np.ndarray, ...]:
+    """Valid pixels as ``X (N, C)``, ``y (N,)``, at most ``limit`` (uniform sample).
+
+    With ``coords``, also their grid ``rows (N,)`` and ``cols (N,)`` (int64).
+    """
+    xs, ys, rs, cs = [], [], [], []
     for b in stream.batches(256):
         x = b.x.transpose(0, 2, 3, 1).reshape(-1, b.x.shape[1])
         v = b.valid.transpose(0, 2, 3, 1).reshape(-1, b.x.shape[1]).all(axis=1)
@@ -97,14 +111,22 @@ def _pixels(stream: PatchStream, limit: int, seed: int) -> tuple[np.ndarray, np.
         keep = v & np.isfinite(y)
         xs.append(x[keep])
         ys.append(y[keep])
+        if coords:
+            n, _, ph, pw = b.x.shape
+            r = b.index[:, 1, None, None] + np.arange(ph)[None, :, None]
+            c = b.index[:, 2, None, None] + np.arange(pw)[None, None, :]
+            rs.append(np.broadcast_to(r, (n, ph, pw)).reshape(-1)[keep])
+            cs.append(np.broadcast_to(c, (n, ph, pw)).reshape(-1)[keep])
     if not xs or sum(len(a) for a in ys) == 0:
         raise EsdcError("no valid pixels in this split of the cube; check the variables or "
                         "the split settings.")
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    if len(y) > limit:
-        pick = np.random.default_rng(seed).choice(len(y), limit, replace=False)
-        x, y = x[pick], y[pick]
-    return x, y
+    out = [np.concatenate(xs), np.concatenate(ys)]
+    if coords:
+        out += [np.concatenate(rs).astype(np.int64), np.concatenate(cs).astype(np.int64)]
+    if len(out[1]) > limit:
+        pick = np.random.default_rng(seed).choice(len(out[1]), limit, replace=False)
+        out = [a[pick] for a in out]
+    return tuple(out)
 
 
 def _score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -121,20 +143,24 @@ def _baseline(task: str, y_train: np.ndarray, y_test: np.ndarray) -> float:
 
 
 def _fit_sklearn(cfg: TrainConfig, streams: dict[str, PatchStream], cube: str,
-                 out: Path, log: Any) -> tuple[float, float, Path]:
-    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-    from sklearn.linear_model import SGDClassifier, SGDRegressor
+                 out: Path, log: Any) -> tuple[float, float, Path, dict[str, Any]]:
     from skops.io import dump
 
-    x_tr, y_tr = _pixels(streams["train"], cfg.max_train_pixels, cfg.seed)
+    from esdc.ml.tuning import make_estimator
+
     x_te, y_te = _pixels(streams["test"], cfg.max_train_pixels, cfg.seed + 1)
     clf = cfg.task == "classification"
-    if cfg.model_kind == "random_forest":
-        est = (RandomForestClassifier if clf else RandomForestRegressor)(
-            random_state=cfg.seed, n_jobs=1, **cfg.model_params)
+    est = make_estimator(cfg)
+    extra: dict[str, Any] = {}
+    if cfg.search is not None:
+        x_tr, y_tr, rows, cols = _pixels(streams["train"], cfg.max_train_pixels, cfg.seed,
+                                         coords=True)
+        est, extra = _search_sklearn(cfg, est, streams["train"], x_tr, y_tr, rows, cols)
+    elif cfg.model_kind == "random_forest":
+        x_tr, y_tr = _pixels(streams["train"], cfg.max_train_pixels, cfg.seed)
         est.fit(x_tr, y_tr)
     else:  # sgd: partial_fit over the streamed batches, epoch by epoch
-        est = (SGDClassifier if clf else SGDRegressor)(random_state=cfg.seed, **cfg.model_params)
+        x_tr, y_tr = _pixels(streams["train"], cfg.max_train_pixels, cfg.seed)
         classes = _classes(cube, cfg) if clf else None
         for epoch in range(cfg.epochs):
             for b in streams["train"].batches(cfg.batch_size, epoch):
@@ -150,7 +176,40 @@ def _fit_sklearn(cfg: TrainConfig, streams: dict[str, PatchStream], cube: str,
     test = _score(cfg.task, y_te, est.predict(x_te))
     path = out / "model.skops"
     dump(est, path)
-    return test, _baseline(cfg.task, y_tr, y_te), path
+    return test, _baseline(cfg.task, y_tr, y_te), path, extra
+
+
+def _search_sklearn(cfg: TrainConfig, est: Any, stream: PatchStream, x: np.ndarray,
+                    y: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                    ) -> tuple[Any, dict[str, Any]]:
+    """Spatial-block CV search on the Dask cluster; MLflow: child runs, tables, best."""
+    import mlflow
+
+    from esdc.ml.tuning import block_ids, run_search
+
+    assert cfg.search is not None
+    block = cfg.split.block
+    res = run_search(est, cfg.search, cfg.task, x, y,
+                     block_ids(rows, cols, block, stream.nx), -(-stream.nx // block[1]),
+                     cfg.seed)
+    with tempfile.TemporaryDirectory() as tables:
+        res.cv_results.to_csv(Path(tables) / "cv_results.csv", index=False)
+        res.folds.to_csv(Path(tables) / "cv_folds.csv", index=False)
+        mlflow.log_artifacts(tables, artifact_path="search")
+    name = res.scoring
+    for i, row in res.cv_results.iterrows():
+        with mlflow.start_run(run_name=f"candidate-{i}", nested=True):
+            mlflow.log_params({c.removeprefix("param_"): row[c] for c in res.cv_results
+                               if c.startswith("param_")})
+            mlflow.log_metrics({f"cv_{name}": float(row["mean_test_score"]),
+                                f"cv_{name}_std": float(row["std_test_score"]),
+                                "cv_rank": float(row["rank_test_score"])})
+    mlflow.log_params({f"best_{k}": v for k, v in res.best_params.items()})
+    mlflow.log_metrics({f"cv_{name}": res.best_score, f"cv_{name}_std": res.best_score_std,
+                        "cv_candidates": float(len(res.cv_results))})
+    mlflow.set_tags({"esdc.search_backend": res.backend, "esdc.search_scoring": name})
+    return res.estimator, {"cv_score": res.best_score, "cv_scoring": name,
+                           "best_params": res.best_params}
 
 
 def _fit_torch(cfg: TrainConfig, streams: dict[str, PatchStream], cube: str, out: Path,
@@ -284,12 +343,13 @@ def train(cube: str, config: dict[str, Any] | TrainConfig, tracking_uri: str | N
             mlflow.log_metrics(metrics, step=epoch)
 
         out = Path(tmp)
+        extra: dict[str, Any] = {}
         if cfg.task == "embedding":
             from esdc.embed import fit_encoder
 
             test, base, path = fit_encoder(cfg, streams, out, log, device)
         elif cfg.framework == "sklearn":
-            test, base, path = _fit_sklearn(cfg, streams, cube, out, log)
+            test, base, path, extra = _fit_sklearn(cfg, streams, cube, out, log)
         elif cfg.framework == "torch":
             test, base, path = _fit_torch(cfg, streams, cube, out, log, device)
         else:
@@ -307,7 +367,7 @@ def train(cube: str, config: dict[str, Any] | TrainConfig, tracking_uri: str | N
             log_pixel_cnn(path, out / "model.json", cfg.name, example)
         uri = mlflow.get_artifact_uri("model")
         model_path = f"{uri}/{path.name}"
-        return TrainResult(run.info.run_id, metric, test, base, device, model_path)
+        return TrainResult(run.info.run_id, metric, test, base, device, model_path, **extra)
 
 
 def submit(client: Any, cube: str, config: TrainConfig, tracking_uri: str | None = None) -> Any:

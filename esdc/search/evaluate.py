@@ -33,7 +33,14 @@ import numpy as np
 import xarray as xr
 
 from esdc.errors import EsdcError
-from esdc.search.index import _faiss, embedding_matrix, embedding_variable, normalise
+from esdc.search.index import (
+    _faiss,
+    embedding_matrix,
+    embedding_variable,
+    gpu_count,
+    normalise,
+    select_device,
+)
 
 __all__ = ["evaluate_search", "precision_at_k", "tile_labels"]
 
@@ -144,7 +151,8 @@ def precision_at_k(vectors: np.ndarray, labels: np.ndarray, queries: np.ndarray,
     queries : numpy.ndarray
         ``(Q,)`` positions of the query vectors.
     k : int
-        Neighbours per query, ``1 <= k <= N - 1``.
+        Neighbours per query, ``1 <= k <= N - 1``. The exact search runs on a GPU when
+        FAISS sees one (:func:`esdc.search.index.gpu_count`).
 
     Returns
     -------
@@ -155,6 +163,8 @@ def precision_at_k(vectors: np.ndarray, labels: np.ndarray, queries: np.ndarray,
     faiss = _faiss()
     vec = np.ascontiguousarray(vectors, dtype="float32")
     index = faiss.IndexFlatIP(vec.shape[1])
+    if select_device("auto", "flat", gpu_count())[1] == "gpu" and k < 2048:  # GPU k limit
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(vec)
     _, nn = index.search(vec[queries], k + 1)
     keep = nn != queries[:, None]
@@ -198,7 +208,8 @@ def _tile_pixels(cube: str | Path, ds: xr.Dataset, variable: str,
             flat = np.ravel_multi_index((ty[inside], tx[inside]), shape)
         p = pos[flat]
         sel = p >= 0
-        out[p[sel]] = b.x[inside][sel].reshape(int(sel.sum()), -1)
+        if sel.any():  # a batch may hold only tiles left out (e.g. unlabelled polar tiles)
+            out[p[sel]] = b.x[inside][sel].reshape(int(sel.sum()), -1)
     return out
 
 

@@ -3,7 +3,7 @@
 Endpoints (the OpenAPI document is at ``/openapi.json``, interactive docs at ``/docs``):
 
 ``GET /health``
-    ``{"status": "ok", ...}`` and the index manifest (lineage).
+    ``{"status": "ok", ...}``, the index generation served and its manifest (lineage).
 ``GET /search/tile?lat=&lon=&time=&k=&bbox=W,S,E,N&start=&end=``
     Neighbours of the tile containing the point. Coordinates are named like the
     grid's (``lat``/``lon`` for geographic grids, ``y``/``x`` for projected ones, in
@@ -16,13 +16,26 @@ Endpoints (the OpenAPI document is at ``/openapi.json``, interactive docs at ``/
     in grey levels scaled to the tile's range. Tile indices are integers checked
     against the embedding grid; nothing is read from a path built from the request.
 
-Answers use the JSON of :meth:`esdc.search.query.SearchResult.to_json`. Invalid input
+Answers use the JSON of :meth:`esdc.search.query.SearchResult.to_json`; every answer
+that a search engine made carries the header ``X-Esdc-Index: GENERATION-SHA16``
+(:attr:`esdc.search.query.SearchEngine.identity`), naming the index that answered. Invalid input
 (a point outside the grid, ``k`` outside 1 .. indexed tiles, a vector of the wrong
 dimension, a malformed bounding box or date) is answered ``422`` with ``{"detail":
 message}``; FastAPI's own validation errors are ``422`` too (``detail`` is then a list).
 
-The :class:`~esdc.search.query.SearchEngine` (cube, index, vectors) is loaded once by
-:func:`create_app` and kept in ``app.state.engine``. The search handlers are
+The :class:`~esdc.search.query.SearchEngine` (cube, index, vectors) is loaded by
+:func:`create_app` and kept in ``app.state.engine``. Rebuilding the index while the
+service runs (``esdc index CUBE``) swaps it in without a failed or mixed answer: an
+:class:`IndexWatcher` task checks every ``watch`` seconds (one ``stat`` of the
+manifest and of the cube's ``zarr.json``) whether a new index generation was
+committed (:mod:`esdc.search.index`) or the cube changed; if so it loads a complete
+new engine in a worker thread, off the request path, and swaps it in with one
+reference assignment. Each request takes one reference to the engine when it starts
+(the ``get_engine`` dependency) and uses only that, so it is answered wholly by the
+old engine or wholly by the new one; the old one is freed when its last request ends.
+A reload that fails (e.g. the cube was re-embedded but the index not yet rebuilt:
+lineage mismatch) keeps the engine being served and is reported in ``/health``
+(``reload_error``); the next change on disk is tried again. The search handlers are
 coroutines that search in the event loop: one query costs well under a millisecond
 for the indexes ``esdc index`` builds (exact below 200,000 vectors, HNSW above), less
 than handing it to a worker thread (measured: 0.55 against 0.9 ms of server CPU per
@@ -32,7 +45,11 @@ reads Zarr chunks, so it runs in the server's thread pool.
 
 # No ``from __future__ import annotations``: FastAPI reads the handlers' annotations,
 # which name models made inside create_app.
+import asyncio
+import contextlib
 import io
+import logging
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,12 +57,126 @@ import numpy as np
 import pandas as pd
 
 from esdc.errors import EsdcError
+from esdc.search.page import mount_page
 from esdc.search.query import SearchEngine
 
-__all__ = ["create_app", "png_bytes", "run_app", "serve"]
+__all__ = ["IndexWatcher", "create_app", "load_engine", "png_bytes", "run_app", "serve"]
 
 #: Largest vector length the API accepts (the index's dimension is checked after).
 MAX_DIM = 65_536
+#: Response header naming the index generation that answered.
+INDEX_HEADER = "X-Esdc-Index"
+
+#: uvicorn's logger: reloads appear in the ``esdc serve`` log.
+log = logging.getLogger("uvicorn.error")
+
+
+def load_engine(cube: str | Path, variable: str | None = None) -> SearchEngine:
+    """A :class:`~esdc.search.query.SearchEngine` set up for serving.
+
+    Tile pixels are read a few cells at a time: without Dask (a read through Dask
+    builds and runs a graph per variable, about twice the time of the read itself).
+
+    Raises
+    ------
+    EsdcError
+        As :class:`~esdc.search.query.SearchEngine`.
+    """
+    from esdc.store import open_cube
+
+    engine = SearchEngine(cube, variable)
+    engine.ds = open_cube(engine.cube, chunks=None)
+    return engine
+
+
+class IndexWatcher:
+    """Swap a rebuilt index (or a changed cube) into a running app, atomically.
+
+    Parameters
+    ----------
+    app : fastapi.FastAPI
+        App of :func:`create_app`; its ``state.engine`` is replaced.
+    interval : float
+        Seconds between checks in :meth:`run`.
+
+    Attributes
+    ----------
+    reloads : int
+        Engines swapped in since start.
+    error : str or None
+        Why the last reload failed (None after a successful one).
+    """
+
+    def __init__(self, app: Any, interval: float = 1.0) -> None:
+        from esdc.search.index import index_dir
+
+        engine = app.state.engine
+        self.app, self.interval = app, float(interval)
+        self.cube, self.variable = engine.cube, engine.variable
+        self._files = (index_dir(self.cube) / f"{self.variable}.json", self.cube / "zarr.json")
+        self._seen = self._signature()
+        self.reloads = 0
+        self.error: str | None = None
+        self._delay = max(5.0, 10 * self.interval)  # retry of a failed reload, doubling
+        self._retry_at = float("inf")
+
+    def _signature(self) -> tuple[Any, ...]:
+        """Inode, mtime and size of the manifest and the cube's metadata (None: missing)."""
+        out: list[Any] = []
+        for f in self._files:
+            try:
+                st = f.stat()
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def load_if_changed(self) -> SearchEngine | None:
+        """A new engine if the files changed since the last check, else None (blocking).
+
+        Failures are recorded in :attr:`error` and logged, not raised: the engine being
+        served stays. A failed reload is tried again at the next change on disk, or
+        after 10 intervals (at least 5 s), then twice as long each time (at most 5 min).
+        """
+        sig = self._signature()
+        now = time.monotonic()
+        if sig == self._seen and now < self._retry_at:
+            return None
+        self._seen = sig  # a change during the load is seen by the next check
+        try:
+            engine = load_engine(self.cube, self.variable)
+        except Exception as exc:  # noqa: BLE001 -- anything: keep serving the old engine
+            self.error = f"{type(exc).__name__}: {exc}"
+            self._retry_at = now + self._delay
+            self._delay = min(300.0, 2 * self._delay)
+            log.warning("esdc: index not reloaded, still serving %s: %s",
+                        self.app.state.engine.identity, self.error)
+            return None
+        self._retry_at, self._delay = float("inf"), max(5.0, 10 * self.interval)
+        return engine
+
+    def swap(self, engine: SearchEngine) -> None:
+        """Serve ``engine`` from now on (one reference assignment)."""
+        old = self.app.state.engine
+        self.app.state.engine = engine
+        self.reloads += 1
+        self.error = None
+        log.info("esdc: now serving index %s (was %s)", engine.identity, old.identity)
+
+    def check(self) -> bool:
+        """Reload now if the files changed (blocking); True if a new engine was swapped in."""
+        engine = self.load_if_changed()
+        if engine is not None:
+            self.swap(engine)
+        return engine is not None
+
+    async def run(self) -> None:
+        """Check every :attr:`interval` seconds, loading in a worker thread, until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            engine = await asyncio.to_thread(self.load_if_changed)
+            if engine is not None:
+                self.swap(engine)  # in the event loop, between two requests' steps
 
 
 def _fastapi() -> Any:
@@ -216,6 +347,12 @@ def _models(engine: SearchEngine) -> dict[str, Any]:
         coordinates: list[str] = Field(description="names of the query coordinates")
         tiles: list[int] = Field(description="embedding grid (tile_y, tile_x[, time])")
         times: list[str] | None = Field(description="dates of the time steps")
+        generation: int = Field(description="index generation served (manifest)")
+        index: str = Field(description="GENERATION-SHA16 of the index served (as the "
+                           f"{INDEX_HEADER} header of answers)")
+        reloads: int = Field(description="indexes swapped in since start")
+        reload_error: str | None = Field(description="why the last reload failed (the "
+                                         "previous index is still served)")
         manifest: Manifest = Field(description="the index manifest (lineage)")
 
     class VectorSearch(BaseModel):
@@ -238,7 +375,33 @@ def _models(engine: SearchEngine) -> dict[str, Any]:
             "VectorSearch": VectorSearch}
 
 
-def create_app(cube: str | Path, variable: str | None = None) -> Any:
+def _document_user_errors(app: Any) -> None:
+    """Make the OpenAPI document say what a 422 answer holds.
+
+    FastAPI documents ``detail`` as its list of validation errors; esdc's own checks
+    (a point outside the grid, a vector of the wrong dimension, ...) answer 422 with
+    ``detail`` a message string. The document gives both, so clients generated from
+    it (and schemathesis, tests/reliability/test_openapi_fuzz.py) accept both.
+    """
+    make = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = make()
+        err = doc.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+        detail = (err or {}).get("properties", {}).get("detail")
+        if detail is not None and "anyOf" not in detail:
+            listed = {k: v for k, v in detail.items() if k != "title"}
+            err["properties"]["detail"] = {
+                "title": "Detail",
+                "anyOf": [listed, {"type": "string", "description": "what is wrong with the "
+                                   "request (esdc's message)"}]}
+        return doc
+
+    app.openapi = openapi
+
+
+def create_app(cube: str | Path, variable: str | None = None,
+               watch: float | None = 1.0) -> Any:
     """The FastAPI application serving the search of one cube's embeddings.
 
     Parameters
@@ -247,11 +410,16 @@ def create_app(cube: str | Path, variable: str | None = None) -> Any:
         Cube with embeddings and an index (``esdc embed``, ``esdc index``).
     variable : str, optional
         Embedding variable (default: the smallest tile size).
+    watch : float or None
+        Seconds between checks for a rebuilt index while the app runs (its lifespan:
+        uvicorn, or ``with TestClient(app)``); None or 0: never. ``app.state.watcher``
+        (an :class:`IndexWatcher`) can also be asked to ``check()`` at any time.
 
     Returns
     -------
     fastapi.FastAPI
-        With the :class:`~esdc.search.query.SearchEngine` in ``app.state.engine``.
+        With the :class:`~esdc.search.query.SearchEngine` in ``app.state.engine``
+        and the :class:`IndexWatcher` in ``app.state.watcher``.
 
     Raises
     ------
@@ -264,38 +432,57 @@ def create_app(cube: str | Path, variable: str | None = None) -> Any:
     from fastapi.responses import JSONResponse, Response
 
     import esdc
-    from esdc.store import open_cube
 
-    engine = SearchEngine(cube, variable)
-    # Tile pixels are read a few cells at a time: without Dask (a read through Dask
-    # builds and runs a graph per variable, about twice the time of the read itself).
-    engine.ds = open_cube(engine.cube, chunks=None)
+    engine = load_engine(cube, variable)
     m = _models(engine)
     TileResult, VectorResult, Health, VectorSearch = (m["TileResult"], m["VectorResult"],
                                                      m["Health"], m["VectorSearch"])
     ny, nx = engine.names
-    app = FastAPI(title="esdc search",
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        task = asyncio.create_task(app.state.watcher.run()) if watch else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(title="esdc search", lifespan=lifespan,
                   version=getattr(esdc, "__version__", "0"),
                   description=f"Reverse image search over `{engine.variable}` of "
                   f"`{engine.cube.name}`: tiles like this one. Distances are cosine "
                   "distances of centred, L2-normalised embeddings.")
     app.state.engine = engine
+    _document_user_errors(app)
+    app.state.watcher = IndexWatcher(app, watch or 1.0)
 
     @app.exception_handler(EsdcError)
     async def _user_error(request: Request, exc: EsdcError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
+        eng = getattr(request.state, "engine", None)
+        return JSONResponse(status_code=422, content={"detail": str(exc)},
+                            headers=None if eng is None else {INDEX_HEADER: eng.identity})
 
-    async def get_engine(request: Request) -> SearchEngine:
-        return request.app.state.engine
+    async def get_engine(request: Request, response: Response) -> SearchEngine:
+        """The engine that answers this request: ONE reference, taken when it starts."""
+        eng = request.app.state.engine
+        request.state.engine = eng
+        response.headers[INDEX_HEADER] = eng.identity
+        return eng
 
     Engine = Annotated[SearchEngine, Depends(get_engine)]
 
     @app.get("/health", response_model=Health, summary="Service status and index manifest")
-    async def health(eng: Engine) -> dict[str, Any]:
-        """Status, what is served, and the index manifest."""
+    async def health(eng: Engine, request: Request) -> dict[str, Any]:
+        """Status, what is served (index generation, reloads), and the index manifest."""
+        watcher = request.app.state.watcher
         return {"status": "ok", "cube": str(eng.cube), "variable": eng.variable,
                 "coordinates": list(eng.names), "tiles": [int(s) for s in eng.shape],
                 "times": None if eng.times is None else [str(t.date()) for t in eng.times],
+                "generation": eng.manifest.generation, "index": eng.identity,
+                "reloads": watcher.reloads, "reload_error": watcher.error,
                 "manifest": eng.manifest}
 
     def _filters(bbox: Any, start: str | None, end: str | None) -> dict[str, Any]:
@@ -367,8 +554,10 @@ def create_app(cube: str | Path, variable: str | None = None) -> Any:
         img = np.asarray(eng.tile_image(tile_y, tile_x, t))
         if img.ndim == 4:  # RGB of a time-varying cube: (time, H, W, 3)
             img = img[t or 0]
-        return Response(content=png_bytes(img), media_type="image/png")
+        return Response(content=png_bytes(img), media_type="image/png",
+                        headers={INDEX_HEADER: eng.identity})
 
+    mount_page(app)  # GET /: the search page (esdc.search.page)
     return app
 
 
@@ -402,7 +591,7 @@ def run_app(app: Any, host: str = "127.0.0.1", port: int = 8000, access_log: boo
 
 
 def serve(cube: str | Path, variable: str | None = None, host: str = "127.0.0.1",
-          port: int = 8000, access_log: bool = False) -> None:
+          port: int = 8000, access_log: bool = False, watch: float | None = 1.0) -> None:
     """Load the search of ``cube`` and serve it over HTTP (what ``esdc serve`` does).
 
     Parameters
@@ -417,10 +606,12 @@ def serve(cube: str | Path, variable: str | None = None, host: str = "127.0.0.1"
         TCP port.
     access_log : bool
         Log every request.
+    watch : float or None
+        Seconds between checks for a rebuilt index (None or 0: never).
 
     Raises
     ------
     EsdcError
         If FastAPI/uvicorn are missing or the search cannot be loaded.
     """
-    run_app(create_app(cube, variable), host, port, access_log=access_log)
+    run_app(create_app(cube, variable, watch), host, port, access_log=access_log)

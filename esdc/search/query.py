@@ -1,4 +1,11 @@
-"""Queries: "tiles like this one", by tile (lat/lon/time), by vector or by image array."""
+"""Queries: "tiles like this one", by tile (lat/lon/time), by vector or by image array.
+
+A :class:`SearchEngine` holds everything a query uses (the FAISS index, its manifest
+and the embedding vectors, all in memory; the cube only for tile pixels) and never
+changes after it is made: a rebuilt index is picked up by making a new engine (the
+HTTP service swaps engines, :mod:`esdc.search.http`), so one engine's answers always
+come from one index generation.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from esdc.errors import EsdcError
-from esdc.search.index import embedding_variable, load_index, normalise
+from esdc.search.index import embedding_variable, load_index, normalise, vectors_sha256
 
 __all__ = ["Neighbour", "SearchEngine", "SearchResult"]
 
@@ -57,10 +64,21 @@ class SearchEngine:
     variable : str, optional
         Embedding variable (default: the smallest tile size).
 
+    Attributes
+    ----------
+    manifest : esdc.search.index.Manifest
+        The index's manifest (lineage, ``generation``, checksums).
+    identity : str
+        ``"GENERATION-SHA16"``: the index generation and the first 16 hex digits of
+        the index file's SHA-256; names the index that answers (HTTP header
+        ``X-Esdc-Index``).
+
     Raises
     ------
     EsdcError
-        If the cube has no embeddings or index, or the index's lineage does not match.
+        If the cube has no embeddings or index, the index's lineage does not match, or
+        the vectors in the cube are not those that were indexed (``vectors_sha256``
+        of the manifest: re-embedded, or being rewritten, since the index was built).
     """
 
     def __init__(self, cube: str | Path, variable: str | None = None) -> None:
@@ -83,6 +101,12 @@ class SearchEngine:
         self.shape = emb.shape[:-1]
         self.dim = int(emb.shape[-1])
         self._vectors = np.asarray(emb.values, dtype="float32")
+        if self.manifest.vectors_sha256 and (vectors_sha256(self._vectors)
+                                             != self.manifest.vectors_sha256):
+            raise EsdcError(f"the embeddings {self.variable!r} in {self.cube} are not those "
+                            "the index was built from (re-embedded since, or being "
+                            "rewritten); rebuild the index with `esdc index`.")
+        self.identity = f"{self.manifest.generation}-{self.manifest.index_sha256[:16]}"
 
     # ------------------------------------------------------------------ geometry
     def _locate(self, bounds: np.ndarray, value: float, what: str) -> int:

@@ -19,6 +19,11 @@ from esdc.samples import SAMPLES, sample_path, sha256sum
 
 __all__ = ["Geolocated", "apply_georeference", "normalize", "open_source", "resolve_path"]
 
+#: Most pixels one layer (one ``y`` x ``x`` slice) of a source may declare: a larger
+#: file (e.g. a crafted header declaring billions of rows) is refused before any
+#: coordinate is made or read.
+MAX_SOURCE_PIXELS = 4_000_000_000
+
 #: Names recognised as the latitude/y and longitude/x dims of a source.
 Y_NAMES = ("lat", "latitude", "y", "rows")
 X_NAMES = ("lon", "longitude", "x", "cols")
@@ -169,6 +174,7 @@ def apply_georeference(ds: xr.Dataset, geo: GeoreferenceSpec, what: str) -> xr.D
         ``row_order`` is ``south_up``) and ``xdim`` from west to east.
     """
     ydim, xdim = _spatial_dims(ds, what)
+    _check_size(ds, ydim, xdim, what)
     west, south, east, north = geo.bbox
     ny, nx = ds.sizes[ydim], ds.sizes[xdim]
     y = _centres(south, north, ny)[::-1]
@@ -177,6 +183,20 @@ def apply_georeference(ds: xr.Dataset, geo: GeoreferenceSpec, what: str) -> xr.D
         # Row 0 is the southernmost: flip the data, keep the coordinates north-first.
         ds = ds.isel({ydim: slice(None, None, -1)}).assign_coords({ydim: y})
     return ds
+
+
+def _check_size(ds: xr.Dataset, ydim: str, xdim: str, what: str, path: Path | None = None
+                ) -> None:
+    """Refuse a source whose layers declare more than ``MAX_SOURCE_PIXELS`` pixels."""
+    ny, nx = int(ds.sizes[ydim]), int(ds.sizes[xdim])
+    if ny * nx > MAX_SOURCE_PIXELS:
+        where = f" {path}" if path is not None else ""
+        raise SourceError(
+            f"{what}:{where} declares {ny} x {nx} pixels per layer ({ny * nx:.3g}), more "
+            f"than esdc reads ({MAX_SOURCE_PIXELS:.0e}); the file is corrupt or far larger "
+            "than the grid needs. Crop it to the grid's region first (e.g. gdal_translate "
+            "-projwin or xarray .sel)."
+        )
 
 
 def _spatial_dims(ds: xr.Dataset, what: str) -> tuple[str, str]:
@@ -204,6 +224,7 @@ def normalize(ds: xr.Dataset, crs: pyproj.CRS, path: Path, what: str) -> Geoloca
         Naming the file and coordinate when it is not monotonic or not regular.
     """
     ydim, xdim = _spatial_dims(ds, what)
+    _check_size(ds, ydim, xdim, what, path)
     for dim in (ydim, xdim):
         if dim not in ds.coords:
             raise SourceError(f"{what}: {path} has no coordinate for dim {dim!r}; declare a "

@@ -177,8 +177,15 @@ def read_jp2_header(path: str | Path) -> dict[str, Any]:
     if xml is None:
         raise SourceError(f"{path} has no XML box: not a JPEG 2000 file with a FITS header "
                           "(Helioviewer JP2).")
+    if b"<!doctype" in xml.lower() or b"<!entity" in xml.lower():
+        # A FITS header in XML needs no DTD; entity declarations are how XML bombs
+        # (billion laughs) and external entities get in, so they are refused
+        # (what defusedxml does), and the parser below never sees one.
+        raise SourceError(f"{path}: the XML header declares a DTD or entities; a JPEG 2000 "
+                          "FITS header has none, so the file is refused.")
     try:
-        root = ET.fromstring(xml.decode("utf-8", errors="replace").strip("\x00 \n"))
+        root = ET.fromstring(  # nosec B314 - DTDs and entities refused just above
+            xml.decode("utf-8", errors="replace").strip("\x00 \n"))
     except ET.ParseError as exc:
         raise SourceError(f"{path}: the XML header cannot be parsed ({exc}).") from None
     header: dict[str, Any] = {}

@@ -307,7 +307,8 @@ def test_search_without_or_with_a_corrupted_index(embedded_cube, tmp_path):
     _fails(["search", cube, "--lat", 0, "--lon", 0], "no index for 'embedding_t8'",
            "esdc index")
     shutil.copytree(index_dir(embedded_cube), index_dir(cube))
-    f = index_dir(cube) / "embedding_t8.faiss"
+    manifest = json.loads((index_dir(cube) / "embedding_t8.json").read_text())
+    f = index_dir(cube) / manifest["index_file"]  # this generation's file
     data = bytearray(f.read_bytes())
     data[-8] ^= 0xFF
     f.write_bytes(bytes(data))

@@ -1,0 +1,283 @@
+"""The catalogue of hostile inputs: what is fed, what must come back.
+
+Each :class:`Case` is one bad input a user (or an attacker) can feed esdc, across
+recipes, source files, CLI arguments, embedding/index files and HTTP requests, with
+the exit code (CLI) or HTTP status that must come back and fragments the message must
+contain (``{ws}`` is the case's working folder, ``{recipe}`` its ``recipe.yaml``).
+``tests/reliability/test_hostile_catalogue.py`` builds and runs every case and checks,
+besides code and message, that no traceback is printed and that nothing on disk
+changed (the case's folder and the shared cube, byte for byte).
+
+``python -m tests.reliability.catalogue > docs/HOSTILE_INPUTS.md`` writes the table
+(a test keeps the committed file equal to :func:`markdown`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CASES", "CATEGORIES", "Case", "markdown"]
+
+#: Categories in the order of the table.
+CATEGORIES = ("recipe", "source file", "CLI argument", "cube / embeddings / index", "HTTP request")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile input.
+
+    Attributes
+    ----------
+    id : str
+        Unique name; the test's parameter id.
+    category : str
+        One of :data:`CATEGORIES`.
+    fed : str
+        What is fed, in words (Markdown).
+    run : str
+        The command or request that receives it.
+    expect : int
+        CLI exit code, or HTTP status.
+    needles : tuple of str
+        Fragments the message must contain.
+    """
+
+    id: str
+    category: str
+    fed: str
+    run: str
+    expect: int
+    needles: tuple[str, ...]
+
+
+BUILD = "esdc build {recipe} --out {ws}/out.zarr --no-fetch"
+SEARCH_COPY = "esdc search {ws}/cube.zarr --lat 0 --lon 0"
+
+CASES: tuple[Case, ...] = (
+    # ------------------------------------------------------------------ recipes
+    Case("recipe-python-object-tag", "recipe",
+         "`name: !!python/object/apply:os.system [\"touch pwned\"]` (code execution tag)",
+         BUILD, 2, ("{recipe}", "malformed YAML", "line 1",
+                    "python/object/apply:os.system")),
+    Case("recipe-python-name-tag", "recipe",
+         "`title: !!python/name:builtins.eval ''` in a valid recipe", BUILD, 2,
+         ("{recipe}", "malformed YAML", "python/name:builtins.eval")),
+    Case("recipe-billion-laughs", "recipe",
+         "10 levels of YAML anchors x 9 aliases (\"billion laughs\", 3.9e9 leaves if "
+         "expanded) as `title`",
+         BUILD, 2, ("{recipe}", "title", "valid string")),
+    Case("recipe-deep-nesting", "recipe", "100,000 nested `[` brackets", BUILD, 2,
+         ("{recipe}", "nested too deeply")),
+    Case("recipe-not-utf8", "recipe", "binary bytes (not UTF-8) in the recipe file", BUILD, 2,
+         ("{recipe}", "cannot be read")),
+    Case("recipe-empty", "recipe", "an empty recipe file", BUILD, 2,
+         ("{recipe}", "YAML mapping")),
+    Case("recipe-huge-grid", "recipe", "`grid.resolution: 1.0e-300` (1e302 cells)", BUILD, 2,
+         ("{recipe}", "grid", "too large")),
+    Case("recipe-subnormal-resolution", "recipe",
+         "`grid.resolution: 5.0e-324` (cell count overflows to infinity)", BUILD, 2,
+         ("{recipe}", "grid", "too large")),
+    Case("recipe-infinite-bbox", "recipe", "`grid.bbox: [-.inf, -4, .inf, 4]`", BUILD, 2,
+         ("{recipe}", "grid.bbox", "finite number")),
+    Case("recipe-nan-scale-factor", "recipe", "`scale_factor: .nan` for a variable", BUILD, 2,
+         ("{recipe}", "sources[0].variables[0].scale_factor", "finite number")),
+    Case("recipe-time-axis-bomb", "recipe",
+         "`grid.time` from 1700 to 2260 every second (1.8e10 steps)", BUILD, 2,
+         ("{recipe}", "grid.time", "1,000,000 allowed")),
+    Case("recipe-name-path-traversal", "recipe",
+         "`name: ../../etc/evil` (the default output is cubes/NAME.zarr)",
+         "esdc build {recipe} --no-fetch", 2, ("{recipe}", "name", "should match pattern")),
+    # ------------------------------------------------------------------ source files
+    Case("source-truncated-netcdf4", "source file", "a NetCDF-4 file cut to half its bytes",
+         BUILD, 2, ("sources.local", "{ws}/truncated.nc", "not a readable NETCDF file")),
+    Case("source-truncated-netcdf3", "source file",
+         "a classic NetCDF file missing its last 20 bytes (coordinates read as zeros)",
+         BUILD, 2, ("sources.local", "{ws}/truncated3.nc", "not monotonic")),
+    Case("source-png-as-netcdf", "source file", "a PNG image renamed `data.nc`", BUILD, 2,
+         ("sources.local", "{ws}/data.nc", "not a readable NETCDF file")),
+    Case("source-png-as-geotiff", "source file",
+         "a PNG image renamed `data.tif`, declared `format: geotiff`", BUILD, 2,
+         ("sources.local", "{ws}/data.tif", "has no CRS", "georeference.crs")),
+    Case("source-wrong-crs-geotiff", "source file",
+         "a Web Mercator (EPSG:3857) GeoTIFF declared as EPSG:4326 with a degree bbox",
+         BUILD, 2, ("sources.local", "georeference.bbox", "{ws}/merc.tif")),
+    Case("source-wrong-crs-netcdf", "source file",
+         "a lat/lon NetCDF declared `georeference.crs: EPSG:32633` (UTM metres)", BUILD, 2,
+         ("grid.bbox", "outside every source", "local")),
+    Case("source-enormous-netcdf", "source file",
+         "a 8 kB NetCDF-4 declaring a 100,000 x 100,000 variable", BUILD, 2,
+         ("sources.local", "{ws}/huge.nc", "100000 x 100000 pixels")),
+    Case("source-enormous-geotiff", "source file",
+         "a sparse 116 kB GeoTIFF declaring 100,000 x 100,000 pixels", BUILD, 2,
+         ("sources.local", "{ws}/huge.tif", "100000 x 100000 pixels")),
+    Case("source-all-nan-coordinates", "source file",
+         "a curvilinear NetCDF whose 2-D latitude/longitude are all NaN", BUILD, 2,
+         ("sources.local", "{ws}/swath.nc", "no finite value")),
+    Case("source-all-nan-data", "source file",
+         "a NetCDF whose variable is NaN everywhere (the layer would be empty)", BUILD, 2,
+         ("no valid value anywhere in the grid", "t2m (source local)", "unchanged")),
+    Case("source-checksum-mismatch", "source file",
+         "a source file whose bytes differ from the recipe's `sha256`", BUILD, 2,
+         ("sources.local", "{ws}/good.nc", "SHA-256")),
+    # ------------------------------------------------------------------ CLI arguments
+    Case("cli-search-lat-not-a-number", "CLI argument", "`--lat abc`",
+         "esdc search CUBE --lat abc --lon 0", 2, ("--lat", "Invalid value")),
+    Case("cli-search-unknown-option", "CLI argument", "`--colour red` (no such option)",
+         "esdc search CUBE --lat 0 --lon 0 --colour red", 2, ("No such option", "--colour")),
+    Case("cli-search-k-zero", "CLI argument", "`-k 0`", "esdc search CUBE --lat 0 --lon 0 -k 0",
+         2, ("k = 0", "between 1 and 128")),
+    Case("cli-search-huge-k", "CLI argument", "`-k 10**23`",
+         "esdc search CUBE --lat 0 --lon 0 -k 100000000000000000000000", 2,
+         ("between 1 and 128",)),
+    Case("cli-search-bbox-three-numbers", "CLI argument", "`--bbox 1,2,3`",
+         "esdc search CUBE --lat 0 --lon 0 --bbox 1,2,3", 2, ("--bbox", "four numbers")),
+    Case("cli-search-bbox-nan", "CLI argument", "`--bbox 0,nan,10,40`",
+         "esdc search CUBE --lat 0 --lon 0 --bbox 0,nan,10,40", 2, ("--bbox", "finite")),
+    Case("cli-search-quicklook-missing-folder", "CLI argument",
+         "`--quicklook {ws}/no/such/folder/q.png`",
+         "esdc search CUBE --lat 0 --lon 0 --quicklook ...", 2,
+         ("--quicklook", "{ws}/no/such/folder", "does not exist")),
+    Case("cli-search-missing-cube", "CLI argument", "a cube path that does not exist",
+         "esdc search {ws}/missing.zarr --lat 0 --lon 0", 2,
+         ("no cube at", "{ws}/missing.zarr")),
+    Case("cli-search-file-as-cube", "CLI argument", "a PNG file given as the cube",
+         "esdc search {ws}/cube.png --lat 0 --lon 0", 2, ("{ws}/cube.png", "Zarr")),
+    Case("cli-index-unknown-kind", "CLI argument", "`--kind bogus`",
+         "esdc index CUBE --kind bogus", 2, ("--kind 'bogus'", "flat, hnsw, ivfpq")),
+    Case("cli-embed-tile-zero", "CLI argument", "`--tile 0`",
+         "esdc embed CUBE --model RUN --tile 0", 2, ("--tile", "positive")),
+    Case("cli-plot-unknown-variable", "CLI argument", "a variable the cube lacks",
+         "esdc plot CUBE no_such_var --out {ws}/p.png", 2, ("no_such_var", "not in the cube")),
+    Case("cli-plot-out-missing-folder", "CLI argument", "`--out {ws}/no/such/folder/p.png`",
+         "esdc plot CUBE bmng_red --out ...", 2, ("--out", "{ws}/no/such/folder",
+                                                  "does not exist")),
+    Case("cli-verify-missing-cube", "CLI argument", "a cube path that does not exist",
+         "esdc verify {ws}/missing.zarr", 2, ("no cube at", "{ws}/missing.zarr")),
+    Case("cli-serve-port-out-of-range", "CLI argument", "`--port 70000`",
+         "esdc serve CUBE --port 70000", 2, ("--port 70000", "0 .. 65535")),
+    Case("cli-train-config-python-tag", "CLI argument",
+         "a training config with `!!python/object/apply:os.system`",
+         "esdc train CUBE --config {ws}/train.yaml", 2,
+         ("{ws}/train.yaml", "malformed YAML")),
+    Case("cli-train-config-not-utf8", "CLI argument", "a training config of binary bytes",
+         "esdc train CUBE --config {ws}/train.yaml", 2, ("{ws}/train.yaml", "cannot be read")),
+    Case("cli-train-config-deep-nesting", "CLI argument",
+         "a training config of 100,000 nested `[`", "esdc train CUBE --config {ws}/train.yaml",
+         2, ("{ws}/train.yaml", "nested too deeply")),
+    Case("cli-train-config-is-a-folder", "CLI argument", "`--config` naming a folder",
+         "esdc train CUBE --config {ws}", 2, ("config file {ws}", "cannot be read")),
+    Case("cli-build-append-with-overwrite", "CLI argument", "`--append --overwrite` together",
+         BUILD + " --append --overwrite", 2, ("--append", "--overwrite")),
+    # ------------------------------------------------------------------ embeddings / index
+    Case("index-missing", "cube / embeddings / index", "a cube whose index folder was removed",
+         SEARCH_COPY, 2, ("no index", "esdc index")),
+    Case("index-missing-serve", "cube / embeddings / index", "the same, served over HTTP",
+         "esdc serve {ws}/cube.zarr", 2, ("no index", "esdc index")),
+    Case("index-truncated", "cube / embeddings / index", "the `.faiss` file cut to half its bytes",
+         SEARCH_COPY, 2, ("{ws}/cube.zarr.index/embedding_t8", ".faiss", "SHA-256")),
+    Case("index-garbage", "cube / embeddings / index",
+         "random bytes as the `.faiss` file, manifest SHA-256 updated to match", SEARCH_COPY, 2,
+         ("{ws}/cube.zarr.index/embedding_t8", ".faiss", "not a FAISS index")),
+    Case("index-wrong-kind", "cube / embeddings / index",
+         "a valid FAISS index of other vectors (8 of dim 4), manifest SHA-256 updated",
+         SEARCH_COPY, 2, ("embedding_t8", ".faiss", "not the IndexIDMap2 of 128 x 16")),
+    Case("index-manifest-not-json", "cube / embeddings / index", "the manifest replaced by `{{{`",
+         SEARCH_COPY, 2, ("{ws}/cube.zarr.index/embedding_t8.json",
+                          "not a valid index manifest")),
+    Case("index-manifest-extra-key", "cube / embeddings / index",
+         "a manifest with an unknown key `evil`", SEARCH_COPY, 2,
+         ("embedding_t8.json", "not a valid index manifest")),
+    Case("index-manifest-altered", "cube / embeddings / index",
+         "the manifest's `index_sha256` changed", SEARCH_COPY, 2,
+         ("embedding_t8", ".faiss", "does not match its manifest")),
+    Case("index-lineage-mismatch", "cube / embeddings / index",
+         "the cube's embeddings re-attributed to another model run", SEARCH_COPY, 2,
+         ("lineage mismatch", "esdc index")),
+    Case("cube-chunk-truncated", "cube / embeddings / index",
+         "one chunk file of `bmng_red` cut to half its bytes", "esdc plot {ws}/cube.zarr bmng_red",
+         2, ("could not be decoded", "esdc verify CUBE --checksums")),
+    Case("cube-metadata-garbage", "cube / embeddings / index",
+         "the cube's root `zarr.json` replaced by `{garbage`", "esdc info {ws}/cube.zarr", 2,
+         ("{ws}/cube.zarr", "not a readable Zarr cube")),
+    Case("cube-metadata-enormous-shape", "cube / embeddings / index",
+         "one array's `zarr.json` (and the consolidated copy) declaring 10**12 x 10**12",
+         SEARCH_COPY, 2, ("{ws}/cube.zarr", "not a readable Zarr cube", "conflicting sizes")),
+    Case("embeddings-all-nan", "cube / embeddings / index", "every embedding vector NaN",
+         "esdc index {ws}/cube.zarr", 2, ("embedding_t8", "no valid vector")),
+    Case("embeddings-none", "cube / embeddings / index", "a cube without embeddings",
+         "esdc index {ws}/plain.zarr", 2, ("no embeddings", "esdc embed")),
+    # ------------------------------------------------------------------ HTTP requests
+    Case("http-k-zero", "HTTP request", "`k=0`", "GET /search/tile?lat=0&lon=0&k=0", 422,
+         ("k", "greater than or equal to 1")),
+    Case("http-k-huge", "HTTP request", "`k=10**26`",
+         "GET /search/tile?lat=0&lon=0&k=99999999999999999999999999", 422,
+         ("between 1 and 128",)),
+    Case("http-bbox-letters", "HTTP request", "`bbox=a,b,c,d`",
+         "GET /search/tile?lat=0&lon=0&bbox=a,b,c,d", 422, ("bbox", "four numbers")),
+    Case("http-bbox-nan", "HTTP request", "`bbox=0,nan,10,40`",
+         "GET /search/tile?lat=0&lon=0&bbox=0,nan,10,40", 422, ("bbox", "finite")),
+    Case("http-lat-overflow", "HTTP request", "`lat=1e309` (infinite)",
+         "GET /search/tile?lat=1e309&lon=0", 422, ("lat", "finite number")),
+    Case("http-vector-wrong-dim", "HTTP request", "a 15-value vector for a 16-d index",
+         "POST /search/vector", 422, ("15 values", "16-dimensional")),
+    Case("http-vector-nan", "HTTP request", "a `NaN` token in the vector",
+         "POST /search/vector", 422, ("NaN or infinite",)),
+    Case("http-vector-float32-overflow", "HTTP request", "vector values of 1e300 (inf in float32)",
+         "POST /search/vector", 422, ("NaN or infinite",)),
+    Case("http-vector-too-long", "HTTP request", "a vector of 70,000 values",
+         "POST /search/vector", 422, ("vector", "at most 65536")),
+    Case("http-non-json-body", "HTTP request", "body `this is not json`",
+         "POST /search/vector", 422, ("JSON decode error",)),
+    Case("http-body-is-array", "HTTP request", "a JSON array instead of an object",
+         "POST /search/vector", 422, ("valid dictionary",)),
+    Case("http-unknown-field", "HTTP request", "an extra field `colour`",
+         "POST /search/vector", 422, ("colour", "Extra inputs are not permitted")),
+    Case("http-start-after-end", "HTTP request", "`start` after `end`",
+         "POST /search/vector", 422, ("start 2020-01 is after end 2019",)),
+    Case("http-path-traversal", "HTTP request", "`/tiles/../../etc/passwd.png`",
+         "GET /tiles/../../etc/passwd.png", 404, ("Not Found",)),
+    Case("http-path-traversal-encoded", "HTTP request",
+         "`/tiles/%2e%2e/%2e%2e/etc/passwd.png` (percent-encoded dots)",
+         "GET /tiles/%2e%2e/%2e%2e/etc/passwd.png", 404, ("Not Found",)),
+    Case("http-tile-huge-index", "HTTP request", "tile row 10**23",
+         "GET /tiles/99999999999999999999999/0.png", 422, ("outside the embedding grid",)),
+    Case("http-tile-negative-time", "HTTP request", "`t=-1`", "GET /tiles/0/0.png?t=-1", 422,
+         ("t", "greater than or equal to 0")),
+)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown() -> str:
+    """The catalogue as a Markdown document (``docs/HOSTILE_INPUTS.md``)."""
+    lines = [
+        "# Hostile inputs",
+        "",
+        "Generated from `tests/reliability/catalogue.py` by",
+        "`python -m tests.reliability.catalogue > docs/HOSTILE_INPUTS.md`; do not edit by",
+        "hand (`tests/reliability/test_hostile_catalogue.py` checks this file is current).",
+        "",
+        "Each input is fed to the real CLI (in-process, `typer`'s `CliRunner`) or to the",
+        "FastAPI app of `esdc serve` (`TestClient`). Every case must answer with the",
+        "expected exit code (2: a user error, one paragraph, no traceback) or HTTP status,",
+        "with a message that contains the fragments listed (`{ws}` is the case's folder,",
+        "`{recipe}` its `recipe.yaml`), and must leave the case's folder and the shared",
+        "cube byte-identical (nothing written, nothing changed, no `pwned` file).",
+        "",
+        f"{len(CASES)} cases.",
+        "",
+        "| # | id | category | input | run | expect | message contains |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    order = sorted(CASES, key=lambda c: CATEGORIES.index(c.category))
+    for i, c in enumerate(order, 1):
+        needles = ", ".join(f"`{n}`" for n in c.needles)
+        lines.append(f"| {i} | `{c.id}` | {c.category} | {_cell(c.fed)} | "
+                     f"`{_cell(c.run)}` | {c.expect} | {_cell(needles)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(markdown(), end="")
