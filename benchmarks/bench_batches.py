@@ -432,6 +432,21 @@ def run_esdc_inprocess(path: Path, repeats: int) -> dict[str, Any]:
             "peak_rss_mb": rss.peak_mb, "rss_before_mb": rss.start_mb}
 
 
+def run_esdc_threads(path: Path, threads: int, repeats: int) -> dict[str, Any]:
+    """``PatchStream.threaded_batches`` (``threads`` reading threads) in this process."""
+    stream = PatchStream(path, VARIABLES, patch=PATCH, seed=0, shuffle=True)
+    runs, complete = [], []
+    with RssSampler() as rss:
+        for epoch in range(repeats):
+            with Clock() as c:
+                idx = np.concatenate([b.index for b in stream.threaded_batches(
+                    BATCH, epoch=epoch, threads=threads)])
+            runs.append(c.result(len(idx)))
+            complete.append(_complete(idx, len(stream)))
+    return {"threads": threads, **best_of(runs), "complete": all(complete),
+            "peak_rss_mb": rss.peak_mb}
+
+
 def run_esdc_loader(path: Path, workers: int, repeats: int) -> dict[str, Any]:
     """``PatchDataset`` through a DataLoader with ``workers`` persistent workers.
 
@@ -548,6 +563,9 @@ def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int) 
         loaders[w] = run_esdc_loader(cube, w, repeats)
         log(f"  {loaders[w]['samples_per_s']:,.0f} patches/s, first batch "
             f"{loaders[w]['first_batch_s']:.2f} s")
+    log("esdc PatchStream.threaded_batches, 2 reading threads in this process")
+    threads2 = run_esdc_threads(cube, 2, repeats)
+    log(f"  {threads2['samples_per_s']:,.0f} patches/s")
     xb = {}
     for w in (0, 2):
         log(f"plain xbatcher, {w} DataLoader workers, {xb_samples} patches")
@@ -576,6 +594,9 @@ def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int) 
                         "raw_floor": floor["peak_rss_mb"],
                         "raw_floor_2_processes": floor["two_processes"]["peak_rss_mb"]},
         "workers_2_vs_1": loaders[2]["samples_per_s"] / loaders[1]["samples_per_s"],
+        # Reading threads instead of DataLoader processes: no pickling, no shared memory.
+        "threads_2_vs_1": threads2["samples_per_s"] / esdc0["samples_per_s"],
+        "samples_per_s_2_threads": threads2["samples_per_s"],
         "cpus_busy": {"esdc_loader_1_worker": loaders[1]["cpus_busy"],
                       "esdc_loader_2_workers": loaders[2]["cpus_busy"]},
         "samples_per_s_2_workers": {
@@ -594,7 +615,8 @@ def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int) 
                     "raw_floor": floor["seconds"],
                     "raw_floor_2_processes": floor["two_processes"]["seconds"]},
         "paths": {"esdc": esdc0, "esdc_loader_1_worker": loaders[1],
-                  "esdc_loader_2_workers": loaders[2], "xbatcher": xb[0],
+                  "esdc_loader_2_workers": loaders[2], "esdc_2_threads": threads2,
+                  "xbatcher": xb[0],
                   "xbatcher_2_workers": xb[2], "raw_floor": floor},
         "patch": {"size": list(PATCH), "channels": len(VARIABLES), "batch": BATCH,
                   "shuffle": True, "buffer_size": 4096},
@@ -658,6 +680,8 @@ def print_table(r: dict[str, Any]) -> None:
           f"raw floor {r['fraction_of_floor_cpu']:.1%}")
     print(f"2 workers: esdc / xbatcher {r['speedup_vs_xbatcher_2_workers']:.1f}x, esdc / "
           f"2-process floor {r['fraction_of_floor_2_workers']:.1%}")
+    print(f"esdc 2 reading threads / 1 (no DataLoader processes): {r['threads_2_vs_1']:.2f}x "
+          f"({r['samples_per_s_2_threads']:,.0f} patches/s)")
     if r["first_batch_without_stats_s"] is not None:
         print(f"first batch without stored statistics (computed on the fly): "
               f"{r['first_batch_without_stats_s']:.2f} s")
@@ -712,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     mach["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     p = result["paths"]
     result["all_epochs_complete"] = all(p[k]["complete"] for k in (
-        "esdc", "esdc_loader_1_worker", "esdc_loader_2_workers"))
+        "esdc", "esdc_loader_1_worker", "esdc_loader_2_workers", "esdc_2_threads"))
     result["machine"] = mach
     result["forkserver_preload"] = args.forkserver_preload
     result["versions"] = versions()

@@ -76,6 +76,10 @@ class PatchDataset(torch.utils.data.IterableDataset):  # type: ignore[misc]
         Epoch number (changes the shuffle); :meth:`set_epoch` updates it.
     drop_last : bool
         Drop the last, smaller batch of each shard.
+    threads : int
+        Reading threads per process (:meth:`PatchStream.threaded_batches`): parallel
+        reading without process workers, so batches are never pickled or copied to
+        shared memory; use with ``num_workers=0`` where cores are few.
 
     Yields
     ------
@@ -86,8 +90,9 @@ class PatchDataset(torch.utils.data.IterableDataset):  # type: ignore[misc]
     """
 
     def __init__(self, stream: PatchStream, batch_size: int = 64, epoch: int = 0,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, threads: int = 1) -> None:
         super().__init__()
+        self.threads = threads
         self.stream = stream
         self.batch_size = batch_size
         self.epoch = epoch
@@ -104,6 +109,7 @@ class PatchDataset(torch.utils.data.IterableDataset):  # type: ignore[misc]
         if info is not None and info.num_workers > 1:
             stream = replace(stream, shard=stream.shard * info.num_workers + info.id,
                              num_shards=stream.num_shards * info.num_workers)
-        for b in stream.batches(self.batch_size, self.epoch, self.drop_last):
+        for b in stream.threaded_batches(self.batch_size, self.epoch, self.drop_last,
+                                         threads=self.threads):
             out = (torch.from_numpy(b.x), torch.from_numpy(b.valid), torch.from_numpy(b.index))
             yield out if b.target is None else (*out, torch.from_numpy(b.target))
