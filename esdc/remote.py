@@ -542,24 +542,15 @@ def verify_remote(url: str, *, checksums: bool = False,
     EsdcError
         If the store cannot be reached.
     """
-    from esdc.verify import verify_cube
+    from esdc.verify import store_problems
 
     fs, root = filesystem(url, options)
     with _errors(url, "verifying"):
         meta = _read_json(fs, f"{root}/{_ROOT_META}")
+    problems = store_problems(url, meta, lambda consolidated: open_remote(
+        url, options, consolidated=consolidated))
     if meta is None:
-        return [f"{url} is not a Zarr v3 store (no zarr.json)"]
-    problems = []
-    if meta.get("zarr_format") != 3:
-        problems.append(f"{url} is Zarr format {meta.get('zarr_format')}, expected 3")
-    consolidated = meta.get("consolidated_metadata") is not None
-    if not consolidated:
-        problems.append(f"{url} has no consolidated metadata")
-    try:
-        ds = open_remote(url, options, consolidated=consolidated)
-    except Exception as exc:  # noqa: BLE001 - any failure to open is a problem to report
-        return [*problems, f"{url} cannot be opened by xarray: {exc}"]
-    problems += verify_cube(ds)
+        return problems
     if checksums:
         problems += check_remote_checksums(url, options=options).problems
     return problems

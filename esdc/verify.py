@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from esdc.errors import EsdcError
 
-__all__ = ["assert_cube", "verify_cube", "verify_store"]
+__all__ = ["assert_cube", "store_problems", "verify_cube", "verify_store"]
 
 _SPATIAL = (("lat", "lon"), ("y", "x"))
 _PROVENANCE = ("esdc_recipe", "esdc_recipe_sha256", "esdc_sources", "esdc_versions", "esdc_grid")
@@ -213,19 +215,41 @@ def verify_store(path: str | Path, *, checksums: bool = False,
 
     p = Path(path)
     meta = p / "zarr.json"
-    if not meta.exists():
-        return [f"{p} is not a Zarr v3 store (no zarr.json)"]
+    root = json.loads(meta.read_text()) if meta.exists() else None
+    return store_problems(str(p), root, lambda consolidated: open_cube(
+        p, consolidated=consolidated))
+
+
+def store_problems(where: str, root: dict[str, Any] | None,
+                   open_fn: Callable[[bool], xr.Dataset]) -> list[str]:
+    """Problems of a store from its root ``zarr.json``, then of the cube it opens as.
+
+    Parameters
+    ----------
+    where : str
+        The store's path or URL, for the messages.
+    root : dict or None
+        The parsed root ``zarr.json`` (None when it is missing).
+    open_fn : callable
+        Opens the store as a Dataset, given whether its metadata are consolidated.
+
+    Returns
+    -------
+    list of str
+        Empty when the store and the cube conform (:func:`verify_cube`).
+    """
+    if root is None:
+        return [f"{where} is not a Zarr v3 store (no zarr.json)"]
     problems = []
-    root = json.loads(meta.read_text())
     if root.get("zarr_format") != 3:
-        problems.append(f"{p} is Zarr format {root.get('zarr_format')}, expected 3")
+        problems.append(f"{where} is Zarr format {root.get('zarr_format')}, expected 3")
     consolidated = root.get("consolidated_metadata") is not None
     if not consolidated:
-        problems.append(f"{p} has no consolidated metadata")
+        problems.append(f"{where} has no consolidated metadata")
     try:
-        ds = open_cube(p, consolidated=consolidated)
+        ds = open_fn(consolidated)
     except Exception as exc:  # noqa: BLE001 - any failure to open is a problem to report
-        return [*problems, f"{p} cannot be opened by xarray: {exc}"]
+        return [*problems, f"{where} cannot be opened by xarray: {exc}"]
     return problems + verify_cube(ds)
 
 
