@@ -399,12 +399,31 @@ def model_card(run_id: str, tracking_uri: str | None = None) -> str:
                         [[f"{metric} ({better})", f"{test:.4f}", f"{base:.4f}",
                           f"{test - base:+.4f}", "yes" if beats else "no"]])
     history = {k: v for k, v in metrics.items()
-               if not k.startswith(("test_", "baseline_"))}
+               if not k.startswith(("test_", "baseline_", "cv_"))}
     if history:
         lines += ["", "Last value of each training curve (per epoch in MLflow):", ""]
         lines += _table(["metric", "last value"], [[k, f"{v:.4f}"]
                                                    for k, v in sorted(history.items())])
     lines.append("")
+
+    scoring = tags.get("esdc.search_scoring")
+    if scoring:
+        best = {k.removeprefix("best_"): v for k, v in params.items() if k.startswith("best_")}
+        lines += ["## Hyperparameter search", "",
+                  f"{int(metrics.get('cv_candidates', 0))} candidates of the config's "
+                  "`search:` block, each cross-validated on whole spatial blocks of the "
+                  f"training split (folds never share a block), fitted on the Dask workers "
+                  f"(joblib backend `{tags.get('esdc.search_backend', '?')}`); the best was "
+                  "refitted on the whole training split and tested once. Every candidate "
+                  "is a child run; `search/cv_results.csv` and `search/cv_folds.csv` are "
+                  "artifacts of this run.", ""]
+        cv, sd = metrics.get(f"cv_{scoring}"), metrics.get(f"cv_{scoring}_std")
+        rows = [[k, v] for k, v in sorted(best.items())]
+        if cv is not None:
+            rows.append([f"spatial-CV {scoring} (mean ± std over folds)",
+                         f"{cv:.4f} ± {sd or 0:.4f}"])
+        lines += _table(["best", "value"], rows)
+        lines.append("")
 
     lines += ["## Parameters", ""]
     lines += _table(["parameter", "value"], [[k, v] for k, v in sorted(params.items())])

@@ -209,3 +209,15 @@ def test_koppen_rf_search_recipe_on_the_earth_cube(earth_cube, tmp_path, monkeyp
     assert all(res["best_params"][k] in v for k, v in spec["grid"].items())
     assert res["test"] > res["baseline"] + 0.3  # majority class ~0.26
     assert res["cv_score"] > 0.7
+
+
+def test_model_card_reports_the_search(searched):
+    """`esdc card RUN` of a searched model states the search and its best candidate."""
+    from esdc.cards import model_card
+
+    res = searched["result"]
+    card = model_card(res["run_id"], searched["uri"])
+    assert "## Hyperparameter search" in card
+    assert "6 candidates" in card and "spatial blocks" in card
+    assert f"| min_samples_leaf | {res['best_params']['min_samples_leaf']} |" in card
+    assert f"spatial-CV accuracy (mean ± std over folds) | {res['cv_score']:.4f}" in card
