@@ -80,7 +80,9 @@ def test_candidate_fits_ran_as_tasks_on_the_dask_workers(searched, client):
     n_candidates = len(GRID["max_depth"]) * len(GRID["min_samples_leaf"])
     assert calls == n_candidates * 3  # every (candidate, fold) fit went through Dask
     ran_on = {t["worker"] for t in fits}
-    assert ran_on <= workers and len(ran_on) == 2, ran_on  # both worker processes fitted
+    # On worker processes, not in the client; how the 18 fits spread over the two
+    # workers is the scheduler's choice (usually both; not asserted, to stay stable).
+    assert ran_on and ran_on <= workers, ran_on
     import mlflow
 
     mlflow.set_tracking_uri(searched["uri"])
