@@ -201,3 +201,43 @@ def test_block_mode_matches_per_block_count_with_leading_dims():
         counts = [(cell == c).sum() for c in cats]
         want = 255 if max(counts) == 0 else cats[int(np.argmax(counts))]
         assert out[idx] == want, idx
+
+
+@pytest.mark.parametrize("bbox, res", [
+    ((0.0, 0.0, 8.0, 4.0), 0.3),        # 3.75 source pixels per cell: edges between pixels
+    ((-1.0, -0.5, 9.0, 4.25), 0.25),    # grid wider than the source: outer cells empty
+    ((1.1, 0.7, 6.3, 3.1), 0.4),        # grid inside the source, not aligned
+])
+def test_regular_bucket_average_equals_pyresample(bbox, res):
+    """Same-CRS, non-integer factors: the separable fast path bins like pyresample."""
+    from esdc.regrid import _regular_bucket_average
+
+    rng = np.random.default_rng(5)
+    vals = rng.random((3, 60, 120)).astype("float32")  # (time, lat, lon), 1/15 degree
+    vals[:, 10:14, 30:37] = np.nan
+    vals[1, :, 50] = np.nan
+    ny, nx = vals.shape[1:]
+    lat = 4.0 - (np.arange(ny) + 0.5) * 4.0 / ny
+    lon = (np.arange(nx) + 0.5) * 8.0 / nx
+    ds = xr.Dataset({"v": (("time", "lat", "lon"), vals)}, coords={"lat": lat, "lon": lon})
+    src = Geolocated(ds.chunk({"time": 1, "lat": 25, "lon": 120}),
+                     pyproj.CRS.from_epsg(4326), "lat", "lon", Path("synthetic"))
+    grid = Grid.from_bbox("earth", "EPSG:4326", bbox, res)
+    with raise_if_dask_computes():
+        lazy = _regular_bucket_average(src.data["v"], src, grid)
+    assert lazy is not None and lazy.shape == (3, *grid.shape)
+    fast = regrid(src.data["v"], src, grid, "bucket_average").values
+    slow = regrid(src.data["v"], src, grid, "bucket_average", fast_path=False).values
+    np.testing.assert_array_equal(np.isnan(fast), np.isnan(slow))
+    np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-7)
+
+
+def test_regular_bucket_average_declines_other_cases():
+    """Coarser sources, other CRSs and swaths go to pyresample."""
+    from esdc.regrid import _regular_bucket_average
+
+    src = synthetic(np.ones((8, 16), "float32"))  # 0.5 degree pixels
+    assert _regular_bucket_average(src.data["v"], src, Grid.from_bbox(
+        "earth", "EPSG:4326", (0, 0, 8, 4), 0.3)) is None  # source coarser than the grid
+    assert _regular_bucket_average(src.data["v"], src, Grid.from_bbox(
+        "earth", "EPSG:3857", (0, 0, 800_000, 400_000), 100_000)) is None  # another CRS
