@@ -91,6 +91,7 @@ def run_demo(out: Path, full: bool = False, scheduler: str | None = None,
     if not full:
         d = recipe.to_dict()
         d["grid"]["resolution"] = 0.5
+        d["title"] = d["title"].replace("0.25 degree", "0.5 degree (esdc demo)")
         d["output"]["chunks"] = {"time": 6, "lat": 180, "lon": 360}
         recipe = Recipe.from_dict(d)
     cube = out / "earth.zarr"
