@@ -54,10 +54,11 @@ def _constraints(meta: list[Any]) -> list[str]:
     out = []
     for m in meta:
         for sub in [m, *getattr(m, "metadata", [])]:
+            # max_length is left out: it only caps identifiers at 64 characters.
             for key, sym in (("ge", "≥ "), ("gt", "> "), ("le", "≤ "), ("lt", "< "),
-                             ("min_length", "at least "), ("max_length", "at most ")):
+                             ("min_length", "at least ")):
                 val = getattr(sub, key, None)
-                if val is not None and key not in ("max_length",):
+                if val is not None:
                     out.append(f"{sym}{val}")
             if getattr(sub, "pattern", None):
                 out.append("identifier" if "A-Za-z_" in sub.pattern else

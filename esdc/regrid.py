@@ -514,8 +514,10 @@ def regrid(data: xr.DataArray, source: Geolocated, grid: Grid, method: str, *,
     flag_values : sequence of int, optional
         The classes, required for ``bucket_mode``.
     fast_path : bool
-        Use exact block reductions when the grids are aligned (default); ``False``
-        forces pyresample (used by tests and benchmarks to compare).
+        Use exact block reductions when the grids are aligned, and a separable bucket
+        average for regular sources in the grid's geographic CRS with non-integer
+        factors (binned exactly as pyresample's ``BucketResampler``) (default);
+        ``False`` forces pyresample (used by tests and benchmarks to compare).
 
     Returns
     -------
