@@ -8,16 +8,22 @@ what went wrong, where (file or recipe field) and what to do next.
 from __future__ import annotations
 
 __all__ = [
+    "BuildConflictError",
     "ChecksumError",
+    "ChunkDecodeError",
     "CubeExistsError",
+    "CubeNotFoundError",
     "EsdcError",
     "EsdcWarning",
     "GridError",
     "OutputPathError",
     "RecipeError",
     "RegridError",
+    "SearchIndexError",
     "SourceError",
     "SourceNotFoundError",
+    "StorageError",
+    "TrainConfigError",
 ]
 
 
@@ -59,3 +65,36 @@ class CubeExistsError(EsdcError, FileExistsError):
 
 class OutputPathError(EsdcError, PermissionError):
     """The output location cannot be written."""
+
+
+class CubeNotFoundError(EsdcError, FileNotFoundError):
+    """No cube (a Zarr store with esdc's root metadata) at the path or URL given."""
+
+
+class ChunkDecodeError(EsdcError, OSError):
+    """A chunk of a stored cube cannot be decoded: its file is damaged or truncated.
+
+    Raised where chunks are read (the codec pipeline of :func:`esdc.storage.open_cube`),
+    naming the array and the chunk; ``verify_store(..., checksums=True)`` names every
+    corrupted or missing chunk file.
+    """
+
+
+class BuildConflictError(EsdcError, ValueError):
+    """A build's options contradict each other or the cube they would change.
+
+    For example ``append=True`` with ``overwrite=True``, an append whose new cube is not
+    a longer version of the stored one, or a resume over another recipe's partial build.
+    """
+
+
+class StorageError(EsdcError, OSError):
+    """A storage target (object store, bucket) cannot be reached or read as needed."""
+
+
+class SearchIndexError(EsdcError, ValueError):
+    """A search index is missing, stale (its vectors changed) or does not fit the query."""
+
+
+class TrainConfigError(RecipeError):
+    """A training config is malformed or does not fit the cube it is used on."""

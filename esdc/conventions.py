@@ -1,0 +1,173 @@
+"""The cube's conventions, named once: attribute keys, dimension names, CF/ACDD attributes.
+
+A leaf module: it imports nothing of esdc. Every module that reads or writes a cube's
+attributes uses these names instead of string literals, so that a renamed key is
+renamed everywhere.
+
+Conventions followed: CF 1.10 (https://cfconventions.org/cf-conventions/cf-conventions.html)
+for variables, coordinates and ``grid_mapping``; ACDD 1.3
+(https://wiki.esipfed.org/Attribute_Convention_for_Data_Discovery_1-3) for the global
+discovery attributes; xcube's dataset convention (dims ``time, lat|y, lon|x``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = [
+    "ATTR_BODY",
+    "ATTR_CHECKSUMS",
+    "ATTR_DERIVED",
+    "ATTR_GRID",
+    "ATTR_INPUTS",
+    "ATTR_INTEGRITY_GROUP",
+    "ATTR_MIN_VALID_FRACTION",
+    "ATTR_MODEL",
+    "ATTR_MODEL_RUN",
+    "ATTR_MODEL_SHA256",
+    "ATTR_OBSERVER",
+    "ATTR_RECIPE",
+    "ATTR_RECIPE_SHA256",
+    "ATTR_RESAMPLING",
+    "ATTR_ROLE",
+    "ATTR_SOURCE",
+    "ATTR_SOURCES",
+    "ATTR_STATIC",
+    "ATTR_STATISTICS",
+    "ATTR_TILE_DIMS",
+    "ATTR_TILE_SIZE",
+    "ATTR_TIME_PLACEMENT",
+    "ATTR_VERSIONS",
+    "ATTR_WCS_CTYPE",
+    "ATTR_XCUBE_DROPPED",
+    "CONVENTIONS",
+    "CRS_VAR",
+    "PROVENANCE_ATTRS",
+    "SPATIAL_DIMS",
+    "TIME_BNDS",
+    "TIME_DIM",
+    "acdd_bounds",
+    "acdd_time_coverage",
+    "json_attr",
+    "spatial_dims",
+]
+
+# -- global attributes (esdc's provenance) -----------------------------------------------
+ATTR_RECIPE = "esdc_recipe"
+"""The recipe's YAML text."""
+ATTR_RECIPE_SHA256 = "esdc_recipe_sha256"
+"""SHA-256 of the recipe's canonical YAML."""
+ATTR_SOURCES = "esdc_sources"
+"""JSON list: one provenance record per source (product, licence, file, SHA-256, ...)."""
+ATTR_VERSIONS = "esdc_versions"
+"""JSON object: library name -> version used for the build."""
+ATTR_GRID = "esdc_grid"
+"""JSON object: the cube's :class:`esdc.grid.Grid` (``Grid.to_dict``)."""
+ATTR_BODY = "esdc_body"
+"""The body the cube lies on: ``earth``, ``moon`` or ``sun``."""
+ATTR_STATISTICS = "esdc_statistics"
+"""JSON object: per-variable statistics used for normalisation (``esdc.ml.stats``)."""
+ATTR_CHECKSUMS = "esdc_checksums"
+"""Attribute of the integrity group: chunk key -> SHA-256."""
+ATTR_INTEGRITY_GROUP = "esdc_integrity"
+"""Name of the Zarr group holding the per-chunk checksum manifest."""
+ATTR_XCUBE_DROPPED = "esdc_xcube_dropped"
+"""Variables left out of the xcube view (``esdc.xcube.to_xcube``)."""
+
+PROVENANCE_ATTRS = (ATTR_RECIPE, ATTR_RECIPE_SHA256, ATTR_SOURCES, ATTR_VERSIONS, ATTR_GRID)
+"""Global attributes every cube must carry (checked by ``verify_cube``)."""
+
+# -- variable attributes -------------------------------------------------------------------
+ATTR_SOURCE = "esdc_source"
+"""Recipe source(s) a variable was read from."""
+ATTR_DERIVED = "esdc_derived"
+"""``function(inputs)`` of a derived variable."""
+ATTR_RESAMPLING = "esdc_resampling"
+"""Resampling method a variable was regridded with."""
+ATTR_TIME_PLACEMENT = "esdc_time_placement"
+"""How a climatology was placed on the time axis."""
+ATTR_MIN_VALID_FRACTION = "esdc_min_valid_fraction"
+"""Minimum fraction of valid source pixels per cell (bucket methods)."""
+ATTR_STATIC = "esdc_static"
+"""Marks a static layer broadcast along time in a view."""
+ATTR_OBSERVER = "esdc_observer"
+"""Observer of a helioprojective layer (solar cubes)."""
+ATTR_WCS_CTYPE = "esdc_wcs_ctype"
+"""FITS WCS ``CTYPE`` pair of a helioprojective grid."""
+ATTR_ROLE = "esdc_role"
+"""Role of a variable: ``embedding`` for tile embeddings."""
+ATTR_TILE_SIZE = "esdc_tile_size"
+"""Tile size (cells) of an embedding variable."""
+ATTR_TILE_DIMS = "esdc_tile_dims"
+"""Tile dims ``[tile_y, tile_x]`` of an embedding variable."""
+ATTR_INPUTS = "esdc_inputs"
+"""Input variables of an embedding's encoder."""
+ATTR_MODEL = "esdc_model"
+"""Encoder that made an embedding."""
+ATTR_MODEL_RUN = "esdc_model_run"
+"""MLflow run id of that encoder."""
+ATTR_MODEL_SHA256 = "esdc_model_sha256"
+"""SHA-256 of the encoder's weights."""
+
+# -- dimensions and coordinates --------------------------------------------------------------
+TIME_DIM = "time"
+TIME_BNDS = "time_bnds"
+CRS_VAR = "crs"
+"""The CF grid-mapping variable every data variable names in ``grid_mapping``."""
+SPATIAL_DIMS = (("lat", "lon"), ("y", "x"))
+"""Spatial dims ``(row, column)``: geographic grids, then projected/helioprojective ones."""
+
+CONVENTIONS = "CF-1.10, ACDD-1.3"
+"""The global ``Conventions`` attribute."""
+
+
+def spatial_dims(dims: Any) -> tuple[str, str] | None:
+    """The ``(row, column)`` dim names of ``dims`` (e.g. ``ds.dims``), or ``None``.
+
+    Parameters
+    ----------
+    dims : collection of str
+        Dimension names.
+
+    Returns
+    -------
+    tuple of str or None
+        ``("lat", "lon")`` or ``("y", "x")``, whichever ``dims`` holds (in that order of
+        preference).
+    """
+    return next((p for p in SPATIAL_DIMS if all(d in dims for d in p)), None)
+
+
+def json_attr(attrs: dict[str, Any], key: str, default: Any = None) -> Any:
+    """Decode a JSON-valued attribute (``esdc_grid``, ``esdc_sources``, ...).
+
+    Parameters
+    ----------
+    attrs : dict
+        ``ds.attrs`` or ``da.attrs``.
+    key : str
+        Attribute key (one of this module's ``ATTR_*``).
+    default : object
+        Returned when the key is missing.
+
+    Returns
+    -------
+    object
+        The decoded value.
+    """
+    value = attrs.get(key)
+    if value is None:
+        return default
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def acdd_bounds(west: float, south: float, east: float, north: float) -> dict[str, float]:
+    """ACDD ``geospatial_*`` attributes of a geographic bounding box (degrees)."""
+    return {"geospatial_lat_min": south, "geospatial_lat_max": north,
+            "geospatial_lon_min": west, "geospatial_lon_max": east}
+
+
+def acdd_time_coverage(start: str, end: str) -> dict[str, str]:
+    """ACDD ``time_coverage_start`` / ``time_coverage_end`` (ISO 8601 strings)."""
+    return {"time_coverage_start": start, "time_coverage_end": end}
