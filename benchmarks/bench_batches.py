@@ -4,7 +4,7 @@ What is compared
 ----------------
 All paths read the same cube (a Zarr v3 store written here with xarray: float32
 ``(time, lat, lon)`` variables, chunks ``6 x 256 x 256``, Blosc zstd level 3 with byte
-shuffle as :func:`esdc.store.encoding` writes it, consolidated metadata and
+shuffle as :func:`esdc.storage.encoding` writes it, consolidated metadata and
 ``esdc_statistics`` stored with :func:`esdc.ml.stats.write_statistics`) and the same
 variables, cut into the same ``C x 64 x 64`` patches (one time step each, no overlap),
 in one run on the same machine:
@@ -104,7 +104,7 @@ from esdc.ml.patches import PatchStream
 from esdc.ml.stats import cube_statistics, normalisation, read_statistics, write_statistics
 from esdc.ml.torch import PatchDataset
 from esdc.recipe import CompressorSpec
-from esdc.store import encoding, open_cube
+from esdc.storage import encoding, open_cube
 from esdc.testing import new_cube
 
 #: Cube shapes ``(time, lat, lon)``: full is 1.1 GB, quick 226 MB of float32 (2 variables).

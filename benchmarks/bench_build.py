@@ -7,7 +7,7 @@ compressor) from the same source files, in one run on the same machine:
 
 esdc
     The way ``esdc build`` runs: :func:`esdc.build.plan` (open the sources lazily,
-    decode, regrid, harmonize) then :func:`esdc.store.write_cube` on a
+    decode, regrid, harmonize) then :meth:`esdc.storage.Target.write` on a
     ``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``.
     The cluster's start-up time is measured and reported, but left out of the
     ratios. Peak memory is the RSS summed over the process tree (this process, the
@@ -86,7 +86,7 @@ from esdc.harmonize import align_series, cf_attrs, decode, place_climatology
 from esdc.recipe import GridSpec, Recipe, SourceSpec, VariableSpec, load_recipe
 from esdc.regrid import aligned_blocks, regrid
 from esdc.sources import Geolocated, open_source
-from esdc.store import encoding, open_cube, write_cube
+from esdc.storage import encoding, open_cube, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "recipes" / "earth.yaml"
@@ -232,8 +232,9 @@ def run_esdc(recipe: Recipe, target: Path, client: Any) -> dict[str, Any]:
         with timer(t, "plan"):
             ds = plan(recipe)
         with timer(t, "write"):
-            write_cube(ds, target, chunks=dict(recipe.output.chunks),
-                       compressor=recipe.output.compressor, overwrite=True, client=client)
+            resolve(target).write(ds, chunks=dict(recipe.output.chunks),
+                                  compressor=recipe.output.compressor, overwrite=True,
+                                  client=client)
     return {"seconds": t["plan"] + t["write"], "plan_seconds": t["plan"],
             "write_seconds": t["write"], "cpu_seconds": mon.cpu_seconds,
             "peak_rss_mb": mon.peak_mb, "rss_before_mb": mon.start_mb,
@@ -506,7 +507,7 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"{'path':<34}{'seconds':>9}{'CPU s':>8}{'MB/s out':>10}{'on disk MB':>12}"
           f"{'esdc / path':>13}")
     rows = [
-        ("esdc (plan + write_cube)", r["esdc_seconds"], cpu["esdc"], tp["esdc"], disk["esdc"],
+        ("esdc (plan + write)", r["esdc_seconds"], cpu["esdc"], tp["esdc"], disk["esdc"],
          1.0),
         (f"  plan {r['esdc_plan_seconds']:.2f} s, write {r['esdc_write_seconds']:.2f} s",),
         ("I/O floor (read + write)", r["io_floor_seconds"], cpu["io_floor"], tp["io_floor"],

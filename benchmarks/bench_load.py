@@ -261,7 +261,7 @@ def request_pool(cube: Path, count: int, seed: int = 0) -> list[Request]:
     from urllib.parse import urlencode
 
     from esdc.search.index import embedding_variable
-    from esdc.store import open_cube
+    from esdc.storage import open_cube
 
     ds = open_cube(cube)
     var = embedding_variable(ds)

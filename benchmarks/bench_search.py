@@ -379,7 +379,7 @@ def load_test(port: int, reqs: list[tuple[str, str, bytes | None]], clients: int
 def bench_http(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import psutil
 
-    from esdc.store import open_cube
+    from esdc.storage import open_cube
 
     t0 = time.perf_counter()
     if args.cube:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from typing import Any
 
 import xarray as xr
 
+from esdc.conventions import ATTR_GRID, ATTR_SOURCES, json_attr
 from esdc.grid import Grid
+from esdc.plot import quicklook
 from esdc.verify import verify_cube
 
 __all__ = ["EsdcAccessor"]
@@ -24,12 +25,12 @@ class EsdcAccessor:
     @cached_property
     def grid(self) -> Grid:
         """The :class:`~esdc.grid.Grid` the cube was built on (from ``esdc_grid``)."""
-        return Grid.from_dict(json.loads(self._ds.attrs["esdc_grid"]))
+        return Grid.from_dict(json_attr(self._ds.attrs, ATTR_GRID))
 
     @property
     def sources(self) -> list[dict[str, Any]]:
         """Provenance of every source: product, mission, instrument, file, SHA-256."""
-        return list(json.loads(self._ds.attrs.get("esdc_sources", "[]")))
+        return list(json_attr(self._ds.attrs, ATTR_SOURCES, []))
 
     def verify(self) -> list[str]:
         """Convention problems (:func:`esdc.verify.verify_cube`)."""
@@ -37,6 +38,4 @@ class EsdcAccessor:
 
     def quicklook(self, variable: str, path: Any = None, time: Any = None) -> Any:
         """Map of a variable (:func:`esdc.plot.quicklook`)."""
-        from esdc.plot import quicklook
-
         return quicklook(self._ds, variable, path, time)

@@ -1,9 +1,17 @@
-"""The recipe runner: wires sources -> regrid -> harmonize -> store. No logic of its own."""
+"""The recipe runner: wires sources -> regrid -> harmonize -> store. No logic of its own.
+
+:func:`plan` composes named steps, each a small function over the ones below it: open the
+sources, make the grid, check bodies and overlap, harmonize every variable (decode,
+time, regrid, CF attributes), combine variables filled by several sources, add validity
+masks, derive layers, attach the conventions (CF/ACDD and esdc's provenance).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -12,15 +20,42 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from esdc.conventions import (
+    ATTR_BODY,
+    ATTR_COVERAGE,
+    ATTR_DERIVED,
+    ATTR_GRID,
+    ATTR_MIN_VALID_FRACTION,
+    ATTR_RECIPE,
+    ATTR_RECIPE_SHA256,
+    ATTR_SOURCES,
+    ATTR_TIME_PLACEMENT,
+    ATTR_VERSIONS,
+    CONVENTIONS,
+    CRS_VAR,
+    TIME_BNDS,
+    TIME_DIM,
+    acdd_bounds,
+    acdd_time_coverage,
+)
 from esdc.derive import FUNCTIONS
 from esdc.errors import RegridError, SourceError
-from esdc.grid import Grid, body_of
-from esdc.harmonize import align_series, cf_attrs, decode, place_climatology, validity_mask
-from esdc.recipe import ObservedTimeSpec, Recipe, SourceSpec
-from esdc.regrid import overlaps, regrid
-from esdc.samples import SAMPLES, sha256sum
+from esdc.grid import Grid
+from esdc.harmonize import (
+    align_series,
+    cf_attrs,
+    combine_first_valid,
+    decode,
+    place_climatology,
+    validity_mask,
+)
+from esdc.hashing import file_sha256
+from esdc.recipe import DerivedSpec, ObservedTimeSpec, Recipe, SourceSpec, VariableSpec
+from esdc.regrid import coverage, overlaps, regrid, resampler_for
+from esdc.samples import SAMPLES
+from esdc.samples import fetch as fetch_samples
 from esdc.sources import Geolocated, open_source
-from esdc.store import check_target, write_cube
+from esdc.storage import Target, resolve
 
 __all__ = ["build", "default_output", "plan"]
 
@@ -40,7 +75,7 @@ def _versions() -> dict[str, str]:
 
 def _source_provenance(spec: SourceSpec, geo: Geolocated) -> dict[str, Any]:
     rec: dict[str, Any] = {"source": spec.name, "file": str(geo.path),
-                           "sha256": sha256sum(geo.path),
+                           "sha256": file_sha256(geo.path),
                            "variables": [v.name for v in spec.variables]}
     if spec.sample is not None:
         rec.update(SAMPLES[spec.sample].provenance())
@@ -48,13 +83,176 @@ def _source_provenance(spec: SourceSpec, geo: Geolocated) -> dict[str, Any]:
 
 
 def default_output(recipe: Recipe, cwd: Path | None = None) -> Path | str:
-    """``recipe.output.path`` (a URL such as ``s3://bucket/c.zarr`` as it is), or ``cubes/{name}.zarr`` under ``cwd``."""  # noqa: E501
-    from esdc.remote import is_url
+    """Where a recipe's cube goes when no output is given.
 
-    if is_url(recipe.output.path):
-        return str(recipe.output.path)
-    path = Path(recipe.output.path or f"cubes/{recipe.name}.zarr")
-    return path if path.is_absolute() else (cwd or Path.cwd()) / path
+    Parameters
+    ----------
+    recipe : Recipe
+        A validated recipe.
+    cwd : pathlib.Path, optional
+        Folder a relative path is taken from (default: the current folder).
+
+    Returns
+    -------
+    pathlib.Path or str
+        ``recipe.output.path`` (a URL such as ``s3://bucket/c.zarr`` as it is), else
+        ``cubes/{name}.zarr``; a relative path under ``cwd``.
+    """
+    where = recipe.output.path or f"cubes/{recipe.name}.zarr"
+    return resolve(where, cwd=cwd or Path.cwd()).location
+
+
+def _open_sources(recipe: Recipe,
+                  base_dir: Path | None) -> list[tuple[SourceSpec, Geolocated]]:
+    """Step 1: every source opened lazily, in the recipe's order."""
+    return [(spec, open_source(spec, base_dir)) for spec in recipe.sources]
+
+
+def _grid(recipe: Recipe, opened: list[tuple[SourceSpec, Geolocated]]) -> Grid:
+    """Step 2: the grid; ``grid.time`` ``observed: true`` is made of the series' time steps."""
+    return recipe.grid.to_grid(observed=[
+        t for spec, geo in opened if spec.time == "series" for t in geo.data[TIME_DIM].values])
+
+
+def _check_bodies(opened: list[tuple[SourceSpec, Geolocated]], grid: Grid) -> None:
+    """Step 3: every source lies on the grid's body, and some source reaches the grid."""
+    for spec, geo in opened:
+        if geo.body is not None and geo.body != grid.body:
+            raise SourceError(
+                f"sources.{spec.name}: {geo.path.name} lies on the {geo.body} but grid.body is "
+                f"{grid.body}; a cube stacks data of one body. Use a {geo.body} grid (another "
+                "recipe) or remove the source.")
+    if not [geo for _, geo in opened if overlaps(geo, grid)]:
+        raise RegridError(
+            f"grid.bbox {list(grid.bbox)} lies outside every source "
+            f"({', '.join(f'{s.name}: {[round(v, 3) for v in g.bbox]}' for s, g in opened)}); "
+            "move the bbox onto the data."
+        )
+
+
+def _harmonize(spec: SourceSpec, var: VariableSpec, geo: Geolocated,
+               grid: Grid) -> xr.DataArray:
+    """Step 4: one variable decoded, put on the time axis and the grid, with CF attributes.
+
+    A series is binned onto the time axis before resampling, unless its resampler works
+    per observation (a solar image is reprojected at its own time, then placed). Where
+    the source lands on the grid is recorded (``esdc_coverage``, for ``esdc verify``).
+    """
+    what = f"sources.{spec.name}"
+    da = decode(geo.data[var.source], var)
+    per_observation = resampler_for(geo).per_observation
+    if spec.time == "series" and not per_observation:
+        da = align_series(da, grid, what)
+    da = regrid(da, geo, grid, var.resampling, flag_values=var.flag_values,
+                min_valid_fraction=var.min_valid_fraction,
+                allow_upsampling=var.allow_upsampling, what=f"{what} variable {var.name}")
+    if spec.time == "series" and per_observation:
+        da = align_series(da, grid, what)
+    da = da.drop_vars([c for c in da.coords if c not in da.dims])
+    da.attrs = {**cf_attrs(var, spec.name), "grid_mapping": CRS_VAR}
+    if var.resampling == "conservative":
+        da.attrs[ATTR_MIN_VALID_FRACTION] = var.min_valid_fraction
+    covered = coverage(geo, grid)
+    if covered is not None:
+        da.attrs[ATTR_COVERAGE] = json.dumps(covered)
+    if spec.time == "climatology_monthly":
+        da = place_climatology(da, grid)
+        da.attrs[ATTR_TIME_PLACEMENT] = (
+            "monthly climatology: each time step holds the climatology of its month of year")
+        da.attrs["cell_methods"] = (
+            da.attrs.get("cell_methods", "") + " time: mean within years "
+            "time: mean over years").strip()
+    return da
+
+
+def _combine(variables: dict[str, xr.DataArray], name: str, da: xr.DataArray,
+             source_name: str) -> None:
+    """Step 5: add a variable; a name given again merges (``combine: first_valid``).
+
+    The merged layer covers the union of its sources' boxes, at the coarsest pixel.
+    """
+    if name in variables:  # validated in the recipe: only with combine: first_valid
+        first = variables[name]
+        variables[name] = combine_first_valid(first, da, source_name)
+        boxes = [json.loads(v.attrs[ATTR_COVERAGE]) for v in (first, da)
+                 if ATTR_COVERAGE in v.attrs]
+        variables[name].attrs.pop(ATTR_COVERAGE, None)
+        if len(boxes) == 2:
+            (a, pa), (b, pb) = ((c["bbox"], c["pixel"]) for c in boxes)
+            variables[name].attrs[ATTR_COVERAGE] = json.dumps({
+                "bbox": [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])],
+                "pixel": None if pa is None or pb is None else [max(pa[0], pb[0]),
+                                                                 max(pa[1], pb[1])]})
+    else:
+        variables[name] = da
+
+
+def _validity_masks(variables: dict[str, xr.DataArray]) -> dict[str, xr.DataArray]:
+    """Step 6 (observed time axes): ``NAME_valid`` of every time-varying variable.
+
+    On an axis of observations each channel is missing where it was not observed.
+    """
+    masks = {}
+    for name in [n for n, v in variables.items() if TIME_DIM in v.dims]:
+        mask = validity_mask(variables[name].rename(name))
+        mask.attrs["grid_mapping"] = CRS_VAR
+        masks[f"{name}_valid"] = mask
+    return masks
+
+
+def _derive(derived: list[DerivedSpec], variables: dict[str, xr.DataArray],
+            grid: Grid) -> dict[str, xr.DataArray]:
+    """Step 7: the derived layers, in order (each may use the ones before it)."""
+    out = dict(variables)
+    for d in derived:
+        layer = FUNCTIONS[d.function]([out[n] for n in d.inputs], grid, **d.params)
+        layer.attrs = {"long_name": d.long_name or d.name.replace("_", " "), "units": d.units,
+                       **({"standard_name": d.standard_name} if d.standard_name else {}),
+                       **({"comment": d.comment} if d.comment else {}),
+                       ATTR_DERIVED: f"{d.function}({', '.join(d.inputs)})",
+                       "grid_mapping": CRS_VAR,
+                       # a categorical layer (classify) keeps its CF flags
+                       **{k: layer.attrs[k] for k in ("flag_values", "flag_meanings")
+                          if k in layer.attrs}}
+        out[d.name] = layer.astype("float32")
+    return out
+
+
+def _attach_conventions(variables: dict[str, xr.DataArray], recipe: Recipe, grid: Grid,
+                        provenance: list[dict[str, Any]]) -> xr.Dataset:
+    """Step 8: the dataset with grid coordinates, CF grid mapping, ACDD and provenance."""
+    coords = grid.coords()
+    ds = xr.Dataset(variables, coords={k: v for k, v in coords.items() if k != TIME_BNDS})
+    if TIME_BNDS in coords:
+        ds[TIME_BNDS] = coords[TIME_BNDS]
+        ds = ds.set_coords(TIME_BNDS)
+    ds[CRS_VAR] = xr.DataArray(0, attrs=grid.crs_attrs())
+    ds = ds.set_coords(CRS_VAR)
+    versions = _versions()
+    ds.attrs = {
+        "Conventions": CONVENTIONS,
+        "title": recipe.title,
+        "summary": recipe.summary,
+        "license": recipe.license,
+        "source": "; ".join(sorted({p.get("product", p["file"]) for p in provenance})),
+        "history": f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} built by esdc "
+                   f"{versions.get('esdc', '?')} from recipe {recipe.name}",
+        "date_created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        ATTR_RECIPE: recipe.to_yaml(),
+        ATTR_RECIPE_SHA256: recipe.sha256(),
+        ATTR_SOURCES: json.dumps(provenance),
+        ATTR_VERSIONS: json.dumps(versions),
+        ATTR_GRID: json.dumps(grid.to_dict()),
+        ATTR_BODY: grid.body,
+    }
+    if grid.is_geographic:
+        ds.attrs.update(acdd_bounds(*grid.bbox))
+    if TIME_BNDS in ds:
+        # ACDD time coverage: from the first cell's start to the last cell's end.
+        bnds = ds[TIME_BNDS].values
+        ds.attrs.update(acdd_time_coverage(str(np.datetime_as_string(bnds[0, 0], "s")),
+                                           str(np.datetime_as_string(bnds[-1, 1], "s"))))
+    return ds
 
 
 def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
@@ -76,139 +274,74 @@ def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
     Raises
     ------
     SourceNotFoundError, ChecksumError, SourceError
-        For a missing, altered or unreadable source or variable.
+        For a missing, altered or unreadable source or variable, or a source on another
+        body than the grid's.
     RegridError
         If the grid's bounding box lies outside every source.
     """
+    opened = _open_sources(recipe, base_dir)
+    grid = _grid(recipe, opened)
+    _check_bodies(opened, grid)
     variables: dict[str, xr.DataArray] = {}
-    provenance = []
-    opened = [(spec, open_source(spec, base_dir)) for spec in recipe.sources]
-    # grid.time `observed: true` is made of the series sources' own time steps.
-    grid: Grid = recipe.grid.to_grid(observed=[
-        t for spec, geo in opened if spec.time == "series" for t in geo.data["time"].values])
     for spec, geo in opened:
-        body = body_of(getattr(geo, "crs", None))
-        if body is not None and body != grid.body:
-            raise SourceError(
-                f"sources.{spec.name}: {geo.path.name} lies on the {body} but grid.body is "
-                f"{grid.body}; a cube stacks data of one body. Use a {body} grid (another "
-                "recipe) or remove the source.")
-    inside = [spec.name for spec, geo in opened if overlaps(geo, grid)]
-    if not inside:
-        raise RegridError(
-            f"grid.bbox {list(grid.bbox)} lies outside every source "
-            f"({', '.join(f'{s.name}: {[round(v, 3) for v in g.bbox]}' for s, g in opened)}); "
-            "move the bbox onto the data."
-        )
-    for spec, geo in opened:
-        provenance.append(_source_provenance(spec, geo))
         for var in spec.variables:
-            da = decode(geo.data[var.source], var)
-            if spec.time == "series" and grid.body != "sun":
-                da = align_series(da, grid, f"sources.{spec.name}")
-            da = regrid(da, geo, grid, var.resampling, flag_values=var.flag_values)
-            if spec.time == "series" and grid.body == "sun":
-                # A solar image is one observation: reproject it once, then place it.
-                da = align_series(da, grid, f"sources.{spec.name}")
-            da = da.drop_vars([c for c in da.coords if c not in da.dims])
-            da.attrs = {**cf_attrs(var, spec.name), "grid_mapping": "crs"}
-            if spec.time == "climatology_monthly":
-                da = place_climatology(da, grid)
-                da.attrs["esdc_time_placement"] = (
-                    "monthly climatology: each time step holds the climatology of its month "
-                    "of year")
-                da.attrs["cell_methods"] = (
-                    da.attrs.get("cell_methods", "") + " time: mean within years "
-                    "time: mean over years").strip()
-            if var.name in variables:  # combine: first_valid (validated in the recipe)
-                first = variables[var.name]
-                merged = first.fillna(da)
-                merged.attrs = {**first.attrs, "esdc_source": f"{first.attrs['esdc_source']} "
-                                f"then {spec.name} (first valid value)"}
-                variables[var.name] = merged
-            else:
-                variables[var.name] = da
+            _combine(variables, var.name, _harmonize(spec, var, geo, grid), spec.name)
     if isinstance(recipe.grid.time, ObservedTimeSpec):
-        # On an axis of observations each channel is missing where it was not observed.
-        for name in [n for n, v in variables.items() if "time" in v.dims]:
-            mask = validity_mask(variables[name].rename(name))
-            mask.attrs["grid_mapping"] = "crs"
-            variables[f"{name}_valid"] = mask
-    for d in recipe.derived:
-        out = FUNCTIONS[d.function]([variables[n] for n in d.inputs], grid, **d.params)
-        out.attrs = {"long_name": d.long_name or d.name.replace("_", " "), "units": d.units,
-                     **({"standard_name": d.standard_name} if d.standard_name else {}),
-                     **({"comment": d.comment} if d.comment else {}),
-                     "esdc_derived": f"{d.function}({', '.join(d.inputs)})",
-                     "grid_mapping": "crs",
-                     # a categorical layer (classify) keeps its CF flags
-                     **{k: out.attrs[k] for k in ("flag_values", "flag_meanings")
-                        if k in out.attrs}}
-        variables[d.name] = out.astype("float32")
-    coords = grid.coords()
-    ds = xr.Dataset(variables, coords={k: v for k, v in coords.items() if k != "time_bnds"})
-    if "time_bnds" in coords:
-        ds["time_bnds"] = coords["time_bnds"]
-        ds = ds.set_coords("time_bnds")
-    ds["crs"] = xr.DataArray(0, attrs=grid.crs_attrs())
-    ds = ds.set_coords("crs")
-    west, south, east, north = grid.bbox
-    ds.attrs = {
-        "Conventions": "CF-1.10, ACDD-1.3",
-        "title": recipe.title,
-        "summary": recipe.summary,
-        "license": recipe.license,
-        "source": "; ".join(sorted({p.get("product", p["file"]) for p in provenance})),
-        "history": f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} built by esdc "
-                   f"{_versions().get('esdc', '?')} from recipe {recipe.name}",
-        "date_created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "esdc_recipe": recipe.to_yaml(),
-        "esdc_recipe_sha256": recipe.sha256(),
-        "esdc_sources": json.dumps(provenance),
-        "esdc_versions": json.dumps(_versions()),
-        "esdc_grid": json.dumps(grid.to_dict()),
-        "esdc_body": grid.body,
-    }
-    if grid.is_geographic:
-        ds.attrs.update(geospatial_lat_min=south, geospatial_lat_max=north,
-                        geospatial_lon_min=west, geospatial_lon_max=east)
-    if "time_bnds" in ds:
-        # ACDD time coverage: from the first cell's start to the last cell's end.
-        bnds = ds["time_bnds"].values
-        ds.attrs.update(time_coverage_start=str(np.datetime_as_string(bnds[0, 0], "s")),
-                        time_coverage_end=str(np.datetime_as_string(bnds[-1, 1], "s")))
-    return ds
+        variables.update(_validity_masks(variables))
+    variables = _derive(recipe.derived, variables, grid)
+    provenance = [_source_provenance(spec, geo) for spec, geo in opened]
+    return _attach_conventions(variables, recipe, grid, provenance)
 
 
 def build(
     recipe: Recipe,
-    out: Path | None = None,
+    out: str | os.PathLike[str] | Target | None = None,
     *,
     overwrite: bool = False,
+    resume: bool = False,
+    append: bool = False,
     client: Any = None,
     base_dir: Path | None = None,
+    fetch: bool = True,
     on_region: Callable[[int, int], None] | None = None,
+    report: Callable[[str], None] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> Path | str:
-    """Build a recipe's cube and store it.
+    """Build a recipe's cube and store it: check, fetch samples, plan, is-current, write.
+
+    Nothing is computed before the target is checked and every input is opened (the
+    plan is lazy); a cube that is complete and current is left as it is without
+    starting a cluster.
 
     Parameters
     ----------
     recipe : Recipe
         A validated recipe.
-    out : pathlib.Path or str, optional
-        Where to store the cube (a folder, or a URL such as ``s3://bucket/cube.zarr``);
-        :func:`default_output` when omitted.
+    out : str, path-like or Target, optional
+        Where to store the cube: a folder, a URL such as ``s3://bucket/cube.zarr``, or a
+        storage target (:func:`esdc.storage.resolve`); :func:`default_output` when
+        omitted.
     overwrite : bool
         Replace an existing cube at ``out`` (atomically, when the new one is done).
-    client : distributed.Client, optional
-        The Dask cluster to compute on.
+    resume : bool
+        Continue an interrupted build of the same inputs (its journaled regions are
+        kept); do nothing when the cube is complete and up to date.
+    append : bool
+        Add the recipe's new time steps to the existing cube; its old chunks are kept.
+    client : distributed.Client or callable, optional
+        The Dask cluster to compute on, or a function returning a context manager that
+        yields one (called only when there is something to write). The current Dask
+        scheduler when omitted.
     base_dir : pathlib.Path, optional
         Folder relative source paths are taken from.
+    fetch : bool
+        Fetch the recipe's registered samples that are not in the cache first.
     on_region : callable, optional
-        Progress callback ``on_region(done, total)``.
+        Progress callback ``on_region(done, total)``, after each region written.
+    report : callable, optional
+        Called with one-line messages (up to date, resumed, appending, uploading, ...).
     storage_options : dict, optional
-        fsspec options of a URL ``out`` (:func:`esdc.remote.storage_options`).
+        fsspec options of a URL ``out`` (:func:`esdc.storage.storage_options`).
 
     Returns
     -------
@@ -217,15 +350,28 @@ def build(
 
     Raises
     ------
+    CubeExistsError, OutputPathError, BuildConflictError, StorageError
+        When the cube cannot be written at ``out`` with these options; nothing at ``out``
+        is changed then.
     EsdcError
-        Any subclass, for bad input; nothing at ``out`` is changed then.
+        Any subclass, for bad input (recipe, sources, grid).
     """
-    from esdc.remote import is_url
-
-    target = ((out if is_url(out) else Path(out)) if out is not None
-              else default_output(recipe))
-    check_target(target, overwrite, storage_options=storage_options)
-    ds = plan(recipe, base_dir)
-    return write_cube(ds, target, chunks=dict(recipe.output.chunks),
-                      compressor=recipe.output.compressor, overwrite=overwrite, client=client,
-                      on_region=on_region, storage_options=storage_options)
+    say = report or (lambda _msg: None)
+    target = resolve(out if out is not None else default_output(recipe), storage_options)
+    target.check(overwrite=overwrite, resume=resume, append=append)
+    if fetch:
+        names = [s.sample for s in recipe.sources if s.sample in SAMPLES]
+        if names:
+            fetch_samples(names)
+    ds = plan(recipe, base_dir)  # lazy: every input error surfaces here
+    chunks, compressor = dict(recipe.output.chunks), recipe.output.compressor
+    if (resume or append) and target.is_current(ds, chunks=chunks, compressor=compressor):
+        say(f"{target} is up to date")
+        return target.location
+    # a Client is used as it is; a factory starts a cluster only now that one is needed
+    starting = (client() if callable(client) and not hasattr(client, "submit")
+                else contextlib.nullcontext(client))
+    with starting as computing:
+        return target.write(ds, chunks=chunks, compressor=compressor, overwrite=overwrite,
+                            resume=resume, append=append, client=computing,
+                            on_region=on_region, report=report)

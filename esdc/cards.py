@@ -24,7 +24,26 @@ import os
 from pathlib import Path
 from typing import Any
 
+from esdc.conventions import (
+    ATTR_DERIVED,
+    ATTR_GRID,
+    ATTR_INPUTS,
+    ATTR_MODEL_RUN,
+    ATTR_RECIPE,
+    ATTR_RECIPE_SHA256,
+    ATTR_RESAMPLING,
+    ATTR_ROLE,
+    ATTR_SOURCE,
+    ATTR_SOURCES,
+    ATTR_TILE_SIZE,
+    ATTR_VERSIONS,
+    json_attr,
+    license_of,
+)
 from esdc.errors import EsdcError
+from esdc.grid import Grid
+from esdc.ml.tracking import default_tracking_uri
+from esdc.storage import open_cube
 
 __all__ = ["data_card", "mltrl_level", "model_card", "write_card"]
 
@@ -45,9 +64,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def _json_attr(attrs: dict[str, Any], key: str, default: Any) -> Any:
+    # A card describes what is there: an unreadable attribute is reported as missing.
     try:
-        return json.loads(attrs[key])
-    except (KeyError, TypeError, ValueError):
+        return json_attr(attrs, key, default)
+    except (TypeError, ValueError):
         return default
 
 
@@ -65,7 +85,6 @@ def _flag_text(attrs: dict[str, Any]) -> str:
 def _grid_lines(grid: dict[str, Any] | None) -> list[str]:
     if not grid:
         return ["The cube records no grid (`esdc_grid` is missing)."]
-    from esdc.grid import Grid
 
     g = Grid.from_dict(grid)
     dx, dy = g.resolution
@@ -110,18 +129,16 @@ def data_card(cube: Any) -> str:
     """
     import xarray as xr
 
-    from esdc.store import open_cube
-
     if isinstance(cube, xr.Dataset):
         ds, where = cube, None
     else:
         ds, where = open_cube(cube), str(cube)
     a = ds.attrs
     title = a.get("title") or "esdc cube"
-    sources = _json_attr(a, "esdc_sources", [])
-    grid = _json_attr(a, "esdc_grid", None)
-    versions = _json_attr(a, "esdc_versions", {})
-    sha = a.get("esdc_recipe_sha256") or ""
+    sources = _json_attr(a, ATTR_SOURCES, [])
+    grid = _json_attr(a, ATTR_GRID, None)
+    versions = _json_attr(a, ATTR_VERSIONS, {})
+    sha = a.get(ATTR_RECIPE_SHA256) or ""
     created = a.get("date_created", "")
     lines = [f"# Data card: {title}", ""]
     if where:
@@ -134,7 +151,7 @@ def data_card(cube: Any) -> str:
     if sources:
         lines += _table(["source", "product", "mission", "instrument", "licence", "variables"],
                         [[s.get("source"), s.get("product", s.get("file")), s.get("mission"),
-                          s.get("instrument"), s.get("licence", "not recorded"),
+                          s.get("instrument"), license_of(s) or "not recorded",
                           ", ".join(s.get("variables", []))] for s in sources])
         lines += ["", "Files (checked by SHA-256 when the cube was built):", ""]
         for s in sources:
@@ -151,16 +168,16 @@ def data_card(cube: Any) -> str:
     for name, v in sorted(ds.data_vars.items(), key=lambda kv: str(kv[0])):
         at = v.attrs
         note = _flag_text(at)
-        if at.get("esdc_role") == "embedding":
-            note = (f"tile embedding ({at.get('esdc_tile_size')} cells) of "
-                    f"{', '.join(at.get('esdc_inputs', []))}; model run "
-                    f"{at.get('esdc_model_run', '?')}")
-        elif at.get("esdc_derived"):
-            note = f"derived: {at['esdc_derived']}"
+        if at.get(ATTR_ROLE) == "embedding":
+            note = (f"tile embedding ({at.get(ATTR_TILE_SIZE)} cells) of "
+                    f"{', '.join(at.get(ATTR_INPUTS, []))}; model run "
+                    f"{at.get(ATTR_MODEL_RUN, '?')}")
+        elif at.get(ATTR_DERIVED):
+            note = f"derived: {at[ATTR_DERIVED]}"
         rows.append([f"`{name}`", ", ".join(map(str, v.dims)), str(v.dtype),
                      at.get("units", ""), at.get("long_name", ""),
-                     at.get("standard_name", ""), at.get("esdc_source", ""),
-                     at.get("esdc_resampling", ""), note])
+                     at.get("standard_name", ""), at.get(ATTR_SOURCE, ""),
+                     at.get(ATTR_RESAMPLING, ""), note])
     lines += _table(["variable", "dims", "dtype", "units", "long name", "standard name",
                      "source", "resampling", "classes / notes"], rows) + [""]
 
@@ -186,7 +203,7 @@ def data_card(cube: Any) -> str:
     lines += [f"- {p}: {c or 'no citation recorded'}" for p, c in cites] or [
         "- (no sources recorded)"]
     lines.append("")
-    recipe = a.get("esdc_recipe")
+    recipe = a.get(ATTR_RECIPE)
     if recipe:
         lines += ["## Recipe", "", "```yaml", recipe.rstrip(), "```", ""]
     return "\n".join(lines)
@@ -198,8 +215,6 @@ def _client(tracking_uri: str | None) -> Any:
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise EsdcError("MLflow is not installed: pip install 'esdc[ml]'.") from None
-
-    from esdc.ml.train import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
@@ -272,7 +287,7 @@ def model_card(run_id: str, tracking_uri: str | None = None) -> str:
     run_id : str
         MLflow run id (as printed by ``esdc train``).
     tracking_uri : str, optional
-        MLflow tracking URI; :func:`esdc.ml.train.default_tracking_uri` when omitted.
+        MLflow tracking URI; :func:`esdc.ml.tracking.default_tracking_uri` when omitted.
 
     Returns
     -------
@@ -321,16 +336,14 @@ def model_card(run_id: str, tracking_uri: str | None = None) -> str:
     cube_note = "The cube is no longer at that path; its identity rests on the recipe hash."
     real = bool(sha)  # a cube built from a recipe; checked against the cube when it is there
     if cube_path and Path(cube_path).exists():
-        from esdc.store import open_cube
-
         try:
             attrs = open_cube(cube_path).attrs
         except (OSError, ValueError, EsdcError):
             attrs = None
         if attrs is not None:
-            cube_sources = _json_attr(attrs, "esdc_sources", [])
+            cube_sources = _json_attr(attrs, ATTR_SOURCES, [])
             real = bool(cube_sources)
-            now = attrs.get("esdc_recipe_sha256", "")
+            now = attrs.get(ATTR_RECIPE_SHA256, "")
             cube_note = ("The cube is still at that path and has the same recipe hash."
                          if now == sha else f"The cube now at that path has recipe hash "
                          f"`{now or 'none'}`, not the run's: it was rebuilt from another "
@@ -380,7 +393,7 @@ def model_card(run_id: str, tracking_uri: str | None = None) -> str:
     if cube_sources:
         lines += ["", "Upstream products in the cube (see its data card, `esdc card CUBE`):", ""]
         lines += [f"- {s.get('product', s.get('source'))} — licence: "
-                  f"{s.get('licence', 'not recorded')}" for s in cube_sources]
+                  f"{license_of(s) or 'not recorded'}" for s in cube_sources]
     lines.append("")
 
     held_out = "validation split (the encoder's held-out figure)" if task == "embedding" \

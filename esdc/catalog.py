@@ -19,7 +19,6 @@ Only the cubes' metadata are read. Needs pystac (``pip install 'esdc[catalog]'``
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import re
 from collections.abc import Iterable
@@ -28,7 +27,18 @@ from typing import Any
 
 import numpy as np
 
+from esdc.cards import data_card
+from esdc.conventions import (
+    ATTR_GRID,
+    ATTR_RECIPE_SHA256,
+    ATTR_ROLE,
+    ATTR_SOURCES,
+    json_attr,
+    license_of,
+)
 from esdc.errors import EsdcError
+from esdc.grid import Grid
+from esdc.storage import open_cube, resolve
 
 __all__ = ["ZARR_MEDIA_TYPE", "cube_item", "update_catalog", "validate_catalog"]
 
@@ -171,17 +181,14 @@ def cube_item(cube: str | Path, item_id: str | None = None) -> Any:
     pystac = _pystac()
     from pystac.extensions.datacube import DatacubeExtension, Dimension, Variable
 
-    from esdc.grid import Grid
-    from esdc.store import open_cube
-
     path = Path(cube).resolve()
     ds = open_cube(path)
     a = ds.attrs
-    if "esdc_grid" not in a:
-        raise EsdcError(f"{cube}: the cube has no esdc_grid attribute; was it built by esdc?")
-    grid = Grid.from_dict(json.loads(a["esdc_grid"]))
+    if ATTR_GRID not in a:
+        raise EsdcError(f"{cube}: the cube has no {ATTR_GRID} attribute; was it built by esdc?")
+    grid = Grid.from_dict(json_attr(a, ATTR_GRID))
     item_id = item_id or path.name.removesuffix(".zarr")
-    sources = json.loads(a.get("esdc_sources", "[]") or "[]")
+    sources = json_attr(a, ATTR_SOURCES) or []
     created = a.get("date_created")
     props: dict[str, Any] = {
         "title": a.get("title") or item_id,
@@ -189,17 +196,18 @@ def cube_item(cube: str | Path, item_id: str | None = None) -> Any:
         "esdc:body": grid.body,
         "esdc:crs": grid.crs,
         "esdc:shape": [int(n) for n in grid.shape],
-        "esdc:recipe_sha256": a.get("esdc_recipe_sha256", ""),
+        "esdc:recipe_sha256": a.get(ATTR_RECIPE_SHA256, ""),
         "esdc:license": a.get("license", ""),
-        "esdc:sources": [{k: s.get(k) for k in ("source", "product", "mission", "instrument",
-                                                "licence")} for s in sources],
+        "esdc:sources": [{**{k: s.get(k) for k in ("source", "product", "mission",
+                                                   "instrument")}, "licence": license_of(s)}
+                         for s in sources],
     }
     if a.get("summary"):
         props["description"] = str(a["summary"])
     if created:
         props["created"] = _iso(created)
     embeddings = [str(n) for n, v in ds.data_vars.items()
-                  if v.attrs.get("esdc_role") == "embedding"]
+                  if v.attrs.get(ATTR_ROLE) == "embedding"]
     if embeddings:
         props["esdc:embeddings"] = sorted(embeddings)
     geometry, bbox = None, None
@@ -301,8 +309,7 @@ def update_catalog(cubes: Iterable[str | Path], out: str | Path,
     items = []
     for cube in cubes:
         p = Path(cube)
-        if not p.exists():
-            raise EsdcError(f"no cube at {p}.")
+        resolve(p).require()
         items.append(cube_item(p))
     for item in items:
         body = item.properties["esdc:body"]
@@ -322,8 +329,6 @@ def update_catalog(cubes: Iterable[str | Path], out: str | Path,
         catalog.normalize_hrefs(str(out.parent))
         catalog.set_self_href(str(out))
         if cards:
-            from esdc.cards import data_card
-
             for item in items:
                 card = Path(item.get_self_href()).with_name(f"{item.id}.datacard.md")
                 card.parent.mkdir(parents=True, exist_ok=True)

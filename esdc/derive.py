@@ -14,6 +14,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from esdc.errors import RecipeError
 from esdc.grid import Grid
 
 __all__ = ["FUNCTIONS", "accumulate", "classify", "ground_spacing", "minimum_error_threshold",
@@ -341,8 +342,6 @@ def classify(inputs: list[xr.DataArray], grid: Grid, bins: list[float],
         If the parameters are inconsistent (unsorted bins, wrong number of names or
         values, ``max_abs_latitude`` on a projected grid).
     """
-    from esdc.errors import RecipeError
-
     (x,) = inputs
     edges = np.asarray(bins, dtype="float64").ravel()
     n = edges.size + 1

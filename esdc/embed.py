@@ -1,5 +1,9 @@
 """Embeddings: a trained tile encoder maps every tile of the cube to a vector.
 
+The encoder is trained by :func:`esdc.ml.train.train` with ``task: embedding`` (the SimSiam
+fitter, :mod:`esdc.ml.fit.simsiam`); this module depends on :mod:`esdc.ml`, never the
+reverse.
+
 The vectors are written back into the cube's Zarr store as a variable per tile
 size, ``embedding_t{T}`` with dims ``(tile_y_t{T}, tile_x_t{T}, [time,] feature_t{T})``.
 Coordinates give each tile's centre (``tile_y_t{T}``, ``tile_x_t{T}``, grid units) and
@@ -9,80 +13,32 @@ SHA-256 of its weights, the tile size and the input variables.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
-import zarr
 
+from esdc.conventions import (
+    ATTR_INPUTS,
+    ATTR_MIN_VALID_FRACTION,
+    ATTR_MODEL,
+    ATTR_MODEL_RUN,
+    ATTR_MODEL_SHA256,
+    ATTR_ROLE,
+    ATTR_TILE_DIMS,
+    ATTR_TILE_SIZE,
+    TIME_DIM,
+)
 from esdc.errors import EsdcError
-from esdc.ml.config import TrainConfig
+from esdc.hashing import file_sha256
 from esdc.ml.patches import PatchStream
+from esdc.ml.tracking import default_tracking_uri
+from esdc.storage import resolve
 
-__all__ = ["EncoderBundle", "compute_embeddings", "embed_cube", "fit_encoder", "load_encoder",
+__all__ = ["EncoderBundle", "compute_embeddings", "embed_cube", "load_encoder",
            "write_embeddings"]
-
-
-def fit_encoder(cfg: TrainConfig, streams: dict[str, PatchStream], out: Path, log: Any,
-                device: str) -> tuple[float, float, Path]:
-    """Train a SimSiam encoder on the train split; return (val loss, untrained val loss, file).
-
-    The returned "baseline" is the validation loss of the same network before training,
-    so ``loss < baseline`` shows it learned. Writes ``encoder.pt`` (``state_dict`` of
-    :class:`esdc.ml.ssl.Encoder`, loads with ``weights_only=True``) and
-    ``encoder.json`` (architecture, inputs, tile size).
-    """
-    import torch
-
-    from esdc.ml.ssl import SimSiam, augment, simsiam_loss
-    from esdc.ml.torch import PatchDataset
-
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    params = {"dim": 64, "width": 32} | cfg.model_params
-    params.pop("kind", None)
-    model = SimSiam(len(cfg.inputs), **params).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-
-    def val_loss() -> float:
-        model.eval()
-        vgen = torch.Generator().manual_seed(123)
-        total, n = 0.0, 0
-        with torch.no_grad():
-            for b in streams["validation"].batches(cfg.batch_size):
-                x = torch.from_numpy(b.x)
-                loss = simsiam_loss(*model(augment(x, vgen).to(device),
-                                           augment(x, vgen).to(device)))
-                total, n = total + loss.item() * len(x), n + len(x)
-        model.train()
-        return total / max(n, 1)
-
-    before = val_loss()
-    loader = torch.utils.data.DataLoader(PatchDataset(streams["train"], cfg.batch_size,
-                                                      drop_last=True), batch_size=None)
-    for epoch in range(cfg.epochs):
-        loader.dataset.set_epoch(epoch)
-        total, n = 0.0, 0
-        for x, *_ in loader:
-            loss = simsiam_loss(*model(augment(x, gen).to(device), augment(x, gen).to(device)))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item() * len(x), n + len(x)
-        log(epoch, {"train_loss": total / max(n, 1), "val_loss": val_loss()})
-    after = val_loss()
-    path = out / "encoder.pt"
-    torch.save(model.encoder.state_dict(), path)
-    (out / "encoder.json").write_text(json.dumps({
-        "class": "esdc.ml.ssl.Encoder", "in_channels": len(cfg.inputs), "params": params,
-        "inputs": list(cfg.inputs), "tile": list(cfg.patch)}))
-    return after, before, path
 
 
 class EncoderBundle:
@@ -104,7 +60,7 @@ class EncoderBundle:
         from esdc.ml.ssl import Encoder
 
         self.meta, self.run_id = meta, run_id
-        self.sha256 = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+        self.sha256 = file_sha256(weights)
         self.model = Encoder(meta["in_channels"], **meta["params"])
         self.model.load_state_dict(torch.load(weights, weights_only=True))
         self.model.eval()
@@ -125,6 +81,17 @@ class EncoderBundle:
 def load_encoder(run_id: str, tracking_uri: str | None = None) -> EncoderBundle:
     """Download a run's encoder artifacts from MLflow and load them.
 
+    Parameters
+    ----------
+    run_id : str
+        MLflow run of ``esdc train`` with ``task: embedding``.
+    tracking_uri : str, optional
+        MLflow tracking URI; :func:`esdc.ml.tracking.default_tracking_uri` when omitted.
+
+    Returns
+    -------
+    EncoderBundle
+
     Raises
     ------
     EsdcError
@@ -132,16 +99,14 @@ def load_encoder(run_id: str, tracking_uri: str | None = None) -> EncoderBundle:
     """
     import mlflow
 
-    from esdc.ml.train import default_tracking_uri
-
     mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
     try:
         local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model"))
     except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds for a bad run id
-        raise EsdcError(f"--model {run_id}: no such MLflow run with an encoder ({exc}).") \
+        raise EsdcError(f"run_id={run_id}: no such MLflow run with an encoder ({exc}).") \
             from None
     if not (local / "encoder.pt").exists():
-        raise EsdcError(f"--model {run_id}: the run has no encoder.pt; train one with "
+        raise EsdcError(f"run_id={run_id}: the run has no encoder.pt; train one with "
                         "`task: embedding`.")
     return EncoderBundle(local / "encoder.pt", json.loads((local / "encoder.json").read_text()),
                          run_id)
@@ -172,7 +137,7 @@ def compute_embeddings(cube: str, bundle: EncoderBundle, tile: int, batch_size: 
         ``_t{tile}``), tile-centre and bound coordinates in the grid's units.
     """
     stream = PatchStream(cube, bundle.inputs, patch=(tile, tile), shuffle=False)
-    ds = stream._ds
+    ds = stream.dataset
     ydim, xdim = stream.ydim, stream.xdim
     nty, ntx = stream.ny // tile, stream.nx // tile
     dim = bundle.model.dim
@@ -194,7 +159,7 @@ def compute_embeddings(cube: str, bundle: EncoderBundle, tile: int, batch_size: 
     dims = [f"tile_y{s}", f"tile_x{s}", f"feature{s}"]
     data = out[0] if not stream.has_time else np.moveaxis(out, 0, 2)
     if stream.has_time:
-        dims.insert(2, "time")
+        dims.insert(2, TIME_DIM)
     units = ds[ydim].attrs.get("units", "")
     coords: dict[str, Any] = {
         f"tile_y{s}": (f"tile_y{s}", yc, {"long_name": f"{ydim} of the tile centre",
@@ -206,12 +171,12 @@ def compute_embeddings(cube: str, bundle: EncoderBundle, tile: int, batch_size: 
         f"tile_x{s}_bounds": ((f"tile_x{s}", "nv"), xbounds),
     }
     if stream.has_time:
-        coords["time"] = ds["time"].values
+        coords[TIME_DIM] = ds[TIME_DIM].values
     attrs = {"long_name": f"tile embedding, {tile}x{tile} cells", "units": "1",
-             "esdc_role": "embedding", "esdc_tile_size": tile, "esdc_tile_dims": [ydim, xdim],
-             "esdc_inputs": bundle.inputs, "esdc_model_run": bundle.run_id,
-             "esdc_model_sha256": bundle.sha256, "esdc_model": bundle.meta["class"],
-             "esdc_min_valid_fraction": min_valid_fraction}
+             ATTR_ROLE: "embedding", ATTR_TILE_SIZE: tile, ATTR_TILE_DIMS: [ydim, xdim],
+             ATTR_INPUTS: bundle.inputs, ATTR_MODEL_RUN: bundle.run_id,
+             ATTR_MODEL_SHA256: bundle.sha256, ATTR_MODEL: bundle.meta["class"],
+             ATTR_MIN_VALID_FRACTION: min_valid_fraction}
     return xr.Dataset({f"embedding{s}": (dims, data, attrs)}, coords=coords)
 
 
@@ -222,20 +187,7 @@ def write_embeddings(cube: str | Path, emb: xr.Dataset) -> None:
     ones are removed only then, and metadata reconsolidated, so a failure leaves the
     previous embeddings in place.
     """
-    cube = Path(cube)
-    names = [str(n) for n in emb.variables if n != "time"]
-    with tempfile.TemporaryDirectory(dir=cube.parent, prefix=f".{cube.name}.emb-") as tmp:
-        staged = Path(tmp) / "e.zarr"
-        emb.drop_vars("time", errors="ignore").to_zarr(staged, zarr_format=3,
-                                                       consolidated=False)
-        for n in names:  # move new arrays into place, replacing old ones
-            old = cube / n
-            if old.exists():
-                shutil.rmtree(old)
-            shutil.move(str(staged / n), str(old))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata")
-        zarr.consolidate_metadata(str(cube))
+    resolve(cube).update(emb.drop_vars(TIME_DIM, errors="ignore"))
 
 
 def embed_cube(cube: str, bundle: EncoderBundle, tiles: list[int], client: Any = None) -> list[

@@ -24,6 +24,7 @@ __all__ = [
     "SourceNotFoundError",
     "StorageError",
     "TrainConfigError",
+    "UpsamplingWarning",
 ]
 
 
@@ -33,6 +34,13 @@ class EsdcError(Exception):
 
 class EsdcWarning(UserWarning):
     """Base class of esdc's warnings (errors in the test suite)."""
+
+
+class UpsamplingWarning(EsdcWarning):
+    """A layer's source is more than twice as coarse as the grid (its cells add no detail).
+
+    Silenced per variable by the recipe's ``allow_upsampling: true``.
+    """
 
 
 class RecipeError(EsdcError, ValueError):

@@ -17,9 +17,18 @@ import numpy as np
 import pandas as pd
 import pyproj
 
+from esdc.conventions import (
+    ATTR_BODY,
+    ATTR_OBSERVER,
+    ATTR_WCS_CTYPE,
+    SPATIAL_DIMS,
+    TIME_BNDS,
+    TIME_DIM,
+)
 from esdc.errors import GridError
 
-__all__ = ["AU_M", "BODY_CRS", "HELIOPROJECTIVE", "RSUN_REF_M", "Body", "Grid", "body_of"]
+__all__ = ["AU_M", "BODY_CRS", "HELIOPROJECTIVE", "RSUN_REF_M", "Body", "Grid", "body_of",
+           "parse_bbox"]
 
 Body = Literal["earth", "moon", "sun"]
 
@@ -33,7 +42,7 @@ BODY_CRS: dict[str, str] = {"earth": "EPSG:4326", "moon": "IAU_2015:30100"}
 #: 791) in the gnomonic (TAN) projection centred on the Sun, solar north up, as seen by
 #: an observer at 1 AU on the Sun-Earth line at each time step's observation time.
 #: Coordinates are arcsec in the projection plane (helioprojective Tx, Ty to 1e-5
-#: within 1 degree of the Sun). PROJ has no such CRS: :mod:`esdc.solar` regrids onto it.
+#: within 1 degree of the Sun). PROJ has no such CRS: :mod:`esdc.regrid.wcs` regrids onto it.
 HELIOPROJECTIVE = "helioprojective"
 #: The astronomical unit in metres (IAU 2012 Resolution B2): observer distance of solar grids.
 AU_M = 149_597_870_700.0
@@ -220,7 +229,7 @@ class Grid:
         """
         if self.is_helioprojective:
             raise GridError("a helioprojective solar grid has no PROJ CRS; its frame is "
-                            "described by Grid.crs_attrs() and regridded by esdc.solar.")
+                            "described by Grid.crs_attrs() and regridded by esdc.regrid.wcs.")
         return _parse_crs(self.crs)
 
     @property
@@ -236,7 +245,7 @@ class Grid:
     @property
     def dims(self) -> tuple[str, str]:
         """Spatial dims: ``("lat", "lon")`` for geographic grids, else ``("y", "x")``."""
-        return ("lat", "lon") if self.is_geographic else ("y", "x")
+        return SPATIAL_DIMS[0] if self.is_geographic else SPATIAL_DIMS[1]
 
     @property
     def resolution(self) -> tuple[float, float]:
@@ -283,11 +292,11 @@ class Grid:
         ------
         GridError
             For a helioprojective (solar) grid: pyresample needs a PROJ CRS; solar
-            sources are reprojected by :func:`esdc.solar.reproject` instead.
+            sources are reprojected by :func:`esdc.regrid.wcs.reproject` instead.
         """
         if self.is_helioprojective:
             raise GridError("a helioprojective solar grid has no pyresample AreaDefinition "
-                            "(PROJ has no helioprojective CRS); esdc.solar.reproject regrids "
+                            "(PROJ has no helioprojective CRS); esdc.regrid.wcs.reproject regrids "
                             "onto it with sunpy/reproject.")
         from pyresample.geometry import AreaDefinition
 
@@ -318,9 +327,9 @@ class Grid:
                       "units": "degrees_east", "axis": "X"}
         elif self.is_helioprojective:
             yattrs = {"long_name": "helioprojective latitude (Ty, solar north positive)",
-                      "units": "arcsec", "axis": "Y", "esdc_wcs_ctype": "HPLT-TAN"}
+                      "units": "arcsec", "axis": "Y", ATTR_WCS_CTYPE: "HPLT-TAN"}
             xattrs = {"long_name": "helioprojective longitude (Tx, solar west positive)",
-                      "units": "arcsec", "axis": "X", "esdc_wcs_ctype": "HPLN-TAN"}
+                      "units": "arcsec", "axis": "X", ATTR_WCS_CTYPE: "HPLN-TAN"}
         else:
             unit = self.pyproj_crs.axis_info[0].unit_name if self.pyproj_crs.axis_info else "m"
             unit = {"metre": "m"}.get(unit, unit)
@@ -331,13 +340,13 @@ class Grid:
             xdim: xr.DataArray(self.x, dims=(xdim,), attrs=xattrs),
         }
         if self.time is not None:
-            out["time"] = xr.DataArray(
-                np.array(self.time, dtype="datetime64[ns]"), dims=("time",),
+            out[TIME_DIM] = xr.DataArray(
+                np.array(self.time, dtype="datetime64[ns]"), dims=(TIME_DIM,),
                 attrs={"standard_name": "time", "long_name": "time", "axis": "T",
-                       "bounds": "time_bnds"},
+                       "bounds": TIME_BNDS},
             )
-            out["time_bnds"] = xr.DataArray(
-                np.array(self.time_bounds, dtype="datetime64[ns]"), dims=("time", "nv")
+            out[TIME_BNDS] = xr.DataArray(
+                np.array(self.time_bounds, dtype="datetime64[ns]"), dims=(TIME_DIM, "nv")
             )
         return out
 
@@ -357,12 +366,12 @@ class Grid:
                              "centred on the Sun, solar north up",
                 "wcs_ctype": "HPLN-TAN HPLT-TAN",
                 "wcs_cunit": "arcsec arcsec",
-                "esdc_observer": "at 1 AU on the Sun-Earth line (heliographic Stonyhurst "
+                ATTR_OBSERVER: "at 1 AU on the Sun-Earth line (heliographic Stonyhurst "
                                  "longitude 0, latitude B0) at each observation's time",
                 "observer_distance_m": AU_M,
                 "rsun_ref_m": RSUN_REF_M,
                 "rsun_obs_arcsec": rsun_arcsec,
-                "esdc_body": self.body,
+                ATTR_BODY: self.body,
             }
         attrs: dict[str, Any] = {}
         try:
@@ -370,7 +379,7 @@ class Grid:
         except Exception:  # noqa: BLE001 - planetary CRSs may have no CF mapping
             attrs["crs_wkt"] = self.pyproj_crs.to_wkt()
         attrs.setdefault("crs_wkt", self.pyproj_crs.to_wkt())
-        attrs["esdc_body"] = self.body
+        attrs[ATTR_BODY] = self.body
         return {k: v for k, v in attrs.items() if v is not None}
 
     def to_dict(self) -> dict[str, Any]:
@@ -396,3 +405,47 @@ class Grid:
             None if tb is None
             else tuple((np.datetime64(a, "ns"), np.datetime64(b, "ns")) for a, b in tb),
         )
+
+
+def parse_bbox(text: str | list[float] | tuple[float, ...] | None,
+               field: str = "bbox") -> tuple[float, float, float, float] | None:
+    """Parse and check a bounding box ``"W,S,E,N"`` (or four numbers), in grid units.
+
+    The one parser of user-given boxes (``esdc search --bbox``, the HTTP API's ``bbox``,
+    :meth:`esdc.search.query.SearchEngine.search_vector`). ``west > east`` is allowed:
+    the box crosses the antimeridian.
+
+    Parameters
+    ----------
+    text : str or sequence of float or None
+        ``"W,S,E,N"`` (comma-separated), or the four numbers ``(west, south, east,
+        north)``; ``None`` or ``""``: no box.
+    field : str
+        Name of the parameter the box came from; messages say ``{field}=...``.
+
+    Returns
+    -------
+    tuple of float or None
+        ``(west, south, east, north)`` (degrees for geographic grids, else the grid's
+        units), or ``None`` when no box is given.
+
+    Raises
+    ------
+    GridError
+        If there are not four numbers, one is not finite, or south is north of north.
+    """
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    shown = repr(text) if isinstance(text, str) else str(list(text))
+    try:
+        vals = tuple(float(v) for v in (text.split(",") if isinstance(text, str) else text))
+    except (TypeError, ValueError):
+        raise GridError(f"{field}={shown}: give four numbers W,S,E,N.") from None
+    if len(vals) != 4:
+        raise GridError(f"{field}={shown}: give four numbers W,S,E,N, not {len(vals)}.")
+    if not all(math.isfinite(v) for v in vals):
+        raise GridError(f"{field}={shown}: the numbers must be finite.")
+    w, s, e, n = vals
+    if s > n:
+        raise GridError(f"{field}={shown}: south ({s}) is north of north ({n}).")
+    return (w, s, e, n)

@@ -1,7 +1,7 @@
 """Harmonization: decode values to physical units, align time, attach CF attributes.
 
 Pure functions on ``xarray.DataArray`` that stay lazy; the recipe runner
-(:mod:`esdc.build`) wires them together.
+(:func:`esdc.build.plan`) wires them together with :func:`esdc.regrid.regrid`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from esdc.conventions import ATTR_RESAMPLING, ATTR_SOURCE, TIME_DIM
 from esdc.errors import SourceError
 from esdc.grid import Grid
 from esdc.recipe import VariableSpec
 
-__all__ = ["cf_attrs", "decode", "place_climatology", "align_series", "validity_mask"]
+__all__ = ["align_series", "cf_attrs", "combine_first_valid", "decode", "place_climatology",
+           "validity_mask"]
 
 
 def decode(raw: xr.DataArray, var: VariableSpec) -> xr.DataArray:
@@ -75,6 +77,13 @@ def place_climatology(data: xr.DataArray, grid: Grid) -> xr.DataArray:
 
     Each time step takes the climatology month of its month of year.
 
+    Parameters
+    ----------
+    data : xarray.DataArray
+        Dims ``(month, ...)`` with ``month`` of length 12 (January first); lazy.
+    grid : Grid
+        Target with a time axis.
+
     Returns
     -------
     xarray.DataArray
@@ -90,9 +99,10 @@ def place_climatology(data: xr.DataArray, grid: Grid) -> xr.DataArray:
             f"a monthly climatology needs a `month` dim of 12, got {dict(data.sizes)}")
     assert grid.time is not None
     months = pd.DatetimeIndex(np.array(grid.time)).month.to_numpy() - 1
-    out = data.isel(month=xr.DataArray(months, dims="time")).drop_vars("month", errors="ignore")
-    out = out.assign_coords(time=np.array(grid.time, dtype="datetime64[ns]"))
-    return out.transpose("time", ...)
+    out = data.isel(month=xr.DataArray(months, dims=TIME_DIM)).drop_vars("month",
+                                                                        errors="ignore")
+    out = out.assign_coords({TIME_DIM: np.array(grid.time, dtype="datetime64[ns]")})
+    return out.transpose(TIME_DIM, ...)
 
 
 def align_series(data: xr.DataArray, grid: Grid, what: str) -> xr.DataArray:
@@ -163,15 +173,40 @@ def cf_attrs(var: VariableSpec, source_name: str) -> dict[str, object]:
     if var.flag_values is not None and var.flag_meanings is not None:
         attrs["flag_values"] = list(var.flag_values)
         attrs["flag_meanings"] = " ".join(var.flag_meanings)
-    if var.resampling == "bucket_average":
+    if var.resampling in ("bucket_average", "conservative"):
         attrs["cell_methods"] = "area: mean"
     elif var.resampling == "bucket_mode":
         attrs["cell_methods"] = "area: mode"
     if var.comment:
         attrs["comment"] = var.comment
-    attrs["esdc_source"] = source_name
-    attrs["esdc_resampling"] = var.resampling
+    attrs[ATTR_SOURCE] = source_name
+    attrs[ATTR_RESAMPLING] = var.resampling
     return attrs
+
+
+def combine_first_valid(first: xr.DataArray, later: xr.DataArray,
+                        source_name: str) -> xr.DataArray:
+    """Merge a variable filled by several sources (the recipe's ``combine: first_valid``).
+
+    Parameters
+    ----------
+    first : xarray.DataArray
+        The variable so far (from earlier sources), on the grid.
+    later : xarray.DataArray
+        The same variable from the next source, same dims.
+    source_name : str
+        Name of that source, recorded in ``esdc_source``.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``first`` where it holds a value, else ``later``; the attributes of ``first``
+        with ``esdc_source`` extended by ``"then SOURCE (first valid value)"``; lazy.
+    """
+    merged = first.fillna(later)
+    merged.attrs = {**first.attrs, ATTR_SOURCE: f"{first.attrs[ATTR_SOURCE]} then "
+                    f"{source_name} (first valid value)"}
+    return merged
 
 
 def validity_mask(data: xr.DataArray) -> xr.DataArray:

@@ -29,8 +29,12 @@ from pydantic import (
     model_validator,
 )
 
+from esdc.conventions import fold_license
+from esdc.derive import FUNCTIONS
 from esdc.errors import GridError, RecipeError
 from esdc.grid import BODY_CRS, HELIOPROJECTIVE, Grid
+from esdc.regrid.methods import DEFAULT_MIN_VALID_FRACTION, METHODS, Method
+from esdc.sources.registry import FORMATS
 
 __all__ = [
     "RESAMPLING_METHODS",
@@ -45,14 +49,16 @@ __all__ = [
     "SourceSpec",
     "TimeAxisSpec",
     "VariableSpec",
+    "format_errors",
     "load_recipe",
     "parse_recipe",
 ]
 
 #: Resampling methods, in the field's words: nearest neighbour, bilinear
-#: interpolation, bucket average (area mean when downsampling) and bucket mode
-#: (most frequent class, for categorical data).
-RESAMPLING_METHODS = ("nearest", "bilinear", "bucket_average", "bucket_mode")
+#: interpolation, bucket average (area mean when downsampling), bucket mode
+#: (most frequent class, for categorical data) and conservative (area-weighted, exact
+#: both ways).
+RESAMPLING_METHODS = METHODS  # defined once, in esdc.regrid.methods
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
 BBox = tuple[float, float, float, float]
@@ -256,7 +262,9 @@ class GeoreferenceSpec(_Model):
     ``bbox`` is the outer edge of the file's pixels in ``crs`` units; ``dims`` names
     the file's dimensions in storage order (for images ``[y, x]`` is implied) using
     ``lat``/``lon`` (or ``y``/``x``) for the spatial ones and ``month`` for a
-    monthly climatology axis.
+    monthly climatology axis. A file that has coordinates of its own (degrees, or metres
+    of a projected CRS) must agree with the declaration: a bbox more than a tenth of a
+    pixel off, or a row order the file contradicts, is refused with both values.
     """
 
     crs: str = "EPSG:4326"
@@ -278,9 +286,19 @@ class VariableSpec(_Model):
     """Name of the cube variable."""
     source: str
     """Variable (NetCDF/HDF5 path) or band name in the source file."""
-    resampling: Literal["nearest", "bilinear", "bucket_average", "bucket_mode"]
-    """How the source is put on the grid: ``nearest``, ``bilinear``, ``bucket_average`` (area mean
-    of the source pixels in each cell) or ``bucket_mode`` (most frequent class; categorical).
+    resampling: Method
+    """How the source is put on the grid: ``nearest``, ``bilinear``, ``bucket_average`` (mean of
+    the source pixels in each cell; a grid at least as coarse as the source), ``bucket_mode``
+    (most frequent class; categorical) or ``conservative`` (area-weighted mean, exact for up- and
+    downsampling; for area fractions and fluxes).
+    """
+    min_valid_fraction: Annotated[float, Field(gt=0, le=1)] = DEFAULT_MIN_VALID_FRACTION
+    """``conservative``: share of a cell's area that valid source data must cover, else the cell
+    is NaN.
+    """
+    allow_upsampling: bool = False
+    """The source may be more than twice as coarse as the grid (no warning): its cells then repeat
+    or interpolate the source's pixels.
     """
     scale_factor: float = 1.0
     """Multiplier applied to the stored values (after fill masking), as CF ``scale_factor``."""
@@ -383,7 +401,7 @@ class SourceSpec(_Model):
     """Path of a local file (relative to the recipe); give ``sha256`` to pin its content."""
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     """Expected SHA-256 (hex) of ``path``; a mismatch stops the build."""
-    format: Literal["netcdf", "hdf5", "geotiff", "image", "raw", "fits", "jp2"]
+    format: Literal[FORMATS]  # type: ignore[valid-type]  # the reader registry's names
     """Reader: ``netcdf``, ``hdf5``, ``geotiff``, ``image`` (PNG/JPEG), ``raw`` (headerless
     binary), ``fits``, ``jp2``.
     """
@@ -506,7 +524,8 @@ class Recipe(_Model):
     summary: str = ""
     """Abstract of the cube (ACDD ``summary``)."""
     license: str = "see esdc_sources"
-    """Licence of the cube; the sources' own licences are kept in ``esdc_sources``."""
+    """Licence of the cube (ACDD ``license``; ``licence`` is accepted too); the sources' own
+    licences are kept in ``esdc_sources``."""
     grid: GridSpec
     """The common grid every source is resampled onto."""
     sources: Annotated[list[SourceSpec], Field(min_length=1)]
@@ -515,6 +534,12 @@ class Recipe(_Model):
     """Layers computed on the grid from cube variables, in order."""
     output: OutputSpec = Field(default_factory=OutputSpec)
     """Storage of the cube: path, chunks, compressor."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _licence(cls, data: Any) -> Any:
+        # `license` is the documented spelling (ACDD); `licence` is accepted as well.
+        return fold_license(data)
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
@@ -529,8 +554,6 @@ class Recipe(_Model):
             raise ValueError(f"variable names must be unique; repeated: {sorted(dup)} (to merge "
                              "several sources into one variable give each `combine: "
                              "first_valid`)")
-        from esdc.derive import FUNCTIONS
-
         known = set(vnames)
         for i, d in enumerate(self.derived):
             if d.function not in FUNCTIONS:
@@ -574,7 +597,7 @@ class Recipe(_Model):
         try:
             return cls.model_validate(d)
         except ValidationError as exc:
-            raise RecipeError(_format_errors(exc, "recipe")) from None
+            raise RecipeError(format_errors(exc, "recipe")) from None
 
     def to_yaml(self) -> str:
         """The recipe as YAML text."""
@@ -585,7 +608,23 @@ class Recipe(_Model):
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()
 
 
-def _format_errors(exc: ValidationError, where: str) -> str:
+def format_errors(exc: ValidationError, where: str) -> str:
+    """One line per invalid field of a pydantic validation error, by its path.
+
+    Used for recipes and training configs (:mod:`esdc.ml.config`).
+
+    Parameters
+    ----------
+    exc : pydantic.ValidationError
+        The error.
+    where : str
+        What was validated (a file name or ``recipe``), the first words of the message.
+
+    Returns
+    -------
+    str
+        ``"<where> is invalid:"`` then ``"  <field.path>: <message>"`` lines.
+    """
     lines = []
     for err in exc.errors():
         loc = ""
@@ -637,7 +676,7 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, where)) from None
+        raise RecipeError(format_errors(exc, where)) from None
 
 
 def load_recipe(path: str | Path) -> Recipe:

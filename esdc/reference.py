@@ -19,6 +19,11 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from esdc import recipe
+from esdc.derive import FUNCTIONS
+from esdc.ml import config
+from esdc.samples import SAMPLES
+
 __all__ = ["render"]
 
 
@@ -125,8 +130,6 @@ def _model_section(model: type[BaseModel], level: str = "##") -> list[str]:
 
 
 def _functions() -> list[str]:
-    from esdc.derive import FUNCTIONS
-
     lines = ["## Derived-layer functions", "",
              "Names accepted in `derived[].function` (`esdc.derive.FUNCTIONS`).", "",
              "| function | what it computes |", "|---|---|"]
@@ -136,8 +139,6 @@ def _functions() -> list[str]:
 
 
 def _samples() -> list[str]:
-    from esdc.samples import SAMPLES
-
     lines = ["## Registered samples", "",
              "Names accepted in `sources[].sample` (`esdc samples list`; files are fetched "
              "from package registries and checked by SHA-256).", "",
@@ -159,9 +160,6 @@ def render() -> str:
         Markdown text: one table per recipe model (field, type, default, description),
         the derived-layer functions, the registered samples and the training config.
     """
-    from esdc import recipe
-    from esdc.ml import config
-
     models = [recipe.Recipe, recipe.GridSpec, recipe.TimeAxisSpec, recipe.ObservedTimeSpec,
               recipe.SourceSpec, recipe.GeoreferenceSpec, recipe.VariableSpec,
               recipe.FitsSpec, recipe.DerivedSpec, recipe.OutputSpec, recipe.CompressorSpec]

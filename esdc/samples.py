@@ -12,7 +12,6 @@ The cache is ``$ESDC_CACHE`` if set, else ``platformdirs.user_cache_dir("esdc")`
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -25,7 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from esdc.conventions import fold_license
 from esdc.errors import ChecksumError, SourceNotFoundError
+from esdc.hashing import file_sha256
 
 __all__ = ["SAMPLES", "Sample", "cache_dir", "fetch", "sample_path", "sha256sum"]
 
@@ -96,7 +97,7 @@ def _load_registry() -> dict[str, Sample]:
         if not entry.name.endswith(".yaml"):
             continue
         for item in yaml.safe_load(entry.read_text(encoding="utf-8")) or []:
-            sample = Sample(**item)
+            sample = Sample(**fold_license(item, "licence"))
             if sample.name in out:
                 raise ValueError(f"sample {sample.name!r} is registered twice ({entry.name})")
             out[sample.name] = sample
@@ -117,13 +118,7 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("esdc"))
 
 
-def sha256sum(path: str | os.PathLike[str], blocksize: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, read in ``blocksize`` byte blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(blocksize):
-            h.update(block)
-    return h.hexdigest()
+sha256sum = file_sha256  # the one file-hash helper (esdc.hashing); old name kept for callers
 
 
 def _get(name: str) -> Sample:
@@ -169,7 +164,7 @@ def sample_path(name: str, *, verify: bool = True) -> Path:
 
 
 def _verify(path: Path, expected: str, what: str) -> None:
-    got = sha256sum(path)
+    got = file_sha256(path)
     if got != expected:
         raise ChecksumError(
             f"{what}: {path} has SHA-256 {got}, expected {expected}. The file is corrupt "
@@ -263,7 +258,7 @@ def fetch(names: Iterable[str] | None = None, *, force: bool = False) -> dict[st
     todo: dict[tuple[str, str, str], list[Sample]] = {}
     for s in wanted:
         path = cache_dir() / s.name / s.filename
-        if path.exists() and not force and sha256sum(path) == s.sha256:
+        if path.exists() and not force and file_sha256(path) == s.sha256:
             out[s.name] = path
         else:
             todo.setdefault((s.transport, s.package, s.version), []).append(s)

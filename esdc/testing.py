@@ -12,6 +12,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from esdc.conventions import (
+    ATTR_GRID,
+    ATTR_RECIPE,
+    ATTR_RECIPE_SHA256,
+    ATTR_SOURCES,
+    ATTR_VERSIONS,
+    CONVENTIONS,
+)
 from esdc.grid import Grid
 
 __all__ = ["CountingScheduler", "new_cube", "raise_if_dask_computes"]
@@ -99,8 +107,8 @@ def new_cube(
         ds = ds.assign_coords(time_bnds=coords["time_bnds"])
     ds = ds.assign_coords(crs=xr.DataArray(0, attrs=grid.crs_attrs()))
     ds.attrs = {
-        "Conventions": "CF-1.10, ACDD-1.3", "title": "synthetic esdc cube",
-        "esdc_recipe": "", "esdc_recipe_sha256": "", "esdc_sources": "[]",
-        "esdc_versions": "{}", "esdc_grid": json.dumps(grid.to_dict()),
+        "Conventions": CONVENTIONS, "title": "synthetic esdc cube",
+        ATTR_RECIPE: "", ATTR_RECIPE_SHA256: "", ATTR_SOURCES: "[]",
+        ATTR_VERSIONS: "{}", ATTR_GRID: json.dumps(grid.to_dict()),
     }
     return ds.chunk(chunks) if chunks else ds

@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from esdc.conventions import (
+    ATTR_BODY,
+    ATTR_COVERAGE,
+    ATTR_MODEL_RUN,
+    ATTR_MODEL_SHA256,
+    ATTR_OBSERVER,
+    ATTR_ROLE,
+    ATTR_SOURCES,
+    ATTR_TILE_SIZE,
+    CRS_VAR,
+    PROVENANCE_ATTRS,
+    SPATIAL_DIMS,
+    TIME_DIM,
+    json_attr,
+    spatial_dims,
+)
 from esdc.errors import EsdcError
+from esdc.storage import Target, resolve
 
-__all__ = ["assert_cube", "store_problems", "verify_cube", "verify_store"]
-
-_SPATIAL = (("lat", "lon"), ("y", "x"))
-_PROVENANCE = ("esdc_recipe", "esdc_recipe_sha256", "esdc_sources", "esdc_versions", "esdc_grid")
+__all__ = ["StoreReport", "assert_cube", "hole_problems", "store_problems", "store_report",
+           "verify_cube", "verify_store"]
 
 
 def _check_axis(ds: xr.Dataset, name: str, problems: list[str]) -> None:
@@ -62,6 +78,9 @@ def verify_cube(ds: xr.Dataset) -> list[str]:
       ``crs`` variable naming the frame and its observer, and every ``{v}_valid``
       mask uint8 0/1 with the dims of ``v``.
 
+    Holes in the data are looked for by :func:`verify_store` (:func:`hole_problems`),
+    which reads the layers.
+
     Parameters
     ----------
     ds : xarray.Dataset
@@ -73,7 +92,7 @@ def verify_cube(ds: xr.Dataset) -> list[str]:
         One message per problem; empty when the cube conforms.
     """
     problems: list[str] = []
-    spatial = next((p for p in _SPATIAL if all(d in ds.dims for d in p)), None)
+    spatial = spatial_dims(ds.dims)
     if spatial is None:
         problems.append(f"no spatial dims: expected (lat, lon) or (y, x), found {tuple(ds.dims)}")
     else:
@@ -82,11 +101,11 @@ def verify_cube(ds: xr.Dataset) -> list[str]:
                 problems.append(f"dim {d!r} has no coordinate variable")
             else:
                 _check_axis(ds, d, problems)
-    if "time" in ds.dims:
-        if "time" not in ds.coords:
+    if TIME_DIM in ds.dims:
+        if TIME_DIM not in ds.coords:
             problems.append("dim 'time' has no coordinate variable")
         else:
-            t = ds["time"].values
+            t = ds[TIME_DIM].values
             if not np.issubdtype(t.dtype, np.datetime64):
                 problems.append("coordinate 'time' is not decoded to datetime64")
             elif t.size > 1 and not np.all(np.diff(t) > np.timedelta64(0, "ns")):
@@ -94,12 +113,12 @@ def verify_cube(ds: xr.Dataset) -> list[str]:
     if not ds.data_vars:
         problems.append("the cube has no data variables")
     for name, v in ds.data_vars.items():
-        if v.attrs.get("esdc_role") == "embedding":
+        if v.attrs.get(ATTR_ROLE) == "embedding":
             problems += _check_embedding(ds, str(name))
             continue
         if spatial is not None and tuple(v.dims[-2:]) != spatial:
             problems.append(f"variable {name!r} has dims {v.dims}; they must end in {spatial}")
-        if "time" in v.dims and v.dims[0] != "time":
+        if TIME_DIM in v.dims and v.dims[0] != TIME_DIM:
             problems.append(f"variable {name!r} must have 'time' as its first dim, has {v.dims}")
         if "units" not in v.attrs:
             problems.append(f"variable {name!r} has no units attribute")
@@ -115,16 +134,16 @@ def verify_cube(ds: xr.Dataset) -> list[str]:
             problems.append(f"variable {name!r}: flag_values and flag_meanings differ in length")
         if not (np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.bool_)):
             problems.append(f"variable {name!r} has non-numeric dtype {v.dtype}")
-    if ds.attrs.get("esdc_body") == "sun":
+    if ds.attrs.get(ATTR_BODY) == "sun":
         problems += _check_sun(ds)
     if "CF-" not in str(ds.attrs.get("Conventions", "")):
         problems.append("global attribute Conventions must name CF (e.g. 'CF-1.10')")
-    for key in _PROVENANCE:
+    for key in PROVENANCE_ATTRS:
         if key not in ds.attrs:
             problems.append(f"provenance attribute {key!r} is missing")
-    if "esdc_sources" in ds.attrs:
+    if ATTR_SOURCES in ds.attrs:
         try:
-            if not isinstance(json.loads(ds.attrs["esdc_sources"]), list):
+            if not isinstance(json.loads(ds.attrs[ATTR_SOURCES]), list):
                 raise ValueError
         except ValueError:
             problems.append("attribute 'esdc_sources' is not a JSON list")
@@ -135,15 +154,16 @@ def _check_embedding(ds: xr.Dataset, name: str) -> list[str]:
     """Embedding variables: dims (tile_y*, tile_x*, [time,] feature*), centre and bound coords."""
     v, out = ds[name], []
     dims = [str(d) for d in v.dims]
-    if len(dims) not in (3, 4) or not (dims[0].startswith("tile_y") and dims[1].startswith(
-            "tile_x") and dims[-1].startswith("feature")) or (len(dims) == 4 and dims[2] != "time"):
+    tiled = (dims[0].startswith("tile_y") and dims[1].startswith("tile_x")
+             and dims[-1].startswith("feature")) if len(dims) >= 3 else False
+    if len(dims) not in (3, 4) or not tiled or (len(dims) == 4 and dims[2] != TIME_DIM):
         out.append(f"embedding {name!r} has dims {tuple(dims)}; expected (tile_y, tile_x, "
                    "[time,] feature)")
         return out
     for d in dims[:2]:
         if d not in ds.coords or f"{d}_bounds" not in ds.variables:
             out.append(f"embedding {name!r}: coordinate {d!r} or {d}_bounds is missing")
-    for key in ("esdc_model_run", "esdc_model_sha256", "esdc_tile_size"):
+    for key in (ATTR_MODEL_RUN, ATTR_MODEL_SHA256, ATTR_TILE_SIZE):
         if key not in v.attrs:
             out.append(f"embedding {name!r} has no {key} attribute")
     return out
@@ -152,22 +172,22 @@ def _check_embedding(ds: xr.Dataset, name: str) -> list[str]:
 def _check_sun(ds: xr.Dataset) -> list[str]:
     """Sun cubes: helioprojective arcsec axes, the frame and observer, validity masks."""
     out = []
-    for d in ("y", "x"):
+    for d in SPATIAL_DIMS[1]:  # (y, x)
         if d not in ds.coords:
             out.append(f"a Sun cube has helioprojective dims (y, x); {d!r} is missing")
         elif ds[d].attrs.get("units") != "arcsec":
             out.append(f"coordinate {d!r} of a Sun cube must be in arcsec, has "
                        f"{ds[d].attrs.get('units')!r}")
-    crs = ds.variables.get("crs")
+    crs = ds.variables.get(CRS_VAR)
     if crs is None:
         out.append("a Sun cube needs a 'crs' variable describing its frame and observer")
     else:
         if crs.attrs.get("grid_mapping_name") != "helioprojective":
             out.append("variable 'crs' of a Sun cube must have grid_mapping_name helioprojective")
-        for key in ("esdc_observer", "observer_distance_m", "rsun_ref_m"):
+        for key in (ATTR_OBSERVER, "observer_distance_m", "rsun_ref_m"):
             if key not in crs.attrs:
                 out.append(f"variable 'crs' of a Sun cube has no {key!r} attribute")
-        if crs.attrs.get("esdc_body") != "sun":
+        if crs.attrs.get(ATTR_BODY) != "sun":
             out.append("variable 'crs' of a Sun cube must have esdc_body 'sun'")
     for name in map(str, ds.data_vars):
         if name.endswith("_valid") and name[:-6] in ds.data_vars:
@@ -181,20 +201,74 @@ def _check_sun(ds: xr.Dataset) -> list[str]:
     return out
 
 
-def verify_store(path: str | Path, *, checksums: bool = False,
-                 storage_options: dict | None = None) -> list[str]:
-    """Problems of a cube on disk: :func:`verify_cube` plus store-level checks.
+@dataclass
+class StoreReport:
+    """What :func:`store_report` found.
 
-    Checks that the store is Zarr format 3 with consolidated metadata.
+    Attributes
+    ----------
+    problems : list of str
+        Store, convention and (when checked) chunk problems, one message each.
+    checked : int or None
+        Chunk checksums that were compared (None when checksums were not checked).
+    uncovered : list of str
+        Arrays the checksum record does not cover (written after the build).
+    """
+
+    problems: list[str] = field(default_factory=list)
+    checked: int | None = None
+    uncovered: list[str] = field(default_factory=list)
+
+
+def store_report(cube: str | os.PathLike[str] | Target, *, checksums: bool = False,
+                 storage_options: dict[str, Any] | None = None) -> StoreReport:
+    """Problems of a stored cube: format, consolidated metadata, conventions, chunk checksums.
 
     Parameters
     ----------
-    path : str or pathlib.Path
-        The Zarr store: a folder, or a URL (``s3://bucket/cube.zarr``,
-        :func:`esdc.remote.verify_remote`).
+    cube : str, path-like or Target
+        The cube: a folder, a URL (``s3://bucket/cube.zarr``) or a storage target
+        (:func:`esdc.storage.resolve`).
     checksums : bool
-        Also recompute every chunk file's SHA-256 and compare it with the build's
-        record (:func:`esdc.integrity.verify_checksums`); reads all the data.
+        Also recompute every chunk's SHA-256 and compare it with the build's record
+        (:meth:`esdc.storage.Target.checksums`); reads all the data.
+    storage_options : dict, optional
+        fsspec options of a URL.
+
+    Returns
+    -------
+    StoreReport
+        ``problems`` is empty when the store conforms.
+
+    Raises
+    ------
+    StorageError
+        If the store cannot be reached.
+    """
+    target = resolve(cube, storage_options)
+    root = target.root_metadata()
+    report = StoreReport(problems=store_problems(
+        str(target), root, lambda consolidated: target.open(consolidated=consolidated)))
+    if checksums and root is not None:
+        sums = target.checksums()
+        report.problems += sums.problems
+        report.checked, report.uncovered = sums.checked, sums.uncovered
+    return report
+
+
+def verify_store(cube: str | os.PathLike[str] | Target, *, checksums: bool = False,
+                 storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Problems of a stored cube: :func:`verify_cube` plus store-level checks.
+
+    Checks that the store is Zarr format 3 with consolidated metadata and, with
+    ``checksums``, that every chunk matches the build's checksum record.
+
+    Parameters
+    ----------
+    cube : str, path-like or Target
+        The cube: a folder, a URL (``s3://bucket/cube.zarr``) or a storage target.
+    checksums : bool
+        Also recompute every chunk's SHA-256 (reads all the data).
     storage_options : dict, optional
         fsspec options of a URL.
 
@@ -202,22 +276,13 @@ def verify_store(path: str | Path, *, checksums: bool = False,
     -------
     list of str
         Empty when the store conforms.
+
+    Raises
+    ------
+    StorageError
+        If the store cannot be reached.
     """
-    from esdc.remote import is_url, verify_remote
-
-    if is_url(path):
-        return verify_remote(str(path), checksums=checksums, options=storage_options)
-    if checksums:
-        from esdc.integrity import verify_checksums
-
-        return verify_store(path) + verify_checksums(path)
-    from esdc.store import open_cube
-
-    p = Path(path)
-    meta = p / "zarr.json"
-    root = json.loads(meta.read_text()) if meta.exists() else None
-    return store_problems(str(p), root, lambda consolidated: open_cube(
-        p, consolidated=consolidated))
+    return store_report(cube, checksums=checksums, storage_options=storage_options).problems
 
 
 def store_problems(where: str, root: dict[str, Any] | None,
@@ -236,7 +301,8 @@ def store_problems(where: str, root: dict[str, Any] | None,
     Returns
     -------
     list of str
-        Empty when the store and the cube conform (:func:`verify_cube`).
+        Empty when the store and the cube conform (:func:`verify_cube`) and no layer has
+        holes where its source covers the grid (:func:`hole_problems`, reads the data).
     """
     if root is None:
         return [f"{where} is not a Zarr v3 store (no zarr.json)"]
@@ -250,7 +316,7 @@ def store_problems(where: str, root: dict[str, Any] | None,
         ds = open_fn(consolidated)
     except Exception as exc:  # noqa: BLE001 - any failure to open is a problem to report
         return [*problems, f"{where} cannot be opened by xarray: {exc}"]
-    return problems + verify_cube(ds)
+    return problems + verify_cube(ds) + hole_problems(ds)
 
 
 def assert_cube(ds: xr.Dataset) -> xr.Dataset:
@@ -265,3 +331,95 @@ def assert_cube(ds: xr.Dataset) -> xr.Dataset:
     if problems:
         raise EsdcError("the dataset is not a valid esdc cube:\n  " + "\n  ".join(problems))
     return ds
+
+
+#: A layer valid in less than this share of what its source's pixels reach has holes.
+HOLE_RATIO = 0.8
+#: Share of rows (columns) in stripes that is reported even where the source is finer.
+STRIPE_SHARE = 0.05
+
+
+def _narrow_gaps(present: np.ndarray, width: int) -> int:
+    """Runs of ``False`` at most ``width`` long with ``True`` on both sides; their cells."""
+    idx = np.flatnonzero(present)
+    if idx.size < 2:
+        return 0
+    gaps = np.diff(idx) - 1
+    return int(gaps[(gaps > 0) & (gaps <= width)].sum())
+
+
+def hole_problems(ds: xr.Dataset) -> list[str]:
+    """Holes in the layers, inside the part of the grid each one's source covers.
+
+    For every floating-point layer that records where its source lands on the grid
+    (``esdc_coverage``: a box and the size of a source pixel in cells, written at build
+    time), the cells whose centres lie in the box are read (a cell counts as valid when
+    it holds a finite value at some time step) and two things are looked for:
+
+    - stripes: rows or columns that are all NaN between valid ones, no wider than a
+      source pixel (what a bucket method leaves between pixel centres on a finer grid);
+      where the source's pixels are no larger than the cells, only when they are more
+      than :data:`STRIPE_SHARE` of the rows or columns;
+    - a valid share far below the source's coverage: less than :data:`HOLE_RATIO` of
+      the cells within one source pixel of a valid cell (a maximum filter of a source
+      pixel's size), i.e. NaN where the source's pixels reach.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The cube; its recorded layers are read once each (lazily chunked).
+
+    Returns
+    -------
+    list of str
+        One message per layer with holes, with its valid share and the source's.
+    """
+    from scipy.ndimage import maximum_filter
+
+    spatial = spatial_dims(ds.dims)
+    if spatial is None:
+        return []
+    ydim, xdim = spatial
+    out = []
+    for name, v in ds.data_vars.items():
+        cov = json_attr(v.attrs, ATTR_COVERAGE)
+        if (not isinstance(cov, dict) or tuple(v.dims[-2:]) != spatial
+                or not np.issubdtype(v.dtype, np.floating)):
+            continue
+        w, s, e, n = cov["bbox"]
+        y, x = ds[ydim].values, ds[xdim].values
+        rows = np.flatnonzero((y >= s) & (y <= n))
+        cols = np.flatnonzero((x >= w) & (x <= e))
+        if rows.size == 0 or cols.size == 0:
+            continue
+        sub = np.isfinite(v.isel({ydim: slice(rows[0], rows[-1] + 1),
+                                  xdim: slice(cols[0], cols[-1] + 1)}))
+        lead = [d for d in sub.dims if d not in spatial]
+        # read here, in threads: a cube opened with this process's storage options
+        valid = np.asarray((sub.any(dim=lead) if lead else sub).compute(scheduler="threads")
+                           .values, dtype=bool)
+        px, py = cov.get("pixel") or (1.0, 1.0)
+        by, bx = max(1, int(np.ceil(py - 1e-6))), max(1, int(np.ceil(px - 1e-6)))
+        stripes = (_narrow_gaps(valid.any(axis=1), by), _narrow_gaps(valid.any(axis=0), bx))
+        # Between pixel centres only a source coarser than the cells leaves empty lines;
+        # with finer pixels a few narrow all-NaN lines are data (a strait of open sea).
+        if max(px, py) <= 1.0 and (stripes[0] <= STRIPE_SHARE * valid.shape[0]
+                                   and stripes[1] <= STRIPE_SHARE * valid.shape[1]):
+            stripes = (0, 0)
+        share = float(valid.mean())
+        reach = float(maximum_filter(valid, size=(by, bx), mode="nearest").mean())
+        where = (f"inside the part of the grid its source covers ({valid.shape[0]} x "
+                 f"{valid.shape[1]} cells, bbox {[round(c, 6) for c in cov['bbox']]})")
+        found = []
+        if any(stripes):
+            found.append(f"{stripes[0]} rows and {stripes[1]} columns are all NaN between "
+                         "valid ones (stripes)")
+        if share < HOLE_RATIO * reach:
+            found.append(f"it is valid in {share:.1%} of the cells where the source's pixels "
+                         f"reach {reach:.1%}")
+        if found:
+            out.append(f"variable {name!r} has holes {where}: " + "; ".join(found) + ". The "
+                       f"source's pixels are {px:.3g} x {py:.3g} cells: rebuild with resampling "
+                       "conservative, bilinear or nearest (bucket methods leave cells between "
+                       "pixel centres empty).")
+    return out

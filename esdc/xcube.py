@@ -21,6 +21,7 @@ from typing import Any
 
 import xarray as xr
 
+from esdc.conventions import ATTR_STATIC, ATTR_XCUBE_DROPPED, spatial_dims
 from esdc.errors import EsdcError
 
 __all__ = ["to_xcube"]
@@ -34,9 +35,9 @@ STORAGE_ENCODING = ("chunks", "preferred_chunks", "shards", "compressors", "comp
 
 def _spatial_dims(ds: xr.Dataset) -> tuple[str, str]:
     """``(y_dim, x_dim)`` of a cube: ``lat``/``lon`` when present, else ``y``/``x``."""
-    for y, x in (("lat", "lon"), ("y", "x")):
-        if y in ds.dims and x in ds.dims:
-            return y, x
+    found = spatial_dims(ds.dims)
+    if found is not None:
+        return found
     raise EsdcError(
         f"to_xcube: the dataset has no (lat, lon) or (y, x) dims (it has "
         f"{', '.join(map(str, ds.dims)) or 'none'}); open an esdc cube with esdc.open_cube."
@@ -101,7 +102,7 @@ def to_xcube(ds: xr.Dataset) -> xr.Dataset:
     out = {}
     for name, var in keep.items():
         if "time" not in var.dims:
-            attrs = {**var.attrs, "esdc_static": 1}
+            attrs = {**var.attrs, ATTR_STATIC: 1}
             var = var.expand_dims(time=ds.sizes["time"]).assign_coords(time=ds["time"])
             var = var.assign_attrs(attrs)
             if var.chunks is not None:
@@ -113,5 +114,5 @@ def to_xcube(ds: xr.Dataset) -> xr.Dataset:
         var.encoding = {k: v for k, v in var.encoding.items() if k not in STORAGE_ENCODING}
     res.attrs = dict(ds.attrs)
     if dropped:
-        res.attrs["esdc_xcube_dropped"] = ", ".join(dropped)
+        res.attrs[ATTR_XCUBE_DROPPED] = ", ".join(dropped)
     return res

@@ -11,7 +11,6 @@ Needs the real samples in ``$ESDC_CACHE`` (the OSTIA and pvlib-altitude files).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import shutil
@@ -27,9 +26,9 @@ from typer.testing import CliRunner
 
 from esdc.cli import app
 from esdc.samples import SAMPLES, cache_dir
+from tests.conftest import EARTH, altitude_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-EARTH = ROOT / "recipes" / "earth.yaml"
 
 runner = CliRunner()
 
@@ -43,12 +42,6 @@ def _require_sample(name: str) -> Path:
 
 
 # --------------------------------------------------------------------------- helpers
-def earth_source(name: str) -> dict[str, Any]:
-    """A deep copy of one source entry of recipes/earth.yaml."""
-    recipe = yaml.safe_load(EARTH.read_text(encoding="utf-8"))
-    return copy.deepcopy(next(s for s in recipe["sources"] if s["name"] == name))
-
-
 def ostia_recipe() -> dict[str, Any]:
     """recipes/earth.yaml reduced to the OSTIA source on a 1 degree tropical grid."""
     recipe = yaml.safe_load(EARTH.read_text(encoding="utf-8"))
@@ -58,17 +51,6 @@ def ostia_recipe() -> dict[str, Any]:
                           time={"start": "2006-04-01", "end": "2006-06-01", "freq": "MS"})
     recipe["output"]["chunks"] = {"time": 3, "lat": 8, "lon": 20}
     return recipe
-
-
-def altitude_recipe() -> dict[str, Any]:
-    """A static recipe with only the pvlib-altitude HDF5 source on a 1 degree grid."""
-    return {
-        "name": "bad_input",
-        "title": "bad input test",
-        "grid": {"body": "earth", "crs": "EPSG:4326", "bbox": [0, 40, 10, 50],
-                 "resolution": 1.0},
-        "sources": [earth_source("altitude")],
-    }
 
 
 def netcdf_recipe(path: Path, variable: str = "t2m", **source: Any) -> dict[str, Any]:

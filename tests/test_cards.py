@@ -44,7 +44,7 @@ def _synthetic(path: Path, body: str = "earth", bbox=(-10.0, 30.0, 20.0, 50.0),
 @pytest.mark.slow
 def test_data_card_of_the_earth_cube(earth_cube, tmp_path):
     from esdc.cards import data_card
-    from esdc.store import open_cube
+    from esdc.storage import open_cube
 
     ds = open_cube(earth_cube)
     card = data_card(earth_cube)
@@ -169,7 +169,7 @@ def _check_catalog(path: Path) -> dict[str, pystac.Item]:
 
 @pytest.mark.slow
 def test_stac_catalog_of_the_earth_cube(earth_cube, tmp_path):
-    from esdc.store import open_cube
+    from esdc.storage import open_cube
 
     ds = open_cube(earth_cube)
     out = tmp_path / "catalog" / "catalog.json"

@@ -6,7 +6,7 @@ from esdc.derive import FUNCTIONS, accumulate
 from esdc.errors import RecipeError
 from esdc.grid import Grid
 from esdc.recipe import Recipe, load_recipe
-from tests.test_recipe import ROOT
+from tests.conftest import ROOT
 
 
 def test_accumulate_running_sum_keeps_never_seen_nan():

@@ -8,7 +8,7 @@ import xarray as xr
 from typer.testing import CliRunner
 
 from esdc.cli import app
-from esdc.store import open_cube
+from esdc.storage import open_cube
 from esdc.testing import raise_if_dask_computes
 from esdc.verify import verify_store
 

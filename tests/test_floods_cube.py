@@ -19,7 +19,7 @@ from esdc.build import plan
 from esdc.errors import EsdcError
 from esdc.recipe import load_recipe
 from esdc.samples import SAMPLES, sample_path
-from esdc.store import open_cube
+from esdc.storage import open_cube
 from esdc.testing import raise_if_dask_computes
 from esdc.verify import verify_store
 from tests.conftest import ROOT

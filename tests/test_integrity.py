@@ -1,7 +1,7 @@
 """Per-chunk checksums: recorded at build time, and ``esdc verify --checksums`` names every
 corrupted, missing or unrecorded chunk file.
 
-The fast tests use a small synthetic cube written by :func:`esdc.store.write_cube` (local
+The fast tests use a small synthetic cube written by :meth:`esdc.storage.Target.write` (local
 Dask scheduler, no samples); the slow one corrupts a real floods cube built by the CLI.
 """
 
@@ -13,65 +13,26 @@ import shutil
 import warnings
 from pathlib import Path
 
-import dask.array as da
-import numpy as np
-import pandas as pd
 import pytest
 import xarray as xr
 import zarr
 from typer.testing import CliRunner
 
 from esdc.cli import app
-from esdc.integrity import (
+from esdc.hashing import file_sha256
+from esdc.storage import check_checksums, verify_checksums
+from esdc.storage.integrity import (
     MANIFEST_GROUP,
-    check_checksums,
     chunk_files,
     chunk_key,
-    file_sha256,
     read_manifest,
     remove_temp_files,
-    verify_checksums,
 )
-from esdc.recipe import CompressorSpec
-from esdc.store import write_cube
 from esdc.verify import verify_store
+from tests.storage.conftest import synthetic, write
 
 ROOT = Path(__file__).resolve().parents[1]
-CHUNKS = {"time": 4, "lat": 6, "lon": 8}
 runner = CliRunner()
-
-
-def synthetic(nt: int = 10, ny: int = 12, nx: int = 16, label: str = "synthetic") -> xr.Dataset:
-    """A small valid esdc cube: ``sst(time, lat, lon)``, ``mask(lat, lon)``, Dask-backed.
-
-    The data of step ``t`` does not depend on ``nt``, so a longer cube extends a shorter one.
-    """
-    rng = np.random.default_rng(7)
-    full = rng.normal(290.0, 5.0, (64, ny, nx)).astype("float32")
-    full[:, :2, :3] = np.nan  # an all-NaN corner, as outside a swath
-    time = pd.date_range("2020-01-01", periods=nt, freq="D")
-    lat = np.linspace(5.5, -5.5, ny)
-    lon = np.linspace(0.5, nx - 0.5, nx)
-    ds = xr.Dataset(
-        {"sst": (("time", "lat", "lon"), da.from_array(full[:nt], chunks=(3, 5, 7)),
-                 {"units": "K", "long_name": "sea surface temperature", "grid_mapping": "crs"}),
-         "mask": (("lat", "lon"), da.from_array((full[0] > 290).astype("uint8"), chunks=-1),
-                  {"units": "1", "long_name": "warm", "grid_mapping": "crs"})},
-        coords={"time": time,
-                "lat": ("lat", lat, {"standard_name": "latitude", "units": "degrees_north"}),
-                "lon": ("lon", lon, {"standard_name": "longitude", "units": "degrees_east"}),
-                "crs": ((), 0, {"grid_mapping_name": "latitude_longitude"})},
-        attrs={"Conventions": "CF-1.10", "title": label, "esdc_recipe": f"name: {label}\n",
-               "esdc_recipe_sha256": f"{label}-{nt}", "esdc_sources": "[]",
-               "esdc_versions": "{}", "esdc_grid": "{}",
-               "history": "2020-01-01T00:00:00+00:00 built by esdc test",
-               "date_created": "2020-01-01T00:00:00+00:00"},
-    )
-    return ds
-
-
-def write(ds: xr.Dataset, target: Path, **kwargs) -> Path:
-    return write_cube(ds, target, chunks=CHUNKS, compressor=CompressorSpec(), **kwargs)
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ def test_notebook_runs_top_to_bottom(name, earth_cube, workdir, monkeypatch):
     assert not _errors(nb)
     assert _images(nb) >= 2, f"{name} drew {_images(nb)} pictures"
     if name.startswith("5_"):
-        from esdc.store import open_cube
+        from esdc.storage import open_cube
 
         assert "embedding_t16" in open_cube(cube).data_vars
         assert "embedding_t16" not in open_cube(earth_cube).data_vars  # the original is intact

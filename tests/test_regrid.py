@@ -6,11 +6,12 @@ import pytest
 import xarray as xr
 
 from esdc.build import plan
-from esdc.errors import RegridError
+from esdc.errors import RegridError, UpsamplingWarning
 from esdc.grid import Grid
 from esdc.harmonize import decode
 from esdc.recipe import SourceSpec, load_recipe
 from esdc.regrid import aligned_blocks, regrid
+from esdc.regrid.blocks import block_mode, regular_bucket_average
 from esdc.sources import Geolocated, open_source
 from esdc.testing import raise_if_dask_computes
 
@@ -65,7 +66,8 @@ def test_bilinear_reproduces_a_linear_field():
     field = (lon[None, :] + 2 * lat[:, None]).astype("float32")
     src = synthetic(field, bbox=(-10, -10, 10, 10))
     grid = Grid.from_bbox("earth", "EPSG:4326", (-5, -5, 5, 5), 0.25)
-    out = regrid(src.data["v"], src, grid, "bilinear")
+    with pytest.warns(UpsamplingWarning, match="4 x 4 times the grid's cells"):
+        out = regrid(src.data["v"], src, grid, "bilinear")  # 1 degree pixels, 0.25 cells
     expect = grid.x[None, :] + 2 * grid.y[:, None]
     np.testing.assert_allclose(out.values, expect, atol=1e-3)
     assert out.dims == ("lat", "lon")
@@ -187,13 +189,11 @@ def test_nearest_graph_can_move_between_worker_processes(client):
 
 def test_block_mode_matches_per_block_count_with_leading_dims():
     """The vectorised block mode equals counting each block by hand (ties: first class)."""
-    from esdc.regrid import _block_mode
-
     rng = np.random.default_rng(3)
     cats = np.array([4, 0, 7])
     block = rng.choice(np.array([0, 4, 7, 9], dtype=np.uint8), size=(2, 3, 12, 15))
     block[0, 0, :4, :5] = 9  # a block holding no class
-    out = _block_mode(block, 4, 5, cats, 255)
+    out = block_mode(block, 4, 5, cats, 255)
     assert out.shape == (2, 3, 3, 3)
     for idx in np.ndindex(out.shape):
         *lead, i, j = idx
@@ -210,8 +210,6 @@ def test_block_mode_matches_per_block_count_with_leading_dims():
 ])
 def test_regular_bucket_average_equals_pyresample(bbox, res):
     """Same-CRS, non-integer factors: the separable fast path bins like pyresample."""
-    from esdc.regrid import _regular_bucket_average
-
     rng = np.random.default_rng(5)
     vals = rng.random((3, 60, 120)).astype("float32")  # (time, lat, lon), 1/15 degree
     vals[:, 10:14, 30:37] = np.nan
@@ -224,7 +222,7 @@ def test_regular_bucket_average_equals_pyresample(bbox, res):
                      pyproj.CRS.from_epsg(4326), "lat", "lon", Path("synthetic"))
     grid = Grid.from_bbox("earth", "EPSG:4326", bbox, res)
     with raise_if_dask_computes():
-        lazy = _regular_bucket_average(src.data["v"], src, grid)
+        lazy = regular_bucket_average(src.data["v"], src, grid)
     assert lazy is not None and lazy.shape == (3, *grid.shape)
     fast = regrid(src.data["v"], src, grid, "bucket_average").values
     slow = regrid(src.data["v"], src, grid, "bucket_average", fast_path=False).values
@@ -234,10 +232,8 @@ def test_regular_bucket_average_equals_pyresample(bbox, res):
 
 def test_regular_bucket_average_declines_other_cases():
     """Coarser sources, other CRSs and swaths go to pyresample."""
-    from esdc.regrid import _regular_bucket_average
-
     src = synthetic(np.ones((8, 16), "float32"))  # 0.5 degree pixels
-    assert _regular_bucket_average(src.data["v"], src, Grid.from_bbox(
+    assert regular_bucket_average(src.data["v"], src, Grid.from_bbox(
         "earth", "EPSG:4326", (0, 0, 8, 4), 0.3)) is None  # source coarser than the grid
-    assert _regular_bucket_average(src.data["v"], src, Grid.from_bbox(
+    assert regular_bucket_average(src.data["v"], src, Grid.from_bbox(
         "earth", "EPSG:3857", (0, 0, 800_000, 400_000), 100_000)) is None  # another CRS

@@ -1,6 +1,6 @@
 """Crash-safe, resumable and appendable builds.
 
-Fast tests drive :func:`esdc.store.write_cube` on a small synthetic cube (local Dask
+Fast tests drive :meth:`esdc.storage.Target.write` on a small synthetic cube (local Dask
 scheduler) and interrupt it from its progress callback. Slow tests run the real CLI
 (``python -m esdc.cli build``) in its own process group on the floods recipe with small
 chunks (4 x 6 = 24 regions, so kills land between region writes), kill it with SIGKILL
@@ -29,11 +29,13 @@ import pytest
 import xarray as xr
 import yaml
 
-from esdc import store as store_mod
 from esdc.errors import CubeExistsError, EsdcError
-from esdc.integrity import check_checksums, chunk_files, read_manifest
-from esdc.store import open_cube, partial_path
-from tests.test_integrity import CHUNKS, synthetic, write
+from esdc.recipe import CompressorSpec
+from esdc.storage import check_checksums, open_cube, partial_path, resolve
+from esdc.storage import journal as journal_mod
+from esdc.storage import write as write_mod
+from esdc.storage.integrity import chunk_files, read_manifest
+from tests.storage.conftest import CHUNKS, synthetic, write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,7 +131,7 @@ def test_resume_refuses_an_unfinished_build_of_other_inputs(tmp_path: Path) -> N
     before = snapshot(partial_path(target))
     with pytest.raises(EsdcError, match="is of other inputs") as exc:
         write(synthetic(label="second"), target, resume=True)
-    assert "build without --resume" in str(exc.value) and "first-10" in str(exc.value)
+    assert "build without resume=True" in str(exc.value) and "first-10" in str(exc.value)
     assert snapshot(partial_path(target)) == before  # kept for the user to decide
     assert not target.exists()
 
@@ -142,14 +144,13 @@ def test_resume_of_a_complete_build_is_a_no_op(tmp_path: Path) -> None:
         assert write(synthetic(), target, resume=True, report=msgs.append) == target
     assert msgs == [f"{target} is up to date"] * 2
     assert snapshot(target) == before and leftovers(tmp_path) == []
-    assert store_mod.cube_is_current(synthetic(), target, chunks=CHUNKS,
-                                     compressor=store_mod.CompressorSpec())
+    assert resolve(target).is_current(synthetic(), chunks=CHUNKS, compressor=CompressorSpec())
 
 
 def test_resume_over_a_different_cube_needs_overwrite(tmp_path: Path) -> None:
     target = write(synthetic(label="old"), tmp_path / "cube.zarr")
     before = snapshot(target)
-    with pytest.raises(CubeExistsError, match="--overwrite"):
+    with pytest.raises(CubeExistsError, match="overwrite=True"):
         write(synthetic(label="new"), target, resume=True)
     assert snapshot(target) == before and leftovers(tmp_path) == []
     write(synthetic(label="new"), target, resume=True, overwrite=True)
@@ -181,19 +182,19 @@ def test_crash_during_the_commit_is_finished_by_resume(
         tmp_path: Path, reference: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed between moving the old cube aside and moving the new one in."""
     target = write(synthetic(label="old"), tmp_path / "cube.zarr")
-    real_commit = store_mod._commit
+    real_commit = journal_mod.commit_store
 
     def crash_after_first_rename(store: Path, target: Path) -> None:
         os.replace(target, target.with_name(f".{target.name}.old-deadbeef"))
         raise Stop("killed between the two renames")
 
-    monkeypatch.setattr(store_mod, "_commit", crash_after_first_rename)
+    monkeypatch.setattr(journal_mod, "commit_store", crash_after_first_rename)
     with pytest.raises(Stop):
         write(synthetic(label="new"), target, overwrite=True)
-    monkeypatch.setattr(store_mod, "_commit", real_commit)
+    monkeypatch.setattr(journal_mod, "commit_store", real_commit)
     assert not target.exists()  # the old cube is aside, the new one complete
     assert (partial_path(target) / "complete").exists()
-    monkeypatch.setattr(store_mod, "_write_regions",
+    monkeypatch.setattr(write_mod, "_write_regions",
                         lambda *a, **k: pytest.fail("a complete build was written again"))
     write(synthetic(label="new"), target, resume=True, overwrite=True)
     assert open_cube(target).attrs["title"] == "new"
@@ -295,7 +296,7 @@ def test_append_refuses_what_is_not_a_longer_cube(tmp_path: Path, change: Callab
 def test_append_needs_a_cube(tmp_path: Path) -> None:
     with pytest.raises(EsdcError, match="no cube at"):
         write(synthetic(), tmp_path / "none.zarr", append=True)
-    with pytest.raises(EsdcError, match="does not go with --overwrite"):
+    with pytest.raises(EsdcError, match="does not go with overwrite=True"):
         write(synthetic(), tmp_path / "none.zarr", append=True, overwrite=True)
     assert leftovers(tmp_path) == []
 

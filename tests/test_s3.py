@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,37 +25,16 @@ from typer.testing import CliRunner
 
 import esdc
 from esdc.cli import app
-from esdc.errors import SourceNotFoundError
-from esdc.integrity import read_manifest
-from tests.test_bad_input import altitude_recipe
+from esdc.errors import CubeNotFoundError
+from esdc.storage.integrity import read_manifest
+from tests.conftest import altitude_recipe
+from tests.storage.conftest import BUCKET, moto_s3
 
 s3fs = pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
-BUCKET = "esdc-test"
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """moto's S3 server on a free port of 127.0.0.1; the AWS_* variables point at it."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    _host, port = server.get_host_and_port()
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
-                    "ESDC_STORAGE_OPTIONS"):
-            mp.delenv(var, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-        mp.setenv("ESDC_STAGING", str(tmp_path_factory.mktemp("staging")))
-        fs = s3fs.S3FileSystem(skip_instance_cache=True)
-        fs.mkdir(BUCKET)
-        yield fs
-    server.stop()
+s3_server = pytest.fixture(scope="module", name="s3")(moto_s3)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +177,7 @@ def test_overwrite_and_a_failed_upload_resumed(s3: Any, recipe: Path, client: An
     res = build(other, None, client, "--overwrite")
     assert_user_error(res, "uploading the cube to", "connection reset by peer")
     assert "--resume" in res.output  # the staged cube is kept
-    with pytest.raises(SourceNotFoundError, match="no Zarr cube"):
+    with pytest.raises(CubeNotFoundError, match="no Zarr cube"):
         esdc.open_cube(url)  # no root zarr.json: no cube rather than a mix of two
     assert runner.invoke(app, ["info", url]).exit_code == 2
     monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", real_put)

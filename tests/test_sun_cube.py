@@ -21,10 +21,11 @@ from esdc.build import plan  # noqa: E402
 from esdc.errors import GridError, RecipeError, RegridError  # noqa: E402
 from esdc.grid import AU_M, RSUN_REF_M, Grid  # noqa: E402
 from esdc.recipe import Recipe, SourceSpec, load_recipe  # noqa: E402
+from esdc.regrid.wcs import reproject  # noqa: E402
 from esdc.samples import SAMPLES  # noqa: E402
-from esdc.solar import fit_limb, observer, reproject, rsun_pixels, target_header  # noqa: E402
+from esdc.solar import fit_limb, observer, rsun_pixels, target_header  # noqa: E402
 from esdc.sources import open_source  # noqa: E402
-from esdc.store import open_cube  # noqa: E402
+from esdc.storage import open_cube  # noqa: E402
 from esdc.testing import raise_if_dask_computes  # noqa: E402
 from esdc.verify import verify_store  # noqa: E402
 from tests.conftest import ROOT, need_sample  # noqa: E402

@@ -7,18 +7,20 @@ missing file, existing target, ...), reported in one paragraph without a traceba
 from __future__ import annotations
 
 import functools
-import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from esdc.errors import EsdcError
+from esdc.errors import ChunkDecodeError, EsdcError
+from esdc.storage import Target, resolve
 
-__all__ = ["FLAGS", "StorageOptions", "app", "as_cli", "err", "out", "png_target",
-           "samples_app", "user_errors"]
+__all__ = ["FLAGS", "StorageOptions", "app", "as_cli", "cube_target", "err", "out",
+           "png_target", "samples_app", "user_errors"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Earth System Data Cubes: build, inspect and verify cubes.")
@@ -28,7 +30,7 @@ app.add_typer(samples_app, name="samples")
 out = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
-# fsspec options of s3:// (any URL) cubes; see esdc.remote.storage_options.
+# fsspec options of s3:// (any URL) cubes; see esdc.storage.storage_options.
 StorageOptions = Annotated[list[str] | None, typer.Option(
     "--storage-option", metavar="KEY=VALUE",
     help="fsspec option of an s3:// (or other URL) cube, e.g. endpoint_url=http://HOST:9000 "
@@ -43,46 +45,67 @@ FLAGS: dict[str, str] = {
     "resume=True": "--resume",
     "checksums=True": "--checksums",
     "storage_options=": "--storage-option ",
+    "out=": "--out ",
+    "run_id=": "--model ",
+    # esdc.search (index, search, serve, evaluate-search, balance)
+    "bbox=": "--bbox ",
+    "clusters=": "--clusters ",
+    "device=": "--device ",
+    "kind=": "--kind ",
+    "label=": "--label ",
+    "per_cluster=": "--per-cluster ",
+    "queries=": "--queries ",
+    "time=": "--time ",
+    "variable=": "--variable ",
 }
 
 
 def as_cli(message: str) -> str:
-    """``message`` with each Python parameter of :data:`FLAGS` replaced by its CLI flag."""
+    """``message`` with each Python parameter of :data:`FLAGS` replaced by its CLI flag.
+
+    A parameter is replaced where it starts a word (``time=`` in ``give time=DATE``, not
+    in ``obstime=``).
+    """
     for param in sorted(FLAGS, key=len, reverse=True):
-        message = message.replace(f"`{param}`", f"`{FLAGS[param]}`").replace(param, FLAGS[param])
+        flag = FLAGS[param]
+        message = message.replace(f"`{param}`", f"`{flag}`")
+        message = re.sub(rf"(?<![\w.-]){re.escape(param)}", lambda _, f=flag: f, message)
     return message
 
 
 def user_errors(fn: F) -> F:
-    """Report :class:`EsdcError` as one paragraph on stderr and exit 2."""
+    """Report :class:`EsdcError` as one paragraph on stderr and exit 2.
+
+    A :class:`~esdc.errors.ChunkDecodeError` (a damaged chunk file, raised where chunks
+    are read) gets the damaged-store paragraph that points at ``esdc verify --checksums``.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except ChunkDecodeError as exc:
+            what = getattr(exc, "key", None)
+            why = getattr(exc, "reason", None) or str(exc)
+            text = (f"a chunk of the cube could not be decoded ({f'{what}: ' if what else ''}"
+                    f"{why}): its files are damaged. `esdc verify CUBE --checksums` names the "
+                    "corrupted or missing chunks; rebuild the cube or restore it from a copy.")
+            err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except EsdcError as exc:
             err.print(f"[bold red]error:[/] {as_cli(str(exc))}", highlight=False,
                       soft_wrap=True)
-            raise typer.Exit(2) from None
-        except Exception as exc:
-            if not _from_codec(exc):
-                raise
-            err.print(f"[bold red]error:[/] a chunk of the cube could not be decoded "
-                      f"({type(exc).__name__}: {exc}): its files are damaged. `esdc verify "
-                      "CUBE --checksums` names the corrupted or missing chunks; rebuild the "
-                      "cube or restore it from a copy.", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _from_codec(exc: BaseException) -> bool:
-    """True if ``exc`` was raised while decoding a Zarr chunk (a damaged chunk file)."""
-    import traceback
+def cube_target(cube: str | Path, pairs: list[str] | None = None) -> Target:
+    """The storage target of a CUBE argument.
 
-    marks = ("numcodecs", f"zarr{os.sep}codecs")
-    return any(m in frame.filename for frame in traceback.extract_tb(exc.__traceback__)
-               for m in marks)
+    A URL's options come from ``ESDC_STORAGE_OPTIONS`` and the ``--storage-option`` pairs.
+    """
+    return resolve(cube, pairs=list(pairs or []))
 
 
 def png_target(path: Path, option: str) -> Path:

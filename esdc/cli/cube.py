@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-from esdc.cli._common import StorageOptions, app, err, out, png_target, user_errors
+from esdc.build import build as build_cube
+from esdc.build import default_output
+from esdc.cli._common import StorageOptions, app, cube_target, err, out, png_target, user_errors
 from esdc.cluster import dask_client
-from esdc.errors import EsdcError
+from esdc.conventions import ATTR_GRID, ATTR_RECIPE_SHA256, ATTR_SOURCES, json_attr
+from esdc.plot import quicklook
+from esdc.recipe import load_recipe
+from esdc.verify import store_report
 
 
 @app.command()
@@ -34,49 +42,31 @@ def build(
     storage_option: StorageOptions = None,
 ) -> None:
     """Build the cube a RECIPE describes."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from esdc.build import default_output, plan
-    from esdc.recipe import load_recipe
-    from esdc.remote import is_url, storage_options
-    from esdc.samples import SAMPLES
-    from esdc.samples import fetch as fetch_samples
-    from esdc.store import check_target, cube_is_current, write_cube
-
     r = load_recipe(recipe)
-    target = (out_path if is_url(out_path) else Path(out_path)) if out_path else default_output(r)
-    so = storage_options(storage_option) if is_url(target) else None
-    if append and overwrite:
-        raise EsdcError("--append grows the existing cube; it does not go with --overwrite.")
-    check_target(target, overwrite or resume or append, storage_options=so)
-    if fetch:
-        names = [s.sample for s in r.sources if s.sample in SAMPLES]
-        if names:
-            fetch_samples(names)
-    ds = plan(r, base_dir=recipe.resolve().parent)  # lazy: all input errors surface here
-    if (resume or append) and cube_is_current(ds, target, chunks=dict(r.output.chunks),
-                                              compressor=r.output.compressor,
-                                              storage_options=so):
-        out.print(f"{target} is up to date", highlight=False, soft_wrap=True)
-        return
-    with dask_client(scheduler) as client:
-        out.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
-        with Progress("[progress.description]{task.description}", BarColumn(),
-                      MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-                      disable=not err.is_terminal) as bar:
-            task = bar.add_task(f"building {str(target).rstrip('/').rsplit('/', 1)[-1]}",
-                                total=None)
+    target = cube_target(out_path or default_output(r), storage_option)
+    progress: list[Callable[[int, int], None]] = []  # set once the cluster is up
 
-            def on_region(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
+    @contextlib.contextmanager
+    def cluster() -> Iterator[Any]:
+        """The Dask client and the progress bar: started only when there is work."""
+        with dask_client(scheduler) as client:
+            out.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
+            with Progress("[progress.description]{task.description}", BarColumn(),
+                          MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                          disable=not err.is_terminal) as bar:
+                name = str(target).rstrip("/").rsplit("/", 1)[-1]
+                task = bar.add_task(f"building {name}", total=None)
+                progress.append(lambda done, total: bar.update(task, completed=done,
+                                                               total=total))
+                yield client
 
-            path = write_cube(ds, target, chunks=dict(r.output.chunks),
-                              compressor=r.output.compressor, overwrite=overwrite,
-                              client=client, on_region=on_region, resume=resume,
-                              append=append, storage_options=so,
-                              report=lambda msg: out.print(msg, highlight=False,
-                                                           soft_wrap=True))
-    out.print(f"{'appended to' if append else 'built'} {path}", highlight=False, soft_wrap=True)
+    path = build_cube(r, target, overwrite=overwrite, resume=resume, append=append,
+                      client=cluster, base_dir=recipe.resolve().parent, fetch=fetch,
+                      on_region=lambda done, total: progress[-1](done, total),
+                      report=lambda msg: out.print(msg, highlight=False, soft_wrap=True))
+    if progress:  # else the cube was up to date: nothing was built
+        out.print(f"{'appended to' if append else 'built'} {path}", highlight=False,
+                  soft_wrap=True)
 
 
 @app.command()
@@ -85,12 +75,8 @@ def info(cube: Annotated[str, typer.Argument(help="Cube (Zarr store: path or URL
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
          storage_option: StorageOptions = None) -> None:
     """Describe a cube: grid, variables, provenance."""
-    from esdc.remote import is_url, storage_options
-    from esdc.store import open_cube
-
-    ds = open_cube(cube, storage_options=storage_options(storage_option) if is_url(cube)
-                   else None)
-    sources = json.loads(ds.attrs.get("esdc_sources", "[]"))
+    ds = cube_target(cube, storage_option).open()
+    sources = json_attr(ds.attrs, ATTR_SOURCES, [])
     desc = {
         "path": str(cube),
         "title": ds.attrs.get("title"),
@@ -99,8 +85,8 @@ def info(cube: Annotated[str, typer.Argument(help="Cube (Zarr store: path or URL
                                "units": v.attrs.get("units"),
                                "long_name": v.attrs.get("long_name")}
                       for k, v in ds.data_vars.items()},
-        "grid": json.loads(ds.attrs.get("esdc_grid", "null")),
-        "recipe_sha256": ds.attrs.get("esdc_recipe_sha256"),
+        "grid": json_attr(ds.attrs, ATTR_GRID),
+        "recipe_sha256": ds.attrs.get(ATTR_RECIPE_SHA256),
         "sources": [{k: s.get(k) for k in ("source", "product", "mission", "instrument",
                                            "licence", "sha256")} for s in sources],
         "created": ds.attrs.get("date_created"),
@@ -129,24 +115,13 @@ def verify(
     storage_option: StorageOptions = None,
 ) -> None:
     """List every convention problem of a cube; exit 1 if there is any."""
-    from esdc.integrity import check_checksums
-    from esdc.remote import is_url, require_cube, storage_options
-    from esdc.verify import verify_store
-
-    so = storage_options(storage_option) if is_url(cube) else None
-    if so is not None:
-        require_cube(cube, so)
-    elif not Path(cube).exists():
-        raise EsdcError(f"no cube at {cube}.")
-    problems = verify_store(cube, storage_options=so)
-    checked = None
-    if checksums:
-        report = check_checksums(cube, storage_options=so)
-        problems += report.problems
-        checked = report.checked
-        if report.uncovered:
-            out.print(f"not covered by the checksum record (written after the build): "
-                      f"{', '.join(report.uncovered)}", highlight=False, soft_wrap=True)
+    target = cube_target(cube, storage_option)
+    target.require()
+    report = store_report(target, checksums=checksums)
+    problems, checked = report.problems, report.checked
+    if report.uncovered:
+        out.print(f"not covered by the checksum record (written after the build): "
+                  f"{', '.join(report.uncovered)}", highlight=False, soft_wrap=True)
     for p in problems:
         out.print(f"- {p}", highlight=False, markup=False, soft_wrap=True)
     if problems:
@@ -168,11 +143,6 @@ def plot(
     storage_option: StorageOptions = None,
 ) -> None:
     """Draw a map of a cube variable (categorical classes get a legend)."""
-    from esdc.plot import quicklook
-    from esdc.remote import is_url, storage_options
-    from esdc.store import open_cube
-
-    so = storage_options(storage_option) if is_url(cube) else None
-    path = quicklook(open_cube(cube, storage_options=so), variable,
+    path = quicklook(cube_target(cube, storage_option).open(), variable,
                      png_target(out_path or Path(f"{variable}.png"), "--out"), time)
     out.print(f"wrote {path}", highlight=False)

@@ -8,8 +8,13 @@ from typing import Annotated
 
 import typer
 
+from esdc.cards import data_card, model_card, write_card
+from esdc.catalog import update_catalog, validate_catalog
 from esdc.cli._common import app, out, samples_app, user_errors
+from esdc.demo import run_demo
 from esdc.errors import EsdcError
+from esdc.reference import render
+from esdc.samples import SAMPLES, cache_dir, fetch
 
 
 @app.command()
@@ -21,8 +26,6 @@ def demo(
     epochs: Annotated[int | None, typer.Option(help="Encoder epochs.")] = None,
 ) -> None:
     """Build the Earth cube, train an encoder, embed, index, search: the whole pipeline."""
-    from esdc.demo import run_demo
-
     s = run_demo(out_dir, full, scheduler, lambda m: out.print(m, highlight=False), epochs)
     out.print(f"\n[bold]done in {s['total_s']} s[/] -> {out_dir / 'summary.json'}")
     out.print(f"cube {s['cube']} ({len(s['variables'])} variables), verify problems: "
@@ -51,8 +54,6 @@ def card(
                                                   "(default: print it).")] = None,
 ) -> None:
     """Write the data card of a cube or the model card of a training run (Markdown)."""
-    from esdc.cards import data_card, model_card, write_card
-
     path = Path(cube_or_run)
     if path.exists():
         text = data_card(path)
@@ -81,8 +82,6 @@ def catalog(
                                         "Item.")] = True,
 ) -> None:
     """Write or update a self-contained STAC catalog of built cubes (one Item per cube)."""
-    from esdc.catalog import update_catalog, validate_catalog
-
     names = list(cubes or sorted(p for p in out_path.parent.glob("*.zarr") if p.is_dir()))
     if not names:
         raise EsdcError(f"no cubes given and no *.zarr in {out_path.parent}; name the cubes "
@@ -104,8 +103,6 @@ def reference(
                                                   "(default: print it).")] = None,
 ) -> None:
     """Print the recipe and training-config reference generated from their schemas."""
-    from esdc.reference import render
-
     text = render()
     if out_path is None:
         typer.echo(text, nl=False)
@@ -117,8 +114,6 @@ def reference(
 @samples_app.command("list")
 def samples_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the registered real samples and whether they are cached."""
-    from esdc.samples import SAMPLES, cache_dir
-
     rows = []
     for s in SAMPLES.values():
         cached = (cache_dir() / s.name / s.filename).exists()
@@ -141,8 +136,6 @@ def samples_fetch(
     force: Annotated[bool, typer.Option(help="Download again.")] = False,
 ) -> None:
     """Download samples into the cache (without installing packages) and verify them."""
-    from esdc.samples import fetch
-
     if not names and not all_:
         raise EsdcError("name the samples to fetch (see `esdc samples list`) or pass --all.")
     for name, path in fetch(None if all_ else names, force=force).items():

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from esdc.cli._common import app, out, user_errors
+from esdc.cli._common import app, cube_target, out, user_errors
 from esdc.cluster import dask_client
+from esdc.embed import embed_cube, load_encoder
 from esdc.errors import EsdcError
+from esdc.ml.config import load_train_config
+from esdc.ml.serving import serve_command, serve_env
+from esdc.ml.tracking import default_tracking_uri
+from esdc.ml.train import check_fits, submit
 
 
 @app.command()
@@ -25,20 +31,9 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a model on a cube on a Dask worker; track it in MLflow."""
-    from esdc.ml.config import load_train_config
-    from esdc.ml.patches import PatchStream
-    from esdc.ml.train import submit
-
     cfg = load_train_config(config)
-    if not cube.exists():
-        raise EsdcError(f"no cube at {cube}.")
-    # Fail here, not on the worker, for missing variables or a patch larger than the grid.
-    stream = PatchStream(str(cube.resolve()), cfg.inputs, patch=cfg.patch,
-                         targets=[cfg.target] if cfg.target else [], normalize=False)
-    if cfg.search is not None:  # more spatial folds than train blocks
-        from esdc.ml.tuning import check_search_blocks
-
-        check_search_blocks(cfg, (stream.ny, stream.nx))
+    cube_target(cube).require()
+    check_fits(str(cube.resolve()), cfg)  # here, not on the worker (before a cluster starts)
     with dask_client(scheduler) as client:
         if not as_json:
             out.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
@@ -69,10 +64,7 @@ def embed(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
 ) -> None:
     """Embed every tile of a cube with a trained encoder; write the vectors into the cube."""
-    from esdc.embed import embed_cube, load_encoder
-
-    if not cube.exists():
-        raise EsdcError(f"no cube at {cube}.")
+    cube_target(cube).require()
     tiles = sorted(set(tile or [8, 16]))
     if any(t < 1 for t in tiles):
         raise EsdcError(f"--tile {tiles}: tile sizes must be positive.")
@@ -94,11 +86,6 @@ def serve_model(
                                                      "sqlite:///mlruns.db here).")] = None,
 ) -> None:
     """Serve a registered model over HTTP (POST /invocations) with MLflow's model server."""
-    import subprocess
-
-    from esdc.ml.serving import serve_command, serve_env
-    from esdc.ml.train import default_tracking_uri
-
     env = serve_env(tracking_uri or default_tracking_uri())
     cmd = serve_command(f"models:/{name}/{version}", port, host)
     out.print(f"serving models:/{name}/{version} on http://{host}:{port}/invocations",

@@ -3,33 +3,40 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from esdc.cli._common import app, out, png_target, user_errors
+from esdc.cli._common import app, cube_target, out, png_target, user_errors
 from esdc.errors import EsdcError
+from esdc.grid import parse_bbox
+from esdc.search.balance import balanced_sample, write_sample
+from esdc.search.evaluate import evaluate_search as run_evaluation
+from esdc.search.http import create_app, run_app
+from esdc.search.index import build_index, index_dir
+from esdc.search.query import SearchEngine
+
+# Arguments and options shared by the commands.
+EmbeddedCube = Annotated[Path, typer.Argument(help="Cube with embeddings.")]
+IndexedCube = Annotated[Path, typer.Argument(help="Cube with embeddings and an index.")]
+Variable = Annotated[str | None, typer.Option(help="Embedding variable (default: the "
+                                              "smallest tile).")]
 
 
 @app.command()
 @user_errors
 def index(
-    cube: Annotated[Path, typer.Argument(help="Cube with embeddings.")],
+    cube: EmbeddedCube,
     kind: Annotated[str, typer.Option(help="flat (exact), hnsw, ivfpq or auto (exact below "
                                       "200,000 vectors).")] = "auto",
-    variable: Annotated[str | None, typer.Option(help="Embedding variable (default: the "
-                                                 "smallest tile).")] = None,
+    variable: Variable = None,
     device: Annotated[str, typer.Option(help="auto (a GPU when FAISS sees one and the kind "
                                         "runs there: flat, ivfpq), cpu or gpu (needs "
                                         "esdc[gpu]).")] = "auto",
 ) -> None:
     """Build a FAISS index of a cube's embeddings, stored beside the cube."""
-    from esdc.search.index import build_index, index_dir
-
-    if not cube.exists():
-        raise EsdcError(f"no cube at {cube}.")
+    cube_target(cube).require()
     m = build_index(cube, variable, kind, device)
     out.print(f"indexed {m.count} tiles of {m.variable} ({m.kind}, {m.dim} dims, built on "
               f"{m.params.get('built_on', 'cpu')}) in "
@@ -37,24 +44,10 @@ def index(
               "swaps it in)", highlight=False)
 
 
-def _bbox(text: str | None) -> tuple[float, float, float, float] | None:
-    if text is None:
-        return None
-    try:
-        w, s, e, n = (float(v) for v in text.split(","))
-    except ValueError:
-        raise EsdcError(f"--bbox {text!r}: give four numbers W,S,E,N.") from None
-    if not all(math.isfinite(v) for v in (w, s, e, n)):
-        raise EsdcError(f"--bbox {text!r}: the numbers must be finite.")
-    if s > n:
-        raise EsdcError(f"--bbox {text!r}: south ({s}) is north of north ({n}).")
-    return (w, s, e, n)
-
-
 @app.command()
 @user_errors
 def search(
-    cube: Annotated[Path, typer.Argument(help="Cube with embeddings and an index.")],
+    cube: IndexedCube,
     lat: Annotated[float, typer.Option("--lat", "--y", help="Latitude (or y) of the query "
                                        "tile.")],
     lon: Annotated[float, typer.Option("--lon", "--x", help="Longitude (or x).")],
@@ -63,21 +56,18 @@ def search(
     bbox: Annotated[str | None, typer.Option(help="Keep neighbours in W,S,E,N.")] = None,
     start: Annotated[str | None, typer.Option(help="Keep neighbours from this time.")] = None,
     end: Annotated[str | None, typer.Option(help="Keep neighbours up to this time.")] = None,
-    variable: Annotated[str | None, typer.Option(help="Embedding variable.")] = None,
+    variable: Variable = None,
     quicklook: Annotated[Path | None, typer.Option(help="PNG of the query beside its "
                                                    "neighbours.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Find the tiles most like the one at LAT, LON (reverse image search)."""
-    from esdc.search.query import SearchEngine
-
-    if not cube.exists():
-        raise EsdcError(f"no cube at {cube}.")
+    cube_target(cube).require()
     if quicklook is not None:
         png_target(quicklook, "--quicklook")
+    box = parse_bbox(bbox)
     engine = SearchEngine(cube, variable)
-    trange = None if start is None and end is None else (start, end)
-    result = engine.search_tile(lat, lon, time, k, _bbox(bbox), trange)
+    result = engine.search_tile(lat, lon, time, k, box, (start, end))
     if quicklook is not None:
         engine.quicklook(result, quicklook)
     if as_json:
@@ -96,26 +86,22 @@ def search(
 @app.command()
 @user_errors
 def serve(
-    cube: Annotated[Path, typer.Argument(help="Cube with embeddings and an index.")],
+    cube: IndexedCube,
+    variable: Variable = None,
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine "
                                       "only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    variable: Annotated[str | None, typer.Option(help="Embedding variable (default: the "
-                                                 "smallest tile).")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
     watch: Annotated[float, typer.Option(help="Seconds between checks for a rebuilt index "
                                          "(`esdc index`), swapped in without stopping; "
                                          "0: never.")] = 1.0,
 ) -> None:
     """Serve the reverse image search over HTTP (FastAPI; OpenAPI at /openapi.json)."""
-    from esdc.search.http import create_app, run_app
-
-    if not cube.exists():
-        raise EsdcError(f"no cube at {cube}.")
-    if not 0 <= port <= 65535:
+    if not 0 <= port <= 65535:  # the options first: no I/O for a mistyped command
         raise EsdcError(f"--port {port}: give a TCP port, 0 .. 65535.")
     if watch < 0:
         raise EsdcError(f"--watch {watch}: give seconds >= 0 (0: never).")
+    cube_target(cube).require()
     api = create_app(cube, variable, watch)
     out.print(f"serving {api.state.engine.variable} of {cube} on http://{host}:{port} "
               f"(search page: http://{host}:{port}/, docs: http://{host}:{port}/docs)",
@@ -126,20 +112,17 @@ def serve(
 @app.command("evaluate-search")
 @user_errors
 def evaluate_search(
-    cube: Annotated[Path, typer.Argument(help="Cube with embeddings.")],
+    cube: EmbeddedCube,
     label: Annotated[str, typer.Option("--label", help="Class variable (e.g. koppen_class, "
                                        "land_sea_mask); a tile's label is its mode.")],
-    variable: Annotated[str | None, typer.Option(help="Embedding variable (default: the "
-                                                 "smallest tile).")] = None,
+    variable: Variable = None,
     k: Annotated[int, typer.Option("-k", help="Neighbours per query.")] = 10,
     queries: Annotated[int, typer.Option(help="Query tiles (random sample).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the sample and baselines.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Precision@k of the search by a class label, against random and raw-pixel PCA."""
-    from esdc.search.evaluate import evaluate_search as run
-
-    r = run(cube, label, variable, k, queries, seed)
+    r = run_evaluation(cube, label, variable, k, queries, seed)
     if as_json:
         print(json.dumps(r))
         return
@@ -160,9 +143,8 @@ def evaluate_search(
 @app.command()
 @user_errors
 def balance(
-    cube: Annotated[Path, typer.Argument(help="Cube with embeddings.")],
-    variable: Annotated[str | None, typer.Option(help="Embedding variable (default: the "
-                                                 "smallest tile).")] = None,
+    cube: EmbeddedCube,
+    variable: Variable = None,
     clusters: Annotated[int, typer.Option(help="k-means clusters of the embeddings.")] = 20,
     per_cluster: Annotated[int, typer.Option(help="Tiles drawn from each cluster.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of the clustering and the draw.")] = 0,
@@ -170,8 +152,6 @@ def balance(
                                                   "here (default: print it).")] = None,
 ) -> None:
     """Draw a class-balanced sample of tiles: the same number from each embedding cluster."""
-    from esdc.search.balance import balanced_sample, write_sample
-
     r = balanced_sample(cube, variable, clusters, per_cluster, seed)
     if out_path is None:
         print(json.dumps(r))

@@ -1,4 +1,8 @@
-"""Training configuration: YAML validated into a typed model (like recipes)."""
+"""Training configuration: YAML validated into a typed model (like recipes).
+
+:data:`MODEL_KINDS` names, per fitter, the model kinds it fits; the fitters themselves are
+found by name in the registry :mod:`esdc.ml.fit` (:attr:`TrainConfig.fitter`).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,21 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from esdc.errors import RecipeError
-from esdc.recipe import Identifier, _format_errors
+from esdc.errors import TrainConfigError
+from esdc.ml.estimators import estimator_class, require_sklearn
+from esdc.recipe import Identifier, format_errors
 
-__all__ = ["Distribution", "SearchSpec", "SplitSpec", "TrainConfig", "load_train_config"]
+__all__ = ["MODEL_KINDS", "Distribution", "SearchSpec", "SplitSpec", "TrainConfig",
+           "load_train_config"]
+
+#: Fitter name (:attr:`TrainConfig.fitter`, a name of :data:`esdc.ml.fit.FITTERS`) -> the
+#: model kinds it fits, its default first.
+MODEL_KINDS: dict[str, tuple[str, ...]] = {
+    "sklearn": ("random_forest", "sgd"),
+    "torch": ("cnn",),
+    "keras": ("cnn",),
+    "simsiam": ("simsiam",),
+}
 
 
 class _Model(BaseModel):
@@ -90,8 +105,6 @@ class SearchSpec(_Model):
         if self.grid is not None and self.n_iter is not None:
             raise ValueError("n_iter is for `distributions`; a grid tries every combination")
         if self.scoring is not None:
-            from esdc.ml.tuning import require_sklearn
-
             require_sklearn()
             from sklearn.metrics import get_scorer_names
 
@@ -107,7 +120,7 @@ class SearchSpec(_Model):
 
 
 def _search_error(loc: tuple[str | int, ...], msg: str, value: Any) -> ValidationError:
-    """A validation error located at a field inside ``search`` (for _format_errors)."""
+    """A validation error located at a field inside ``search`` (for format_errors)."""
     from pydantic_core import InitErrorDetails, PydanticCustomError
 
     return ValidationError.from_exception_data("TrainConfig", [InitErrorDetails(
@@ -166,8 +179,6 @@ class TrainConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        kinds = {"sklearn": ("random_forest", "sgd"), "torch": ("cnn", "simsiam"),
-                 "keras": ("cnn",)}
         if self.search is not None and self.framework != "sklearn":
             raise _search_error(("search",), "hyperparameter search is for framework "
                                 "sklearn", self.framework)
@@ -180,10 +191,11 @@ class TrainConfig(_Model):
             return self
         if self.target is None:
             raise ValueError(f"task {self.task} needs a `target` variable")
-        kind = self.model.get("kind", kinds[self.framework][0])
-        if kind not in kinds[self.framework]:
+        kinds = MODEL_KINDS[self.fitter]
+        kind = self.model.get("kind", kinds[0])
+        if kind not in kinds:
             raise ValueError(f"model.kind {kind!r} is not available for {self.framework}; use "
-                             f"one of {list(kinds[self.framework])}")
+                             f"one of {list(kinds)}")
         if self.target in self.inputs:
             raise ValueError(f"target {self.target!r} is also an input")
         if self.search is not None:
@@ -192,10 +204,9 @@ class TrainConfig(_Model):
 
     def _check_search(self, kind: str) -> None:
         """Searched parameters must exist on the estimator and have valid values."""
-        from esdc.ml.tuning import estimator_class
-
         search = self.search
-        assert search is not None
+        if search is None:
+            return
         cls = estimator_class(kind, self.task)
         from sklearn.base import clone
 
@@ -213,13 +224,44 @@ class TrainConfig(_Model):
                 except ValueError as exc:  # sklearn's InvalidParameterError
                     raise _search_error(loc, str(exc), v) from None
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "training config") -> TrainConfig:
+        """Validate a dict (as from YAML) into a config.
+
+        Parameters
+        ----------
+        d : dict
+            The config's fields.
+        where : str
+            What the dict is (a file name), the first words of an error message.
+
+        Returns
+        -------
+        TrainConfig
+
+        Raises
+        ------
+        TrainConfigError
+            One line per invalid field: its path (``search.grid.max_depth``) and the
+            problem.
+        """
+        try:
+            return cls.model_validate(d)
+        except ValidationError as exc:
+            raise TrainConfigError(format_errors(exc, where)) from None
+
+    @property
+    def fitter(self) -> str:
+        """Name of the fitter in :data:`esdc.ml.fit.FITTERS`.
+
+        ``simsiam`` for ``task: embedding``, otherwise the framework.
+        """
+        return "simsiam" if self.task == "embedding" else self.framework
+
     @property
     def model_kind(self) -> str:
-        """The model kind, defaulted per framework."""
-        if self.task == "embedding":
-            return "simsiam"
-        return str(self.model.get("kind", {"sklearn": "random_forest"}.get(self.framework,
-                                                                             "cnn")))
+        """The model kind, defaulted per fitter (:data:`MODEL_KINDS`)."""
+        return str(self.model.get("kind", MODEL_KINDS[self.fitter][0]))
 
     @property
     def model_params(self) -> dict[str, Any]:
@@ -232,23 +274,20 @@ def load_train_config(path: str | Path) -> TrainConfig:
 
     Raises
     ------
-    RecipeError
+    TrainConfigError
         If the file is missing, malformed or invalid (field paths in the message).
     """
     p = Path(path)
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise RecipeError(f"config file {p} does not exist.") from None
+        raise TrainConfigError(f"config file {p} does not exist.") from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{p}: malformed YAML: {exc}".splitlines()[0]) from None
+        raise TrainConfigError(f"{p}: malformed YAML: {exc}".splitlines()[0]) from None
     except RecursionError:
-        raise RecipeError(f"{p}: malformed YAML: nested too deeply.") from None
+        raise TrainConfigError(f"{p}: malformed YAML: nested too deeply.") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"config file {p} cannot be read: {exc}.") from None
+        raise TrainConfigError(f"config file {p} cannot be read: {exc}.") from None
     if not isinstance(data, dict):
-        raise RecipeError(f"{p}: a training config is a YAML mapping.")
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, str(p))) from None
+        raise TrainConfigError(f"{p}: a training config is a YAML mapping.")
+    return TrainConfig.from_dict(data, str(p))

@@ -1,27 +1,26 @@
-"""Keras adapter: a ``PyDataset`` over :class:`~esdc.ml.patches.PatchStream`; Keras trainer.
+"""Keras adapter: a ``PyDataset`` over :class:`~esdc.ml.patches.PatchStream`; a Keras CNN.
 
-:func:`fit_keras` is the trainer :func:`esdc.ml.train.train` uses for ``framework: keras``.
+The fitter of ``framework: keras`` (:mod:`esdc.ml.fit.keras`) trains :func:`pixel_cnn` on
+:class:`PatchPyDataset` batches.
 
 TensorFlow/Keras is an optional extra: ``pip install 'esdc[tensorflow]'``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from esdc.errors import EsdcError
-from esdc.ml.config import TrainConfig
-from esdc.ml.patches import PatchStream
+from esdc.ml.patches import Batch, PatchStream
 
 try:
     import keras
 except ImportError:  # pragma: no cover - depends on the environment
     raise EsdcError("Keras is not installed: pip install 'esdc[tensorflow]'.") from None
 
-__all__ = ["PatchPyDataset", "fit_keras", "pixel_cnn"]
+__all__ = ["PatchPyDataset", "pixel_cnn"]
 
 
 class PatchPyDataset(keras.utils.PyDataset):  # type: ignore[misc]
@@ -58,7 +57,7 @@ class PatchPyDataset(keras.utils.PyDataset):  # type: ignore[misc]
         self._batches = [self._convert(b) for b in self.stream.batches(self.batch_size,
                                                                        self.epoch)]
 
-    def _convert(self, b: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _convert(self, b: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(b.x.transpose(0, 2, 3, 1))
         t = b.target[:, 0]
         ok = np.isfinite(t)
@@ -88,7 +87,20 @@ def pixel_cnn(in_channels: int, out_channels: int, hidden: int = 32,
               depth: int = 3) -> Any:
     """The Keras twin of :class:`esdc.ml.models.PixelCNN` (channels last).
 
-    Input ``(B, H, W, C)``, output ``(B, H, W, K)`` logits (or K = 1 values).
+    ``depth`` 3x3 convolutions (same padding, batch norm, ReLU) of ``hidden`` channels,
+    then a 1x1 convolution to ``out_channels``.
+
+    Parameters
+    ----------
+    in_channels, out_channels, hidden, depth : int
+        Input channels C; classes K (1 for regression); width of the hidden layers;
+        number of 3x3 convolution layers (as for the PyTorch model).
+
+    Returns
+    -------
+    keras.Model
+        Input ``(B, H, W, C)`` float32, output ``(B, H, W, K)`` logits (or K = 1 values);
+        H and W are preserved.
     """
     inputs = keras.Input((None, None, in_channels))
     x = inputs
@@ -98,47 +110,3 @@ def pixel_cnn(in_channels: int, out_channels: int, hidden: int = 32,
         x = keras.layers.ReLU()(x)
     outputs = keras.layers.Conv2D(out_channels, 1)(x)
     return keras.Model(inputs, outputs)
-
-
-def fit_keras(cfg: TrainConfig, streams: dict[str, PatchStream], cube: str, out: Path,
-              log: Any) -> tuple[float, float, Path]:
-    """Fit the Keras PixelCNN; return (test metric, baseline metric, ``.keras`` file).
-
-    The model is saved in the native ``.keras`` format (loads with
-    ``keras.saving.load_model(path, safe_mode=True)``: no code executed).
-    """
-    from esdc.ml.train import _baseline, _classes, _score
-
-    keras.utils.set_random_seed(cfg.seed)
-    clf = cfg.task == "classification"
-    classes = _classes(cube, cfg) if clf else None
-    lookup = {int(c): i for i, c in enumerate(classes)} if classes is not None else None
-    train = PatchPyDataset(streams["train"], cfg.batch_size, lookup)
-    model = pixel_cnn(len(cfg.inputs), len(classes) if classes is not None else 1,
-                      **cfg.model_params)
-    loss = (keras.losses.SparseCategoricalCrossentropy(from_logits=True) if clf
-            else keras.losses.MeanSquaredError())
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss)
-
-    class _Log(keras.callbacks.Callback):  # type: ignore[misc]
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            log(epoch, {"train_loss": float((logs or {}).get("loss", np.nan))})
-
-    model.fit(train, epochs=cfg.epochs, verbose=0, callbacks=[_Log()])
-
-    def predict(stream: PatchStream) -> tuple[np.ndarray, np.ndarray]:
-        data = PatchPyDataset(stream, cfg.batch_size, lookup)
-        ys, ps = [], []
-        for x, y, w in data._batches:
-            pred = np.asarray(model(x, training=False))
-            p = pred.argmax(-1) if clf else pred[..., 0]
-            ok = w > 0
-            ys.append(y[ok])
-            ps.append(p[ok])
-        return np.concatenate(ys), np.concatenate(ps)
-
-    y_te, p_te = predict(streams["test"])
-    y_tr, _ = predict(streams["train"])
-    path = out / "model.keras"
-    model.save(path)
-    return _score(cfg.task, y_te, p_te), _baseline(cfg.task, y_tr, y_te), path

@@ -16,6 +16,8 @@ for whole-chunk reads); ``benchmarks/bench_batches.py`` measures the difference.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,10 +27,12 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from esdc.errors import EsdcError
-from esdc.ml.stats import normalisation, read_statistics
+from esdc.errors import TrainConfigError
+from esdc.ml.stats import cube_statistics, normalisation, read_statistics
+from esdc.storage import open_cube
+from esdc.storage.codecs import checked_reads
 
-__all__ = ["Batch", "Patch", "PatchStream", "block_splits"]
+__all__ = ["Batch", "Patch", "PatchStream", "batch_pixels", "block_splits", "valid_pixels"]
 
 Split = Literal["train", "validation", "test"]
 
@@ -108,14 +112,15 @@ def block_splits(shape: tuple[int, int], patch: tuple[int, int], block: tuple[in
 
     Raises
     ------
-    EsdcError
+    TrainConfigError
         If a block is smaller than a patch or the fractions are invalid.
     """
     if block[0] < patch[0] or block[1] < patch[1]:
-        raise EsdcError(f"split block {block} is smaller than the patch {patch}.")
+        raise TrainConfigError(f"split block {block} is smaller than the patch {patch}.")
     f = np.asarray(fractions, dtype=float)
     if f.shape != (3,) or np.any(f < 0) or f.sum() <= 0:
-        raise EsdcError(f"split fractions {list(fractions)} must be 3 non-negative numbers.")
+        raise TrainConfigError(f"split fractions {list(fractions)} must be 3 non-negative "
+                               "numbers.")
     nby, nbx = -(-shape[0] // block[0]), -(-shape[1] // block[1])
     n = nby * nbx
     order = np.random.default_rng(seed).permutation(n)
@@ -166,9 +171,11 @@ class PatchStream:
 
     Raises
     ------
-    EsdcError
-        If a variable is missing, the patch is larger than the grid, or the
-        variables do not share the spatial grid.
+    TrainConfigError
+        If a variable is missing, the patch is larger than the grid, the variables do
+        not share the spatial grid, or another parameter is out of range (a stream's
+        parameters are a training config's ``inputs``, ``target``, ``patch`` and
+        ``split``).
     """
 
     cube: str | Path
@@ -191,45 +198,53 @@ class PatchStream:
     _ds: xr.Dataset = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from esdc.store import open_cube
-
         self.variables = list(self.variables)
         self.targets = list(self.targets)
         self._ds = open_cube(self.cube)
         missing = [v for v in [*self.variables, *self.targets] if v not in self._ds.data_vars]
         if missing:
-            raise EsdcError(f"variables {missing} are not in the cube {self.cube}; it has "
-                            f"{sorted(map(str, self._ds.data_vars))}.")
+            raise TrainConfigError(f"variables {missing} are not in the cube {self.cube}; it "
+                                   f"has {sorted(map(str, self._ds.data_vars))}.")
         spatial = {self._ds[v].dims[-2:] for v in [*self.variables, *self.targets]}
         if len(spatial) != 1:
-            raise EsdcError(f"variables {self.variables} do not share spatial dims: {spatial}.")
+            raise TrainConfigError(f"variables {self.variables} do not share spatial dims: "
+                                   f"{spatial}.")
         self.ydim, self.xdim = next(iter(spatial))
         self.ny, self.nx = self._ds.sizes[self.ydim], self._ds.sizes[self.xdim]
         ph, pw = self.patch
         if ph < 1 or pw < 1 or ph > self.ny or pw > self.nx:
-            raise EsdcError(f"patch {self.patch} does not fit the grid ({self.ny}, {self.nx}); "
-                            "choose a patch size between 1 and the grid size.")
+            raise TrainConfigError(f"patch {self.patch} does not fit the grid ({self.ny}, "
+                                   f"{self.nx}); choose a patch size between 1 and the grid "
+                                   "size.")
         if not (0 <= self.overlap[0] < ph and 0 <= self.overlap[1] < pw):
-            raise EsdcError(f"overlap {self.overlap} must be >= 0 and smaller than the patch.")
+            raise TrainConfigError(f"overlap {self.overlap} must be >= 0 and smaller than the "
+                                   "patch.")
         if not 0 <= self.shard < self.num_shards:
-            raise EsdcError(f"shard {self.shard} is not in 0..{self.num_shards - 1}.")
+            raise TrainConfigError(f"shard {self.shard} is not in 0..{self.num_shards - 1}.")
         self.has_time = any("time" in self._ds[v].dims for v in [*self.variables, *self.targets])
         self.nt = self._ds.sizes["time"] if self.has_time else 1
-        self._group = zarr.open_group(str(self.cube), mode="r")
-        self.band = int(self._group[self.variables[0]].chunks[-2])
+        # Arrays opened with esdc's codec pipeline: a damaged chunk raises ChunkDecodeError.
+        with checked_reads():
+            group = zarr.open_group(str(self.cube), mode="r")
+            self._arrays = {v: group[v] for v in dict.fromkeys([*self.variables,
+                                                                *self.targets])}
+        self.band = int(self._arrays[self.variables[0]].chunks[-2])
         tvars = [v for v in [*self.variables, *self.targets] if "time" in self._ds[v].dims]
-        self.tchunk = int(self._group[tvars[0]].chunks[0]) if tvars else 1
+        self.tchunk = int(self._arrays[tvars[0]].chunks[0]) if tvars else 1
         self._origins = self._patch_origins()
         if self.normalize:
             stats = read_statistics(self._ds, self.variables)
             if stats is None:
-                from esdc.ml.stats import cube_statistics
-
                 stats = cube_statistics(self._ds, self.variables)
             self._mean, self._scale = normalisation(stats, self.variables)
         else:
             c = len(self.variables)
             self._mean, self._scale = np.zeros(c, "float32"), np.ones(c, "float32")
+
+    @property
+    def dataset(self) -> xr.Dataset:
+        """The cube, opened lazily (coordinates and attributes of its variables)."""
+        return self._ds
 
     # ------------------------------------------------------------------ geometry
     def _patch_origins(self) -> np.ndarray:
@@ -278,7 +293,7 @@ class PatchStream:
     def _read(self, names: list[str], times: range, r0: int, r1: int) -> np.ndarray:
         block = np.empty((len(times), len(names), r1 - r0, self.nx), dtype="float32")
         for c, v in enumerate(names):
-            arr = self._group[v]
+            arr = self._arrays[v]
             if "time" in self._ds[v].dims:
                 block[:, c] = arr[times.start:times.stop, r0:r1, :]
             else:
@@ -406,9 +421,6 @@ class PatchStream:
         if threads <= 1:
             yield from self.batches(batch_size, epoch, drop_last)
             return
-        import queue
-        import threading
-
         subs = [replace(self, shard=self.shard * threads + i, num_shards=self.num_shards * threads)
                 for i in range(threads)]
         queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=prefetch) for _ in subs]
@@ -467,6 +479,79 @@ class PatchStream:
                 carry, count = [rest], len(rest.x)
         if count and not drop_last:
             yield _concat(carry)
+
+
+def batch_pixels(b: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pixels of a batch with one target, as rows.
+
+    Parameters
+    ----------
+    b : Batch
+        ``x`` ``(B, C, ph, pw)``, ``valid`` like it, ``target`` ``(B, 1, ph, pw)``.
+
+    Returns
+    -------
+    x : numpy.ndarray
+        ``(B * ph * pw, C)`` float32 input values, patch by patch in row-major order.
+    y : numpy.ndarray
+        ``(B * ph * pw,)`` float32 target values.
+    keep : numpy.ndarray
+        ``(B * ph * pw,)`` bool: every channel valid and the target finite.
+    """
+    c = b.x.shape[1]
+    x = b.x.transpose(0, 2, 3, 1).reshape(-1, c)
+    valid = b.valid.transpose(0, 2, 3, 1).reshape(-1, c).all(axis=1)
+    y = b.target[:, 0].reshape(-1)  # type: ignore[index]
+    return x, y, valid & np.isfinite(y)
+
+
+def valid_pixels(stream: PatchStream, limit: int, seed: int,
+                 coords: bool = False) -> tuple[np.ndarray, ...]:
+    """The valid pixels of a stream with one target, at most ``limit`` (uniform sample).
+
+    Parameters
+    ----------
+    stream : PatchStream
+        Inputs and one target (usually one spatial split).
+    limit : int
+        Most pixels returned; a larger set is sampled without replacement.
+    seed : int
+        Seed of that sample.
+    coords : bool
+        Also return each pixel's grid row and column.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``X (N, C)`` float32 (normalised like the stream), ``y (N,)`` float32; with
+        ``coords``, also ``rows (N,)`` and ``cols (N,)`` int64 grid indices.
+
+    Raises
+    ------
+    TrainConfigError
+        If the stream has no valid pixel (check the variables or the split settings).
+    """
+    xs, ys, rs, cs = [], [], [], []
+    for b in stream.batches(256):
+        x, y, keep = batch_pixels(b)
+        xs.append(x[keep])
+        ys.append(y[keep])
+        if coords:
+            n, _, ph, pw = b.x.shape
+            r = b.index[:, 1, None, None] + np.arange(ph)[None, :, None]
+            c = b.index[:, 2, None, None] + np.arange(pw)[None, None, :]
+            rs.append(np.broadcast_to(r, (n, ph, pw)).reshape(-1)[keep])
+            cs.append(np.broadcast_to(c, (n, ph, pw)).reshape(-1)[keep])
+    if not xs or sum(len(a) for a in ys) == 0:
+        raise TrainConfigError("no valid pixels in this split of the cube; check the "
+                               "variables or the split settings.")
+    out = [np.concatenate(xs), np.concatenate(ys)]
+    if coords:
+        out += [np.concatenate(rs).astype(np.int64), np.concatenate(cs).astype(np.int64)]
+    if len(out[1]) > limit:
+        pick = np.random.default_rng(seed).choice(len(out[1]), limit, replace=False)
+        out = [a[pick] for a in out]
+    return tuple(out)
 
 
 def _concat(parts: list[Batch]) -> Batch:

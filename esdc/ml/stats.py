@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
-import zarr
 
-__all__ = ["cube_statistics", "read_statistics", "write_statistics"]
+from esdc.conventions import ATTR_STATISTICS
+from esdc.storage import resolve
+
+__all__ = ["cube_statistics", "normalisation", "read_statistics", "write_statistics"]
 
 
 def cube_statistics(ds: xr.Dataset, variables: list[str]) -> dict[str, dict[str, float]]:
@@ -44,19 +45,14 @@ def cube_statistics(ds: xr.Dataset, variables: list[str]) -> dict[str, dict[str,
 
 def write_statistics(path: str | Path, stats: dict[str, dict[str, float]]) -> None:
     """Store statistics as ``esdc_statistics`` attributes of each variable, reconsolidate."""
-    group = zarr.open_group(str(path), mode="r+")
-    for v, s in stats.items():
-        group[v].attrs["esdc_statistics"] = s
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata")
-        zarr.consolidate_metadata(str(path))
+    resolve(path).update(attrs={v: {ATTR_STATISTICS: s} for v, s in stats.items()})
 
 
 def read_statistics(ds: xr.Dataset, variables: list[str]) -> dict[str, dict[str, Any]] | None:
     """Statistics stored in the cube, or None if any variable lacks them."""
     out = {}
     for v in variables:
-        s = ds[v].attrs.get("esdc_statistics")
+        s = ds[v].attrs.get(ATTR_STATISTICS)
         if s is None:
             return None
         out[v] = dict(s)

@@ -10,11 +10,11 @@ pool ran deadlocks (../shared/STACK.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
-from esdc.errors import EsdcError
+from esdc.errors import EsdcError, TrainConfigError
 from esdc.ml.patches import PatchStream
 
 __all__ = ["PatchDataset", "device_for"]
@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - depends on the environment
         from None
 
 
-def device_for(prefer: str = "auto", resources: dict[str, float] | None = None) -> str:
+def device_for(prefer: str = "auto", resources: Mapping[str, float] | None = None) -> str:
     """Choose the torch device: ``cuda`` when asked or available, else ``cpu``.
 
     When the Dask worker's resources are given, CUDA is used only if the worker has a
@@ -48,13 +48,14 @@ def device_for(prefer: str = "auto", resources: dict[str, float] | None = None) 
 
     Raises
     ------
-    EsdcError
+    TrainConfigError
         If ``cuda`` is asked for and no CUDA device is available.
     """
     has_cuda = bool(torch.cuda.is_available())
     if prefer == "cuda":
         if not has_cuda:
-            raise EsdcError("device 'cuda' was asked for but no CUDA device is available.")
+            raise TrainConfigError("device 'cuda' was asked for but no CUDA device is "
+                                   "available; use device 'auto' or 'cpu'.")
         return "cuda"
     if prefer == "cpu" or not has_cuda:
         return "cpu"

@@ -16,69 +16,19 @@ pool while it waits). The best candidate is refitted on all training pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from esdc.errors import EsdcError
+from esdc.errors import TrainConfigError
+from esdc.ml.config import SearchSpec, TrainConfig
+from esdc.ml.patches import block_splits
 
-if TYPE_CHECKING:
-    from esdc.ml.config import SearchSpec, TrainConfig
-
-__all__ = ["SearchOutcome", "block_ids", "check_search_blocks", "estimator_class",
-           "make_estimator", "require_sklearn", "run_search", "spatial_folds"]
+__all__ = ["DEFAULT_SCORING", "SearchOutcome", "block_ids", "check_search_blocks",
+           "run_search", "spatial_folds"]
 
 DEFAULT_SCORING = {"classification": "accuracy", "regression": "neg_root_mean_squared_error"}
-
-
-def require_sklearn() -> None:
-    """Raise :class:`EsdcError` naming the extra when scikit-learn is missing."""
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        raise EsdcError("scikit-learn is not installed: pip install 'esdc[ml]'.") from None
-
-
-def estimator_class(kind: str, task: str) -> type:
-    """The scikit-learn estimator class of a model kind and task.
-
-    Parameters
-    ----------
-    kind : {"random_forest", "sgd"}
-        ``model.kind`` of a training config.
-    task : {"classification", "regression"}
-        The config's task.
-
-    Returns
-    -------
-    type
-        ``RandomForestClassifier``/``RandomForestRegressor`` or
-        ``SGDClassifier``/``SGDRegressor``.
-
-    Raises
-    ------
-    EsdcError
-        If scikit-learn is not installed.
-    """
-    require_sklearn()
-    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-    from sklearn.linear_model import SGDClassifier, SGDRegressor
-
-    clf = task == "classification"
-    if kind == "random_forest":
-        return RandomForestClassifier if clf else RandomForestRegressor
-    return SGDClassifier if clf else SGDRegressor
-
-
-def make_estimator(cfg: TrainConfig) -> Any:
-    """The unfitted estimator of a scikit-learn config (``model`` parameters, ``seed``).
-
-    Random forests get ``n_jobs=1``: parallelism comes from the cluster, one fit per task.
-    """
-    cls = estimator_class(cfg.model_kind, cfg.task)
-    extra = {"n_jobs": 1} if cfg.model_kind == "random_forest" else {}
-    return cls(random_state=cfg.seed, **{**extra, **cfg.model_params})
 
 
 def block_ids(rows: np.ndarray, cols: np.ndarray, block: tuple[int, int],
@@ -126,16 +76,16 @@ def spatial_folds(groups: np.ndarray, n_splits: int) -> list[tuple[np.ndarray, n
 
     Raises
     ------
-    EsdcError
+    TrainConfigError
         If there are fewer blocks than folds.
     """
     from sklearn.model_selection import GroupKFold
 
     n_blocks = len(np.unique(groups))
     if n_splits > n_blocks:
-        raise EsdcError(f"search.cv: {n_splits} folds need at least {n_splits} spatial blocks "
-                        f"with valid training pixels, but the train split has {n_blocks}; "
-                        "lower search.cv or make split.block smaller.")
+        raise TrainConfigError(f"search.cv: {n_splits} folds need at least {n_splits} spatial "
+                               f"blocks with valid training pixels, but the train split has "
+                               f"{n_blocks}; lower search.cv or make split.block smaller.")
     return list(GroupKFold(n_splits=n_splits).split(np.zeros(len(groups)), groups=groups))
 
 
@@ -148,21 +98,20 @@ def check_search_blocks(cfg: TrainConfig, shape: tuple[int, int]) -> None:
 
     Raises
     ------
-    EsdcError
+    TrainConfigError
         Naming ``search.cv`` when there are more folds than train blocks.
     """
-    from esdc.ml.patches import block_splits
-
     if cfg.search is None:
         return
     labels = block_splits(shape, cfg.patch, cfg.split.block, cfg.split.fractions,
                           cfg.split.seed)
     n = int((labels == 0).sum())
     if cfg.search.cv > n:
-        raise EsdcError(f"search.cv: {cfg.search.cv} folds need at least {cfg.search.cv} "
-                        f"spatial blocks, but the train split of this {shape[0]}x{shape[1]} "
-                        f"grid has {n} blocks of {list(cfg.split.block)} cells; lower "
-                        "search.cv or make split.block smaller.")
+        raise TrainConfigError(f"search.cv: {cfg.search.cv} folds need at least "
+                               f"{cfg.search.cv} spatial blocks, but the train split of this "
+                               f"{shape[0]}x{shape[1]} grid has {n} blocks of "
+                               f"{list(cfg.split.block)} cells; lower search.cv or make "
+                               "split.block smaller.")
 
 
 @dataclass
@@ -257,7 +206,7 @@ def run_search(estimator: Any, spec: SearchSpec, task: str, x: np.ndarray, y: np
 
     Raises
     ------
-    EsdcError
+    TrainConfigError
         With fewer spatial blocks than folds.
 
     Notes

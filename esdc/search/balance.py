@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from esdc.errors import EsdcError
-from esdc.search.index import _faiss, embedding_matrix, embedding_variable
+from esdc.conventions import ATTR_TILE_DIMS, SPATIAL_DIMS, TIME_DIM
+from esdc.errors import OutputPathError, SearchIndexError
+from esdc.search.index import read_embeddings, require_faiss
 
 __all__ = ["balanced_sample", "cluster_embeddings", "write_sample"]
 
@@ -51,14 +52,15 @@ def cluster_embeddings(vectors: np.ndarray, clusters: int, seed: int = 0,
 
     Raises
     ------
-    EsdcError
+    SearchIndexError
         If ``clusters`` is out of range.
     """
-    faiss = _faiss()
+    faiss = require_faiss()
     vec = np.ascontiguousarray(vectors, dtype="float32")
     n, d = vec.shape
     if not 1 <= clusters <= n:
-        raise EsdcError(f"--clusters {clusters} must be between 1 and {n} (embedded tiles).")
+        raise SearchIndexError(f"clusters={clusters} must be between 1 and {n} (embedded "
+                               "tiles).")
     km = faiss.Kmeans(d, int(clusters), niter=int(niter), seed=int(seed), spherical=True,
                       verbose=False, min_points_per_centroid=1)
     km.train(vec)
@@ -103,29 +105,23 @@ def balanced_sample(cube: str | Path, variable: str | None = None, clusters: int
 
     Raises
     ------
-    EsdcError
-        If the cube has no embeddings or ``clusters``/``per_cluster`` are out of range.
+    CubeNotFoundError
+        If there is no cube at ``cube``.
+    SearchIndexError
+        If the cube has no embeddings (or no valid vector), or ``clusters``/
+        ``per_cluster`` are out of range.
     """
-    from esdc.store import open_cube
-
-    cube = Path(cube)
-    if not cube.exists():
-        raise EsdcError(f"no cube at {cube}.")
     if per_cluster < 1:
-        raise EsdcError(f"--per-cluster {per_cluster} must be at least 1.")
-    ds = open_cube(cube)
-    var = embedding_variable(ds, variable)
-    vec, ids, _ = embedding_matrix(ds, var)
-    if len(ids) == 0:
-        raise EsdcError(f"embedding {var!r} has no valid vector to cluster.")
+        raise SearchIndexError(f"per_cluster={per_cluster} must be at least 1.")
+    ds, var, vec, ids, _ = read_embeddings(cube, variable)
     assign = cluster_embeddings(vec, clusters, seed)
     rng = np.random.default_rng(seed)
     emb = ds[var]
-    names = [str(n) for n in emb.attrs.get("esdc_tile_dims", ["lat", "lon"])]
+    names = [str(n) for n in emb.attrs.get(ATTR_TILE_DIMS, SPATIAL_DIMS[0])]
     ydim, xdim = str(emb.dims[0]), str(emb.dims[1])
     yc = np.asarray(ds[ydim].values, dtype=float)
     xc = np.asarray(ds[xdim].values, dtype=float)
-    times = pd.DatetimeIndex(ds["time"].values) if emb.ndim == 4 else None
+    times = pd.DatetimeIndex(ds[TIME_DIM].values) if emb.ndim == 4 else None
     shape = tuple(int(s) for s in emb.shape[:-1])
     sizes = np.bincount(assign, minlength=clusters)
     sample: list[dict[str, Any]] = []
@@ -151,14 +147,26 @@ def balanced_sample(cube: str | Path, variable: str | None = None, clusters: int
 def write_sample(result: dict[str, Any], path: str | Path) -> Path:
     """Write a :func:`balanced_sample` result as JSON (to a temporary name, then moved).
 
+    Parameters
+    ----------
+    result : dict
+        What :func:`balanced_sample` returned.
+    path : str or path-like
+        The JSON file; its folder must exist.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
     Raises
     ------
-    EsdcError
+    OutputPathError
         If the folder does not exist.
     """
     path = Path(path)
     if not path.parent.is_dir():
-        raise EsdcError(f"--out {path}: folder {path.parent} does not exist.")
+        raise OutputPathError(f"{path}: folder {path.parent} does not exist.")
     tmp = path.parent / f".{path.name}.tmp"
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, path)

@@ -32,13 +32,21 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from esdc.errors import EsdcError
+from esdc.conventions import (
+    ATTR_INPUTS,
+    ATTR_ROLE,
+    ATTR_TILE_DIMS,
+    ATTR_TILE_SIZE,
+    SPATIAL_DIMS,
+    TIME_DIM,
+)
+from esdc.errors import SearchIndexError
+from esdc.ml.patches import PatchStream
 from esdc.search.index import (
-    _faiss,
-    embedding_matrix,
-    embedding_variable,
     gpu_count,
     normalise,
+    read_embeddings,
+    require_faiss,
     select_device,
 )
 
@@ -55,9 +63,9 @@ def _classes(lab: xr.DataArray, values: np.ndarray) -> tuple[np.ndarray, list[st
     finite = values[np.isfinite(values)]
     classes = np.unique(finite)
     if classes.size and (np.any(classes != np.round(classes)) or classes.size > 1000):
-        raise EsdcError(f"--label {lab.name!r} is not a class variable (no flag_values and "
-                        "non-integer or too many distinct values); use a categorical "
-                        "variable such as koppen_class or land_sea_mask.")
+        raise SearchIndexError(f"label={lab.name!r} is not a class variable (no flag_values "
+                               "and non-integer or too many distinct values); use a "
+                               "categorical variable such as koppen_class or land_sea_mask.")
     return classes, None
 
 
@@ -97,22 +105,22 @@ def tile_labels(ds: xr.Dataset, label: str, variable: str,
 
     Raises
     ------
-    EsdcError
+    SearchIndexError
         If ``label`` is missing, not on the embedding's grid or not categorical.
     """
     if label not in ds.data_vars:
-        raise EsdcError(f"--label {label!r} is not a variable of the cube; it has "
-                        f"{sorted(str(n) for n in ds.data_vars)}.")
+        raise SearchIndexError(f"label={label!r} is not a variable of the cube; it has "
+                               f"{sorted(str(n) for n in ds.data_vars)}.")
     lab = ds[label]
-    if lab.attrs.get("esdc_role") == "embedding":
-        raise EsdcError(f"--label {label!r} is an embedding, not a class variable.")
+    if lab.attrs.get(ATTR_ROLE) == "embedding":
+        raise SearchIndexError(f"label={label!r} is an embedding, not a class variable.")
     emb = ds[variable]
-    tile = int(emb.attrs["esdc_tile_size"])
-    ydim, xdim = (str(d) for d in emb.attrs.get("esdc_tile_dims", ["lat", "lon"]))
+    tile = int(emb.attrs[ATTR_TILE_SIZE])
+    ydim, xdim = (str(d) for d in emb.attrs.get(ATTR_TILE_DIMS, SPATIAL_DIMS[0]))
     if tuple(lab.dims[-2:]) != (ydim, xdim) or lab.ndim not in (2, 3) or (
-            lab.ndim == 3 and lab.dims[0] != "time"):
-        raise EsdcError(f"--label {label!r} has dims {lab.dims}; it must be ([time,] {ydim}, "
-                        f"{xdim}) like the embedding's inputs.")
+            lab.ndim == 3 and lab.dims[0] != TIME_DIM):
+        raise SearchIndexError(f"label={label!r} has dims {lab.dims}; it must be ([time,] "
+                               f"{ydim}, {xdim}) like the embedding's inputs.")
     nty, ntx = int(emb.shape[0]), int(emb.shape[1])
     emb_time = emb.ndim == 4
     values = np.asarray(lab.values, dtype="float64")
@@ -160,7 +168,7 @@ def precision_at_k(vectors: np.ndarray, labels: np.ndarray, queries: np.ndarray,
         ``(Q,)`` fraction of each query's ``k`` nearest other vectors with its label:
         :math:`\frac{1}{k}\sum_{j=1}^{k} \mathbf{1}[\ell(n_{q,j}) = \ell(q)]`.
     """
-    faiss = _faiss()
+    faiss = require_faiss()
     vec = np.ascontiguousarray(vectors, dtype="float32")
     index = faiss.IndexFlatIP(vec.shape[1])
     if select_device("auto", "flat", gpu_count())[1] == "gpu" and k < 2048:  # GPU k limit
@@ -189,11 +197,9 @@ def _random_precision(labels: np.ndarray, queries: np.ndarray, k: int,
 def _tile_pixels(cube: str | Path, ds: xr.Dataset, variable: str,
                  ids: np.ndarray) -> np.ndarray:
     """``(len(ids), C * T * T)`` normalised input pixels of the tiles ``ids`` (flat ids)."""
-    from esdc.ml.patches import PatchStream
-
     emb = ds[variable]
-    tile = int(emb.attrs["esdc_tile_size"])
-    inputs = [str(v) for v in emb.attrs["esdc_inputs"]]
+    tile = int(emb.attrs[ATTR_TILE_SIZE])
+    inputs = [str(v) for v in emb.attrs[ATTR_INPUTS]]
     stream = PatchStream(str(cube), inputs, patch=(tile, tile), shuffle=False)
     shape = tuple(int(s) for s in emb.shape[:-1])
     pos = np.full(int(np.prod(shape)), -1, dtype="int64")
@@ -248,33 +254,28 @@ def evaluate_search(cube: str | Path, label: str, variable: str | None = None, k
 
     Raises
     ------
-    EsdcError
-        If the cube has no embeddings, the label is unusable, or ``k``/``queries`` are
-        out of range.
+    CubeNotFoundError
+        If there is no cube at ``cube``.
+    SearchIndexError
+        If the cube has no embeddings (or no valid vector), the label is unusable, or
+        ``k``/``queries`` are out of range.
     """
     from sklearn.decomposition import PCA
 
-    from esdc.store import open_cube
-
-    cube = Path(cube)
-    if not cube.exists():
-        raise EsdcError(f"no cube at {cube}.")
     if queries < 1:
-        raise EsdcError(f"--queries {queries} must be at least 1.")
-    ds = open_cube(cube)
-    var = embedding_variable(ds, variable)
-    vec, ids, _ = embedding_matrix(ds, var)
+        raise SearchIndexError(f"queries={queries} must be at least 1.")
+    ds, var, vec, ids, _ = read_embeddings(cube, variable)
     labels, ok, classes, names = tile_labels(ds, label, var)
     keep = ok[ids]
     vec, ids = vec[keep], ids[keep]
     y = labels[ids]
     n = len(ids)
     if n < 2:
-        raise EsdcError(f"only {n} tile(s) of {var!r} have both an embedding and a "
-                        f"{label!r} label; nothing to evaluate.")
+        raise SearchIndexError(f"only {n} tile(s) of {var!r} have both an embedding and a "
+                               f"{label!r} label; nothing to evaluate.")
     if not 1 <= k <= n - 1:
-        raise EsdcError(f"k = {k} must be between 1 and {n - 1} (labelled indexed tiles "
-                        "minus the query).")
+        raise SearchIndexError(f"k = {k} must be between 1 and {n - 1} (labelled indexed "
+                               "tiles minus the query).")
     rng = np.random.default_rng(seed)
     q = np.sort(rng.choice(n, size=min(queries, n), replace=False))
 

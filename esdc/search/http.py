@@ -47,20 +47,24 @@ reads Zarr chunks, so it runs in the server's thread pool.
 # which name models made inside create_app.
 import asyncio
 import contextlib
-import io
 import logging
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-import pandas as pd
 
-from esdc.errors import EsdcError
+from esdc.conventions import SPATIAL_DIMS
+from esdc.errors import EsdcError, SearchIndexError
+from esdc.grid import parse_bbox
+from esdc.search.index import Manifest, index_dir, require_faiss
 from esdc.search.page import mount_page
 from esdc.search.query import SearchEngine
+from esdc.storage import open_cube
 
-__all__ = ["IndexWatcher", "create_app", "load_engine", "png_bytes", "run_app", "serve"]
+__all__ = ["INDEX_HEADER", "MAX_DIM", "IndexWatcher", "create_app", "load_engine", "run_app",
+           "serve"]
 
 #: Largest vector length the API accepts (the index's dimension is checked after).
 MAX_DIM = 65_536
@@ -77,13 +81,22 @@ def load_engine(cube: str | Path, variable: str | None = None) -> SearchEngine:
     Tile pixels are read a few cells at a time: without Dask (a read through Dask
     builds and runs a graph per variable, about twice the time of the read itself).
 
+    Parameters
+    ----------
+    cube : str or path-like
+        Cube with embeddings and an index.
+    variable : str, optional
+        Embedding variable (default: the smallest tile size).
+
+    Returns
+    -------
+    SearchEngine
+
     Raises
     ------
-    EsdcError
+    CubeNotFoundError, SearchIndexError
         As :class:`~esdc.search.query.SearchEngine`.
     """
-    from esdc.store import open_cube
-
     engine = SearchEngine(cube, variable)
     engine.ds = open_cube(engine.cube, chunks=None)
     return engine
@@ -108,8 +121,6 @@ class IndexWatcher:
     """
 
     def __init__(self, app: Any, interval: float = 1.0) -> None:
-        from esdc.search.index import index_dir
-
         engine = app.state.engine
         self.app, self.interval = app, float(interval)
         self.cube, self.variable = engine.cube, engine.variable
@@ -179,6 +190,14 @@ class IndexWatcher:
                 self.swap(engine)  # in the event loop, between two requests' steps
 
 
+def _version() -> str:
+    """The installed version of esdc (package metadata), shown in the OpenAPI document."""
+    try:
+        return version("esdc")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "0"
+
+
 def _fastapi() -> Any:
     try:
         import fastapi
@@ -197,110 +216,30 @@ def _one_thread() -> None:
     threads anyway. The setting is per thread (OpenMP ICV), so it is made in every
     request thread and leaves the rest of the process alone.
     """
-    import faiss
-
-    faiss.omp_set_num_threads(1)
-
-
-def _parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
-    """``"W,S,E,N"`` -> four finite floats (south <= north is checked by the engine)."""
-    if text is None or text == "":
-        return None
-    try:
-        vals = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise EsdcError(f"bbox {text!r}: give four numbers W,S,E,N.") from None
-    return _check_bbox(vals)
-
-
-def _check_bbox(vals: Any) -> tuple[float, float, float, float] | None:
-    if vals is None:
-        return None
-    vals = tuple(float(v) for v in vals)
-    if len(vals) != 4:
-        raise EsdcError(f"bbox {list(vals)}: give four numbers W,S,E,N, not {len(vals)}.")
-    if not all(np.isfinite(vals)):
-        raise EsdcError(f"bbox {list(vals)}: the numbers must be finite.")
-    w, s, e, n = vals
-    if s > n:
-        raise EsdcError(f"bbox {list(vals)}: south ({s}) is north of north ({n}).")
-    return (w, s, e, n)
-
-
-def _time_range(start: str | None, end: str | None) -> tuple[str | None, str | None] | None:
-    """Check ``start``/``end`` are dates (and ordered); None when both are missing."""
-    if start is None and end is None:
-        return None
-    stamps = []
-    for name, value in (("start", start), ("end", end)):
-        if value is None:
-            stamps.append(None)
-            continue
-        try:
-            stamp = pd.Timestamp(value)
-        except (ValueError, TypeError, OverflowError):
-            raise EsdcError(f"{name} {value!r} is not a date (e.g. 2020-03).") from None
-        if stamp is pd.NaT:
-            raise EsdcError(f"{name} {value!r} is not a date (e.g. 2020-03).")
-        stamps.append(stamp)
-    if stamps[0] is not None and stamps[1] is not None and stamps[0] > stamps[1]:
-        raise EsdcError(f"start {start} is after end {end}.")
-    return (start, end)
+    require_faiss().omp_set_num_threads(1)
 
 
 def _pick(names: tuple[str, str], given: dict[str, float | None]) -> tuple[float, float]:
     """The query point from ``lat``/``lon`` or ``y``/``x`` (one pair, not both)."""
     out = []
-    for i, (named, plain) in enumerate((("lat", "y"), ("lon", "x"))):
+    for i, (named, plain) in enumerate(zip(*SPATIAL_DIMS, strict=True)):  # lat|y, lon|x
         a, b = given[named], given[plain]
         if a is not None and b is not None and a != b:
-            raise EsdcError(f"give {named} or {plain}, not both.")
+            raise SearchIndexError(f"give {named} or {plain}, not both.")
         v = a if a is not None else b
         if v is None:
-            raise EsdcError(f"give the query point: {named}= (or {plain}=, the grid's "
-                            f"{names[i]}) is missing.")
+            raise SearchIndexError(f"give the query point: {named}= (or {plain}=, the "
+                                   f"grid's {names[i]}) is missing.")
         out.append(float(v))
     return out[0], out[1]
-
-
-def png_bytes(img: np.ndarray) -> bytes:
-    """Encode tile pixels as PNG.
-
-    Parameters
-    ----------
-    img : numpy.ndarray
-        ``(H, W, 3)`` RGB in [0, 1], or ``(H, W)`` values of any range (scaled to the
-        tile's minimum .. maximum, grey levels). NaN cells are black.
-
-    Returns
-    -------
-    bytes
-    """
-    from PIL import Image
-
-    a = np.asarray(img, dtype="float64")
-    if a.ndim == 3:
-        u8 = np.round(np.nan_to_num(np.clip(a, 0, 1), nan=0.0) * 255).astype("uint8")
-        pil = Image.fromarray(np.ascontiguousarray(u8), mode="RGB")
-    else:
-        ok = np.isfinite(a)
-        lo, hi = (float(a[ok].min()), float(a[ok].max())) if ok.any() else (0.0, 1.0)
-        scaled = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-        u8 = np.round(np.where(ok, scaled, 0.0) * 255).astype("uint8")
-        pil = Image.fromarray(np.ascontiguousarray(u8), mode="L")
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _models(engine: SearchEngine) -> dict[str, Any]:
     """Pydantic models of the answers, with the coordinate names of this cube's grid."""
     from pydantic import BaseModel, ConfigDict, Field, create_model
 
-    from esdc.search.index import Manifest
-
     ny, nx = engine.names
-    unit = "degrees" if ny == "lat" else "grid units"
+    unit = "degrees" if ny == SPATIAL_DIMS[0][0] else "grid units"  # lat: geographic
 
     def coords(what: str) -> dict[str, Any]:
         return {ny: (float, Field(description=f"{ny} of the {what} centre ({unit})")),
@@ -423,15 +362,17 @@ def create_app(cube: str | Path, variable: str | None = None,
 
     Raises
     ------
+    CubeNotFoundError
+        If there is no cube at ``cube``.
+    SearchIndexError
+        If the cube has no embeddings or index, or the index's lineage does not match
+        (raised here, before anything is served).
     EsdcError
-        If FastAPI is missing, or the cube has no embeddings or index, or the index's
-        lineage does not match (raised here, before anything is served).
+        If FastAPI is missing.
     """
     fastapi = _fastapi()
     from fastapi import Depends, FastAPI, Query, Request
     from fastapi.responses import JSONResponse, Response
-
-    import esdc
 
     engine = load_engine(cube, variable)
     m = _models(engine)
@@ -451,7 +392,7 @@ def create_app(cube: str | Path, variable: str | None = None,
                     await task
 
     app = FastAPI(title="esdc search", lifespan=lifespan,
-                  version=getattr(esdc, "__version__", "0"),
+                  version=_version(),
                   description=f"Reverse image search over `{engine.variable}` of "
                   f"`{engine.cube.name}`: tiles like this one. Distances are cosine "
                   "distances of centred, L2-normalised embeddings.")
@@ -516,9 +457,9 @@ def create_app(cube: str | Path, variable: str | None = None,
     ) -> dict[str, Any]:
         """Neighbours of the tile containing the point (the tile itself first)."""
         py, px = _pick(eng.names, {"lat": lat, "lon": lon, "y": y, "x": x})
-        box = _parse_bbox(bbox)
+        box = parse_bbox(bbox)
         _one_thread()
-        result = eng.search_tile(py, px, time, k, box, _time_range(start, end)).to_json()
+        result = eng.search_tile(py, px, time, k, box, (start, end)).to_json()
         result["query"].update(_filters(box, start, end))
         return result
 
@@ -527,12 +468,12 @@ def create_app(cube: str | Path, variable: str | None = None,
     async def search_vector(body: VectorSearch, eng: Engine) -> dict[str, Any]:  # type: ignore[valid-type]
         """Neighbours of an embedding (normalised like the indexed vectors)."""
         b: Any = body
-        box = _check_bbox(b.bbox)
+        box = parse_bbox(b.bbox)
         query = {"variable": eng.variable, "k": b.k, "dim": len(b.vector),
                  **_filters(box, b.start, b.end)}
         _one_thread()
         return eng.search_vector(np.asarray(b.vector, dtype="float32"), b.k, box,
-                                 _time_range(b.start, b.end), query).to_json()
+                                 (b.start, b.end), query).to_json()
 
     @app.get("/tiles/{tile_y}/{tile_x}.png", response_class=Response,
              summary="A tile's pixels as PNG",
@@ -544,17 +485,7 @@ def create_app(cube: str | Path, variable: str | None = None,
         t: Annotated[int | None, Query(ge=0, description="time step (default 0)")] = None,
     ) -> Response:
         """The tile's pixels: RGB (Blue Marble) or the first input variable in grey."""
-        nty, ntx = int(eng.shape[0]), int(eng.shape[1])
-        if tile_y >= nty or tile_x >= ntx:
-            raise EsdcError(f"tile ({tile_y}, {tile_x}) is outside the embedding grid of "
-                            f"{nty} x {ntx} tiles.")
-        nt = 1 if eng.times is None else len(eng.times)
-        if t is not None and t >= nt:
-            raise EsdcError(f"t = {t} is outside the {nt} time step(s) of the cube.")
-        img = np.asarray(eng.tile_image(tile_y, tile_x, t))
-        if img.ndim == 4:  # RGB of a time-varying cube: (time, H, W, 3)
-            img = img[t or 0]
-        return Response(content=png_bytes(img), media_type="image/png",
+        return Response(content=eng.tile_png(tile_y, tile_x, t), media_type="image/png",
                         headers={INDEX_HEADER: eng.identity})
 
     mount_page(app)  # GET /: the search page (esdc.search.page)

@@ -41,11 +41,15 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from esdc.errors import EsdcError
+from esdc.conventions import ATTR_MODEL_RUN, ATTR_MODEL_SHA256, ATTR_ROLE, ATTR_TILE_SIZE
+from esdc.errors import EsdcError, SearchIndexError
+from esdc.hashing import file_sha256
+from esdc.storage import open_cube
 
 __all__ = ["EXACT_THRESHOLD", "GPU_KINDS", "Manifest", "build_index", "embedding_matrix",
            "embedding_variable", "gpu_count", "index_dir", "load_index", "make_index",
-           "normalise", "select_device", "vectors_sha256"]
+           "normalise", "read_embeddings", "require_faiss", "select_device",
+           "vectors_sha256"]
 
 #: Below this many vectors ``auto`` builds an exact index.
 EXACT_THRESHOLD = 200_000
@@ -81,7 +85,19 @@ class Manifest:
     vectors_sha256: str = ""
 
 
-def _faiss() -> Any:
+def require_faiss() -> Any:
+    """The ``faiss`` module, imported on first use (an optional dependency).
+
+    Returns
+    -------
+    module
+        ``faiss`` (faiss-cpu, or faiss-gpu with ``esdc[gpu]``).
+
+    Raises
+    ------
+    EsdcError
+        If FAISS is not installed (the message names the extra to install).
+    """
     try:
         import faiss
     except ImportError:
@@ -95,9 +111,14 @@ def gpu_count() -> int:
 
     A GPU build (``pip install 'esdc[gpu]'``, faiss-gpu) has ``StandardGpuResources``
     and ``get_num_gpus() > 0`` on a machine with a CUDA device.
+
+    Returns
+    -------
+    int
+        Number of CUDA devices FAISS sees (never raises).
     """
     try:
-        faiss = _faiss()
+        faiss = require_faiss()
     except EsdcError:
         return 0
     if not hasattr(faiss, "StandardGpuResources") or not hasattr(faiss, "get_num_gpus"):
@@ -130,31 +151,48 @@ def select_device(requested: str, kind: str, gpus: int, count: int = 0) -> tuple
 
     Raises
     ------
-    EsdcError
+    SearchIndexError
         For an unknown device or kind, ``gpu`` without a GPU, or ``gpu`` with ``hnsw``.
     """
+    # The two "--..." messages below are matched as they are by tests/search/
+    # test_gpu_select.py (Python callers); the others name the parameters.
     if requested not in ("auto", "cpu", "gpu"):
-        raise EsdcError(f"--device {requested!r} is unknown; use auto, cpu or gpu.")
+        raise SearchIndexError(f"--device {requested!r} is unknown; use auto, cpu or gpu.")
     if kind not in ("auto", "flat", "hnsw", "ivfpq"):
-        raise EsdcError(f"--kind {kind!r} is unknown; use flat, hnsw, ivfpq or auto.")
+        raise SearchIndexError(f"--kind {kind!r} is unknown; use flat, hnsw, ivfpq or auto.")
     if requested == "gpu" and gpus < 1:
-        raise EsdcError("--device gpu: FAISS sees no GPU (faiss-cpu is installed, or no CUDA "
-                        "device is visible); install the GPU build with pip install "
-                        "'esdc[gpu]' on a machine with a CUDA GPU, or use --device cpu or "
-                        "auto.")
+        raise SearchIndexError("device='gpu': FAISS sees no GPU (faiss-cpu is installed, or "
+                               "no CUDA device is visible); install the GPU build with pip "
+                               "install 'esdc[gpu]' on a machine with a CUDA GPU, or use "
+                               "device='cpu' or 'auto'.")
     on_gpu = requested == "gpu" or (requested == "auto" and gpus > 0)
     if kind == "auto":
         kind = "flat" if count < EXACT_THRESHOLD else ("ivfpq" if on_gpu else "hnsw")
     if kind not in GPU_KINDS:
         if requested == "gpu":
-            raise EsdcError(f"--kind {kind} has no GPU implementation in FAISS; use --kind "
-                            f"{' or '.join(GPU_KINDS)} on the GPU, or --device cpu.")
+            _no_gpu_kind(kind)
         on_gpu = False
     return kind, "gpu" if on_gpu else "cpu"
 
 
+def _no_gpu_kind(kind: str) -> None:
+    raise SearchIndexError(f"kind={kind} has no GPU implementation in FAISS; use kind="
+                           f"{' or '.join(GPU_KINDS)} on the GPU, or device='cpu'.")
+
+
 def index_dir(cube: str | Path) -> Path:
-    """Folder beside the cube that holds its indexes: ``NAME.zarr.index/``."""
+    """Folder beside the cube that holds its indexes: ``NAME.zarr.index/``.
+
+    Parameters
+    ----------
+    cube : str or path-like
+        The cube's folder (``.../NAME.zarr``).
+
+    Returns
+    -------
+    pathlib.Path
+        ``.../NAME.zarr.index`` (it may not exist yet).
+    """
     cube = Path(cube)
     return cube.parent / f"{cube.name}.index"
 
@@ -162,21 +200,34 @@ def index_dir(cube: str | Path) -> Path:
 def embedding_variable(ds: xr.Dataset, variable: str | None = None) -> str:
     """The embedding variable to use: ``variable``, or the only/first one (smallest tile).
 
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The cube.
+    variable : str, optional
+        Name of an embedding variable (``esdc_role == "embedding"``).
+
+    Returns
+    -------
+    str
+        The variable's name.
+
     Raises
     ------
-    EsdcError
+    SearchIndexError
         If the cube has no embeddings or ``variable`` is not one.
     """
     names = sorted((str(n) for n, v in ds.data_vars.items()
-                    if v.attrs.get("esdc_role") == "embedding"),
-                   key=lambda n: int(ds[n].attrs.get("esdc_tile_size", 0)))
+                    if v.attrs.get(ATTR_ROLE) == "embedding"),
+                   key=lambda n: int(ds[n].attrs.get(ATTR_TILE_SIZE, 0)))
     if not names:
-        raise EsdcError("the cube has no embeddings; run `esdc embed CUBE --model RUN` first.")
+        raise SearchIndexError("the cube has no embeddings; run `esdc embed CUBE --model RUN` "
+                               "(esdc.embed) first.")
     if variable is None:
         return names[0]
     if variable not in names:
-        raise EsdcError(f"--variable {variable!r} is not an embedding of the cube; it has "
-                        f"{names}.")
+        raise SearchIndexError(f"variable={variable!r} is not an embedding of the cube; it "
+                               f"has {names}.")
     return variable
 
 
@@ -186,6 +237,18 @@ def normalise(vec: np.ndarray, centre: np.ndarray) -> np.ndarray:
     Centring before cosine similarity removes the direction all embeddings share
     (self-supervised encoders concentrate vectors in a narrow cone), so distances
     reflect what differs between tiles.
+
+    Parameters
+    ----------
+    vec : numpy.ndarray
+        ``(N, F)`` (or ``(F,)``) embedding vectors.
+    centre : numpy.ndarray
+        ``(F,)`` mean of the indexed vectors (the manifest's ``centre``).
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape, float32, C-contiguous; each row of unit length (zero rows stay zero).
     """
     v = np.asarray(vec, dtype="float32") - centre
     norms = np.linalg.norm(v, axis=-1, keepdims=True)
@@ -198,6 +261,18 @@ def embedding_matrix(ds: xr.Dataset, variable: str) -> tuple[np.ndarray, np.ndar
 
     An id is the flat index into the variable's leading dims ``(tile_y, tile_x,
     [time])`` in C order; tiles with NaN vectors are left out.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The cube.
+    variable : str
+        Embedding variable, dims ``(tile_y, tile_x, [time,] feature)``.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(vectors (N, F) float32, ids (N,) int64, centre (F,) float32)``.
     """
     arr = np.asarray(ds[variable].values, dtype="float32")
     flat = arr.reshape(-1, arr.shape[-1])
@@ -207,10 +282,40 @@ def embedding_matrix(ds: xr.Dataset, variable: str) -> tuple[np.ndarray, np.ndar
     return normalise(flat[ok], centre), ids, centre.astype("float32")
 
 
-def _sha(path: Path) -> str:
-    from esdc.samples import sha256sum
+def read_embeddings(cube: str | Path, variable: str | None = None) -> tuple[
+        xr.Dataset, str, np.ndarray, np.ndarray, np.ndarray]:
+    """Open a cube and read the valid vectors of one of its embedding variables.
 
-    return sha256sum(path)
+    Parameters
+    ----------
+    cube : str or path-like
+        The cube (with embeddings), a folder.
+    variable : str, optional
+        Embedding variable (default: the smallest tile size, :func:`embedding_variable`).
+
+    Returns
+    -------
+    tuple
+        ``(ds, variable, vectors, ids, centre)``: the cube (the embedding loaded in
+        memory), the variable's name and :func:`embedding_matrix` of it, i.e. vectors
+        ``(N, F)`` centred and L2-normalised, flat tile ids ``(N,)``, centre ``(F,)``.
+
+    Raises
+    ------
+    CubeNotFoundError
+        If there is no cube at ``cube`` (:func:`esdc.storage.open_cube`).
+    SearchIndexError
+        If the cube has no embeddings, ``variable`` is not one, or no tile has a valid
+        vector.
+    """
+    ds = open_cube(Path(cube))
+    var = embedding_variable(ds, variable)
+    ds[var] = ds[var].load()  # read once: indexed, checksummed, clustered
+    vec, ids, centre = embedding_matrix(ds, var)
+    if len(ids) == 0:
+        raise SearchIndexError(f"embedding {var!r} has no valid vector (every tile had too "
+                               "few valid cells).")
+    return ds, var, vec, ids, centre
 
 
 def vectors_sha256(arr: Any) -> str:
@@ -218,6 +323,16 @@ def vectors_sha256(arr: Any) -> str:
 
     Recorded in the manifest by :func:`build_index`, so that a reader can check the
     vectors it reads from the cube are those that were indexed.
+
+    Parameters
+    ----------
+    arr : array-like
+        The embedding variable's values, ``(tile_y, tile_x, [time,] F)``.
+
+    Returns
+    -------
+    str
+        64 hex digits.
     """
     a = np.ascontiguousarray(np.asarray(arr, dtype="float32"))
     return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
@@ -250,16 +365,15 @@ def make_index(vec: np.ndarray, kind: str, ids: np.ndarray | None = None,
 
     Raises
     ------
-    EsdcError
-        For an unknown kind.
+    SearchIndexError
+        For an unknown kind, or a kind without GPU implementation on ``device="gpu"``.
     """
-    faiss = _faiss()
+    faiss = require_faiss()
     n, d = vec.shape
     metric = faiss.METRIC_INNER_PRODUCT
     used: dict[str, Any] = {}
     if device == "gpu" and kind not in GPU_KINDS:
-        raise EsdcError(f"--kind {kind} has no GPU implementation in FAISS; use --kind "
-                        f"{' or '.join(GPU_KINDS)} on the GPU, or --device cpu.")
+        _no_gpu_kind(kind)
     res = faiss.StandardGpuResources() if device == "gpu" else None
 
     def placed(ix: Any) -> Any:  # the flat / IVF part on the GPU when asked
@@ -285,7 +399,7 @@ def make_index(vec: np.ndarray, kind: str, ids: np.ndarray | None = None,
         base = faiss.IndexRefineFlat(ivf)
         base.k_factor = used["k_factor"]
     else:
-        raise EsdcError(f"--kind {kind!r} is unknown; use flat, hnsw, ivfpq or auto.")
+        raise SearchIndexError(f"kind={kind!r} is unknown; use flat, hnsw, ivfpq or auto.")
     index = faiss.IndexIDMap2(base)
     index.add_with_ids(vec, np.arange(len(vec), dtype="int64") if ids is None else ids)
     return index, used
@@ -318,19 +432,17 @@ def build_index(cube: str | Path, variable: str | None = None, kind: str = "auto
 
     Raises
     ------
+    CubeNotFoundError
+        If there is no cube at ``cube``.
+    SearchIndexError
+        If the cube has no embeddings, no valid vector, or ``kind``/``device`` is unknown
+        or not available.
     EsdcError
-        If the cube has no embeddings, no valid vector, or ``kind`` is unknown.
+        If FAISS is not installed.
     """
-    from esdc.store import open_cube
-
-    faiss = _faiss()
+    faiss = require_faiss()
     cube = Path(cube)
-    ds = open_cube(cube)
-    var = embedding_variable(ds, variable)
-    ds[var] = ds[var].load()  # read once: indexed and checksummed
-    vec, ids, centre = embedding_matrix(ds, var)
-    if len(ids) == 0:
-        raise EsdcError(f"embedding {var!r} has no valid vector to index.")
+    ds, var, vec, ids, centre = read_embeddings(cube, variable)
     n, d = vec.shape
     kind, dev = select_device(device, kind, gpu_count() if device != "cpu" else 0, n)
     index, used = make_index(vec, kind, ids, device=dev, **params)
@@ -341,15 +453,15 @@ def build_index(cube: str | Path, variable: str | None = None, kind: str = "auto
     folder.mkdir(exist_ok=True)
     tmp = folder / f".{var}.faiss.{os.getpid()}.tmp"
     faiss.write_index(index, str(tmp))
-    sha = _sha(tmp)
+    sha = file_sha256(tmp)
     target = folder / f"{var}.{sha[:16]}.faiss"  # one name, one content: never rewritten
     os.replace(tmp, target)
     mpath = folder / f"{var}.json"
     previous = _read_manifest(mpath)
     attrs = ds[var].attrs
     manifest = Manifest(
-        cube=str(cube.resolve()), variable=var, model_run=str(attrs.get("esdc_model_run", "")),
-        model_sha256=str(attrs.get("esdc_model_sha256", "")), count=int(n), dim=int(d),
+        cube=str(cube.resolve()), variable=var, model_run=str(attrs.get(ATTR_MODEL_RUN, "")),
+        model_sha256=str(attrs.get(ATTR_MODEL_SHA256, "")), count=int(n), dim=int(d),
         metric="cosine (inner product of centred, L2-normalised vectors)",
         centre=[float(c) for c in centre], kind=kind, params=used,
         index_sha256=sha, ids_sha256=hashlib.sha256(ids.tobytes()).hexdigest(),
@@ -389,54 +501,72 @@ def load_index(cube: str | Path, variable: str, ds: xr.Dataset | None = None) ->
     file; if that file was removed meanwhile (two newer builds), the newer manifest
     is read again.
 
+    Parameters
+    ----------
+    cube : str or path-like
+        The cube the index was built from.
+    variable : str
+        Its embedding variable.
+    ds : xarray.Dataset, optional
+        The cube, opened: its embedding's model run and weights checksum are compared
+        with the manifest's (lineage).
+
+    Returns
+    -------
+    tuple
+        ``(faiss.IndexIDMap2, Manifest)``.
+
     Raises
     ------
-    EsdcError
-        If there is no index, its checksum differs from the manifest, or it was built
+    SearchIndexError
+        If there is no index, its manifest is not valid, its checksum differs from the
+        manifest, it is not the kind of index the manifest describes, or it was built
         from embeddings of another model than those now in the cube (lineage mismatch).
     """
-    faiss = _faiss()
+    faiss = require_faiss()
     folder = index_dir(cube)
     mpath = folder / f"{variable}.json"
+    rebuild = f"rebuild the index with `esdc index {cube}` (esdc.search.build_index)"
     for attempt in range(3):
         try:
             text = mpath.read_text()
         except FileNotFoundError:
-            raise EsdcError(f"no index for {variable!r} beside {cube}; run `esdc index "
-                            f"{cube}`.") from None
+            raise SearchIndexError(f"no index for {variable!r} beside {cube}; build it with "
+                                   f"`esdc index {cube}` (esdc.search.build_index).") from None
         try:
             manifest = Manifest(**json.loads(text))
         except (ValueError, TypeError) as exc:
-            raise EsdcError(f"{mpath} is not a valid index manifest ({exc}); rebuild the "
-                            "index.") from None
+            raise SearchIndexError(f"{mpath} is not a valid index manifest ({exc}); "
+                                   f"{rebuild}.") from None
         path = folder / _index_file(manifest, variable)
         try:
-            digest = _sha(path)
+            digest = file_sha256(path)
             break
         except FileNotFoundError:
             if attempt == 2 or mpath.read_text() == text:
-                raise EsdcError(f"no index for {variable!r} beside {cube} ({path.name} is "
-                                f"missing); run `esdc index {cube}`.") from None
+                raise SearchIndexError(f"no index for {variable!r} beside {cube} ({path.name} "
+                                       f"is missing); {rebuild}.") from None
     if digest != manifest.index_sha256:
-        raise EsdcError(f"{path} does not match its manifest's SHA-256 (corrupted or "
-                        "replaced); rebuild it with `esdc index`.")
+        raise SearchIndexError(f"{path} does not match its manifest's SHA-256 (corrupted or "
+                               f"replaced); {rebuild}.")
     if ds is not None:
         attrs = ds[variable].attrs
-        if (str(attrs.get("esdc_model_run", "")), str(attrs.get("esdc_model_sha256", ""))) != (
+        if (str(attrs.get(ATTR_MODEL_RUN, "")), str(attrs.get(ATTR_MODEL_SHA256, ""))) != (
                 manifest.model_run, manifest.model_sha256):
-            raise EsdcError(
+            raise SearchIndexError(
                 f"lineage mismatch: the index of {variable!r} was built from model run "
                 f"{manifest.model_run} but the cube's embeddings come from "
-                f"{attrs.get('esdc_model_run')}; rebuild the index with `esdc index`.")
+                f"{attrs.get(ATTR_MODEL_RUN)}; {rebuild}.")
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as exc:  # FAISS raises RuntimeError for a file it cannot parse
-        raise EsdcError(f"{path} is not a FAISS index ({str(exc).strip()[:200]}); rebuild it "
-                        "with `esdc index`.") from None
+        raise SearchIndexError(f"{path} is not a FAISS index ({str(exc).strip()[:200]}); "
+                               f"{rebuild}.") from None
     # The kinds build_index writes, with the manifest's shape: nothing else is searched.
     if (not isinstance(index, faiss.IndexIDMap2) or index.d != manifest.dim
             or index.ntotal != manifest.count):
-        raise EsdcError(f"{path} holds a {type(index).__name__} of {index.ntotal} vectors of "
-                        f"dimension {index.d}, not the IndexIDMap2 of {manifest.count} x "
-                        f"{manifest.dim} its manifest describes; rebuild it with `esdc index`.")
+        raise SearchIndexError(f"{path} holds a {type(index).__name__} of {index.ntotal} "
+                               f"vectors of dimension {index.d}, not the IndexIDMap2 of "
+                               f"{manifest.count} x {manifest.dim} its manifest describes; "
+                               f"{rebuild}.")
     return index, manifest

@@ -48,7 +48,10 @@ from typing import Any
 
 import numpy as np
 
+from esdc.conventions import ATTR_INPUTS, ATTR_TILE_DIMS, ATTR_TILE_SIZE, SPATIAL_DIMS
 from esdc.errors import EsdcError
+from esdc.search.query import SearchEngine
+from esdc.search.render import RGB_BANDS, display_pixels, png_bytes
 
 __all__ = ["MAX_SIDE", "STATIC", "mount_page", "overview_image", "overview_info"]
 
@@ -56,19 +59,22 @@ __all__ = ["MAX_SIDE", "STATIC", "mount_page", "overview_image", "overview_info"
 MAX_SIDE = 1024
 #: Folder of the page's files (package data).
 STATIC = Path(__file__).with_name("static")
-_RGB = ("bmng_red", "bmng_green", "bmng_blue")
 
 
-def _extent(engine: Any) -> tuple[int, int, int, int, int]:
-    """``(tile size, embedded rows, embedded columns, step, time steps)``."""
-    size = int(engine.attrs["esdc_tile_size"])
+def _extent(engine: SearchEngine) -> tuple[int, int, int, int]:
+    """``(tile size, embedded rows, embedded columns, step)``."""
+    size = int(engine.attrs[ATTR_TILE_SIZE])
     rows, cols = int(engine.shape[0]) * size, int(engine.shape[1]) * size
     step = max(1, math.ceil(max(rows, cols) / MAX_SIDE))
-    nt = 1 if engine.times is None else len(engine.times)
-    return size, rows, cols, step, nt
+    return size, rows, cols, step
 
 
-def overview_info(engine: Any) -> dict[str, Any]:
+def _tile_dims(engine: SearchEngine) -> tuple[str, str]:
+    ydim, xdim = (str(d) for d in engine.attrs.get(ATTR_TILE_DIMS, SPATIAL_DIMS[0]))
+    return ydim, xdim
+
+
+def overview_info(engine: SearchEngine) -> dict[str, Any]:
     """What the page needs to map clicks to coordinates and tiles to the image.
 
     Parameters
@@ -87,10 +93,10 @@ def overview_info(engine: Any) -> dict[str, Any]:
         pixels), ``times`` (dates of the time steps or None), ``shown`` (what the image
         shows), ``cube``, ``variable``, ``index`` (kind and count of the index).
     """
-    size, rows, cols, step, _ = _extent(engine)
-    ydim, xdim = (str(d) for d in engine.attrs.get("esdc_tile_dims", ["lat", "lon"]))
-    shown = ("RGB (" + ", ".join(_RGB) + ")" if all(v in engine.ds for v in _RGB)
-             else str(engine.attrs["esdc_inputs"][0]))
+    size, rows, cols, step = _extent(engine)
+    ydim, xdim = _tile_dims(engine)
+    shown = ("RGB (" + ", ".join(RGB_BANDS) + ")" if all(v in engine.ds for v in RGB_BANDS)
+             else str(engine.attrs[ATTR_INPUTS][0]))
     return {
         "cube": engine.cube.name, "variable": engine.variable,
         "coordinates": [str(n) for n in engine.names],
@@ -107,7 +113,7 @@ def overview_info(engine: Any) -> dict[str, Any]:
     }
 
 
-def overview_image(engine: Any, t: int | None = None) -> np.ndarray:
+def overview_image(engine: SearchEngine, t: int | None = None) -> np.ndarray:
     """Downsampled pixels of the embedded part of the cube.
 
     Parameters
@@ -126,24 +132,14 @@ def overview_image(engine: Any, t: int | None = None) -> np.ndarray:
 
     Raises
     ------
-    EsdcError
+    SearchIndexError
         If ``t`` is not a time step of the cube.
     """
-    size, rows, cols, step, nt = _extent(engine)
-    if t is not None and not 0 <= t < nt:
-        raise EsdcError(f"t = {t} is outside the {nt} time step(s) of the cube.")
-    ydim, xdim = (str(d) for d in engine.attrs.get("esdc_tile_dims", ["lat", "lon"]))
+    _, rows, cols, step = _extent(engine)
+    engine.check_time_step(t)
+    ydim, xdim = _tile_dims(engine)
     sel = {ydim: slice(0, rows, step), xdim: slice(0, cols, step)}
-
-    def read(name: str) -> np.ndarray:
-        da = engine.ds[name].isel(sel)
-        if "time" in da.dims:
-            da = da.isel(time=t or 0)
-        return np.asarray(da.transpose(ydim, xdim).values, dtype="float32")
-
-    if all(v in engine.ds for v in _RGB):
-        return np.clip(np.stack([read(v) for v in _RGB], -1), 0, 1)
-    return read(str(engine.attrs["esdc_inputs"][0]))
+    return display_pixels(engine.ds, engine.attrs[ATTR_INPUTS], sel, t)
 
 
 def mount_page(app: Any) -> None:
@@ -163,8 +159,6 @@ def mount_page(app: Any) -> None:
     from fastapi import Query, Request
     from fastapi.responses import FileResponse, Response
     from fastapi.staticfiles import StaticFiles
-
-    from esdc.search.http import png_bytes
 
     index_html = STATIC / "index.html"
     if not index_html.is_file():

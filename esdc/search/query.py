@@ -16,10 +16,53 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from esdc.errors import EsdcError
+from esdc.conventions import ATTR_INPUTS, ATTR_TILE_DIMS, ATTR_TILE_SIZE, SPATIAL_DIMS, TIME_DIM
+from esdc.errors import SearchIndexError
+from esdc.grid import parse_bbox
 from esdc.search.index import embedding_variable, load_index, normalise, vectors_sha256
+from esdc.search.render import display_pixels, png_bytes
+from esdc.storage import open_cube
 
-__all__ = ["Neighbour", "SearchEngine", "SearchResult"]
+__all__ = ["Neighbour", "SearchEngine", "SearchResult", "parse_time_range"]
+
+
+def parse_time_range(start: str | None, end: str | None) -> tuple[str | None,
+                                                                   str | None] | None:
+    """Check a time filter: ``start``/``end`` are dates (either may be open) and ordered.
+
+    Parameters
+    ----------
+    start, end : str or None
+        Dates (ISO 8601, e.g. ``2020-03``; any string :class:`pandas.Timestamp` reads),
+        inclusive; None leaves that end open.
+
+    Returns
+    -------
+    tuple of str or None
+        ``(start, end)``, or None when both are None (no filter).
+
+    Raises
+    ------
+    SearchIndexError
+        If one is not a date or ``start`` is after ``end``.
+    """
+    if start is None and end is None:
+        return None
+    stamps = []
+    for name, value in (("start", start), ("end", end)):
+        if value is None:
+            stamps.append(None)
+            continue
+        try:
+            stamp = pd.Timestamp(value)
+        except (ValueError, TypeError, OverflowError):
+            stamp = pd.NaT
+        if stamp is pd.NaT:
+            raise SearchIndexError(f"{name} {value!r} is not a date (e.g. 2020-03).")
+        stamps.append(stamp)
+    if stamps[0] is not None and stamps[1] is not None and stamps[0] > stamps[1]:
+        raise SearchIndexError(f"start {start} is after end {end}.")
+    return (start, end)
 
 
 @dataclass(frozen=True)
@@ -46,7 +89,7 @@ class SearchResult:
 
     query: dict[str, Any]
     neighbours: list[Neighbour] = field(default_factory=list)
-    names: tuple[str, str] = ("lat", "lon")
+    names: tuple[str, str] = SPATIAL_DIMS[0]
 
     def to_json(self) -> dict[str, Any]:
         """``{"query": {...}, "neighbours": [{lat|y, lon|x, time, distance}, ...]}``."""
@@ -75,15 +118,15 @@ class SearchEngine:
 
     Raises
     ------
-    EsdcError
+    CubeNotFoundError
+        If there is no cube at ``cube``.
+    SearchIndexError
         If the cube has no embeddings or index, the index's lineage does not match, or
         the vectors in the cube are not those that were indexed (``vectors_sha256``
         of the manifest: re-embedded, or being rewritten, since the index was built).
     """
 
     def __init__(self, cube: str | Path, variable: str | None = None) -> None:
-        from esdc.store import open_cube
-
         self.cube = Path(cube)
         self.ds = open_cube(self.cube)
         self.variable = embedding_variable(self.ds, variable)
@@ -91,21 +134,22 @@ class SearchEngine:
         emb = self.ds[self.variable]
         self.attrs = dict(emb.attrs)
         self.ydim, self.xdim = str(emb.dims[0]), str(emb.dims[1])
-        self.names = tuple(emb.attrs.get("esdc_tile_dims", ["lat", "lon"]))
+        self.names = tuple(emb.attrs.get(ATTR_TILE_DIMS, SPATIAL_DIMS[0]))
         self.has_time = emb.ndim == 4
         self.yc = np.asarray(self.ds[self.ydim].values, dtype=float)
         self.xc = np.asarray(self.ds[self.xdim].values, dtype=float)
         self.ybounds = np.asarray(self.ds[f"{self.ydim}_bounds"].values, dtype=float)
         self.xbounds = np.asarray(self.ds[f"{self.xdim}_bounds"].values, dtype=float)
-        self.times = (pd.DatetimeIndex(self.ds["time"].values) if self.has_time else None)
+        self.times = pd.DatetimeIndex(self.ds[TIME_DIM].values) if self.has_time else None
         self.shape = emb.shape[:-1]
         self.dim = int(emb.shape[-1])
         self._vectors = np.asarray(emb.values, dtype="float32")
         if self.manifest.vectors_sha256 and (vectors_sha256(self._vectors)
                                              != self.manifest.vectors_sha256):
-            raise EsdcError(f"the embeddings {self.variable!r} in {self.cube} are not those "
-                            "the index was built from (re-embedded since, or being "
-                            "rewritten); rebuild the index with `esdc index`.")
+            raise SearchIndexError(f"the embeddings {self.variable!r} in {self.cube} are not "
+                                   "those the index was built from (re-embedded since, or "
+                                   "being rewritten); rebuild the index with `esdc index` "
+                                   "(esdc.search.build_index).")
         self.identity = f"{self.manifest.generation}-{self.manifest.index_sha256[:16]}"
 
     # ------------------------------------------------------------------ geometry
@@ -113,19 +157,20 @@ class SearchEngine:
         lo, hi = bounds.min(axis=1), bounds.max(axis=1)
         hit = np.flatnonzero((value >= lo) & (value <= hi))
         if hit.size == 0:
-            raise EsdcError(f"{what} {value} is outside the embedded grid "
-                            f"[{lo.min()}, {hi.max()}].")
+            raise SearchIndexError(f"{what} {value} is outside the embedded grid "
+                                   f"[{lo.min()}, {hi.max()}].")
         return int(hit[0])
 
     def _time_index(self, time: str | None) -> int | None:
         if self.times is None:
             return None
         if time is None:
-            raise EsdcError("the embeddings vary in time: give --time (e.g. 2008-07).")
+            raise SearchIndexError("the embeddings vary in time: give time=DATE (e.g. "
+                                   "2008-07).")
         try:
             t = pd.Timestamp(time)
         except ValueError:
-            raise EsdcError(f"--time {time!r} is not a date.") from None
+            raise SearchIndexError(f"time={time!r} is not a date.") from None
         i = int(self.times.get_indexer([t], method="nearest")[0])
         return i
 
@@ -134,7 +179,7 @@ class SearchEngine:
 
         Raises
         ------
-        EsdcError
+        SearchIndexError
             If the point lies outside the embedded grid or the time is missing.
         """
         return (self._locate(self.ybounds, y, self.names[0]),
@@ -145,12 +190,13 @@ class SearchEngine:
 
         Raises
         ------
-        EsdcError
+        SearchIndexError
             If the tile has no embedding (too few valid cells).
         """
         v = self._vectors[tile_y, tile_x] if t is None else self._vectors[tile_y, tile_x, t]
         if not np.isfinite(v).all():
-            raise EsdcError(f"tile ({tile_y}, {tile_x}) has no embedding (too few valid cells).")
+            raise SearchIndexError(f"tile ({tile_y}, {tile_x}) has no embedding (too few valid "
+                                   "cells).")
         return v
 
     def _id_to_tile(self, i: int) -> tuple[int, int, int | None]:
@@ -159,15 +205,15 @@ class SearchEngine:
 
     def _allowed(self, bbox: tuple[float, float, float, float] | None,
                  time_range: tuple[str | None, str | None] | None) -> np.ndarray | None:
+        time_range = None if time_range is None else parse_time_range(*time_range)
         if bbox is None and time_range is None:
             return None
         ny, nx = self.shape[0], self.shape[1]
         ok_y = np.ones(ny, bool)
         ok_x = np.ones(nx, bool)
-        if bbox is not None:
-            w, s, e, n = bbox
-            if s > n:
-                raise EsdcError(f"--bbox {list(bbox)}: south is north of north.")
+        box = parse_bbox(bbox)
+        if box is not None:
+            w, s, e, n = box
             ok_y = (self.yc >= s) & (self.yc <= n)
             ok_x = ((self.xc >= w) & (self.xc <= e)) if w <= e else ((self.xc >= w) | (
                 self.xc <= e))  # crosses the antimeridian
@@ -199,25 +245,36 @@ class SearchEngine:
             Number of neighbours, 1 .. number of indexed tiles.
         bbox : (west, south, east, north), optional
             Keep tiles whose centre lies inside (grid units; west > east crosses the
-            antimeridian).
+            antimeridian); checked by :func:`esdc.grid.parse_bbox`.
         time_range : (start, end), optional
-            Keep tiles whose time lies inside (inclusive).
+            Keep tiles whose time lies inside (inclusive; either may be None, open);
+            checked by :func:`parse_time_range`.
+        query : dict, optional
+            What the result's ``query`` reports (default ``{"vector": True}``).
+
+        Returns
+        -------
+        SearchResult
+            Neighbours, nearest first (fewer than ``k`` when the filters leave fewer).
 
         Raises
         ------
-        EsdcError
-            For a vector of the wrong dimension or a ``k`` out of range.
+        SearchIndexError
+            For a vector of the wrong dimension or not finite, or a ``k`` out of range.
+        GridError
+            For a malformed ``bbox``.
         """
         import faiss
 
         v = np.asarray(vector, dtype="float32").reshape(-1)
         if v.shape[0] != self.dim:
-            raise EsdcError(f"query vector has {v.shape[0]} values; the index holds {self.dim}-"
-                            "dimensional embeddings.")
+            raise SearchIndexError(f"query vector has {v.shape[0]} values; the index holds "
+                                   f"{self.dim}-dimensional embeddings.")
         if not np.isfinite(v).all():
-            raise EsdcError("query vector has NaN or infinite values.")
+            raise SearchIndexError("query vector has NaN or infinite values.")
         if not 1 <= k <= self.manifest.count:
-            raise EsdcError(f"k = {k} must be between 1 and {self.manifest.count} (indexed tiles).")
+            raise SearchIndexError(f"k = {k} must be between 1 and {self.manifest.count} "
+                                   "(indexed tiles).")
         v = normalise(v[None], np.asarray(self.manifest.centre, dtype="float32"))[0]
         allowed = self._allowed(bbox, time_range)
         params = None
@@ -240,6 +297,30 @@ class SearchEngine:
         """Neighbours of the tile containing ``(y, x)`` (and ``time``).
 
         The tile itself comes first in an exact index (distance 0).
+
+        Parameters
+        ----------
+        y, x : float
+            The point, in the grid's coordinates (``lat``/``lon`` in degrees for
+            geographic grids, else ``y``/``x`` in the grid's units).
+        time : str, optional
+            Date of the query tile (nearest time step); required when the embeddings
+            vary in time.
+        k, bbox, time_range
+            As :meth:`search_vector`.
+
+        Returns
+        -------
+        SearchResult
+            Its ``query`` names the tile (centre, time, indices), variable and ``k``.
+
+        Raises
+        ------
+        SearchIndexError
+            If the point is outside the embedded grid, the time is missing or not a date,
+            the tile has no embedding, or ``k`` is out of range.
+        GridError
+            For a malformed ``bbox``.
         """
         ty, tx, t = self.tile_at(y, x, time)
         q = {self.names[0]: float(self.yc[ty]), self.names[1]: float(self.xc[tx]),
@@ -253,34 +334,98 @@ class SearchEngine:
 
         The image is embedded with ``encoder``, an :class:`esdc.embed.EncoderBundle` of
         the model the index was built from.
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            ``(C, H, W)`` float32, channels in the order of the encoder's inputs.
+        encoder : esdc.embed.EncoderBundle
+            The encoder (its ``sha256`` must be the manifest's ``model_sha256``).
+        k : int
+            Number of neighbours.
+        **kw
+            ``bbox``, ``time_range`` (:meth:`search_vector`).
+
+        Returns
+        -------
+        SearchResult
+
+        Raises
+        ------
+        SearchIndexError
+            If the encoder is not the model the index was built from, or as
+            :meth:`search_vector`.
         """
         if encoder.sha256 != self.manifest.model_sha256:
-            raise EsdcError("the encoder is not the model the index was built from.")
+            raise SearchIndexError("the encoder is not the model the index was built from.")
         vec = encoder.encode(np.asarray(image, dtype="float32")[None])[0]
         return self.search_vector(vec, k, query={"image": list(np.shape(image))}, **kw)
 
     def tile_image(self, tile_y: int, tile_x: int, t: int | None = None) -> np.ndarray:
-        """Pixels of a tile for display.
+        """Pixels of a tile for display (:func:`esdc.search.render.display_pixels`).
 
-        RGB ``(T, T, 3)`` in [0, 1] when the cube has Blue Marble channels, else the
-        first input variable ``(T, T)``.
+        Parameters
+        ----------
+        tile_y, tile_x : int
+            The tile's row and column in the embedding grid.
+        t : int, optional
+            Time step (default 0).
+
+        Returns
+        -------
+        numpy.ndarray
+            RGB ``(T, T, 3)`` in [0, 1] when the cube has Blue Marble channels, else the
+            first input variable ``(T, T)`` (``T`` the tile size in cells; rows, columns
+            in the cube's order).
         """
-        size = int(self.attrs["esdc_tile_size"])
-        ydim, xdim = self.attrs.get("esdc_tile_dims", ["lat", "lon"])
+        size = int(self.attrs[ATTR_TILE_SIZE])
+        ydim, xdim = (str(d) for d in self.attrs.get(ATTR_TILE_DIMS, SPATIAL_DIMS[0]))
         sel = {ydim: slice(tile_y * size, (tile_y + 1) * size),
                xdim: slice(tile_x * size, (tile_x + 1) * size)}
-        rgb = [v for v in ("bmng_red", "bmng_green", "bmng_blue") if v in self.ds]
-        if len(rgb) == 3:
-            bands = [self.ds[v].isel(sel) for v in rgb]
-            bands = [b.isel(time=t or 0) if "time" in b.dims else b for b in bands]
-            return np.clip(np.stack([b.values for b in bands], -1), 0, 1)
-        var = self.ds[self.attrs["esdc_inputs"][0]].isel(sel)
-        if "time" in var.dims:
-            var = var.isel(time=t or 0)
-        return np.asarray(var.values)
+        return display_pixels(self.ds, self.attrs[ATTR_INPUTS], sel, t)
+
+    def tile_png(self, tile_y: int, tile_x: int, t: int | None = None) -> bytes:
+        """The tile's pixels (:meth:`tile_image`) as PNG bytes.
+
+        Raises
+        ------
+        SearchIndexError
+            If the tile is outside the embedding grid or ``t`` is not a time step.
+        """
+        nty, ntx = int(self.shape[0]), int(self.shape[1])
+        if not (0 <= tile_y < nty and 0 <= tile_x < ntx):
+            raise SearchIndexError(f"tile ({tile_y}, {tile_x}) is outside the embedding grid "
+                                   f"of {nty} x {ntx} tiles.")
+        self.check_time_step(t)
+        return png_bytes(self.tile_image(tile_y, tile_x, t))
+
+    def check_time_step(self, t: int | None) -> None:
+        """Check that ``t`` (None: the first) is a time step of the cube.
+
+        Raises
+        ------
+        SearchIndexError
+            If it is not.
+        """
+        nt = 1 if self.times is None else len(self.times)
+        if t is not None and not 0 <= t < nt:
+            raise SearchIndexError(f"t = {t} is outside the {nt} time step(s) of the cube.")
 
     def quicklook(self, result: SearchResult, path: str | Path) -> Path:
-        """Write a PNG mosaic: the query tile, then its neighbours with location and distance."""
+        """Write a PNG mosaic: the query tile, then its neighbours with location and distance.
+
+        Parameters
+        ----------
+        result : SearchResult
+            A result of this engine.
+        path : str or path-like
+            The PNG file (its folder must exist).
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+        """
         import matplotlib
 
         matplotlib.use("Agg")

@@ -11,11 +11,12 @@ readers expose the pixels top row first, so that an unrotated image is north-up:
 SOHO rolled) are turned instead (``display = fits[:, ::-1]``, the same as
 ``fits[::-1]`` rotated by 180 degrees), which makes them north-up too.
 :attr:`SolarImage.header` always describes the FITS-ordered array, and
-:meth:`SolarImage.to_fits_order` undoes the flip; :mod:`esdc.solar` uses both to
-reproject with the full WCS (any rotation). The 1-D ``y``/``x`` coordinates are
-*nominal*: cell-centre helioprojective coordinates in arcsec (heliographic degrees
-for CEA/CAR maps) along the image axes, exact for north-up images and off by the
-residual rotation otherwise (``attrs["rotation_deg"]``).
+:meth:`SolarImage.to_fits_order` undoes the flip; :mod:`esdc.regrid.wcs` uses both to
+reproject with the full WCS (any rotation). :class:`~esdc.solar.SolarImage` and
+:func:`~esdc.solar.solar_map` live in :mod:`esdc.solar` (re-exported here). The 1-D
+``y``/``x`` coordinates are *nominal*: cell-centre helioprojective coordinates in arcsec
+(heliographic degrees for CEA/CAR maps) along the image axes, exact for north-up images
+and off by the residual rotation otherwise (``attrs["rotation_deg"]``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import math
 import struct
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,81 +33,15 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from esdc.conventions import SPATIAL_DIMS, TIME_DIM
 from esdc.errors import SourceError
 from esdc.recipe import FitsSpec, SourceSpec
-from esdc.sources.base import Geolocated
+from esdc.solar import SolarImage, solar_map
 
 __all__ = ["SolarImage", "open_fits", "open_jp2", "read_jp2_header", "solar_map"]
 
 _SKIP_KEYS = {"", "COMMENT", "HISTORY", "KEYCOMMENTS"}
 _FRAMES = ("helioprojective", "heliographic_carrington", "heliographic_stonyhurst")
-
-
-def _need_sunpy() -> Any:
-    try:
-        import sunpy.map
-    except ImportError:  # pragma: no cover - the solar/test extras install it
-        raise SourceError("solar images need sunpy, astropy and reproject: "
-                          "pip install 'esdc[solar]'.") from None
-    return sunpy.map
-
-
-@dataclass(frozen=True)
-class SolarImage(Geolocated):
-    """A solar image located by its FITS header (WCS) rather than by a PROJ CRS.
-
-    ``crs`` is ``None``: neither the helioprojective frame nor the observer's
-    geometry can be written as a PROJ CRS. The data variables have dims
-    ``(time, y, x)`` (``(y, x)`` for a static source), top row first.
-
-    Attributes
-    ----------
-    header : dict
-        The effective FITS header (the file's, with the recipe's ``fits.header``
-        corrections), describing the array in FITS order (row 0 at the bottom).
-    flip : {"rows", "columns"}
-        How the exposed pixels relate to the FITS array: ``display = fits[::-1]``
-        (rows) or ``display = fits[:, ::-1]`` (columns, images rotated ~180 degrees).
-    frame : str
-        sunpy's name of the image's coordinate frame (``helioprojective``,
-        ``heliographic_carrington``, ``heliographic_stonyhurst``).
-    off_disk : {"keep", "drop"}
-        What reprojection does with pixels beyond the limb (see
-        :class:`esdc.recipe.FitsSpec`).
-    """
-
-    header: dict[str, Any] = field(default_factory=dict)
-    flip: Literal["rows", "columns"] = "rows"
-    frame: str = "helioprojective"
-    off_disk: Literal["keep", "drop"] = "keep"
-
-    def area_definition(self) -> Any:
-        """Not available: a solar image has no PROJ CRS.
-
-        Raises
-        ------
-        SourceError
-            Always; :func:`esdc.solar.reproject` regrids solar images with their WCS.
-        """
-        raise SourceError(
-            f"{self.path.name} is located by a {self.frame} WCS, which pyresample cannot "
-            "represent; esdc.solar.reproject regrids it (sunpy/reproject)."
-        )
-
-    def to_fits_order(self, display: Any) -> Any:
-        """Undo the reader's flip of the last two axes (NumPy or Dask arrays).
-
-        Parameters
-        ----------
-        display : array, shape ``(..., ny, nx)``
-            Pixels as exposed (top row first).
-
-        Returns
-        -------
-        array, shape ``(..., ny, nx)``
-            The same pixels in FITS order, as :attr:`header` describes them.
-        """
-        return display[..., ::-1, :] if self.flip == "rows" else display[..., :, ::-1]
 
 
 def _to_python(value: Any) -> Any:
@@ -253,27 +186,6 @@ def _pixels(reader: str, path: str, hdu: int, flip: str, exposure: float | None)
     return np.ascontiguousarray(out, dtype="float32")
 
 
-def solar_map(data: Any, header: Mapping[str, Any]) -> Any:
-    """A ``sunpy.map.Map`` of FITS-ordered ``data`` and ``header``, warnings silenced.
-
-    Parameters
-    ----------
-    data : numpy.ndarray, shape ``(ny, nx)``
-        Pixels in FITS order (row 0 at the bottom).
-    header : mapping
-        FITS keywords.
-
-    Returns
-    -------
-    sunpy.map.GenericMap
-        The instrument's map source (``AIAMap``, ``HMIMap``, ``EITMap``, ...).
-    """
-    smap = _need_sunpy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return smap.Map(data, dict(header))
-
-
 def _units(unit: Any, per_second: bool) -> str:
     """UDUNITS-style units of the pixels; counts of a CCD are DN."""
     import astropy.units as u
@@ -384,16 +296,16 @@ def _open(spec: SourceSpec, path: Path, reader: str) -> SolarImage:
     if reader == "jp2":
         attrs["units"] = "1"
         attrs["comment"] = "8-bit display scaling of a Helioviewer JPEG 2000 image, not DN"
-    dims: tuple[str, ...] = ("y", "x")
+    ydim, xdim = SPATIAL_DIMS[1]
+    dims: tuple[str, ...] = (ydim, xdim)
     data: Any = pixels
-    coords: dict[str, Any] = {"y": ("y", y, {"units": unit}), "x": ("x", x, {"units": unit})}
+    coords: dict[str, Any] = {ydim: (ydim, y, {"units": unit}), xdim: (xdim, x, {"units": unit})}
     if spec.time == "series":
-        dims = ("time", "y", "x")
+        dims = (TIME_DIM, ydim, xdim)
         data = pixels[None]
-        coords["time"] = ("time", np.array([date], dtype="datetime64[ns]"))
+        coords[TIME_DIM] = (TIME_DIM, np.array([date], dtype="datetime64[ns]"))
     ds = xr.Dataset({names[0]: (dims, data, attrs)}, coords=coords)
-    return SolarImage(ds, None, "y", "x", path,  # type: ignore[arg-type]
-                      header=header, flip=flip, frame=frame,
+    return SolarImage(ds, None, ydim, xdim, path, header=header, flip=flip, frame=frame,
                       off_disk=opts.off_disk)
 
 

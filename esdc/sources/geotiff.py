@@ -10,6 +10,7 @@ import xarray as xr
 from esdc.errors import SourceError
 from esdc.recipe import SourceSpec
 from esdc.sources.base import Geolocated, apply_georeference, normalize
+from esdc.sources.cf import TOLERANCE_PIXELS
 
 __all__ = ["open_geotiff"]
 
@@ -41,7 +42,7 @@ def open_geotiff(spec: SourceSpec, path: Path) -> Geolocated:
     ------
     SourceError
         If the file is not a GeoTIFF, has no CRS and none is declared, or its bounds
-        differ from the declared ``georeference.bbox`` by more than 1 % of a pixel.
+        differ from the declared ``georeference.bbox`` by more than a tenth of a pixel.
     """
     import rioxarray
 
@@ -87,14 +88,15 @@ def _declared_bbox(ds: xr.Dataset, spec: SourceSpec, path: Path) -> xr.Dataset:
         with rasterio.open(path) as f:
             transform, bounds, (ny, nx) = f.transform, tuple(f.bounds), f.shape
     if transform.is_identity:
-        return apply_georeference(ds, geo, f"sources.{spec.name}")
-    tol = 0.01 * max(abs(transform.a), abs(transform.e))
+        return apply_georeference(ds, geo, f"sources.{spec.name}", path)
+    tol = TOLERANCE_PIXELS * max(abs(transform.a), abs(transform.e))
     west, south, east, north = geo.bbox
     if (max(abs(a - b) for a, b in zip(bounds, (west, south, east, north), strict=True)) > tol
             or transform.b != 0 or transform.d != 0):
         raise SourceError(
             f"sources.{spec.name}: georeference.bbox {list(geo.bbox)} differs from the bounds "
-            f"{[round(v, 6) for v in bounds]} of {path} ({ny} x {nx} pixels); declare the "
-            "file's own bounds, or leave georeference out to use the file's."
+            f"{[round(v, 6) for v in bounds]} of {path} ({ny} x {nx} pixels) by more than a "
+            "tenth of a pixel; declare the file's own bounds, or leave georeference out to "
+            "use the file's."
         )
     return ds

@@ -11,9 +11,10 @@ import pyproj
 import xarray as xr
 from PIL import Image
 
+from esdc.conventions import SPATIAL_DIMS
 from esdc.errors import SourceError
 from esdc.recipe import SourceSpec
-from esdc.sources.base import Geolocated, apply_georeference, normalize
+from esdc.sources.base import Geolocated, georeferenced
 
 __all__ = ["open_image"]
 
@@ -63,10 +64,10 @@ def open_image(spec: SourceSpec, path: Path) -> Geolocated:
                           f"{len(names)}.")
     geo = spec.georeference
     assert geo is not None
-    dims = tuple(geo.dims) if geo.dims else (("lat", "lon") if pyproj.CRS.from_user_input(
-        geo.crs).is_geographic else ("y", "x"))
+    geographic, projected = SPATIAL_DIMS
+    dims = tuple(geo.dims) if geo.dims else (geographic if pyproj.CRS.from_user_input(
+        geo.crs).is_geographic else projected)
     pixels = da.from_delayed(dask.delayed(_decode, pure=True)(str(path)),
                              shape=(height, width, nb), dtype=dtype)
     ds = xr.Dataset({n: (dims, pixels[:, :, i]) for i, n in enumerate(names)})
-    ds = apply_georeference(ds, geo, f"sources.{spec.name}")
-    return normalize(ds, pyproj.CRS.from_user_input(geo.crs), path, f"sources.{spec.name}")
+    return georeferenced(ds, geo, path, f"sources.{spec.name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import dask
@@ -11,7 +12,22 @@ import xarray as xr
 
 from esdc.errors import SourceError
 from esdc.recipe import SourceSpec
-from esdc.sources.base import Geolocated, _check_size, apply_georeference, normalize
+from esdc.sources.base import (
+    X_NAMES,
+    Y_NAMES,
+    Geolocated,
+    apply_georeference,
+    check_size,
+    normalize,
+)
+from esdc.sources.cf import (
+    axis_of,
+    cell_bounds,
+    grid_mapping_crs,
+    is_latitude,
+    is_longitude,
+    length_factor,
+)
 
 __all__ = ["SOURCE_CHUNK_BYTES", "open_netcdf"]
 
@@ -26,6 +42,15 @@ def open_netcdf(spec: SourceSpec, path: Path) -> Geolocated:
     they are renamed positionally to ``georeference.dims`` and given coordinates
     from the declared bbox. CF ``time`` coordinates are decoded. The on-disk chunks
     become the Dask chunks.
+
+    Without a declared georeference the file's own grid is read the CF way
+    (:mod:`esdc.sources.cf`): 1-D coordinates are recognised by ``standard_name``,
+    ``units`` (``degrees_north``/``degrees_east``), ``axis`` or ``_CoordinateAxisType``
+    whatever the dims are called; they may be unevenly spaced (a rectilinear grid, e.g.
+    Mercator-spaced latitudes) and their CF ``bounds`` are kept as the cells' edges; a
+    ``grid_mapping`` variable gives the CRS of projected coordinates (``m`` or ``km``),
+    else the grid is geographic (EPSG:4326). A declared georeference is checked against
+    the file's coordinates (:func:`esdc.sources.cf.check_declared_bbox`).
 
     A curvilinear or swath file (no declared georeference; the variables' last two
     dims carry 2-D latitude and longitude variables, recognised by CF
@@ -52,7 +77,9 @@ def open_netcdf(spec: SourceSpec, path: Path) -> Geolocated:
     ------
     SourceError
         If the file is not NetCDF/HDF5, lacks a variable the recipe names, its
-        dims do not match the declaration, or its 2-D latitudes leave [-90, 90].
+        dims do not match the declaration, its coordinates contradict the declared
+        georeference, its grid mapping cannot be read, or its 2-D latitudes leave
+        [-90, 90].
     """
     names = list(dict.fromkeys(v.source for v in spec.variables))
     try:
@@ -78,13 +105,14 @@ def open_netcdf(spec: SourceSpec, path: Path) -> Geolocated:
             f"sources.{spec.name}: variable(s) {missing} not in {path}; it has {have}. "
             "Fix `source:` of the variable in the recipe."
         )
-    if spec.georeference is None:
+    geo = spec.georeference
+    if geo is None:
         pair = _curvilinear_coords(ds, names)
         if pair is not None:
             return _open_curvilinear(ds, names, pair, spec, path)
+        return _open_own_grid(ds, names, spec, path)
     ds = ds[names]
-    geo = spec.georeference
-    if geo is not None and geo.dims is not None:
+    if geo.dims is not None:
         renamed = {}
         for n in names:
             da = ds[n]
@@ -95,37 +123,58 @@ def open_netcdf(spec: SourceSpec, path: Path) -> Geolocated:
                 )
             renamed[n] = da.rename(dict(zip(da.dims, geo.dims, strict=True)))
         ds = xr.Dataset(renamed)
-    if geo is not None:
-        ds = apply_georeference(ds, geo, f"sources.{spec.name}")
-        crs = pyproj.CRS.from_user_input(geo.crs)
-    else:
-        crs = pyproj.CRS.from_epsg(4326)
+    ds = apply_georeference(ds, geo, f"sources.{spec.name}", path)
+    crs = pyproj.CRS.from_user_input(geo.crs)
     out = normalize(ds, crs, path, f"sources.{spec.name}")
-    data = out.data
-    data = data.transpose(..., out.ydim, out.xdim)
-    return Geolocated(data, crs, out.ydim, out.xdim, path)
+    return Geolocated(out.data.transpose(..., out.ydim, out.xdim), crs, out.ydim, out.xdim,
+                      path)
 
 
-#: CF units of latitude and longitude (CF conventions 1.10, sections 4.1 and 4.2).
-_LAT_UNITS = ("degrees_north", "degree_north", "degree_n", "degrees_n", "degreen", "degreesn")
-_LON_UNITS = ("degrees_east", "degree_east", "degree_e", "degrees_e", "degreee", "degreese")
-
-
-def _is_coordinate(var: xr.DataArray, kind: str) -> bool:
-    """Whether ``var`` is a CF latitude (``kind="latitude"``) or longitude variable."""
-    units = str(var.attrs.get("units", "")).strip().lower()
-    return (var.attrs.get("standard_name") == kind
-            or units in (_LAT_UNITS if kind == "latitude" else _LON_UNITS)
-            or str(var.attrs.get("_CoordinateAxisType", "")).lower() == kind[:3])
+def _open_own_grid(ds: xr.Dataset, names: list[str], spec: SourceSpec,
+                   path: Path) -> Geolocated:
+    """A file located by its own 1-D coordinates (CF axes, bounds, grid mapping)."""
+    what = f"sources.{spec.name}"
+    crs = grid_mapping_crs(ds, names, path, what)
+    sub = ds[names]
+    # the horizontal axes: by CF attributes or by name (not time, not a depth in metres)
+    dims = [str(d) for d in dict.fromkeys(d for n in names for d in sub[n].dims)
+            if d in ds.coords and ds[d].ndim == 1
+            and (axis_of(ds[d]) is not None or d in Y_NAMES + X_NAMES)]
+    metres = {d: length_factor(ds[d]) for d in dims
+              if length_factor(ds[d]) is not None and not is_latitude(ds[d])
+              and not is_longitude(ds[d])}
+    if crs is None and metres:
+        raise SourceError(
+            f"{what}: {path} has projected coordinates {sorted(metres)} (in "
+            f"{ds[next(iter(metres))].attrs.get('units')}) but no CF grid_mapping naming "
+            "their CRS; add a grid_mapping variable to the file, or declare `georeference` "
+            "(crs, bbox) in the recipe.")
+    if crs is not None and not crs.is_geographic:
+        degrees = [d for d in dims if is_latitude(ds[d]) or is_longitude(ds[d])]
+        if degrees:
+            raise SourceError(
+                f"{what}: {path} names a projected grid mapping ({crs.name}) but its "
+                f"coordinates {degrees} are in degrees; fix the file's grid_mapping or "
+                "declare `georeference` (crs, bbox).")
+    crs = crs or pyproj.CRS.from_epsg(4326)
+    bounds = {d: b for d in dims for b in [cell_bounds(ds, d, path, what)] if b is not None}
+    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    for dim, factor in metres.items():  # e.g. km -> the CRS's metres
+        if factor != unit:
+            c = sub[dim]
+            sub = sub.assign_coords({dim: (dim, c.values * (factor / unit), c.attrs)})
+            if dim in bounds:
+                bounds[dim] = bounds[dim] * (factor / unit)
+    out = normalize(sub, crs, path, what, bounds=bounds)
+    return dataclasses.replace(out, data=out.data.transpose(..., out.ydim, out.xdim))
 
 
 def _curvilinear_coords(ds: xr.Dataset, names: list[str]) -> tuple[str, str] | None:
     """Names ``(lat, lon)`` of 2-D coordinates spanning every variable's last two dims."""
     two_d = [k for k, v in ds.variables.items() if v.ndim == 2 and k not in names]
-    for lat in (k for k in two_d if _is_coordinate(ds[k], "latitude")):
+    for lat in (k for k in two_d if is_latitude(ds[k])):
         dims = ds[lat].dims
-        lon = next((k for k in two_d if ds[k].dims == dims
-                    and _is_coordinate(ds[k], "longitude")), None)
+        lon = next((k for k in two_d if ds[k].dims == dims and is_longitude(ds[k])), None)
         if lon is not None and all(set(dims) <= set(ds[n].dims) for n in names):
             return str(lat), str(lon)
     return None
@@ -136,7 +185,7 @@ def _open_curvilinear(ds: xr.Dataset, names: list[str], pair: tuple[str, str],
     """A swath :class:`Geolocated` of ``names`` on the 2-D coordinates ``pair``."""
     lat_name, lon_name = pair
     ydim, xdim = (str(d) for d in ds[lat_name].dims)
-    _check_size(ds, ydim, xdim, f"sources.{spec.name}", path)
+    check_size(ds, ydim, xdim, f"sources.{spec.name}", path)
     # Read the coordinates through the backend, not Dask: opening computes nothing.
     extra = {"engine": "h5netcdf", "phony_dims": "sort"} if spec.format == "hdf5" else {}
     with xr.open_dataset(path, decode_times=False, **extra) as plain:

@@ -8,12 +8,12 @@ from pathlib import Path
 import dask
 import dask.array as da
 import numpy as np
-import pyproj
 import xarray as xr
 
+from esdc.conventions import SPATIAL_DIMS
 from esdc.errors import SourceError
 from esdc.recipe import SourceSpec
-from esdc.sources.base import Geolocated, apply_georeference, normalize
+from esdc.sources.base import Geolocated, georeferenced
 
 __all__ = ["open_raw"]
 
@@ -62,7 +62,7 @@ def open_raw(spec: SourceSpec, path: Path) -> Geolocated:
             f"{list(shape)} of {dtype} needs {int(np.prod(shape)) * dtype.itemsize}."
         )
     geo = spec.georeference
-    dims = tuple(geo.dims) if geo.dims else ("lat", "lon")
+    dims = tuple(geo.dims) if geo.dims else SPATIAL_DIMS[0]
     if len(dims) != len(shape):
         raise SourceError(f"sources.{spec.name}: shape {list(shape)} and georeference.dims "
                           f"{list(dims)} differ in length.")
@@ -70,5 +70,4 @@ def open_raw(spec: SourceSpec, path: Path) -> Geolocated:
         dask.delayed(_decode, pure=True)(str(path), dtype.str, shape, spec.compression),
         shape=shape, dtype=dtype)
     ds = xr.Dataset({spec.variables[0].source: (dims, arr)})
-    ds = apply_georeference(ds, geo, f"sources.{spec.name}")
-    return normalize(ds, pyproj.CRS.from_user_input(geo.crs), path, f"sources.{spec.name}")
+    return georeferenced(ds, geo, path, f"sources.{spec.name}")

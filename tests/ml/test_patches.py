@@ -1,25 +1,14 @@
+import shutil
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esdc.errors import EsdcError
+from esdc.errors import ChunkDecodeError, EsdcError
 from esdc.ml import PatchStream, block_splits
 from esdc.ml.stats import cube_statistics, read_statistics, write_statistics
-from esdc.store import open_cube
-from esdc.testing import new_cube
-
-
-@pytest.fixture(scope="module")
-def cube(tmp_path_factory):
-    ds = new_cube(shape=(50, 70), times=5, variables=("a", "b"), seed=4)
-    ds["s"] = ds["a"].isel(time=0, drop=True) * 0 + np.arange(70, dtype="float32")
-    ds["s"].attrs = {"units": "1", "grid_mapping": "crs"}
-    ds["a"][1, 3:9, 4:20] = np.nan
-    path = tmp_path_factory.mktemp("c") / "cube.zarr"
-    enc = {v: {"chunks": (2, 16, 32)} for v in ("a", "b")} | {"s": {"chunks": (16, 32)}}
-    ds.to_zarr(path, zarr_format=3, encoding=enc, consolidated=True)
-    return path
+from esdc.storage import open_cube
 
 
 def _all(stream, epoch=0):
@@ -170,3 +159,15 @@ def test_threaded_batches_raise_a_reading_error(cube, tmp_path):
             f.write_bytes(b"not a chunk")
     with pytest.raises(Exception):  # noqa: B017 - whatever the codec raises
         list(stream.threaded_batches(16, threads=2))
+
+
+def test_a_damaged_chunk_is_named(cube, tmp_path):
+    """Patches are read through esdc's codec pipeline: a damaged chunk is ChunkDecodeError."""
+    copy = tmp_path / "cube.zarr"
+    shutil.copytree(cube, copy)
+    chunk = copy / "b" / "c" / "1" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    stream = PatchStream(str(copy), ["a", "b"], patch=(8, 8), normalize=False)
+    with pytest.raises(ChunkDecodeError, match="b/c/1/1/0"):
+        for _ in stream.batches(64):
+            pass

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from esdc.cli import app
 from esdc.errors import EsdcError
 from esdc.ml.config import TrainConfig
-from esdc.ml.patches import PatchStream, block_splits
-from esdc.ml.train import _pixels, submit
+from esdc.ml.patches import PatchStream, block_splits, valid_pixels
+from esdc.ml.train import submit
 from esdc.ml.tuning import block_ids, spatial_folds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +95,7 @@ def test_folds_are_whole_disjoint_spatial_blocks_of_the_train_split(searched, sm
     stream = PatchStream(str(small_cube), cfg.inputs, patch=cfg.patch, targets=[cfg.target],
                          split="train", split_block=cfg.split.block,
                          split_fractions=cfg.split.fractions, split_seed=cfg.split.seed)
-    x, y, rows, cols = _pixels(stream, cfg.max_train_pixels, cfg.seed, coords=True)
+    x, y, rows, cols = valid_pixels(stream, cfg.max_train_pixels, cfg.seed, coords=True)
     assert x.shape == (len(y), 2) and len(y) == cfg.max_train_pixels
     # the coordinates are right: the pixel values are the cube's
     a = stream._ds["a"].values

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -6,10 +5,9 @@ torch = pytest.importorskip("torch")
 from esdc.errors import EsdcError  # noqa: E402
 from esdc.ml import PatchStream  # noqa: E402
 from esdc.ml.torch import PatchDataset, device_for  # noqa: E402
-from tests.ml.test_patches import cube  # noqa: E402,F401
 
 
-def test_dataloader_two_workers_complete_and_disjoint(cube):  # noqa: F811
+def test_dataloader_two_workers_complete_and_disjoint(cube):
     stream = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=3)
     ds = PatchDataset(stream, batch_size=10)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2,
@@ -22,6 +20,7 @@ def test_dataloader_two_workers_complete_and_disjoint(cube):  # noqa: F811
 
 def test_device_selection_logic():
     assert device_for("cpu") == "cpu"
+    assert device_for("cpu", {"GPU": 1}) == "cpu"  # asked for the CPU: never CUDA
     if torch.cuda.is_available():
         assert device_for("auto", {"GPU": 1}) == "cuda"
         assert device_for("auto", {}) == "cpu"
@@ -29,4 +28,5 @@ def test_device_selection_logic():
         assert device_for("auto", {"GPU": 1}) == "cpu"
         with pytest.raises(EsdcError, match="no CUDA"):
             device_for("cuda")
-    assert np.isfinite(1.0)
+    # without the worker's resources, "auto" follows what torch sees
+    assert device_for("auto") == ("cuda" if torch.cuda.is_available() else "cpu")

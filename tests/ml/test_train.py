@@ -16,6 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from esdc.cli import app
+from esdc.errors import TrainConfigError
 from esdc.ml.config import TrainConfig
 from esdc.ml.train import train
 
@@ -185,7 +186,7 @@ def test_bad_training_input(tmp_path):
     ds = new_cube(shape=(20, 30), times=2)
     ds["a"][:] = np.nan
     ds.to_zarr(empty, zarr_format=3, consolidated=True)
-    with pytest.raises(Exception, match="no valid pixels"):
+    with pytest.raises(TrainConfigError, match="no valid pixels"):
         train(str(empty), TrainConfig.model_validate(base), f"sqlite:///{tmp_path / 'm.db'}")
     shutil.rmtree(empty)
 

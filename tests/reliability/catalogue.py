@@ -119,6 +119,18 @@ CASES: tuple[Case, ...] = (
     Case("source-checksum-mismatch", "source file",
          "a source file whose bytes differ from the recipe's `sha256`", BUILD, 2,
          ("sources.local", "{ws}/good.nc", "SHA-256")),
+    Case("source-declared-bbox-disagrees", "source file",
+         "a lat/lon NetCDF (0..4 degrees) declared `georeference.bbox: [0.5, 0, 4.5, 4]`, "
+         "half a pixel off its own coordinates", BUILD, 2,
+         ("sources.local", "georeference.bbox [0.5, 0.0, 4.5, 4.0]",
+          "bounds [0.0, 0.0, 4.0, 4.0] of {ws}/own.nc", "a tenth of a pixel")),
+    Case("source-projected-without-grid-mapping", "source file",
+         "a NetCDF with x/y coordinates in metres and no CF `grid_mapping`", BUILD, 2,
+         ("sources.local", "{ws}/metres.nc", "projected coordinates", "no CF grid_mapping")),
+    Case("recipe-bucket-onto-finer-grid", "recipe",
+         "`resampling: bucket_average` of a 1 degree source onto a 0.5 degree grid", BUILD, 2,
+         ("sources.local variable t2m", "bucket_average onto grid cells of 0.5 degrees",
+          "1 x 1 degrees", "conservative", "bilinear or nearest")),
     # ------------------------------------------------------------------ CLI arguments
     Case("cli-search-lat-not-a-number", "CLI argument", "`--lat abc`",
          "esdc search CUBE --lat abc --lon 0", 2, ("--lat", "Invalid value")),

@@ -331,6 +331,30 @@ def _(env: Env) -> Cli:
     return env.build(recipe)
 
 
+@builds("source-declared-bbox-disagrees")
+def _(env: Env) -> Cli:
+    path = write_netcdf(env.ws / "own.nc")
+    return env.build(recipe_for(path, georeference={"crs": "EPSG:4326", "bbox": [0.5, 0, 4.5, 4],
+                                                    "dims": ["lat", "lon"]}))
+
+
+@builds("source-projected-without-grid-mapping")
+def _(env: Env) -> Cli:
+    metres = np.arange(4) * 100_000.0 + 50_000.0
+    xr.Dataset({"t2m": (("y", "x"), np.zeros((4, 4), "float32"))},
+               coords={"y": ("y", metres[::-1], {"units": "m"}),
+                       "x": ("x", metres, {"units": "m"})}).to_netcdf(env.ws / "metres.nc")
+    return env.build(recipe_for(env.ws / "metres.nc"))
+
+
+@builds("recipe-bucket-onto-finer-grid")
+def _(env: Env) -> Cli:
+    recipe = good_recipe(env)
+    recipe["grid"]["resolution"] = 0.5
+    recipe["sources"][0]["variables"][0]["resampling"] = "bucket_average"
+    return env.build(recipe)
+
+
 # ------------------------------------------------------------------ CLI arguments
 def _search(env: Env, *extra: str) -> Cli:
     return Cli(["search", str(env.cube), *extra])

@@ -139,7 +139,8 @@ def scan_source(text: str, where: str) -> list[Finding]:
         reads = [c for c in calls if _dotted(c.func).endswith("read_index")]
         if not reads:
             continue
-        sha_lines = [c.lineno for c in calls if _dotted(c.func) in ("_sha", "sha256sum")]
+        sha_lines = [c.lineno for c in calls
+                     if _dotted(c.func) in ("_sha", "sha256sum", "file_sha256")]
         typed = [c for c in calls if _dotted(c.func) == "isinstance" and len(c.args) == 2
                  and _dotted(c.args[1]).endswith("IndexIDMap2")]
         for r in reads:

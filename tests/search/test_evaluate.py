@@ -91,7 +91,7 @@ def _ok(args: list) -> str:
 # ---------------------------------------------------------------- tile labels
 def test_tile_labels_are_the_mode_of_the_cells(labelled):
     from esdc.search.evaluate import tile_labels
-    from esdc.store import open_cube
+    from esdc.storage import open_cube
 
     cube, blocks = labelled
     ds = open_cube(cube).load()
@@ -129,7 +129,7 @@ def test_tile_labels_are_the_mode_of_the_cells(labelled):
 
 def test_tile_labels_in_time(labelled_time):
     from esdc.search.evaluate import tile_labels
-    from esdc.store import open_cube
+    from esdc.storage import open_cube
 
     cube, blocks = labelled_time
     ds = open_cube(cube).load()
@@ -146,7 +146,7 @@ def test_tile_labels_in_time(labelled_time):
 
 def test_label_must_be_categorical_on_the_grid(labelled):
     from esdc.search.evaluate import tile_labels
-    from esdc.store import open_cube
+    from esdc.storage import open_cube
 
     ds = open_cube(labelled[0])
     with pytest.raises(EsdcError, match="not a class variable"):
@@ -248,7 +248,7 @@ def test_evaluate_search_bad_input(labelled, embedded_cube, tmp_path):
 # ---------------------------------------------------------------- balanced sample
 def test_balanced_sample_is_balanced_and_deterministic(labelled):
     from esdc.search.balance import balanced_sample
-    from esdc.store import open_cube
+    from esdc.storage import open_cube
 
     cube, blocks = labelled
     r = balanced_sample(cube, clusters=6, per_cluster=10, seed=0)

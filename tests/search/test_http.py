@@ -219,7 +219,7 @@ def test_tile_png_time(api_time):
 def test_png_bytes_single_variable():
     from PIL import Image
 
-    from esdc.search.http import png_bytes
+    from esdc.search.render import png_bytes
 
     a = np.arange(12.0).reshape(3, 4)
     a[0, 0] = np.nan

@@ -20,8 +20,7 @@ import yaml
 from typer.testing import CliRunner
 
 from esdc.cli import app
-from tests.conftest import need_sample
-from tests.test_moon_cube import MOON_SAMPLES, moon_recipe
+from tests.conftest import MOON_SAMPLES, moon_recipe, need_sample
 
 pytest.importorskip("faiss")
 pytest.importorskip("torch")
@@ -44,15 +43,15 @@ def test_moon_search_by_mare_highland(tmp_path, monkeypatch, client):
     from esdc.build import plan
     from esdc.ml.config import TrainConfig
     from esdc.ml.train import train
-    from esdc.store import write_cube
+    from esdc.storage import resolve
 
     for name in MOON_SAMPLES:
         need_sample(name)
     t0 = time.perf_counter()
     r = moon_recipe(0.25)
     cube = tmp_path / "moon.zarr"
-    write_cube(plan(r), cube, chunks=dict(r.output.chunks), compressor=r.output.compressor,
-               client=client)
+    resolve(cube).write(plan(r), chunks=dict(r.output.chunks),
+                        compressor=r.output.compressor, client=client)
     monkeypatch.chdir(tmp_path)  # MLflow's artifact root defaults to ./mlruns
     tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
     cfg = yaml.safe_load((ROOT / "recipes" / "train" / "encoder_moon.yaml").read_text())

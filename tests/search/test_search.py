@@ -101,7 +101,7 @@ def test_embedding_coordinates_locate_the_tile(embedded_cube, tile):
     """Recompute one tile's vector from the pixels inside its coordinate bounds."""
     from esdc.ml.stats import cube_statistics, normalisation, read_statistics
     from esdc.search import SearchEngine
-    from esdc.store import open_cube
+    from esdc.storage import open_cube
 
     ds = open_cube(embedded_cube)
     emb = ds["embedding_t8"]
@@ -227,7 +227,7 @@ def _log_encoder(folder: Path, tracking: str, seed: int | None) -> str:
 
 def test_reembed_replaces_the_embedding_cleanly(embedded_cube, tmp_path, client):
     pytest.importorskip("mlflow")
-    from esdc.store import open_cube
+    from esdc.storage import open_cube
     from esdc.verify import verify_store
 
     cube = _copy(embedded_cube, tmp_path / "work")

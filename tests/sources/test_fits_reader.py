@@ -22,11 +22,12 @@ from astropy.io import fits  # noqa: E402
 
 from esdc.errors import SourceError  # noqa: E402
 from esdc.recipe import SourceSpec  # noqa: E402
+from esdc.solar import SolarImage  # noqa: E402
 from esdc.sources import open_source  # noqa: E402
-from esdc.sources.fits import SolarImage, read_jp2_header  # noqa: E402
+from esdc.sources.fits import read_jp2_header  # noqa: E402
 from esdc.testing import raise_if_dask_computes  # noqa: E402
 from tests.conftest import need_sample  # noqa: E402
-from tests.sources.test_readers import ReaderContract  # noqa: E402
+from tests.sources.conftest import ReaderContract  # noqa: E402
 
 AIA_193_FIX = {"NAXIS1": 410, "NAXIS2": 410, "CDELT1": 0.6 * 4096 / 410,
                "CDELT2": 0.6 * 4096 / 410, "CRPIX1": 205.5, "CRPIX2": 205.5}

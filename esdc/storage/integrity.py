@@ -1,7 +1,7 @@
 """Per-chunk SHA-256 checksums of a cube: recorded at build time, checked on demand.
 
-A cube built by :func:`esdc.store.write_cube` holds, beside its arrays, a Zarr group
-``esdc_integrity`` whose attributes record the SHA-256 of every chunk file of every
+A cube built by esdc holds, beside its arrays, a Zarr group ``esdc_integrity``
+(:data:`MANIFEST_GROUP`) whose attributes record the SHA-256 of every chunk file of every
 array (``{"sst/c/3/1/2": "ab12..."}``), the algorithm and the build's fingerprint.
 Being a proper Zarr group it is part of the consolidated metadata and invisible to
 ``xarray.open_zarr`` (which reads the root group's arrays only); no stray file sits in
@@ -12,82 +12,56 @@ as ``sst/c/3/1/2: checksum mismatch`` names the array and the chunk's grid index
 Metadata documents (``zarr.json``) are not recorded: they change legitimately
 (statistics, reconsolidation) and hold no data.
 
-``esdc verify CUBE --checksums`` (:func:`check_checksums`) recomputes every hash and
-reports each mismatch, each missing chunk file and each chunk file of a recorded
-array that the record does not know.
+This module knows the record and the layout of a local store; comparing a store with
+its record is :meth:`esdc.storage.target.Target.checksums`, the same for every target.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from esdc.conventions import ATTR_CHECKSUMS, ATTR_INTEGRITY_GROUP
+
 __all__ = [
     "ALGORITHM",
     "MANIFEST_GROUP",
+    "ROOT_META",
     "ChecksumReport",
     "array_dirs",
-    "check_checksums",
     "chunk_files",
+    "chunk_index",
     "chunk_key",
-    "file_sha256",
     "read_manifest",
+    "record_of",
     "remove_temp_files",
-    "verify_checksums",
     "write_manifest",
 ]
 
-MANIFEST_GROUP = "esdc_integrity"
+MANIFEST_GROUP = ATTR_INTEGRITY_GROUP
+"""Name of the Zarr group (at the store root) that holds the checksum record."""
 ALGORITHM = "sha256"
-_ATTR = "esdc_checksums"
+ROOT_META = "zarr.json"
+"""The metadata document of every Zarr v3 node; the root one is a cube's commit point."""
 # zarr-python's LocalStore writes every file to ``NAME.<32 hex>.partial`` and renames it;
 # a killed writer can leave such a file behind.
 _TEMP = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
-def file_sha256(path: str | os.PathLike[str], *, fsync: bool = False,
-                blocksize: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The file.
-    fsync : bool
-        Also flush the file to stable storage (``os.fsync``) after reading it.
-    blocksize : int
-        Bytes read at a time.
-
-    Returns
-    -------
-    str
-        64 hex digits.
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(blocksize):
-            h.update(block)
-        if fsync:
-            os.fsync(f.fileno())
-    return h.hexdigest()
-
-
 def _node(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((path / "zarr.json").read_text())
+        return json.loads((path / ROOT_META).read_text())
     except (OSError, ValueError):
         return None
 
 
 def array_dirs(store: str | os.PathLike[str]) -> dict[str, Path]:
-    """Every Zarr v3 array of a store (nested groups included) by its path.
+    """Every Zarr v3 array of a local store (nested groups included) by its path.
 
     The ``esdc_integrity`` group is skipped.
 
@@ -124,7 +98,7 @@ def array_dirs(store: str | os.PathLike[str]) -> dict[str, Path]:
 def _array_files(array: Path) -> Iterator[Path]:
     for dirpath, _dirs, files in os.walk(array):
         for f in files:
-            if f == "zarr.json" and Path(dirpath) == array:
+            if f == ROOT_META and Path(dirpath) == array:
                 continue
             if _TEMP.search(f):
                 continue
@@ -133,7 +107,7 @@ def _array_files(array: Path) -> Iterator[Path]:
 
 def chunk_files(store: str | os.PathLike[str],
                 arrays: Iterable[str] | None = None) -> dict[str, Path]:
-    """Every chunk file of a store, by chunk key (its path relative to the store root).
+    """Every chunk file of a local store, by chunk key (its path relative to the store root).
 
     Parameters
     ----------
@@ -145,8 +119,8 @@ def chunk_files(store: str | os.PathLike[str],
     Returns
     -------
     dict
-        ``{"sst/c/0/1/2": Path(...), ...}``; zarr's half-written temporary files are left
-        out.
+        ``{"sst/c/0/1/2": Path(...), ...}``, sorted by key; zarr's half-written temporary
+        files are left out.
     """
     root = Path(store)
     dirs = array_dirs(root)
@@ -158,6 +132,11 @@ def chunk_files(store: str | os.PathLike[str],
     return dict(sorted(out.items()))
 
 
+def _separator(encoding: dict[str, Any]) -> str:
+    default = "/" if encoding.get("name", "default") == "default" else "."
+    return str(encoding.get("configuration", {}).get("separator", default))
+
+
 def chunk_key(array: str, index: Iterable[int], encoding: dict[str, Any] | None = None) -> str:
     """The store key of chunk ``index`` of ``array`` under a Zarr v3 chunk key encoding.
 
@@ -166,7 +145,7 @@ def chunk_key(array: str, index: Iterable[int], encoding: dict[str, Any] | None 
     array : str
         Array path in the store, e.g. ``"sst"``.
     index : iterable of int
-        Chunk grid index, e.g. ``(3, 1, 2)``.
+        Chunk grid index, one per dim of the array, e.g. ``(3, 1, 2)``.
     encoding : dict, optional
         The array's ``chunk_key_encoding`` (default: ``default`` with ``/``).
 
@@ -176,12 +155,35 @@ def chunk_key(array: str, index: Iterable[int], encoding: dict[str, Any] | None 
         E.g. ``"sst/c/3/1/2"`` (``default``) or ``"sst/3.1.2"`` (``v2``).
     """
     enc = encoding or {"name": "default", "configuration": {"separator": "/"}}
-    sep = enc.get("configuration", {}).get("separator", "/" if enc.get("name") == "default"
-                                            else ".")
+    sep = _separator(enc)
     idx = [str(int(i)) for i in index]
     if enc.get("name") == "v2":
         return f"{array}/{sep.join(idx) or '0'}"
     return f"{array}/{sep.join(['c', *idx])}"
+
+
+def chunk_index(key: str, array: str, encoding: dict[str, Any] | None = None) -> tuple[int, ...]:
+    """The chunk grid index a chunk key names: the inverse of :func:`chunk_key`.
+
+    Parameters
+    ----------
+    key : str
+        E.g. ``"sst/c/3/1/2"``.
+    array : str
+        The array's path, a prefix of ``key`` (``"sst"``).
+    encoding : dict, optional
+        The array's ``chunk_key_encoding`` (default: ``default`` with ``/``).
+
+    Returns
+    -------
+    tuple of int
+        One index per dim, e.g. ``(3, 1, 2)``; ``()`` for a 0-d array.
+    """
+    enc = encoding or {"name": "default", "configuration": {"separator": "/"}}
+    parts = key[len(array) + 1:].split(_separator(enc))
+    if enc.get("name") != "v2":
+        parts = parts[1:]  # the leading "c"
+    return tuple(int(i) for i in parts if i != "")
 
 
 def remove_temp_files(store: str | os.PathLike[str]) -> int:
@@ -200,7 +202,7 @@ def remove_temp_files(store: str | os.PathLike[str]) -> int:
 
 def write_manifest(store: str | os.PathLike[str], checksums: dict[str, str],
                    **info: Any) -> Path:
-    """Record chunk checksums in the store's ``esdc_integrity`` group (atomically).
+    """Record chunk checksums in a local store's ``esdc_integrity`` group (atomically).
 
     Parameters
     ----------
@@ -219,9 +221,9 @@ def write_manifest(store: str | os.PathLike[str], checksums: dict[str, str],
     group = Path(store) / MANIFEST_GROUP
     group.mkdir(exist_ok=True)
     record = {"algorithm": ALGORITHM, **info, "chunks": dict(sorted(checksums.items()))}
-    doc = {"zarr_format": 3, "node_type": "group", "attributes": {_ATTR: record}}
-    meta = group / "zarr.json"
-    tmp = group / "zarr.json.tmp"
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": {ATTR_CHECKSUMS: record}}
+    meta = group / ROOT_META
+    tmp = group / f"{ROOT_META}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1, sort_keys=False)
         f.flush()
@@ -230,18 +232,34 @@ def write_manifest(store: str | os.PathLike[str], checksums: dict[str, str],
     return meta
 
 
-def read_manifest(store: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The checksum record of a store, or None when it has none (or it is unreadable)."""
-    meta = _node(Path(store) / MANIFEST_GROUP)
-    if meta is None:
+def record_of(node: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The checksum record in the ``esdc_integrity`` group's metadata document, or None.
+
+    Parameters
+    ----------
+    node : dict or None
+        The parsed ``esdc_integrity/zarr.json``.
+
+    Returns
+    -------
+    dict or None
+        ``{"algorithm", "chunks": {key: sha256}, "arrays", "fingerprint_sha256", ...}``;
+        None when there is no (valid) record.
+    """
+    if not isinstance(node, dict):
         return None
-    rec = meta.get("attributes", {}).get(_ATTR)
+    rec = (node.get("attributes") or {}).get(ATTR_CHECKSUMS)
     return rec if isinstance(rec, dict) and isinstance(rec.get("chunks"), dict) else None
+
+
+def read_manifest(store: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The checksum record of a local store, or None when it has none (or it is unreadable)."""
+    return record_of(_node(Path(store) / MANIFEST_GROUP))
 
 
 @dataclass
 class ChecksumReport:
-    """What :func:`check_checksums` found.
+    """What :meth:`esdc.storage.target.Target.checksums` found.
 
     Attributes
     ----------
@@ -275,78 +293,3 @@ class ChecksumReport:
         out += [f"{k}: chunk file missing" for k in sorted(self.missing)]
         out += [f"{k}: chunk file not in the checksum record" for k in sorted(self.unexpected)]
         return out
-
-
-def check_checksums(store: str | os.PathLike[str], *, workers: int = 4,
-                    storage_options: dict[str, Any] | None = None) -> ChecksumReport:
-    """Recompute every recorded chunk's SHA-256 and compare with the build's record.
-
-    Parameters
-    ----------
-    store : str or path-like
-        Root of a cube built by esdc: a folder, or a URL (``s3://bucket/cube.zarr``,
-        checked by :func:`esdc.remote.check_remote_checksums`).
-    workers : int
-        Files hashed in parallel (hashlib releases the GIL).
-    storage_options : dict, optional
-        fsspec options of a URL.
-
-    Returns
-    -------
-    ChecksumReport
-        Mismatched, missing and unexpected chunk files; ``error`` if there is no record.
-    """
-    from esdc.remote import check_remote_checksums, is_url
-
-    if is_url(store):
-        return check_remote_checksums(str(store), options=storage_options)
-    root = Path(store)
-    rec = read_manifest(root)
-    if rec is None:
-        return ChecksumReport(error=f"{root} has no chunk checksum record ({MANIFEST_GROUP} "
-                              "group); it was not built by this esdc version. Rebuild it to "
-                              "record checksums.")
-    recorded: dict[str, str] = rec["chunks"]
-    arrays = rec.get("arrays") or sorted({k.split("/c/")[0] for k in recorded})
-    present = chunk_files(root, arrays)
-    report = ChecksumReport()
-    report.uncovered = [a for a in array_dirs(root) if a not in set(arrays)]
-    report.missing = [k for k in recorded if k not in present]
-    report.unexpected = [k for k in present if k not in recorded]
-    keys = [k for k in recorded if k in present]
-
-    def one(key: str) -> tuple[str, str | None]:
-        try:
-            return key, file_sha256(present[key])
-        except FileNotFoundError:
-            return key, None
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for key, found in pool.map(one, keys):
-            if found is None:
-                report.missing.append(key)
-                continue
-            report.checked += 1
-            if found != recorded[key]:
-                report.mismatched[key] = (recorded[key], found)
-    return report
-
-
-def verify_checksums(store: str | os.PathLike[str], *,
-                     storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Problems of a cube's chunk files against its checksum record.
-
-    Parameters
-    ----------
-    store : str or path-like
-        Root of a cube built by esdc (a folder or a URL).
-    storage_options : dict, optional
-        fsspec options of a URL.
-
-    Returns
-    -------
-    list of str
-        One message per corrupted (``sst/c/3/1/2: checksum mismatch ...``), missing or
-        unrecorded chunk file; empty when every chunk matches.
-    """
-    return check_checksums(store, storage_options=storage_options).problems

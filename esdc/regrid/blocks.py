@@ -1,0 +1,282 @@
+"""Fast paths for regular sources in the grid's own CRS: exact, and equal to pyresample's.
+
+When source and grid share the CRS and the grid's cells are whole blocks of ``fy x fx``
+source pixels (aligned edges, integer factors), the two bucket methods are *exactly*
+block reductions, done with ``xarray.coarsen`` / ``dask.array.map_blocks`` without
+computing per-pixel coordinates (:func:`aligned`).
+
+``bucket_average`` between regular grids of one geographic CRS with non-integer factors
+(Blue Marble 1/15 degree onto 0.25 degree) bins pixel rows and columns separately and
+reduces them with ``np.add.reduceat`` (:func:`regular_bucket_average`), binning exactly
+as pyresample's ``BucketResampler`` does.
+
+Both give pyresample's results (tests compare them); ``benchmarks/bench_build.py``
+measures the gain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from esdc.grid import Grid
+from esdc.regrid.methods import mode_fill
+from esdc.sources.base import Geolocated
+
+__all__ = ["aligned", "aligned_blocks", "block_mode", "regular_bucket_average"]
+
+_TOL = 1e-6
+
+
+def _near_int(v: float) -> int | None:
+    r = round(v)
+    return int(r) if abs(v - r) < _TOL * max(1.0, abs(v)) else None
+
+
+def aligned_blocks(source: Geolocated, grid: Grid) -> tuple[int, int, int, int] | None:
+    """Block factors when every grid cell is a whole block of source pixels.
+
+    Returns
+    -------
+    tuple of 4 int or None
+        ``(fy, fx, row0, col0)``: block height and width in source pixels, and the
+        source row/column of the grid's north-west corner; ``None`` when the CRSs
+        differ, the source is unevenly spaced, the factors are not integers or the grid
+        leaves the source.
+    """
+    if source.is_swath or source.crs is None or not source.evenly_spaced or not source.crs.equals(
+            grid.pyproj_crs, ignore_axis_order=True):
+        return None
+    sdx, sdy = source.resolution
+    gdx, gdy = grid.resolution
+    fx, fy = _near_int(gdx / sdx), _near_int(gdy / sdy)
+    west, south, east, north = source.bbox
+    col0 = _near_int((grid.bbox[0] - west) / sdx)
+    row0 = _near_int((north - grid.bbox[3]) / sdy)
+    if None in (fx, fy, col0, row0) or fx < 1 or fy < 1 or col0 < 0 or row0 < 0:  # type: ignore[operator]
+        return None
+    ny, nx = grid.shape
+    if row0 + ny * fy > source.data.sizes[source.ydim] or col0 + nx * fx > source.data.sizes[
+            source.xdim]:
+        return None
+    return fy, fx, row0, col0  # type: ignore[return-value]
+
+
+def block_mode(block: np.ndarray, fy: int, fx: int, cats: np.ndarray, fill: int) -> np.ndarray:
+    """Most frequent of ``cats`` in every ``fy x fx`` block of the last two axes.
+
+    Ties go to the class listed first; blocks holding no class get ``fill``. The
+    blocks are first gathered into contiguous rows (one copy), which makes the per-class
+    counts 2-3x faster than summing over strided axes (measured on 31 M pixels).
+
+    Parameters
+    ----------
+    block : numpy.ndarray
+        Class codes, shape ``(..., h, w)`` with ``h`` and ``w`` multiples of ``fy``, ``fx``.
+    fy, fx : int
+        Block height and width, pixels.
+    cats : numpy.ndarray
+        The classes, in order of preference for ties.
+    fill : int
+        The code of blocks holding none of ``cats``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(..., h // fy, w // fx)``, dtype of ``block``.
+    """
+    *lead, h, w = block.shape
+    ny, nx = h // fy, w // fx
+    rows = block.reshape(-1, ny, fy, nx, fx).transpose(0, 1, 3, 2, 4).reshape(-1, fy * fx)
+    counts = np.stack([(rows == c).sum(axis=1, dtype=np.int32) for c in cats])
+    out = cats[np.argmax(counts, axis=0)].astype(block.dtype).reshape(*lead, ny, nx)
+    out[counts.max(axis=0).reshape(out.shape) == 0] = fill
+    return out
+
+
+def aligned(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
+            blocks: tuple[int, int, int, int], cats: np.ndarray | None) -> xr.DataArray:
+    """Bucket average or mode of whole ``fy x fx`` blocks of source pixels, lazily.
+
+    Parameters
+    ----------
+    data : xarray.DataArray
+        Dims ``(..., source.ydim, source.xdim)``; float with NaN (``bucket_average``) or
+        class codes (``bucket_mode``).
+    source : Geolocated
+        A regular source in the grid's CRS.
+    grid : Grid
+        The target, shape ``(ny, nx)``.
+    method : {"bucket_average", "bucket_mode"}
+        The reduction (with ``fy == fx == 1`` any method: the pixels are the cells).
+    blocks : tuple of 4 int
+        ``(fy, fx, row0, col0)`` from :func:`aligned_blocks`.
+    cats : numpy.ndarray or None
+        The classes of ``bucket_mode``.
+
+    Returns
+    -------
+    xarray.DataArray
+        Shape ``(..., ny, nx)``, dims of ``data``.
+    """
+    fy, fx, row0, col0 = blocks
+    ny, nx = grid.shape
+    sub = data.isel({source.ydim: slice(row0, row0 + ny * fy),
+                     source.xdim: slice(col0, col0 + nx * fx)})
+    if fy == fx == 1:
+        return sub
+    # Chunks that are whole multiples of the block, about 64 target cells high.
+    # Source chunks that are whole blocks, about 32 M pixels each.
+    cx = fx * max(1, min(nx, 8192 // fx))
+    lead = int(np.prod(sub.shape[:-2])) if sub.ndim > 2 else 1
+    cy = fy * max(1, min(ny, 32_000_000 // (fy * cx * lead)))
+    sub = sub.chunk({**{d: -1 for d in sub.dims[:-2]}, source.ydim: cy, source.xdim: cx})
+    if method == "bucket_average":
+        return sub.coarsen({source.ydim: fy, source.xdim: fx}).mean()  # NaN skipped (float data)
+    assert cats is not None
+    arr = sub.data
+    fill = mode_fill(arr.dtype)
+    out = arr.map_blocks(block_mode, fy, fx, cats, fill, dtype=arr.dtype,
+                         chunks=(*arr.chunks[:-2], tuple(c // fy for c in arr.chunks[-2]),
+                                 tuple(c // fx for c in arr.chunks[-1])))
+    return xr.DataArray(out, dims=sub.dims)
+
+
+def _bucket_bins(source: Geolocated, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Cell column of each source pixel column and cell row of each pixel row (-1 outside).
+
+    Computed exactly as pyresample's ``BucketResampler`` bins pixels (pixel centres from
+    ``AreaDefinition.get_proj_vectors``, through ``pyproj.Proj`` of the grid's CRS, then
+    ``floor((x - x_min) / x_res)``), so that centres lying on a cell edge go to the same
+    cell as with pyresample. Valid for geographic CRSs, where ``x`` depends on the
+    longitude only and ``y`` on the latitude only.
+    """
+    from pyproj import Proj
+
+    area, target = source.area_definition(), grid.area_definition()
+    xv, yv = area.get_proj_vectors()
+    prj = Proj(target.crs)
+    px, _ = prj(xv, np.full_like(xv, yv[len(yv) // 2]))
+    _, py = prj(np.full_like(yv, xv[len(xv) // 2]), yv)
+    x_res, y_res = target.resolution
+    ext = target.area_extent
+    cols = np.floor((np.asarray(px) - ext[0]) / x_res).astype(np.int64)
+    rows = np.floor((ext[3] - np.asarray(py)) / y_res).astype(np.int64)
+    cols[(cols < 0) | (cols >= target.width)] = -1
+    rows[(rows < 0) | (rows >= target.height)] = -1
+    return cols, rows
+
+
+def _segments(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First pixel of each occupied cell, and the occupied cells.
+
+    ``idx`` are the (sorted) cell indices of consecutive pixels.
+    """
+    cells, starts = np.unique(idx, return_index=True)
+    return starts, cells
+
+
+def _reduce_block(block: np.ndarray, row_idx: np.ndarray, col_starts: np.ndarray,
+                  col_cells: np.ndarray, nx: int) -> np.ndarray:
+    """Bucket average of one block of source rows.
+
+    Sums and counts of the finite values, columns then rows reduced with
+    ``np.add.reduceat`` (float64 accumulators); cells without a value are NaN.
+    """
+    valid = np.isfinite(block)
+    vals = np.where(valid, block, 0)
+    rs, _ = _segments(row_idx)
+    out_shape = (*block.shape[:-2], len(rs), nx)
+    sums = np.full(out_shape, 0.0)
+    counts = np.zeros(out_shape)
+    s = np.add.reduceat(np.add.reduceat(vals, col_starts, axis=-1, dtype=np.float64),
+                        rs, axis=-2)
+    c = np.add.reduceat(np.add.reduceat(valid, col_starts, axis=-1, dtype=np.float64),
+                        rs, axis=-2)
+    sums[..., col_cells] = s
+    counts[..., col_cells] = c
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan).astype(np.float32)
+
+
+def regular_bucket_average(data: xr.DataArray, source: Geolocated,
+                           grid: Grid) -> xr.DataArray | None:
+    """Bucket average of a regular source in the grid's own CRS, without pyresample.
+
+    Every source pixel goes to the cell holding its centre, as pyresample's
+    ``BucketResampler`` does, but the bins are separable (one cell column per pixel
+    column, one cell row per pixel row), so the average is two ``np.add.reduceat``
+    passes per block instead of projecting every pixel's coordinates (for the Blue Marble
+    image, 14.6 M lon/lat pairs through PROJ). Rows are rechunked so that no cell row
+    spans two blocks. ``None`` when the source is a swath, unevenly spaced, in another
+    CRS, or coarser than the grid (a cell may then hold no pixel centre).
+
+    Parameters
+    ----------
+    data : xarray.DataArray
+        Dims ``(..., source.ydim, source.xdim)``, float with NaN for missing values.
+    source : Geolocated
+        Where its pixels are.
+    grid : Grid
+        The target, shape ``(ny, nx)``.
+
+    Returns
+    -------
+    xarray.DataArray or None
+        float32, shape ``(..., ny, nx)``, dims of ``data``; lazy.
+    """
+    crs = source.crs
+    if source.is_swath or crs is None or not crs.is_geographic or not source.evenly_spaced \
+            or not crs.equals(grid.pyproj_crs, ignore_axis_order=True):
+        return None
+    sdx, sdy = source.resolution
+    gdx, gdy = grid.resolution
+    if sdx > gdx or sdy > gdy:
+        return None
+    ny, nx = grid.shape
+    cols, rows = _bucket_bins(source, grid)
+    use_c, use_r = np.flatnonzero(cols >= 0), np.flatnonzero(rows >= 0)
+    if len(use_c) == 0 or len(use_r) == 0:
+        return None
+    if np.any(np.diff(cols[use_c]) < 0) or np.any(np.diff(rows[use_r]) < 0):
+        return None
+    c0, c1, r0, r1 = use_c[0], use_c[-1] + 1, use_r[0], use_r[-1] + 1
+    col_starts, col_cells = _segments(cols[c0:c1])
+    rows = rows[r0:r1]
+    # Blocks of whole cell rows, about 16 M source pixels each.
+    lead = int(np.prod(data.shape[:-2])) if data.ndim > 2 else 1
+    per_cell = max(1, (r1 - r0) // max(1, rows[-1] - rows[0] + 1))
+    cells_per_block = max(1, 16_000_000 // max(1, per_cell * (c1 - c0) * lead))
+    first = np.searchsorted(rows, np.arange(rows[0], rows[-1] + 1, cells_per_block))
+    bounds = [*first.tolist(), len(rows)]
+    ychunks = tuple(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a)
+    sub = data.isel({source.ydim: slice(r0, r1), source.xdim: slice(c0, c1)}).astype(
+        "float32")
+    arr = sub.data.rechunk({**{i: -1 for i in range(sub.ndim - 2)}, sub.ndim - 2: ychunks,
+                            sub.ndim - 1: -1})
+    row_blocks = np.split(rows, np.cumsum(ychunks)[:-1])
+    out_rows = tuple(len(np.unique(b)) for b in row_blocks)
+
+    def one(block: np.ndarray, block_info: dict[Any, Any] | None = None) -> np.ndarray:
+        i = block_info[0]["chunk-location"][-2] if block_info else 0
+        return _reduce_block(block, row_blocks[i], col_starts, col_cells, nx)
+
+    out = arr.map_blocks(one, dtype=np.float32,
+                         chunks=(*arr.chunks[:-2], out_rows, (nx,)))
+    # Cell rows no pixel reached (the grid beyond the source) are NaN.
+    present = np.unique(rows)
+    if len(present) != ny:
+        full = da.full((*data.shape[:-2], ny, nx), np.nan, dtype=np.float32,
+                       chunks=(*arr.chunks[:-2], ny, nx))
+        out = _place_rows(full, out, present, ny)
+    return xr.DataArray(out, dims=data.dims)
+
+
+def _place_rows(full: da.Array, part: da.Array, present: np.ndarray, ny: int) -> da.Array:
+    """``full`` with rows ``present`` (sorted, contiguous run) replaced by ``part``."""
+    lo, hi = int(present[0]), int(present[-1]) + 1
+    pieces = [p for p in (full[..., :lo, :], part, full[..., hi:, :]) if p.shape[-2]]
+    return da.concatenate(pieces, axis=-2)

@@ -1,0 +1,285 @@
+"""Footprints of sources located in a PROJ CRS (regular grids, swaths) against a grid.
+
+:class:`ProjResampler` is what the regular and swath resamplers share: they go onto grids
+of a PROJ CRS only, and a source reaches the grid when the bounding boxes meet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import pyproj
+import xarray as xr
+
+from esdc.errors import RegridError
+from esdc.grid import Grid
+from esdc.regrid.base import Resampler
+from esdc.sources.base import Geolocated
+
+__all__ = ["ProjResampler", "box_overlap", "covered_box", "crop", "footprint_overlaps",
+           "pixel_scale", "rectilinear_lonlats", "same_plane", "transformed"]
+
+
+def box_overlap(a: Sequence[float], b: Sequence[float], geographic: bool) -> bool:
+    """Whether boxes ``a`` and ``b`` (west, south, east, north) intersect.
+
+    In a geographic CRS a box with ``west > east`` crosses the antimeridian (as
+    :meth:`pyproj.Transformer.transform_bounds` returns it); it is then taken to span
+    every longitude, which can only say "overlap" too often, never too rarely.
+
+    Parameters
+    ----------
+    a, b : sequence of 4 float
+        Boxes in one CRS's units.
+    geographic : bool
+        Whether that CRS is geographic (degrees).
+
+    Returns
+    -------
+    bool
+    """
+    aw, as_, ae, an = a
+    bw, bs, be, bn = b
+    if geographic and (aw > ae or bw > be):
+        aw, ae, bw, be = -np.inf, np.inf, -np.inf, np.inf
+    return bool(aw < be and ae > bw and as_ < bn and an > bs)
+
+
+def transformed(box: Sequence[float], src: pyproj.CRS,
+                dst: pyproj.CRS) -> tuple[float, float, float, float] | None:
+    """``box`` in ``src`` as an envelope in ``dst``, or None when it cannot be told.
+
+    Parameters
+    ----------
+    box : sequence of 4 float
+        ``(west, south, east, north)`` in ``src`` units.
+    src, dst : pyproj.CRS
+        From and to.
+
+    Returns
+    -------
+    tuple of 4 float or None
+        The envelope (21 points per edge), ``None`` if PROJ fails or it is not finite.
+    """
+    try:
+        tr = pyproj.Transformer.from_crs(src, dst, always_xy=True)
+        out = tr.transform_bounds(*box, densify_pts=21)
+    except pyproj.exceptions.ProjError:
+        return None
+    return out if np.all(np.isfinite(out)) else None
+
+
+def footprint_overlaps(source: Geolocated, grid: Grid) -> bool:
+    """True when the source's footprint intersects the grid's bounding box.
+
+    With different CRSs both boxes are compared in both CRSs: the envelope of a
+    source band around a pole (or of a polar grid in degrees) is much larger than
+    the area itself, so either comparison alone can report an overlap that is not
+    there. Where a transformation is impossible or not finite, that comparison
+    counts as an overlap (the resampler decides).
+
+    Parameters
+    ----------
+    source : Geolocated
+        A regular or swath source (with a PROJ CRS).
+    grid : Grid
+        A grid of a PROJ CRS.
+
+    Returns
+    -------
+    bool
+    """
+    assert source.crs is not None
+    gcrs = grid.pyproj_crs
+    if source.crs.equals(gcrs, ignore_axis_order=True):
+        return box_overlap(source.bbox, grid.bbox, False)
+    src_in_grid = transformed(source.bbox, source.crs, gcrs)
+    if src_in_grid is not None and not box_overlap(src_in_grid, grid.bbox,
+                                                    bool(gcrs.is_geographic)):
+        return False
+    grid_in_src = transformed(grid.bbox, gcrs, source.crs)
+    if grid_in_src is not None and not box_overlap(source.bbox, grid_in_src,
+                                                    bool(source.crs.is_geographic)):
+        return False
+    return True
+
+
+def crop(data: xr.DataArray, source: Geolocated, grid: Grid,
+         margin: int) -> tuple[xr.DataArray, Geolocated]:
+    """The rows and columns of a regular source within ``margin`` pixels of the grid's box.
+
+    Swaths, sources the grid's box cannot be expressed in (antimeridian, failed
+    transformation) and sources it misses entirely are returned whole.
+
+    Parameters
+    ----------
+    data : xarray.DataArray
+        Dims ``(..., source.ydim, source.xdim)``, lazy.
+    source : Geolocated
+        Its geolocation.
+    grid : Grid
+        The target.
+    margin : int
+        Pixels kept beyond the grid's box on every side.
+
+    Returns
+    -------
+    tuple of (xarray.DataArray, Geolocated)
+        The cut variable and its geolocation (lazy slices).
+    """
+    if source.is_swath or source.crs is None:
+        return data, source
+    gcrs = grid.pyproj_crs
+    box = grid.bbox if source.crs.equals(gcrs, ignore_axis_order=True) else transformed(
+        grid.bbox, gcrs, source.crs)
+    if box is None or box[0] > box[2]:
+        return data, source
+    dx, dy = source.resolution
+    x = source.data[source.xdim].values
+    y = source.data[source.ydim].values
+    cols = np.flatnonzero((x >= box[0] - margin * dx) & (x <= box[2] + margin * dx))
+    rows = np.flatnonzero((y >= box[1] - margin * dy) & (y <= box[3] + margin * dy))
+    if cols.size == 0 or rows.size == 0:
+        return data, source
+    ys, xs = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    sel = {source.ydim: ys, source.xdim: xs}
+    return data.isel(sel), dataclasses.replace(
+        source, data=source.data.isel(sel),
+        ybounds=None if source.ybounds is None else source.ybounds[ys],
+        xbounds=None if source.xbounds is None else source.xbounds[xs])
+
+
+def same_plane(source: Geolocated, grid: Grid) -> bool:
+    """Whether the source's coordinates are the grid's: one CRS, or both geographic degrees.
+
+    Two geographic CRSs of one body differ by a datum shift of metres at most, far below a
+    cell; their degrees are taken as the same.
+    """
+    if source.crs is None or grid.is_helioprojective:
+        return False
+    gcrs = grid.pyproj_crs
+    return bool(source.crs.equals(gcrs, ignore_axis_order=True)
+                or (source.crs.is_geographic and gcrs.is_geographic))
+
+
+def covered_box(source: Geolocated, grid: Grid) -> tuple[float, float, float, float] | None:
+    """The part of the grid's box the source's footprint covers, in the grid's CRS.
+
+    Parameters
+    ----------
+    source : Geolocated
+        A regular or swath source.
+    grid : Grid
+        A grid of a PROJ CRS.
+
+    Returns
+    -------
+    tuple of 4 float or None
+        ``(west, south, east, north)``: the intersection of the grid's box with the
+        source's envelope (the grid's whole box when that envelope cannot be told, e.g.
+        across the antimeridian); ``None`` when they do not meet.
+    """
+    assert source.crs is not None
+    gcrs = grid.pyproj_crs
+    env = (source.bbox if source.crs.equals(gcrs, ignore_axis_order=True)
+           else transformed(source.bbox, source.crs, gcrs))
+    gw, gs, ge, gn = grid.bbox
+    if env is None or env[0] > env[2]:
+        return float(gw), float(gs), float(ge), float(gn)
+    box = (max(gw, env[0]), max(gs, env[1]), min(ge, env[2]), min(gn, env[3]))
+    if box[0] >= box[2] or box[1] >= box[3]:
+        return None
+    return tuple(float(v) for v in box)  # type: ignore[return-value]
+
+
+def pixel_scale(source: Geolocated, grid: Grid) -> tuple[float, float] | None:
+    """Size of one source pixel in grid cells ``(x, y)``, where the source meets the grid.
+
+    The source pixel (:attr:`Geolocated.resolution`: the largest of an unevenly spaced
+    grid, the median spacing of a swath) at the centre of :func:`covered_box` is carried
+    into the grid's CRS (its four corners through PROJ) and divided by the grid's cell.
+
+    Returns
+    -------
+    tuple of 2 float or None
+        Above 1 along an axis: the grid is finer than the source there. ``None`` when the
+        source misses the grid or PROJ cannot carry the pixel.
+    """
+    box = covered_box(source, grid)
+    if box is None or source.crs is None:
+        return None
+    dx, dy = source.resolution
+    gdx, gdy = grid.resolution
+    if same_plane(source, grid):
+        return dx / gdx, dy / gdy
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    try:
+        to_src = pyproj.Transformer.from_crs(grid.pyproj_crs, source.crs, always_xy=True)
+        sx, sy = to_src.transform(cx, cy)
+        xs, ys = to_src.transform([sx - dx / 2, sx + dx / 2, sx - dx / 2, sx + dx / 2],
+                                  [sy - dy / 2, sy - dy / 2, sy + dy / 2, sy + dy / 2],
+                                  direction="INVERSE")
+    except pyproj.exceptions.ProjError:
+        return None
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
+        return None
+    return float(np.ptp(xs)) / gdx, float(np.ptp(ys)) / gdy
+
+
+def rectilinear_lonlats(x: np.ndarray, y: np.ndarray, crs_wkt: str) -> tuple[np.ndarray,
+                                                                            np.ndarray]:
+    """Longitude and latitude of every pixel centre of a rectilinear grid.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        Column and row centres, shapes ``(nx,)`` and ``(ny,)``, in the CRS's units.
+    crs_wkt : str
+        The CRS (WKT, so that the call can travel to a Dask worker).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(lons, lats)``, each ``(ny, nx)`` float64 degrees of the CRS's geodetic CRS.
+    """
+    crs = pyproj.CRS.from_wkt(crs_wkt)
+    xx, yy = np.meshgrid(np.asarray(x, "float64"), np.asarray(y, "float64"))
+    if crs.is_geographic:
+        return xx, yy
+    tr = pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
+    lons, lats = tr.transform(xx, yy)
+    return np.asarray(lons), np.asarray(lats)
+
+
+class ProjResampler(Resampler):
+    """Base of the resamplers of sources located in a PROJ CRS (regular grids, swaths)."""
+
+    def check(self, source: Geolocated, grid: Grid, method: str) -> None:
+        """Refuse a grid without a PROJ CRS (helioprojective).
+
+        Raises
+        ------
+        RegridError
+            If ``grid`` is helioprojective.
+        """
+        if grid.is_helioprojective:
+            raise RegridError(
+                f"{source.path.name}: only solar images (format fits or jp2) go onto a "
+                "helioprojective grid; this source is located in a PROJ CRS "
+                f"({getattr(source.crs, 'name', '?')}).")
+
+    def overlaps(self, source: Geolocated, grid: Grid) -> bool:
+        """Whether the bounding boxes meet (:func:`footprint_overlaps`)."""
+        return footprint_overlaps(source, grid)
+
+    def scale(self, source: Geolocated, grid: Grid) -> tuple[float, float] | None:
+        """Source pixel in grid cells (:func:`pixel_scale`)."""
+        return pixel_scale(source, grid)
+
+    def coverage(self, source: Geolocated,
+                 grid: Grid) -> tuple[float, float, float, float] | None:
+        """The grid's box within the source's envelope (:func:`covered_box`)."""
+        return covered_box(source, grid)

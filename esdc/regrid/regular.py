@@ -1,0 +1,170 @@
+"""Resampling of sources on a regular grid of a PROJ CRS (1-D cell-centre coordinates).
+
+``nearest``
+    :mod:`esdc.regrid.nearest` (KD-tree on the body's sphere), on the rows and columns
+    of the source near the grid's box.
+``bilinear``
+    bilinear interpolation (pyresample gradient search, lazy); target cells beyond the
+    outermost source pixel centres are NaN. A geographic source that spans 360 degrees
+    of longitude is first padded with the pixels it wraps to (across the antimeridian,
+    and across a pole when it reaches one), so a global grid has no NaN seam there.
+``bucket_average``, ``bucket_mode``
+    the exact block reductions of :mod:`esdc.regrid.blocks` when they apply, else
+    pyresample's ``BucketResampler`` (:mod:`esdc.regrid.bucket`).
+``conservative``
+    area-weighted, from the cell bounds (:mod:`esdc.regrid.conservative`); the source
+    must be in the grid's CRS (or both geographic).
+
+Unevenly spaced (rectilinear) coordinates, e.g. latitudes spaced as in Mercator, are
+read as they are: ``conservative`` weighs their bounds, ``bilinear`` interpolates
+linearly between their centres along each axis (in the grid's CRS), ``nearest`` and the
+bucket methods place every pixel by its own longitude and latitude.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from esdc.errors import RegridError
+from esdc.grid import Grid
+from esdc.regrid.blocks import aligned, aligned_blocks, regular_bucket_average
+from esdc.regrid.bucket import bucket
+from esdc.regrid.conservative import conservative, rectilinear_bilinear
+from esdc.regrid.extent import ProjResampler, same_plane
+from esdc.regrid.nearest import nearest
+from esdc.sources.base import Geolocated
+
+__all__ = ["RegularResampler", "bilinear"]
+
+_TOL = 1e-6
+
+
+def _wrap_globe(data: xr.DataArray, source: Geolocated) -> tuple[xr.DataArray, Geolocated]:
+    """Pad a global geographic source with the pixels it wraps to, for interpolation.
+
+    A source whose columns span 360 degrees gets one column from the opposite edge
+    on each side (the antimeridian). If its rows also reach a pole and it has an
+    even number of columns, it gets one row beyond that pole holding the edge row
+    shifted by 180 degrees of longitude: the pixel across the pole on the same
+    great circle, one row spacing away. Other sources are returned unchanged.
+
+    Returns
+    -------
+    tuple of (xarray.DataArray, Geolocated)
+        Dims ``(..., ydim, xdim)``, up to ``(ny + 2, nx + 2)`` pixels, lazy; and the
+        matching geolocation (its bbox extends past +-180 and +-90 by one pixel).
+    """
+    if (source.is_swath or source.crs is None or not source.crs.is_geographic
+            or not source.evenly_spaced):
+        return data, source
+    dx, dy = source.resolution
+    ydim, xdim = source.ydim, source.xdim
+    nx = data.sizes[xdim]
+    if nx < 2 or abs(nx * dx - 360.0) > _TOL * 360.0:
+        return data, source
+    _, south, _, north = source.bbox
+    y, x = data[ydim].values, data[xdim].values
+    rows, ys = [data], [y]
+    if nx % 2 == 0 and abs(north - 90.0) < _TOL * 90.0:
+        rows.insert(0, data.isel({ydim: [0]}).roll({xdim: nx // 2}, roll_coords=False))
+        ys.insert(0, [y[0] + dy])
+    if nx % 2 == 0 and abs(south + 90.0) < _TOL * 90.0:
+        rows.append(data.isel({ydim: [-1]}).roll({xdim: nx // 2}, roll_coords=False))
+        ys.append([y[-1] - dy])
+    kw: dict[str, Any] = {"coords": "minimal", "compat": "override", "join": "override"}
+    out = xr.concat(rows, dim=ydim, **kw).assign_coords({ydim: np.concatenate(ys)})
+    out = xr.concat([out.isel({xdim: [-1]}), out, out.isel({xdim: [0]})], dim=xdim, **kw)
+    out = out.assign_coords({xdim: np.concatenate([[x[0] - dx], x, [x[-1] + dx]])})
+    out = out.chunk({xdim: -1})
+    return out, Geolocated(out.to_dataset(name="data"), source.crs, ydim, xdim, source.path)
+
+
+
+def bilinear(data: xr.DataArray, source: Geolocated, grid: Grid) -> xr.DataArray:
+    """Bilinear interpolation of a regular source (module docstring), lazily.
+
+    Parameters
+    ----------
+    data : xarray.DataArray
+        Dims ``(..., source.ydim, source.xdim)``, float with NaN for missing values.
+    source : Geolocated
+        A regular source.
+    grid : Grid
+        The target, shape ``(ny, nx)``.
+
+    Returns
+    -------
+    xarray.DataArray
+        float32, shape ``(..., ny, nx)``, dims of ``data``.
+    """
+    from pyresample.gradient import create_gradient_search_resampler
+
+    dst_area = grid.area_definition()
+    data, source = _wrap_globe(data, source)
+    resampler = create_gradient_search_resampler(source.area_definition(), dst_area)
+    arr = data.rename({source.ydim: "y", source.xdim: "x"}).astype("float32")
+    out = resampler.resample(arr.drop_vars(["y", "x"], errors="ignore"), method="bilinear",
+                             fill_value=np.nan)
+    return xr.DataArray(out.data, dims=data.dims)
+
+
+class RegularResampler(ProjResampler):
+    """Sources on a regular grid of a PROJ CRS (module docstring)."""
+
+    location = "regular"
+
+    def check(self, source: Geolocated, grid: Grid, method: str) -> None:
+        """Refuse what needs the grid's plane when the source is in another CRS.
+
+        Raises
+        ------
+        RegridError
+            For a helioprojective grid; for ``conservative`` (and ``bilinear`` of an
+            unevenly spaced source) when the source is not in the grid's CRS.
+        """
+        super().check(source, grid, method)
+        if same_plane(source, grid):
+            return
+        if method == "conservative":
+            raise RegridError(
+                f"{source.path.name}: conservative resampling weighs the overlaps of cell "
+                f"bounds in one CRS, and this source is in {source.crs.name!r}, the grid in "
+                f"{grid.pyproj_crs.name!r}. Use bucket_average (a grid coarser than the "
+                "source), bilinear or nearest, or reproject the file to the grid's CRS.")
+        if method == "bilinear" and not source.evenly_spaced:
+            raise RegridError(
+                f"{source.path.name}: bilinear interpolation of unevenly spaced coordinates "
+                f"works in the grid's CRS, and this source is in {source.crs.name!r}, the grid "
+                f"in {grid.pyproj_crs.name!r}. Use nearest (or bucket_average onto a coarser "
+                "grid).")
+
+    def resample(self, data: xr.DataArray, source: Geolocated, grid: Grid, method: str, *,
+                 flag_values: Sequence[int] | None, fast_path: bool,
+                 min_valid_fraction: float) -> Any:
+        """Resample one variable; exact block reductions first when ``fast_path``.
+
+        See :meth:`esdc.regrid.base.Resampler.resample`.
+        """
+        if method == "conservative":
+            return conservative(data.astype("float32"), source, grid, min_valid_fraction)
+        if method == "bilinear" and not source.evenly_spaced:
+            return rectilinear_bilinear(data.astype("float32"), source, grid)
+        cats = np.asarray(flag_values, dtype=data.dtype) if method == "bucket_mode" else None
+        blocks = aligned_blocks(source, grid) if fast_path else None
+        out = None
+        if blocks is not None and (method.startswith("bucket") or blocks[:2] == (1, 1)):
+            out = aligned(data, source, grid, method, blocks, cats)
+        elif fast_path and method == "bucket_average":
+            out = regular_bucket_average(data, source, grid)
+        if out is None:
+            if method == "nearest":
+                out = nearest(data, source, grid)
+            elif method == "bilinear":
+                out = bilinear(data, source, grid)
+            else:
+                out = bucket(data, source, grid, method, cats)
+        return out if method == "bucket_mode" else out.astype("float32")

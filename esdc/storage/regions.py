@@ -1,0 +1,171 @@
+"""How a cube is laid out in Zarr: encoding, region tiles, their chunk keys, the empty-layer check.
+
+A region is one spatial tile of chunks (all times, all variables): the unit of work of a
+build and of its journal (:mod:`esdc.storage.journal`). These functions are pure (they
+read the planned dataset and, for the empty-layer check, the written chunks); the
+scheduling is :mod:`esdc.storage.write`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from esdc.conventions import ATTR_SOURCE, SPATIAL_DIMS, TIME_BNDS, TIME_DIM
+from esdc.errors import SourceError
+from esdc.recipe import CompressorSpec
+from esdc.storage.integrity import chunk_index, chunk_key
+
+__all__ = ["check_not_empty", "encoding", "prepare", "regions", "tile_keys", "tiles"]
+
+_SPATIAL = {d for pair in SPATIAL_DIMS for d in pair}
+
+
+def encoding(ds: xr.Dataset, chunks: dict[str, int], compressor: CompressorSpec) -> dict[str, Any]:
+    """Zarr v3 encoding of every data variable: chunks and a Blosc compressor.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The cube.
+    chunks : dict
+        Chunk length per dim; dims not named take their full length.
+    compressor : CompressorSpec
+        Blosc settings (``zarr.codecs.BloscCodec``).
+
+    Returns
+    -------
+    dict
+        ``{var: {"chunks": tuple, "compressors": (BloscCodec,)}}``; float variables get a
+        NaN fill value; ``time`` (and ``time_bnds``) are stored as float64 days since
+        1970-01-01.
+    """
+    codec = zarr.codecs.BloscCodec(cname=compressor.cname, clevel=compressor.clevel,
+                                   shuffle=compressor.shuffle)
+    enc: dict[str, Any] = {}
+    for name, v in ds.data_vars.items():
+        enc[str(name)] = {
+            "chunks": tuple(min(chunks.get(str(d), n), n) for d, n in v.sizes.items()),
+            "compressors": (codec,),
+        }
+        if np.issubdtype(v.dtype, np.floating):
+            enc[str(name)]["fill_value"] = np.nan
+    if TIME_DIM in ds.coords:
+        enc[TIME_DIM] = {"units": "days since 1970-01-01", "calendar": "proleptic_gregorian",
+                         "dtype": "float64"}
+        if TIME_BNDS in ds:
+            enc[TIME_BNDS] = dict(enc[TIME_DIM])
+    return enc
+
+
+def regions(ds: xr.Dataset, dim: str, size: int) -> list[slice]:
+    """Slices of ``dim`` in steps of ``size`` (one chunk band each); regions are their products."""
+    n = ds.sizes[dim]
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def tiles(ds: xr.Dataset, ydim: str, xdim: str, chunks: dict[str, int]) -> list[list[int]]:
+    """Every region of the cube as ``[y0, y1, x0, x1]`` (cell indices, end exclusive)."""
+    return [[ysl.start, ysl.stop, xsl.start, xsl.stop]
+            for ysl in regions(ds, ydim, chunks.get(ydim, ds.sizes[ydim]))
+            for xsl in regions(ds, xdim, chunks.get(xdim, ds.sizes[xdim]))]
+
+
+def prepare(ds: xr.Dataset, chunks: dict[str, int]) -> xr.Dataset:
+    """``ds`` rechunked to the store's chunks, small non-spatial coordinates in memory.
+
+    The metadata write then stores the time bounds; the region writes leave them alone.
+    """
+    ds = ds.chunk({d: chunks.get(str(d), -1) for d in ds.dims if d != "nv"})
+    return ds.assign_coords({c: ds[c].load() for c in ds.coords
+                             if ds[c].chunks is not None and not _SPATIAL & set(ds[c].dims)})
+
+
+def tile_keys(ds: xr.Dataset, key_encs: dict[str, Any], names: list[str], enc: dict[str, Any],
+              tile: list[int], ydim: str, xdim: str,
+              trange: list[int] | None) -> list[str]:
+    """Chunk keys a region write of ``tile`` stores.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The planned cube.
+    key_encs : dict
+        Each variable's ``chunk_key_encoding``.
+    names : list of str
+        The variables written by region.
+    enc : dict
+        :func:`encoding` of ``ds``.
+    tile : list of int
+        ``[y0, y1, x0, x1]``.
+    ydim, xdim : str
+        The spatial dims.
+    trange : list of int, optional
+        ``[t0, t1]``: the time steps written (an append), else all.
+
+    Returns
+    -------
+    list of str
+    """
+    y0, y1, x0, x1 = tile
+    keys = []
+    for name in names:
+        v = ds[name]
+        ranges = []
+        for d, c in zip(v.dims, enc[name]["chunks"], strict=True):
+            lo, hi = ((y0, y1) if d == ydim else (x0, x1) if d == xdim
+                      else tuple(trange) if d == TIME_DIM and trange else (0, v.sizes[d]))
+            ranges.append(range(lo // c, -(-hi // c)))
+        keys += [chunk_key(name, idx, key_encs[name]) for idx in itertools.product(*ranges)]
+    return keys
+
+
+def check_not_empty(ds: xr.Dataset, store: Path, sizes: dict[str, list[tuple[int, str]]],
+                    target: Path | str) -> None:
+    """Refuse to commit a floating-point layer that holds no valid value at all.
+
+    A layer that is NaN everywhere means its source gave nothing on this grid (an
+    all-NaN file, a wrong ``fill_value``/``valid_min``/``scale_factor``, a grid beside the
+    data). Checked from the journal without reading the cube: for each layer the
+    chunks are decoded largest file first (a chunk of one repeated value, such as all
+    NaN, compresses to a few bytes) until one holds a finite value, so a layer with data
+    costs one chunk read.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The planned cube.
+    store : pathlib.Path
+        The store being written.
+    sizes : dict
+        ``{variable: [(file size in bytes, chunk key), ...]}`` of the written chunks.
+    target : pathlib.Path or str
+        The cube's final location, for the message.
+
+    Raises
+    ------
+    SourceError
+        Naming the empty layers and their sources; nothing is committed.
+    """
+    empty = []
+    for name, chunks in sizes.items():
+        if name not in ds.data_vars or ds[name].dtype.kind != "f":
+            continue
+        arr = zarr.open_array(store / name, mode="r")
+        key_enc = arr.metadata.chunk_key_encoding.to_dict()
+        for _size, key in sorted(chunks, reverse=True):
+            if np.isfinite(arr.blocks[chunk_index(key, name, key_enc)]).any():
+                break
+        else:
+            empty.append(f"{name} (source {ds[name].attrs.get(ATTR_SOURCE, '?')})")
+    if empty:
+        raise SourceError(
+            f"no valid value anywhere in the grid for {', '.join(empty)}: every cell is NaN. "
+            "Check the source file, the variable's fill_value, valid_min/valid_max and "
+            "scale_factor, and that grid.bbox covers the data; or remove the variable from "
+            f"the recipe. Nothing was committed; {target} is unchanged.")

@@ -1,0 +1,336 @@
+"""The journaled, resumable write of a cube into a local folder, committed atomically.
+
+:func:`write_store` is what :meth:`esdc.storage.local.LocalTarget.write` runs (and what
+an object-store target runs into its staging folder before the upload):
+
+1. the metadata and coordinates are written into the partial build
+   (:class:`~esdc.storage.journal.PartialBuild`), every file fsynced, then the journal
+   header; an append hard-links the old cube's chunk files here
+   (:mod:`esdc.storage.append`);
+2. each region (one spatial tile of chunks, :mod:`esdc.storage.regions`) is a region
+   write on the Dask cluster; as one finishes, its chunk files are hashed and flushed and
+   the region is journaled. A missing chunk file means a lost write: written again once;
+3. every float layer must hold a finite value; the SHA-256 of every chunk goes into the
+   ``esdc_integrity`` record, the metadata are consolidated, the build marked complete;
+4. commit: the store is swapped into place (:func:`~esdc.storage.journal.commit_store`).
+
+On ``resume`` the regions named in the journal whose files are all there are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+import zarr
+
+from esdc.conventions import SPATIAL_DIMS, TIME_DIM, spatial_dims
+from esdc.errors import BuildConflictError, CubeExistsError, EsdcError
+from esdc.hashing import file_sha256
+from esdc.recipe import CompressorSpec
+from esdc.storage import journal
+from esdc.storage.append import AppendBase, append_attrs, check_append, link_old_chunks
+from esdc.storage.fingerprint import complete_digest, digest, fingerprint
+from esdc.storage.integrity import (
+    ROOT_META,
+    array_dirs,
+    chunk_files,
+    read_manifest,
+    remove_temp_files,
+    write_manifest,
+)
+from esdc.storage.regions import check_not_empty, encoding, prepare, tile_keys, tiles
+
+__all__ = ["consolidate", "write_store"]
+
+Report = Callable[[str], None]
+
+
+def consolidate(store: Path, zarr_format: int | None = 3) -> None:
+    """Consolidate a local store's metadata into its root ``zarr.json``.
+
+    Parameters
+    ----------
+    store : pathlib.Path
+        The store's folder.
+    zarr_format : int, optional
+        3 for a cube esdc builds; None: the store's own format.
+    """
+    with warnings.catch_warnings():
+        # Consolidated metadata is not (yet) in the Zarr v3 spec; zarr-python and
+        # xarray read it, and it makes opening a cube one read.
+        warnings.filterwarnings("ignore", message="Consolidated metadata")
+        zarr.consolidate_metadata(str(store), zarr_format=zarr_format)
+
+
+def _stored_digest(target: Path) -> str | None:
+    try:
+        root = json.loads((target / ROOT_META).read_text())
+    except (OSError, ValueError):
+        return None
+    return complete_digest(root, read_manifest(target))
+
+
+def write_store(ds: xr.Dataset, target: Path, *, chunks: dict[str, int],
+                compressor: CompressorSpec, overwrite: bool = False, client: Any = None,
+                on_region: Callable[[int, int], None] | None = None, resume: bool = False,
+                append: bool = False, report: Report | None = None) -> Path:
+    """Write a lazy cube into the local folder ``target``, region by region, then commit.
+
+    The caller has checked the target (:meth:`esdc.storage.target.Target.check`).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The cube, Dask-backed; dims ``time``, ``lat|y``, ``lon|x``.
+    target : pathlib.Path
+        Final location of the store.
+    chunks, compressor, overwrite, client, on_region, resume, append, report
+        As for :meth:`esdc.storage.target.Target.write`.
+
+    Returns
+    -------
+    pathlib.Path
+        ``target``.
+
+    Raises
+    ------
+    CubeExistsError
+        If ``target`` holds a cube of other inputs and neither ``overwrite`` nor ``append``
+        is given.
+    BuildConflictError
+        If another process is writing the target, if ``resume`` finds an unfinished
+        build of other inputs, or if ``append`` finds no compatible cube.
+    CubeNotFoundError
+        If ``append`` finds no cube.
+    SourceError
+        If a float layer holds no valid value anywhere (nothing is committed).
+    """
+    say = report or (lambda _msg: None)
+    fp = fingerprint(ds, chunks, compressor)
+    fp_sha = digest(fp)
+    if (resume or append) and _stored_digest(target) == fp_sha:
+        journal.discard_stale(target)
+        say(f"{target} is up to date")
+        return target
+    base = AppendBase(target) if append else None
+    if base is None and target.exists() and not overwrite:
+        raise CubeExistsError(
+            f"{target} exists and was built from other inputs (or is incomplete); pass "
+            "overwrite=True to replace it (the old cube is kept until the new one is "
+            "complete), append=True to add new time steps, or choose another out=PATH.")
+    if base is not None and ds.sizes.get(TIME_DIM, 0) <= base.n_time:
+        raise BuildConflictError(
+            f"append=True: the recipe gives {ds.sizes.get(TIME_DIM, 0)} time steps and "
+            f"{target} has {base.n_time} already: nothing to append. Extend the time axis, "
+            "or rebuild with overwrite=True.")
+    ds = prepare(ds, chunks)
+    if base is not None:
+        ds = append_attrs(ds, base)
+    enc = encoding(ds, chunks, compressor)
+    ydim, xdim = spatial_dims(ds.dims) or SPATIAL_DIMS[-1]
+    spatial = [str(v) for v in ds.data_vars if ydim in ds[v].dims]
+    mode = "append" if base is not None else "build"
+    part = journal.PartialBuild(target)
+    part.lock()
+    keep = False
+    try:
+        head = part.header()
+        if head is not None and not resume:
+            say(f"discarding the unfinished build in {part.dir} (resume=True continues one)")
+            head = None
+        elif head is not None and (head.get("fingerprint_sha256") != fp_sha
+                                   or head.get("mode") != mode
+                                   or head.get("base") != (base.ident if base else None)):
+            keep = True
+            raise BuildConflictError(
+                f"resume=True: the unfinished build in {part.dir} is of other inputs (recipe "
+                f"SHA-256 {head.get('fingerprint', {}).get('recipe_sha256')}, {head.get('mode')}"
+                f"); this one is recipe SHA-256 {fp.get('recipe_sha256')} ({mode}). Remove that "
+                "folder, or build without resume=True to start over.")
+        if head is None:
+            part.clear()
+            head = _start(ds, part, enc, fp, fp_sha, base, spatial, ydim, xdim, chunks, say)
+        keep = True
+        if not part.is_complete():
+            _write_regions(ds, part, head, enc, ydim, xdim, client, on_region, say)
+            try:
+                check_not_empty(ds, part.store, _sizes(part), target)
+            except EsdcError:
+                keep = False  # resuming would find the same empty layer: discard the build
+                raise
+            _finish(part, head, fp, fp_sha)
+        journal.commit_store(part.store, target)
+        part.remove()
+        journal.remove_trash(target)
+    except BaseException:
+        if keep and part.header() is not None:
+            say(f"the unfinished build is kept in {part.dir}; `esdc build ... --resume` "
+                "continues it (resume=True in Python)")
+            part.unlock()
+        else:
+            part.remove()
+        raise
+    return target
+
+
+def _sizes(part: journal.PartialBuild) -> dict[str, list[tuple[int, str]]]:
+    """``{variable: [(size, chunk key), ...]}`` of the journaled chunk files."""
+    sizes: dict[str, list[tuple[int, str]]] = {}
+    for sums in part.done().values():
+        for key, (_sha, size) in sums.items():
+            sizes.setdefault(key.partition("/")[0], []).append((int(size), key))
+    return sizes
+
+
+def _start(ds: xr.Dataset, part: journal.PartialBuild, enc: dict[str, Any], fp: dict[str, Any],
+           fp_sha: str, base: AppendBase | None, spatial: list[str], ydim: str, xdim: str,
+           chunks: dict[str, int], say: Report) -> dict[str, Any]:
+    """Write metadata and coordinates (and an append's links), then the journal header."""
+    ds.to_zarr(part.store, mode="w-", compute=False, zarr_format=3, consolidated=False,
+               encoding=enc)
+    carried: dict[str, str] = {}
+    trange = None
+    names = spatial
+    if base is not None:
+        check_append(ds, base, part.store, spatial)
+        names = [v for v in spatial if TIME_DIM in ds[v].dims]
+        if not names:
+            raise BuildConflictError("append=True: the cube has no time-varying variable to "
+                                     "append to.")
+        ct = enc[names[0]]["chunks"][ds[names[0]].dims.index(TIME_DIM)]
+        first = base.n_time // ct
+        trange = (first * ct, ds.sizes[TIME_DIM])
+        carried = link_old_chunks(base, part.store, spatial, first)
+        say(f"appending time steps {base.n_time}..{ds.sizes[TIME_DIM] - 1} to {part.target}; "
+            f"{len(carried)} chunk files of the cube are kept as they are")
+    journal.fsync_tree(part.store)
+    head = {"version": 1, "mode": "append" if base is not None else "build",
+            "fingerprint": fp, "fingerprint_sha256": fp_sha,
+            "base": base.ident if base is not None else None,
+            "variables": names, "time_range": trange,
+            "tiles": tiles(ds, ydim, xdim, chunks), "carried": carried}
+    part.write_header(head)
+    return head
+
+
+def _write_regions(ds: xr.Dataset, part: journal.PartialBuild, head: dict[str, Any],
+                   enc: dict[str, Any], ydim: str, xdim: str, client: Any,
+                   on_region: Callable[[int, int], None] | None, say: Report) -> None:
+    store = part.store
+    names = [str(n) for n in head["variables"]]
+    trange = head.get("time_range")
+    todo_tiles = [list(map(int, t)) for t in head["tiles"]]
+    key_encs = {n: json.loads((store / n / ROOT_META).read_text()).get("chunk_key_encoding")
+                for n in names}
+    keys = {(t[0], t[2]): tile_keys(ds, key_encs, names, enc, t, ydim, xdim, trange)
+            for t in todo_tiles}
+    remove_temp_files(store)  # a killed writer's half-written temporary files
+    done = part.done()
+    for tid, sums in list(done.items()):  # journaled, and every file still there?
+        ok = tid in keys and set(sums) == set(keys[tid])
+        for k, (_sha, size) in sums.items() if ok else ():
+            try:
+                ok = (store / k).stat().st_size == size
+            except OSError:
+                ok = False
+            if not ok:
+                break
+        if not ok:
+            del done[tid]
+    todo = [t for t in todo_tiles if (t[0], t[2]) not in done]
+    if done:
+        say(f"resuming {part.target}: {len(done)} of {len(todo_tiles)} regions already written")
+    total = len(todo_tiles)
+
+    def region_write(tile: list[int]) -> Any:
+        sel = {ydim: slice(tile[0], tile[1]), xdim: slice(tile[2], tile[3])}
+        if trange:
+            sel[TIME_DIM] = slice(*trange)
+        part_ds = ds[names].isel(sel)
+        part_ds = part_ds.drop_vars([c for c in part_ds.coords
+                                     if not {ydim, xdim} <= set(part_ds[c].dims)])
+        # Every chunk is stored, even all-fill ones, so a missing chunk file always
+        # means a lost write and is detected below.
+        return part_ds.to_zarr(store, region=sel, compute=False, zarr_format=3,
+                               consolidated=False, write_empty_chunks=True)
+
+    def finished(tile: list[int]) -> bool:
+        """Hash and flush the tile's chunk files, then journal it; False if one is lost."""
+        sums: dict[str, list[Any]] = {}
+        try:
+            for k in keys[(tile[0], tile[2])]:
+                p = store / k
+                sums[k] = [file_sha256(p, fsync=True), p.stat().st_size]
+        except FileNotFoundError:
+            return False
+        for d in {(store / k).parent for k in sums}:
+            journal.fsync_dir(d)
+        part.record((tile[0], tile[2]), sums)
+        done[(tile[0], tile[2])] = sums
+        if on_region:
+            on_region(len(done), total)
+        return True
+
+    lost = _run([region_write(t) for t in todo], todo, client, finished)
+    if lost:  # rewrite lost regions once, then give up loudly
+        lost = _run([region_write(t) for t in lost], lost, client, finished)
+        if lost:
+            raise OSError(f"region writes of {len(lost)} tile(s) were lost twice; the cube was "
+                          f"not committed: {lost[:3]}")
+
+
+def _run(writes: list[Any], todo: list[list[int]], client: Any,
+         finished: Callable[[list[int]], bool]) -> list[list[int]]:
+    """Compute region writes; call ``finished`` on each as it ends; return the lost tiles."""
+    lost: list[list[int]] = []
+    if not writes:
+        return lost
+    if client is not None:
+        from distributed import as_completed
+
+        # Unoptimised graphs keep the upstream keys (read, regrid) identical across the
+        # tiles, so the scheduler computes shared work once instead of once per tile.
+        futures = client.compute(writes, optimize_graph=False)
+        index = {f.key: i for i, f in enumerate(futures)}
+        for fut in as_completed(futures):
+            fut.result()
+            tile = todo[index[fut.key]]
+            if not finished(tile):
+                lost.append(tile)
+    else:
+        import dask
+
+        dask.compute(*writes)
+        lost = [t for t in todo if not finished(t)]
+    return lost
+
+
+def _finish(part: journal.PartialBuild, head: dict[str, Any], fp: dict[str, Any],
+            fp_sha: str) -> None:
+    """Record every chunk's checksum, consolidate the metadata, mark the build complete."""
+    store = part.store
+    remove_temp_files(store)
+    sums = dict(head.get("carried") or {})
+    for rec in part.done().values():
+        sums.update({k: v[0] for k, v in rec.items()})
+    files = chunk_files(store)
+    gone = sorted(set(sums) - set(files))
+    if gone:
+        raise OSError(f"chunk file(s) {gone[:3]} of {store} were written and are now missing; "
+                      "the cube was not committed.")
+    for k, p in files.items():  # coordinates (written with the metadata)
+        if k not in sums:
+            sums[k] = file_sha256(p, fsync=True)
+    write_manifest(store, sums, fingerprint=fp, fingerprint_sha256=fp_sha,
+                   recipe_sha256=fp.get("recipe_sha256"), arrays=sorted(array_dirs(store)))
+    consolidate(store)
+    with open(store / ROOT_META, "rb") as f:
+        os.fsync(f.fileno())
+    journal.fsync_dir(store)
+    part.mark_complete(fp_sha)
