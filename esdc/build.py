@@ -306,6 +306,7 @@ def build(
     on_region: Callable[[int, int], None] | None = None,
     report: Callable[[str], None] | None = None,
     storage_options: dict[str, Any] | None = None,
+    store: str | None = None,
 ) -> Path | str:
     """Build a recipe's cube and store it: check, fetch samples, plan, is-current, write.
 
@@ -342,6 +343,9 @@ def build(
         Called with one-line messages (up to date, resumed, appending, uploading, ...).
     storage_options : dict, optional
         fsspec options of a URL ``out`` (:func:`esdc.storage.storage_options`).
+    store : str, optional
+        ``"zarr"`` or ``"icechunk"`` (a versioned repository: each build or append is one
+        commit on its ``main`` branch); the recipe's ``output.store`` when omitted.
 
     Returns
     -------
@@ -357,7 +361,8 @@ def build(
         Any subclass, for bad input (recipe, sources, grid).
     """
     say = report or (lambda _msg: None)
-    target = resolve(out if out is not None else default_output(recipe), storage_options)
+    target = resolve(out if out is not None else default_output(recipe), storage_options,
+                     store=store or recipe.output.store)
     target.check(overwrite=overwrite, resume=resume, append=append)
     if fetch:
         names = [s.sample for s in recipe.sources if s.sample in SAMPLES]

@@ -40,10 +40,10 @@ from esdc.conventions import (
     json_attr,
     license_of,
 )
-from esdc.errors import EsdcError
+from esdc.errors import EsdcError, OutputPathError
 from esdc.grid import Grid
 from esdc.ml.tracking import default_tracking_uri
-from esdc.storage import open_cube
+from esdc.storage import open_cube, resolve
 
 __all__ = ["data_card", "mltrl_level", "model_card", "write_card"]
 
@@ -129,10 +129,13 @@ def data_card(cube: Any) -> str:
     """
     import xarray as xr
 
+    version = None
     if isinstance(cube, xr.Dataset):
         ds, where = cube, None
     else:
-        ds, where = open_cube(cube), str(cube)
+        target = resolve(cube)
+        version = target.current_version()  # a versioned (Icechunk) cube's newest version
+        ds, where = target.open(version=version), str(cube)
     a = ds.attrs
     title = a.get("title") or "esdc cube"
     sources = _json_attr(a, ATTR_SOURCES, [])
@@ -184,6 +187,8 @@ def data_card(cube: Any) -> str:
     lines += ["## Provenance", ""]
     lines += _table(["property", "value"], [
         ["recipe SHA-256", f"`{sha}`" if sha else "not recorded"],
+        *([["cube version", f"`{version}` (Icechunk snapshot; `esdc log` lists all)"]]
+          if version else []),
         ["built", created or "not recorded"],
         ["history", a.get("history", "")],
         ["conventions", a.get("Conventions", "")],
@@ -219,7 +224,7 @@ def _client(tracking_uri: str | None) -> Any:
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise EsdcError(f"no MLflow tracking store at {uri.removeprefix('sqlite:///')}; pass "
-                        "--tracking-uri (the one `esdc train` used).")
+                        "tracking_uri=URI (the one `esdc train` used).")
     return MlflowClient(tracking_uri=uri), uri
 
 
@@ -386,6 +391,8 @@ def model_card(run_id: str, tracking_uri: str | None = None) -> str:
         ["cube", f"`{cube_path}`" if cube_path else "not recorded"],
         ["cube title", tags.get("esdc.cube_title", "") or "not recorded"],
         ["recipe SHA-256", f"`{sha}`" if sha else "not recorded (synthetic cube)"],
+        *([["cube version", f"`{tags['esdc.cube_version']}` (Icechunk snapshot trained on)"]]
+          if tags.get("esdc.cube_version") else []),
         ["split", f"spatial blocks of {split.get('block', '?')} cells, train / validation / "
                   f"test fractions {split.get('fractions', '?')}, seed {split.get('seed', '?')}"],
     ])
@@ -499,5 +506,5 @@ def write_card(text: str, out: str | os.PathLike[str]) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise EsdcError(f"--out {p}: cannot write the card ({exc.strerror or exc}).") from None
+        raise OutputPathError(f"out={p}: cannot write the card ({exc.strerror or exc}).") from None
     return p

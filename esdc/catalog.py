@@ -36,7 +36,7 @@ from esdc.conventions import (
     json_attr,
     license_of,
 )
-from esdc.errors import EsdcError
+from esdc.errors import EsdcError, OutputPathError
 from esdc.grid import Grid
 from esdc.storage import open_cube, resolve
 
@@ -299,7 +299,7 @@ def update_catalog(cubes: Iterable[str | Path], out: str | Path,
         try:
             catalog = pystac.Catalog.from_file(str(out))
         except Exception as exc:  # noqa: BLE001 - pystac raises several kinds
-            raise EsdcError(f"--out {out}: not a readable STAC catalog ({exc}); choose "
+            raise EsdcError(f"out={out}: not a readable STAC catalog ({exc}); choose "
                             "another path or remove the file.") from None
         catalog.make_all_asset_hrefs_absolute()
     else:
@@ -339,7 +339,7 @@ def update_catalog(cubes: Iterable[str | Path], out: str | Path,
         catalog.make_all_asset_hrefs_relative()
         catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
     except OSError as exc:
-        raise EsdcError(f"--out {out}: cannot write the catalog ({exc.strerror or exc}).") \
+        raise OutputPathError(f"out={out}: cannot write the catalog ({exc.strerror or exc}).") \
             from None
     return catalog
 

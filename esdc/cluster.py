@@ -39,7 +39,7 @@ def dask_client(scheduler: str | None = None) -> Iterator[Any]:
         try:
             client = Client(scheduler, timeout="10s")
         except OSError as exc:
-            raise EsdcError(f"--scheduler {scheduler}: cannot connect ({exc}); check the "
+            raise EsdcError(f"scheduler={scheduler}: cannot connect ({exc}); check the "
                             "address (tcp://HOST:PORT) and that the scheduler runs.") from None
     else:
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,

@@ -501,6 +501,8 @@ class OutputSpec(_Model):
     """
     compressor: CompressorSpec = Field(default_factory=CompressorSpec)
     """Blosc compressor of every variable."""
+    store: Literal["zarr", "icechunk"] = "zarr"
+    """``zarr`` (a Zarr v3 store) or ``icechunk`` (a versioned repository); ``--store``."""
 
 
 class Recipe(_Model):

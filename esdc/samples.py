@@ -28,7 +28,7 @@ from esdc.conventions import fold_license
 from esdc.errors import ChecksumError, SourceNotFoundError
 from esdc.hashing import file_sha256
 
-__all__ = ["SAMPLES", "Sample", "cache_dir", "fetch", "sample_path", "sha256sum"]
+__all__ = ["SAMPLES", "Sample", "cache_dir", "fetch", "sample_path"]
 
 
 @dataclass(frozen=True)
@@ -116,9 +116,6 @@ def cache_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("esdc"))
-
-
-sha256sum = file_sha256  # the one file-hash helper (esdc.hashing); old name kept for callers
 
 
 def _get(name: str) -> Sample:

@@ -248,7 +248,8 @@ def store_report(cube: str | os.PathLike[str] | Target, *, checksums: bool = Fal
     target = resolve(cube, storage_options)
     root = target.root_metadata()
     report = StoreReport(problems=store_problems(
-        str(target), root, lambda consolidated: target.open(consolidated=consolidated)))
+        str(target), root, lambda consolidated: target.open(consolidated=consolidated),
+        consolidates=target.consolidates))
     if checksums and root is not None:
         sums = target.checksums()
         report.problems += sums.problems
@@ -286,7 +287,8 @@ def verify_store(cube: str | os.PathLike[str] | Target, *, checksums: bool = Fal
 
 
 def store_problems(where: str, root: dict[str, Any] | None,
-                   open_fn: Callable[[bool], xr.Dataset]) -> list[str]:
+                   open_fn: Callable[[bool], xr.Dataset], *,
+                   consolidates: bool = True) -> list[str]:
     """Problems of a store from its root ``zarr.json``, then of the cube it opens as.
 
     Parameters
@@ -297,6 +299,8 @@ def store_problems(where: str, root: dict[str, Any] | None,
         The parsed root ``zarr.json`` (None when it is missing).
     open_fn : callable
         Opens the store as a Dataset, given whether its metadata are consolidated.
+    consolidates : bool
+        The store keeps consolidated metadata (an Icechunk repository does not).
 
     Returns
     -------
@@ -310,7 +314,7 @@ def store_problems(where: str, root: dict[str, Any] | None,
     if root.get("zarr_format") != 3:
         problems.append(f"{where} is Zarr format {root.get('zarr_format')}, expected 3")
     consolidated = root.get("consolidated_metadata") is not None
-    if not consolidated:
+    if not consolidated and consolidates:
         problems.append(f"{where} has no consolidated metadata")
     try:
         ds = open_fn(consolidated)

@@ -81,7 +81,8 @@ def test_debian_sample_fetch(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from esdc.cli import app
-    from esdc.samples import sample_path, sha256sum
+    from esdc.hashing import file_sha256 as sha256sum
+    from esdc.samples import sample_path
 
     monkeypatch.setenv("ESDC_CACHE", str(tmp_path))
     res = CliRunner().invoke(app, ["samples", "fetch", "clementine-uvvis"])

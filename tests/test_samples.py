@@ -1,7 +1,8 @@
 import pytest
 
 from esdc.errors import ChecksumError, SourceNotFoundError
-from esdc.samples import SAMPLES, sample_path, sha256sum
+from esdc.hashing import file_sha256
+from esdc.samples import SAMPLES, sample_path
 
 
 def test_registry_records_provenance():
@@ -14,7 +15,7 @@ def test_registry_records_provenance():
 
 def test_cached_samples_verify(samples):
     for name, path in samples.items():
-        assert sha256sum(path) == SAMPLES[name].sha256
+        assert file_sha256(path) == SAMPLES[name].sha256
 
 
 def test_unknown_and_missing(tmp_path, monkeypatch):

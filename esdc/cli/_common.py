@@ -19,7 +19,7 @@ from rich.markup import escape
 from esdc.errors import ChunkDecodeError, EsdcError
 from esdc.storage import Target, resolve
 
-__all__ = ["FLAGS", "StorageOptions", "app", "as_cli", "cube_target", "err", "out",
+__all__ = ["FLAGS", "StorageOptions", "Version", "app", "as_cli", "cube_target", "err", "out",
            "png_target", "samples_app", "user_errors"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -37,6 +37,10 @@ StorageOptions = Annotated[list[str] | None, typer.Option(
          "or anon=true (VALUE may be JSON); repeatable. Also: ESDC_STORAGE_OPTIONS (a JSON "
          "object) and the AWS_* variables.")]
 
+Version = Annotated[str | None, typer.Option(
+    "--version", help="Read this version of a versioned (Icechunk) cube: a tag or a snapshot "
+    "id from `esdc log`; default: the newest.")]
+
 # Library messages name Python parameters; a CLI user reads the matching flag. The one
 # table that maps them (longest first, so that ``append=True`` is not cut by a shorter key).
 FLAGS: dict[str, str] = {
@@ -44,9 +48,13 @@ FLAGS: dict[str, str] = {
     "append=True": "--append",
     "resume=True": "--resume",
     "checksums=True": "--checksums",
+    "store=": "--store ",
+    "version=": "--version ",
     "storage_options=": "--storage-option ",
     "out=": "--out ",
     "run_id=": "--model ",
+    "scheduler=": "--scheduler ",
+    "tracking_uri=": "--tracking-uri ",
     # esdc.search (index, search, serve, evaluate-search, balance)
     "bbox=": "--bbox ",
     "clusters=": "--clusters ",
@@ -100,12 +108,13 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def cube_target(cube: str | Path, pairs: list[str] | None = None) -> Target:
-    """The storage target of a CUBE argument.
+def cube_target(cube: str | Path, pairs: list[str] | None = None,
+                version: str | None = None) -> Target:
+    """The storage target of a CUBE argument, at ``version`` (``--version``) when given.
 
     A URL's options come from ``ESDC_STORAGE_OPTIONS`` and the ``--storage-option`` pairs.
     """
-    return resolve(cube, pairs=list(pairs or []))
+    return resolve(cube, pairs=list(pairs or [])).at(version)
 
 
 def png_target(path: Path, option: str) -> Path:

@@ -13,11 +13,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 
 from esdc.build import build as build_cube
 from esdc.build import default_output
-from esdc.cli._common import StorageOptions, app, cube_target, err, out, png_target, user_errors
+from esdc.cli._common import (
+    StorageOptions,
+    Version,
+    app,
+    cube_target,
+    err,
+    out,
+    png_target,
+    user_errors,
+)
 from esdc.cluster import dask_client
 from esdc.conventions import ATTR_GRID, ATTR_RECIPE_SHA256, ATTR_SOURCES, json_attr
 from esdc.plot import quicklook
 from esdc.recipe import load_recipe
+from esdc.storage import resolve
 from esdc.verify import store_report
 
 
@@ -40,10 +50,15 @@ def build(
                                          "to the existing cube; its old chunks are kept as "
                                          "they are.")] = False,
     storage_option: StorageOptions = None,
+    store: Annotated[str | None, typer.Option(help="zarr (a Zarr v3 store) or icechunk (a "
+                                              "versioned repository: each build or append "
+                                              "is one commit, `esdc log` lists them); "
+                                              "default: the recipe's output.store.")] = None,
 ) -> None:
     """Build the cube a RECIPE describes."""
     r = load_recipe(recipe)
-    target = cube_target(out_path or default_output(r), storage_option)
+    target = resolve(out_path or default_output(r), pairs=list(storage_option or []),
+                     store=store or r.output.store)
     progress: list[Callable[[int, int], None]] = []  # set once the cluster is up
 
     @contextlib.contextmanager
@@ -73,9 +88,9 @@ def build(
 @user_errors
 def info(cube: Annotated[str, typer.Argument(help="Cube (Zarr store: path or URL).")],
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-         storage_option: StorageOptions = None) -> None:
+         storage_option: StorageOptions = None, version: Version = None) -> None:
     """Describe a cube: grid, variables, provenance."""
-    ds = cube_target(cube, storage_option).open()
+    ds = cube_target(cube, storage_option, version).open()
     sources = json_attr(ds.attrs, ATTR_SOURCES, [])
     desc = {
         "path": str(cube),
@@ -113,9 +128,10 @@ def verify(
                                             "file's SHA-256 and compare it with the one "
                                             "recorded at build time.")] = False,
     storage_option: StorageOptions = None,
+    version: Version = None,
 ) -> None:
     """List every convention problem of a cube; exit 1 if there is any."""
-    target = cube_target(cube, storage_option)
+    target = cube_target(cube, storage_option, version)
     target.require()
     report = store_report(target, checksums=checksums)
     problems, checked = report.problems, report.checked
@@ -141,8 +157,9 @@ def plot(
     out_path: Annotated[Path | None, typer.Option("--out", help="PNG path (default "
                                                   "VARIABLE.png).")] = None,
     storage_option: StorageOptions = None,
+    version: Version = None,
 ) -> None:
     """Draw a map of a cube variable (categorical classes get a legend)."""
-    path = quicklook(cube_target(cube, storage_option).open(), variable,
+    path = quicklook(cube_target(cube, storage_option, version).open(), variable,
                      png_target(out_path or Path(f"{variable}.png"), "--out"), time)
     out.print(f"wrote {path}", highlight=False)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from esdc.cli._common import app, cube_target, out, user_errors
+from esdc.cli._common import Version, app, cube_target, out, user_errors
 from esdc.cluster import dask_client
 from esdc.embed import embed_cube, load_encoder
 from esdc.errors import EsdcError
@@ -29,15 +29,17 @@ def train(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: "
                                                      "sqlite:///mlruns.db here).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    version: Version = None,
 ) -> None:
     """Train a model on a cube on a Dask worker; track it in MLflow."""
     cfg = load_train_config(config)
-    cube_target(cube).require()
-    check_fits(str(cube.resolve()), cfg)  # here, not on the worker (before a cluster starts)
+    cube_target(cube, None, version).require()
+    check_fits(str(cube.resolve()), cfg, version)  # here, not on a worker (before a cluster)
     with dask_client(scheduler) as client:
         if not as_json:
             out.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
-        result = submit(client, str(cube.resolve()), cfg, tracking_uri).result()
+        result = submit(client, str(cube.resolve()), cfg, tracking_uri,
+                        version=version).result()
     if as_json:
         print(json.dumps(result))
         return

@@ -29,7 +29,7 @@ import zarr
 
 from esdc.errors import TrainConfigError
 from esdc.ml.stats import cube_statistics, normalisation, read_statistics
-from esdc.storage import open_cube
+from esdc.storage import resolve
 from esdc.storage.codecs import checked_reads
 
 __all__ = ["Batch", "Patch", "PatchStream", "batch_pixels", "block_splits", "valid_pixels"]
@@ -168,6 +168,8 @@ class PatchStream:
     shard, num_shards : int
         This stream reads units ``shard, shard + num_shards, ...`` of the shuffled
         unit list: shards are disjoint and together complete.
+    version : str, optional
+        The version of a versioned (Icechunk) cube to read: a tag or snapshot id.
 
     Raises
     ------
@@ -195,12 +197,14 @@ class PatchStream:
     targets: Sequence[str] = ()
     shard: int = 0
     num_shards: int = 1
+    version: str | None = None
     _ds: xr.Dataset = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.variables = list(self.variables)
         self.targets = list(self.targets)
-        self._ds = open_cube(self.cube)
+        target = resolve(self.cube).at(self.version)
+        self._ds = target.open()
         missing = [v for v in [*self.variables, *self.targets] if v not in self._ds.data_vars]
         if missing:
             raise TrainConfigError(f"variables {missing} are not in the cube {self.cube}; it "
@@ -225,7 +229,7 @@ class PatchStream:
         self.nt = self._ds.sizes["time"] if self.has_time else 1
         # Arrays opened with esdc's codec pipeline: a damaged chunk raises ChunkDecodeError.
         with checked_reads():
-            group = zarr.open_group(str(self.cube), mode="r")
+            group = zarr.open_group(target.zarr_store(), mode="r")
             self._arrays = {v: group[v] for v in dict.fromkeys([*self.variables,
                                                                 *self.targets])}
         self.band = int(self._arrays[self.variables[0]].chunks[-2])

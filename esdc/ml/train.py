@@ -30,7 +30,7 @@ from esdc.ml.metrics import Evaluation
 from esdc.ml.patches import PatchStream
 from esdc.ml.tracking import default_tracking_uri, log_config, log_epoch, log_outcome, start_run
 from esdc.ml.tuning import check_search_blocks
-from esdc.storage import open_cube
+from esdc.storage import open_cube, resolve
 
 __all__ = ["TrainResult", "check_fits", "submit", "train"]
 
@@ -57,15 +57,17 @@ class TrainResult(Evaluation):
     model_path: str
 
 
-def _streams(cube: str, cfg: TrainConfig) -> dict[str, PatchStream]:
+def _streams(cube: str, cfg: TrainConfig, version: str | None = None,
+             ) -> dict[str, PatchStream]:
     targets = [cfg.target] if cfg.target else []
     return {s: PatchStream(cube, cfg.inputs, patch=cfg.patch, targets=targets, split=s,
+                           version=version,
                            split_block=cfg.split.block, split_fractions=cfg.split.fractions,
                            split_seed=cfg.split.seed, seed=cfg.seed, shuffle=(s == "train"))
             for s in ("train", "validation", "test")}
 
 
-def check_fits(cube: str, config: TrainConfig) -> None:
+def check_fits(cube: str, config: TrainConfig, version: str | None = None) -> None:
     """Check that a config fits a cube, reading only its metadata.
 
     Called before a cluster starts (``esdc train``), so that these mistakes are not
@@ -77,6 +79,8 @@ def check_fits(cube: str, config: TrainConfig) -> None:
         Path of the cube's Zarr store.
     config : TrainConfig
         The training configuration.
+    version : str, optional
+        Version of a versioned (Icechunk) cube (tag or snapshot id).
 
     Raises
     ------
@@ -90,12 +94,14 @@ def check_fits(cube: str, config: TrainConfig) -> None:
     stream = PatchStream(cube, config.inputs, patch=config.patch,
                          targets=[config.target] if config.target else [], normalize=False,
                          split="train", split_block=config.split.block,
-                         split_fractions=config.split.fractions, split_seed=config.split.seed)
+                         split_fractions=config.split.fractions, split_seed=config.split.seed,
+                         version=version)
     check_search_blocks(config, (stream.ny, stream.nx))
 
 
 def train(cube: str, config: dict[str, Any] | TrainConfig, tracking_uri: str | None = None,
-          resources: dict[str, float] | None = None) -> TrainResult:
+          resources: dict[str, float] | None = None,
+          version: str | None = None) -> TrainResult:
     """Train a model on a cube and track the run in MLflow.
 
     Parameters
@@ -108,6 +114,9 @@ def train(cube: str, config: dict[str, Any] | TrainConfig, tracking_uri: str | N
         MLflow tracking URI; :func:`esdc.ml.tracking.default_tracking_uri` when omitted.
     resources : dict, optional
         The Dask worker's resources (``{"GPU": 1}`` selects CUDA on ``device: auto``).
+    version : str, optional
+        Version of a versioned (Icechunk) cube to train on: a tag or snapshot id
+        (default: the newest). Recorded as the MLflow run tag ``esdc.cube_version``.
 
     Returns
     -------
@@ -125,15 +134,17 @@ def train(cube: str, config: dict[str, Any] | TrainConfig, tracking_uri: str | N
         If the fitter's framework is not installed.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-    ds = open_cube(cube)
-    streams = _streams(cube, cfg)
+    version = resolve(cube).at(version).current_version()  # lineage: the version trained on
+    ds = open_cube(cube, version=version)
+    streams = _streams(cube, cfg, version)
     check_search_blocks(cfg, (streams["train"].ny, streams["train"].nx))
     fitter = load_fitter(cfg.fitter)
     device = fitter.device(cfg.device, resources)
     with start_run(cfg.name, tracking_uri) as run, tempfile.TemporaryDirectory() as tmp:
         log_config(cfg.model_dump(), {"esdc.cube": str(cube), "esdc.device": device,
                                       "esdc.recipe_sha256": ds.attrs.get(ATTR_RECIPE_SHA256, ""),
-                                      "esdc.cube_title": ds.attrs.get("title", "")})
+                                      "esdc.cube_title": ds.attrs.get("title", ""),
+                                      **({"esdc.cube_version": version} if version else {})})
         out = Path(tmp)
         ctx = FitContext(ds, streams, out, device, log_epoch)
         res = fitter.fit(cfg, ctx)
@@ -145,7 +156,8 @@ def train(cube: str, config: dict[str, Any] | TrainConfig, tracking_uri: str | N
                            model_path=f"{uri}/{res.model_file.name}")
 
 
-def submit(client: Any, cube: str, config: TrainConfig, tracking_uri: str | None = None) -> Any:
+def submit(client: Any, cube: str, config: TrainConfig, tracking_uri: str | None = None,
+           version: str | None = None) -> Any:
     """Run :func:`train` on a worker of a ``distributed`` cluster.
 
     A GPU worker (resource ``GPU``) is requested when ``config.device`` is ``cuda``.
@@ -161,6 +173,8 @@ def submit(client: Any, cube: str, config: TrainConfig, tracking_uri: str | None
     tracking_uri : str, optional
         MLflow tracking URI; :func:`esdc.ml.tracking.default_tracking_uri` (of this
         process's working directory) when omitted.
+    version : str, optional
+        Version of a versioned (Icechunk) cube to train on (tag or snapshot id).
 
     Returns
     -------
@@ -174,6 +188,6 @@ def submit(client: Any, cube: str, config: TrainConfig, tracking_uri: str | None
         from distributed import get_worker
 
         worker_res = dict(get_worker().state.total_resources)
-        return asdict(train(cube, config.model_dump(), uri, worker_res))
+        return asdict(train(cube, config.model_dump(), uri, worker_res, version=version))
 
     return client.submit(run, pure=False, resources=resources)

@@ -98,7 +98,7 @@ def load_engine(cube: str | Path, variable: str | None = None) -> SearchEngine:
         As :class:`~esdc.search.query.SearchEngine`.
     """
     engine = SearchEngine(cube, variable)
-    engine.ds = open_cube(engine.cube, chunks=None)
+    engine.ds = open_cube(engine.cube, chunks=None, version=engine.version)
     return engine
 
 

@@ -44,7 +44,7 @@ import xarray as xr
 from esdc.conventions import ATTR_MODEL_RUN, ATTR_MODEL_SHA256, ATTR_ROLE, ATTR_TILE_SIZE
 from esdc.errors import EsdcError, SearchIndexError
 from esdc.hashing import file_sha256
-from esdc.storage import open_cube
+from esdc.storage import open_cube, resolve
 
 __all__ = ["EXACT_THRESHOLD", "GPU_KINDS", "Manifest", "build_index", "embedding_matrix",
            "embedding_variable", "gpu_count", "index_dir", "load_index", "make_index",
@@ -83,6 +83,8 @@ class Manifest:
     generation: int = 0
     #: :func:`vectors_sha256` of the embedding array indexed ("": not recorded).
     vectors_sha256: str = ""
+    #: Version (snapshot id) of a versioned cube the embeddings were read at ("": none).
+    cube_version: str = ""
 
 
 def require_faiss() -> Any:
@@ -282,7 +284,8 @@ def embedding_matrix(ds: xr.Dataset, variable: str) -> tuple[np.ndarray, np.ndar
     return normalise(flat[ok], centre), ids, centre.astype("float32")
 
 
-def read_embeddings(cube: str | Path, variable: str | None = None) -> tuple[
+def read_embeddings(cube: str | Path, variable: str | None = None,
+                    version: str | None = None) -> tuple[
         xr.Dataset, str, np.ndarray, np.ndarray, np.ndarray]:
     """Open a cube and read the valid vectors of one of its embedding variables.
 
@@ -292,6 +295,8 @@ def read_embeddings(cube: str | Path, variable: str | None = None) -> tuple[
         The cube (with embeddings), a folder.
     variable : str, optional
         Embedding variable (default: the smallest tile size, :func:`embedding_variable`).
+    version : str, optional
+        Version of a versioned (Icechunk) cube to read: a tag or snapshot id.
 
     Returns
     -------
@@ -308,7 +313,7 @@ def read_embeddings(cube: str | Path, variable: str | None = None) -> tuple[
         If the cube has no embeddings, ``variable`` is not one, or no tile has a valid
         vector.
     """
-    ds = open_cube(Path(cube))
+    ds = open_cube(Path(cube), version=version)
     var = embedding_variable(ds, variable)
     ds[var] = ds[var].load()  # read once: indexed, checksummed, clustered
     vec, ids, centre = embedding_matrix(ds, var)
@@ -442,7 +447,8 @@ def build_index(cube: str | Path, variable: str | None = None, kind: str = "auto
     """
     faiss = require_faiss()
     cube = Path(cube)
-    ds, var, vec, ids, centre = read_embeddings(cube, variable)
+    version = resolve(cube).current_version()  # lineage: the cube version indexed
+    ds, var, vec, ids, centre = read_embeddings(cube, variable, version)
     n, d = vec.shape
     kind, dev = select_device(device, kind, gpu_count() if device != "cpu" else 0, n)
     index, used = make_index(vec, kind, ids, device=dev, **params)
@@ -468,7 +474,7 @@ def build_index(cube: str | Path, variable: str | None = None, kind: str = "auto
         faiss_version=faiss.__version__,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         index_file=target.name, generation=(previous.generation if previous else 0) + 1,
-        vectors_sha256=vectors_sha256(ds[var].values))
+        vectors_sha256=vectors_sha256(ds[var].values), cube_version=version or "")
     mtmp = folder / f".{var}.json.{os.getpid()}.tmp"
     mtmp.write_text(json.dumps(asdict(manifest), indent=2))
     os.replace(mtmp, mpath)  # the commit: readers now see this generation
@@ -490,6 +496,25 @@ def _read_manifest(path: Path) -> Manifest | None:
         return Manifest(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def indexed_version(cube: str | Path, variable: str) -> str:
+    """The cube version (snapshot id) the index of ``variable`` was built from.
+
+    Parameters
+    ----------
+    cube : str or path-like
+        The cube.
+    variable : str
+        Its embedding variable.
+
+    Returns
+    -------
+    str
+        The manifest's ``cube_version``; ``""`` for a cube without versions, or no index.
+    """
+    manifest = _read_manifest(index_dir(cube) / f"{variable}.json")
+    return manifest.cube_version if manifest else ""
 
 
 def load_index(cube: str | Path, variable: str, ds: xr.Dataset | None = None) -> tuple[Any,

@@ -19,9 +19,15 @@ import pandas as pd
 from esdc.conventions import ATTR_INPUTS, ATTR_TILE_DIMS, ATTR_TILE_SIZE, SPATIAL_DIMS, TIME_DIM
 from esdc.errors import SearchIndexError
 from esdc.grid import parse_bbox
-from esdc.search.index import embedding_variable, load_index, normalise, vectors_sha256
+from esdc.search.index import (
+    embedding_variable,
+    indexed_version,
+    load_index,
+    normalise,
+    vectors_sha256,
+)
 from esdc.search.render import display_pixels, png_bytes
-from esdc.storage import open_cube
+from esdc.storage import open_cube, resolve
 
 __all__ = ["Neighbour", "SearchEngine", "SearchResult", "parse_time_range"]
 
@@ -115,13 +121,16 @@ class SearchEngine:
         ``"GENERATION-SHA16"``: the index generation and the first 16 hex digits of
         the index file's SHA-256; names the index that answers (HTTP header
         ``X-Esdc-Index``).
+    version : str or None
+        The version (snapshot id) of a versioned cube that is read: the one indexed.
 
     Raises
     ------
     CubeNotFoundError
         If there is no cube at ``cube``.
     SearchIndexError
-        If the cube has no embeddings or index, the index's lineage does not match, or
+        If the cube has no embeddings or index, the index's lineage does not match, the
+        version indexed is not in the history of a versioned cube's newest version, or
         the vectors in the cube are not those that were indexed (``vectors_sha256``
         of the manifest: re-embedded, or being rewritten, since the index was built).
     """
@@ -130,6 +139,16 @@ class SearchEngine:
         self.cube = Path(cube)
         self.ds = open_cube(self.cube)
         self.variable = embedding_variable(self.ds, variable)
+        # a versioned cube is read at the version indexed: later commits do not change it
+        self.version = indexed_version(self.cube, self.variable) or None
+        if self.version is not None:
+            target = resolve(self.cube)
+            if not target.is_ancestor(self.version):
+                raise SearchIndexError(
+                    f"the index of {self.variable!r} was built from version {self.version} of "
+                    f"{self.cube}, which is not in the history of its newest version "
+                    f"{target.current_version()}; rebuild it with `esdc index {self.cube}`.")
+            self.ds = target.open(version=self.version)
         self.index, self.manifest = load_index(self.cube, self.variable, self.ds)
         emb = self.ds[self.variable]
         self.attrs = dict(emb.attrs)

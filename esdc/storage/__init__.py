@@ -8,6 +8,8 @@ a URL?". Modules, leaves first::
                                                build fingerprint, partial build + commit
     regions, append -> write                   layout and the journaled local write
     target -> local -> object                  the interface, a folder, an object store
+    target -> icechunk                         a versioned Icechunk repository (imported
+                                               when used: ``STORES``, ``icechunk+s3://``)
 
 :func:`open_cube` opens a cube from a path, URL or target;
 ``esdc.verify.verify_store`` checks one.
@@ -19,6 +21,7 @@ from esdc.storage.local import LocalTarget
 from esdc.storage.object import ObjectTarget, staging_path
 from esdc.storage.regions import encoding
 from esdc.storage.target import (
+    STORES,
     TARGETS,
     Target,
     check_checksums,
@@ -31,6 +34,7 @@ from esdc.storage.target import (
 )
 
 __all__ = [
+    "STORES",
     "TARGETS",
     "ChecksumReport",
     "LocalTarget",

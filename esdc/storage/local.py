@@ -22,7 +22,7 @@ from esdc.errors import CubeExistsError, OutputPathError, StorageError
 from esdc.hashing import file_sha256
 from esdc.recipe import CompressorSpec
 from esdc.storage.integrity import array_dirs, chunk_files
-from esdc.storage.target import Target
+from esdc.storage.target import Target, local_path
 from esdc.storage.write import consolidate, write_store
 
 __all__ = ["LocalTarget"]
@@ -53,14 +53,7 @@ class LocalTarget(Target):
                       storage_options: dict[str, Any] | None = None,
                       pairs: list[str] | None = None, cwd: Path | None = None) -> LocalTarget:
         """The target of a local path (``file://`` URLs included); options are ignored."""
-        text = os.fspath(location)
-        for scheme in ("file://", "local://"):
-            if isinstance(text, str) and text.lower().startswith(scheme):
-                text = text[len(scheme):]
-        path = Path(text)
-        if cwd is not None and not path.is_absolute():
-            path = Path(cwd) / path
-        return cls(path)
+        return cls(local_path(location, cwd))
 
     @property
     def location(self) -> Path:

@@ -42,21 +42,31 @@ from typing import Any, ClassVar
 
 import xarray as xr
 
+from esdc.conventions import ATTR_RECIPE_SHA256
 from esdc.errors import BuildConflictError, CubeNotFoundError, StorageError
 from esdc.recipe import CompressorSpec
 from esdc.storage.codecs import checked_reads
 from esdc.storage.fingerprint import complete_digest, digest, fingerprint
 from esdc.storage.integrity import MANIFEST_GROUP, ROOT_META, ChecksumReport, record_of
 
-__all__ = ["TARGETS", "Target", "check_checksums", "is_url", "open_cube", "register_target",
-           "resolve", "storage_options", "verify_checksums"]
+__all__ = ["STORES", "TARGETS", "Target", "check_checksums", "is_url", "open_cube",
+           "local_path", "register_target", "resolve", "storage_options", "store_kind",
+           "verify_checksums"]
 
 TARGETS: dict[str, str] = {
     "": "esdc.storage.local:LocalTarget",
     "*": "esdc.storage.object:ObjectTarget",
+    "icechunk+s3": "esdc.storage.icechunk:IcechunkTarget",
 }
 """URL scheme -> ``"module:Class"`` of its target; ``""`` is a local path, ``"*"`` any
 other scheme (fsspec)."""
+
+STORES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "icechunk": ("esdc.storage.icechunk:IcechunkTarget", ("refs", "snapshots")),
+}
+"""Store kind (the recipe's ``output.store``, ``--store``) -> ``("module:Class", folders
+that mark an existing store of that kind)``; ``"zarr"`` (the default) is not listed: a
+plain Zarr store's target follows the location's scheme (:data:`TARGETS`)."""
 
 
 def register_target(scheme: str, path: str) -> None:
@@ -148,6 +158,8 @@ class Target(abc.ABC):
         :meth:`update` adds arrays or attributes to an existing cube.
     is_versioned : bool
         Writes make versions that :meth:`open` can name.
+    consolidates : bool
+        The store keeps consolidated metadata in its root ``zarr.json``.
     kind : str
         ``"path"`` or ``"URL"``, for messages.
     """
@@ -157,6 +169,7 @@ class Target(abc.ABC):
     supports_append: ClassVar[bool] = False
     supports_update: ClassVar[bool] = False
     is_versioned: ClassVar[bool] = False
+    consolidates: ClassVar[bool] = True
     kind: ClassVar[str] = "path"
 
     @classmethod
@@ -316,10 +329,8 @@ class Target(abc.ABC):
             If the metadata cannot be read, or ``version`` is given to a target without
             versions.
         """
-        if version is not None and not self.is_versioned:
-            raise StorageError(f"{self} is not versioned (version={version!r}): a folder or "
-                               "object-store cube has only its current state. Leave version "
-                               "out.")
+        if version is not None:
+            return self.at(version).open(**kwargs)
         self.require()
         kwargs.setdefault("consolidated", True)
         kwargs.setdefault("chunks", {})
@@ -363,6 +374,68 @@ class Target(abc.ABC):
             if found != recorded[key]:
                 report.mismatched[key] = (recorded[key], found)
         return report
+
+    # ------------------------------------------------------------------ versions
+    def at(self, version: str | None) -> Target:
+        """The cube as it was at ``version`` (a tag or snapshot id); None: as it is now.
+
+        Raises
+        ------
+        StorageError
+            If ``version`` is given to a target without versions (or names nothing).
+        """
+        if version is None:
+            return self
+        raise StorageError(f"{self} is not versioned (version={version!r}): a plain Zarr "
+                           "cube has only its current state. Leave version out, or build "
+                           "with store='icechunk' to keep versions.")
+
+    def zarr_store(self) -> Any:
+        """What :func:`zarr.open_group` opens the cube from (a path or URL; a store)."""
+        return str(self.location)
+
+    def current_version(self) -> str | None:
+        """The id of the version read here (a snapshot id), None for a target without versions."""
+        return None
+
+    def is_ancestor(self, version: str) -> bool:
+        """Whether snapshot ``version`` is in the history of the cube's newest version."""
+        return False
+
+    def log(self) -> list[dict[str, Any]]:
+        """The cube's versions, newest first; a target without versions has one.
+
+        Returns
+        -------
+        list of dict
+            ``{"id", "time" (ISO 8601 UTC), "message", "tags", "metadata"}``; here one
+            entry, the current build (``id`` ``"current"``, ``time`` the cube's
+            ``date_created``).
+
+        Raises
+        ------
+        CubeNotFoundError
+            If there is no cube here.
+        """
+        self.require()
+        attrs = (self.root_metadata() or {}).get("attributes") or {}
+        rec = self.manifest() or {}
+        sha = rec.get("recipe_sha256") or attrs.get(ATTR_RECIPE_SHA256)
+        return [{"id": "current", "time": attrs.get("date_created"),
+                 "message": f"esdc build: recipe SHA-256 {sha} (a plain Zarr cube keeps only "
+                            "its current state)",
+                 "tags": [], "metadata": {"recipe_sha256": sha}}]
+
+    def tag(self, name: str, version: str | None = None) -> str:
+        """Name a version of a versioned target (see ``IcechunkTarget.tag``).
+
+        Raises
+        ------
+        StorageError
+            Always here: a target without versions has nothing to tag.
+        """
+        raise StorageError(f"{self} is not versioned: tag {name!r} cannot be set. Build the "
+                           "cube with store='icechunk' to keep versions.")
 
     # ------------------------------------------------------------------ writing
     def check(self, *, overwrite: bool = False, resume: bool = False,
@@ -470,15 +543,54 @@ class Target(abc.ABC):
                            "place; update a local copy and build or upload it again.")
 
 
-def _target_class(location: Any) -> type[Target]:
+def local_path(location: str | os.PathLike[str], cwd: Path | None = None) -> Path:
+    """The folder of a local ``location`` (``file://`` and ``local://`` URLs included).
+
+    Parameters
+    ----------
+    location : str or path-like
+        A path, or a ``file://`` URL.
+    cwd : pathlib.Path, optional
+        Folder a relative path is taken from (default: kept relative).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    text = os.fspath(location)
+    for scheme in ("file://", "local://"):
+        if isinstance(text, str) and text.lower().startswith(scheme):
+            text = text[len(scheme):]
+    path = Path(text)
+    return Path(cwd) / path if cwd is not None and not path.is_absolute() else path
+
+
+def store_kind(location: str | os.PathLike[str], cwd: Path | None = None) -> str:
+    """The kind of store at a local ``location`` (a :data:`STORES` key), else ``"zarr"``."""
+    if is_url(location):
+        return "zarr"
+    path = local_path(location, cwd)
+    for kind, (_cls, marks) in STORES.items():
+        if not (path / ROOT_META).exists() and all((path / m).is_dir() for m in marks):
+            return kind
+    return "zarr"
+
+
+def _target_class(location: Any, store: str | None, cwd: Path | None) -> type[Target]:
+    kind = store if store not in (None, "zarr") else store_kind(location, cwd)
+    if kind != "zarr" and kind not in STORES:
+        raise StorageError(f"store={store!r} is not a kind of store; choose one of "
+                           f"{', '.join(['zarr', *STORES])}.")
     scheme = str(location).split("://", 1)[0].lower() if is_url(location) else ""
-    module, _, name = (TARGETS.get(scheme) or TARGETS["*"]).partition(":")
+    path = STORES[kind][0] if kind != "zarr" else TARGETS.get(scheme) or TARGETS["*"]
+    module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
 def resolve(path_or_url: str | os.PathLike[str] | Target,
             storage_options: dict[str, Any] | None = None, *,
-            pairs: list[str] | None = None, cwd: Path | None = None) -> Target:
+            pairs: list[str] | None = None, cwd: Path | None = None,
+            store: str | None = None) -> Target:
     """The storage target of a cube's path or URL: the one place a location is interpreted.
 
     Parameters
@@ -492,16 +604,26 @@ def resolve(path_or_url: str | os.PathLike[str] | Target,
         a URL's options also come from ``ESDC_STORAGE_OPTIONS`` (:func:`storage_options`).
     cwd : pathlib.Path, optional
         Folder a relative path is taken from (default: kept relative).
+    store : str, optional
+        ``"zarr"`` (a plain Zarr store) or a :data:`STORES` kind such as ``"icechunk"``
+        (a versioned repository). An existing store of a listed kind at a local path is
+        recognised whatever ``store`` says.
 
     Returns
     -------
     Target
         :class:`~esdc.storage.local.LocalTarget` or
-        :class:`~esdc.storage.object.ObjectTarget` (:data:`TARGETS`).
+        :class:`~esdc.storage.object.ObjectTarget` (:data:`TARGETS`), or the
+        :data:`STORES` class (:class:`~esdc.storage.icechunk.IcechunkTarget`).
+
+    Raises
+    ------
+    StorageError
+        If ``store`` names no kind of store.
     """
     if isinstance(path_or_url, Target):
         return path_or_url
-    return _target_class(path_or_url).from_location(
+    return _target_class(path_or_url, store, cwd).from_location(
         path_or_url, storage_options=storage_options, pairs=pairs, cwd=cwd)
 
 
