@@ -29,11 +29,11 @@ from typing import Any
 import xarray as xr
 import zarr
 
+import esdc.storage.journal as journal
 from esdc.conventions import SPATIAL_DIMS, TIME_DIM, spatial_dims
 from esdc.errors import BuildConflictError, CubeExistsError, EsdcError
 from esdc.hashing import file_sha256
 from esdc.recipe import CompressorSpec
-from esdc.storage import journal
 from esdc.storage.append import AppendBase, append_attrs, check_append, link_old_chunks
 from esdc.storage.fingerprint import complete_digest, digest, fingerprint
 from esdc.storage.integrity import (
