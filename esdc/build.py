@@ -122,6 +122,7 @@ def _check_bodies(opened: list[tuple[SourceSpec, Geolocated]], grid: Grid) -> No
                 f"sources.{spec.name}: {geo.path.name} lies on the {geo.body} but grid.body is "
                 f"{grid.body}; a cube stacks data of one body. Use a {geo.body} grid (another "
                 "recipe) or remove the source.")
+    # a list, not any(): overlaps() also raises for a source that cannot go on the grid
     if not [geo for _, geo in opened if overlaps(geo, grid)]:
         raise RegridError(
             f"grid.bbox {list(grid.bbox)} lies outside every source "

@@ -188,7 +188,7 @@ def cube_item(cube: str | Path, item_id: str | None = None) -> Any:
         raise EsdcError(f"{cube}: the cube has no {ATTR_GRID} attribute; was it built by esdc?")
     grid = Grid.from_dict(json_attr(a, ATTR_GRID))
     item_id = item_id or path.name.removesuffix(".zarr")
-    sources = json_attr(a, ATTR_SOURCES) or []
+    sources = json_attr(a, ATTR_SOURCES, [])
     created = a.get("date_created")
     props: dict[str, Any] = {
         "title": a.get("title") or item_id,

@@ -157,15 +157,20 @@ def json_attr(attrs: dict[str, Any], key: str, default: Any = None) -> Any:
     key : str
         Attribute key (one of this module's ``ATTR_*``).
     default : object
-        Returned when the key is missing.
+        Returned when the key is missing or its value is empty.
 
     Returns
     -------
     object
         The decoded value.
+
+    Raises
+    ------
+    json.JSONDecodeError
+        If the attribute is a string that is not JSON (a ``ValueError``).
     """
     value = attrs.get(key)
-    if value is None:
+    if value is None or value == "":
         return default
     return json.loads(value) if isinstance(value, str) else value
 

@@ -261,8 +261,9 @@ def verify_store(cube: str | os.PathLike[str] | Target, *, checksums: bool = Fal
                  storage_options: dict[str, Any] | None = None) -> list[str]:
     """Problems of a stored cube: :func:`verify_cube` plus store-level checks.
 
-    Checks that the store is Zarr format 3 with consolidated metadata and, with
-    ``checksums``, that every chunk matches the build's checksum record.
+    Checks that the store is Zarr format 3 with consolidated metadata, that no layer has
+    holes where its source covers the grid (:func:`hole_problems`, reads the layers) and,
+    with ``checksums``, that every chunk matches the build's checksum record.
 
     Parameters
     ----------
@@ -384,6 +385,7 @@ def hole_problems(ds: xr.Dataset) -> list[str]:
     if spatial is None:
         return []
     ydim, xdim = spatial
+    y, x = ds[ydim].values, ds[xdim].values
     out = []
     for name, v in ds.data_vars.items():
         cov = json_attr(v.attrs, ATTR_COVERAGE)
@@ -391,7 +393,6 @@ def hole_problems(ds: xr.Dataset) -> list[str]:
                 or not np.issubdtype(v.dtype, np.floating)):
             continue
         w, s, e, n = cov["bbox"]
-        y, x = ds[ydim].values, ds[xdim].values
         rows = np.flatnonzero((y >= s) & (y <= n))
         cols = np.flatnonzero((x >= w) & (x <= e))
         if rows.size == 0 or cols.size == 0:

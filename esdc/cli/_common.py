@@ -76,7 +76,6 @@ def as_cli(message: str) -> str:
     """
     for param in sorted(FLAGS, key=len, reverse=True):
         flag = FLAGS[param]
-        message = message.replace(f"`{param}`", f"`{flag}`")
         message = re.sub(rf"(?<![\w.-]){re.escape(param)}", lambda _, f=flag: f, message)
     return message
 

@@ -59,7 +59,16 @@ def start_run(experiment: str, tracking_uri: str | None = None) -> Iterator[Any]
 
 
 def log_config(params: dict[str, Any], tags: dict[str, str]) -> None:
-    """Log a config's fields as run parameters (lists and mappings as JSON) and tags."""
+    """Log a config's fields as run parameters (lists and mappings as JSON) and tags.
+
+    Parameters
+    ----------
+    params : dict
+        Run parameters (``TrainConfig.model_dump()``); lists, tuples and dicts are logged
+        as JSON text.
+    tags : dict of str to str
+        Run tags (``esdc.cube``, ``esdc.device``, ...).
+    """
     import mlflow
 
     mlflow.log_params({k: json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
@@ -68,7 +77,15 @@ def log_config(params: dict[str, Any], tags: dict[str, str]) -> None:
 
 
 def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-    """Log one epoch's metrics (``train_loss``, ``val_*``) at step ``epoch``."""
+    """Log one epoch's metrics (``train_loss``, ``val_*``) at step ``epoch``.
+
+    Parameters
+    ----------
+    epoch : int
+        Epoch number, from 0 (the metrics' MLflow step).
+    metrics : dict of str to float
+        Metric name -> value (losses and scores in the units of the task's metric).
+    """
     import mlflow
 
     mlflow.log_metrics(metrics, step=epoch)

@@ -39,6 +39,13 @@ def _near_int(v: float) -> int | None:
 def aligned_blocks(source: Geolocated, grid: Grid) -> tuple[int, int, int, int] | None:
     """Block factors when every grid cell is a whole block of source pixels.
 
+    Parameters
+    ----------
+    source : Geolocated
+        An opened source.
+    grid : Grid
+        The target.
+
     Returns
     -------
     tuple of 4 int or None

@@ -40,9 +40,18 @@ __all__ = ["conservative", "conservative_weights", "grid_bounds", "rectilinear_b
 
 
 def grid_bounds(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """The grid's cell bounds ``(ybounds, xbounds)``, shapes ``(ny, 2)``, ``(nx, 2)``.
+    """The grid's cell bounds: each centre plus and minus half a cell.
 
-    (low, high) per row (north first) and per column (west first), CRS units.
+    Parameters
+    ----------
+    grid : Grid
+        A grid of a PROJ CRS, shape ``(ny, nx)``.
+
+    Returns
+    -------
+    ybounds, xbounds : numpy.ndarray
+        Shapes ``(ny, 2)`` and ``(nx, 2)``: (low, high) per row (north first) and per
+        column (west first), CRS units.
     """
     dx, dy = grid.resolution
     return (np.stack([grid.y - dy / 2, grid.y + dy / 2], axis=1),

@@ -156,6 +156,18 @@ def same_plane(source: Geolocated, grid: Grid) -> bool:
 
     Two geographic CRSs of one body differ by a datum shift of metres at most, far below a
     cell; their degrees are taken as the same.
+
+    Parameters
+    ----------
+    source : Geolocated
+        An opened source.
+    grid : Grid
+        The target.
+
+    Returns
+    -------
+    bool
+        ``False`` for a source without PROJ CRS or a helioprojective grid.
     """
     if source.crs is None or grid.is_helioprojective:
         return False
@@ -200,6 +212,13 @@ def pixel_scale(source: Geolocated, grid: Grid) -> tuple[float, float] | None:
     The source pixel (:attr:`Geolocated.resolution`: the largest of an unevenly spaced
     grid, the median spacing of a swath) at the centre of :func:`covered_box` is carried
     into the grid's CRS (its four corners through PROJ) and divided by the grid's cell.
+
+    Parameters
+    ----------
+    source : Geolocated
+        A regular or swath source with a PROJ CRS.
+    grid : Grid
+        A grid of a PROJ CRS.
 
     Returns
     -------

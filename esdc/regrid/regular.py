@@ -83,7 +83,6 @@ def _wrap_globe(data: xr.DataArray, source: Geolocated) -> tuple[xr.DataArray, G
     return out, Geolocated(out.to_dataset(name="data"), source.crs, ydim, xdim, source.path)
 
 
-
 def bilinear(data: xr.DataArray, source: Geolocated, grid: Grid) -> xr.DataArray:
     """Bilinear interpolation of a regular source (module docstring), lazily.
 

@@ -27,9 +27,9 @@ import xarray as xr
 
 from esdc.errors import SourceError
 
-__all__ = ["LAT_UNITS", "LON_UNITS", "axis_of", "bounds_from_centres", "cell_bounds",
-           "check_declared_bbox", "grid_mapping_crs", "is_latitude", "is_longitude",
-           "length_factor"]
+__all__ = ["LAT_UNITS", "LON_UNITS", "TOLERANCE_PIXELS", "axis_of", "bounds_from_centres",
+           "cell_bounds", "check_declared_bbox", "grid_mapping_crs", "is_latitude",
+           "is_longitude", "length_factor"]
 
 #: CF units of latitude and longitude (CF conventions 1.10, sections 4.1 and 4.2).
 LAT_UNITS = ("degrees_north", "degree_north", "degree_n", "degrees_n", "degreen", "degreesn")

@@ -16,8 +16,8 @@ from esdc.sources.base import (
     X_NAMES,
     Y_NAMES,
     Geolocated,
-    apply_georeference,
     check_size,
+    georeferenced,
     normalize,
 )
 from esdc.sources.cf import (
@@ -123,11 +123,8 @@ def open_netcdf(spec: SourceSpec, path: Path) -> Geolocated:
                 )
             renamed[n] = da.rename(dict(zip(da.dims, geo.dims, strict=True)))
         ds = xr.Dataset(renamed)
-    ds = apply_georeference(ds, geo, f"sources.{spec.name}", path)
-    crs = pyproj.CRS.from_user_input(geo.crs)
-    out = normalize(ds, crs, path, f"sources.{spec.name}")
-    return Geolocated(out.data.transpose(..., out.ydim, out.xdim), crs, out.ydim, out.xdim,
-                      path)
+    out = georeferenced(ds, geo, path, f"sources.{spec.name}")
+    return dataclasses.replace(out, data=out.data.transpose(..., out.ydim, out.xdim))
 
 
 def _open_own_grid(ds: xr.Dataset, names: list[str], spec: SourceSpec,

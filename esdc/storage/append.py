@@ -11,7 +11,6 @@ along time is refused (:class:`~esdc.errors.BuildConflictError`), the old cube u
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -66,8 +65,8 @@ class AppendBase:
             raise BuildConflictError(f"append=True: {target} has no time axis to append to.")
         self.n_time = int(self.arrays[TIME_DIM]["shape"][0])
         self.manifest = read_manifest(target)
-        self.ident = (self.manifest or {}).get("fingerprint_sha256") or hashlib.sha256(
-            (target / ROOT_META).read_bytes()).hexdigest()
+        self.ident = ((self.manifest or {}).get("fingerprint_sha256")
+                      or file_sha256(target / ROOT_META))
 
 
 def append_attrs(ds: xr.Dataset, base: AppendBase) -> xr.Dataset:

@@ -111,7 +111,20 @@ class FitResult(Evaluation):
 
 
 def cpu_only(prefer: str, resources: Mapping[str, float] | None) -> str:
-    """Device of a fitter that trains on the CPU: always ``"cpu"``."""
+    """Device of a fitter that trains on the CPU: always ``"cpu"``.
+
+    Parameters
+    ----------
+    prefer : str
+        The config's ``device`` (``auto``, ``cpu`` or ``cuda``); ignored.
+    resources : mapping of str to float or None
+        The Dask worker's resources; ignored.
+
+    Returns
+    -------
+    str
+        ``"cpu"``.
+    """
     return "cpu"
 
 

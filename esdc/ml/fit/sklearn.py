@@ -58,26 +58,32 @@ def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
                                               cfg.seed, coords=True)
         est, extra = _search(cfg, cfg.search, est, streams["train"], x_tr, y_tr, rows,
                              cols)
-    elif cfg.model_kind == "random_forest":
+    else:
         x_tr, y_tr = valid_pixels(streams["train"], cfg.max_train_pixels, cfg.seed)
-        est.fit(x_tr, y_tr)
-    else:  # sgd: partial_fit over the streamed batches, epoch by epoch
-        x_tr, y_tr = valid_pixels(streams["train"], cfg.max_train_pixels, cfg.seed)
-        classes = ctx.classes(cfg)
-        for epoch in range(cfg.epochs):
-            for b in streams["train"].batches(cfg.batch_size, epoch):
-                x, y, keep = batch_pixels(b)
-                if keep.any():
-                    if classes is not None:
-                        est.partial_fit(x[keep], y[keep], classes=classes)
-                    else:
-                        est.partial_fit(x[keep], y[keep])
-            ctx.log(epoch, {"train_score": float(est.score(x_tr, y_tr))})
+        if cfg.model_kind == "random_forest":
+            est.fit(x_tr, y_tr)
+        else:  # sgd: partial_fit over the streamed batches, epoch by epoch
+            _partial_fit(cfg, ctx, est, x_tr, y_tr)
     test = score(cfg.task, y_te, est.predict(x_te))
     path = ctx.out / "model.skops"
     dump(est, path)
     return FitResult(metric_name(cfg.task), test, baseline(cfg.task, y_tr, y_te),
                      model_file=path, **extra)
+
+
+def _partial_fit(cfg: TrainConfig, ctx: FitContext, est: Any, x_tr: np.ndarray,
+                 y_tr: np.ndarray) -> None:
+    """``partial_fit`` over the training batches, ``cfg.epochs`` times; log the train score."""
+    classes = ctx.classes(cfg)
+    for epoch in range(cfg.epochs):
+        for b in ctx.streams["train"].batches(cfg.batch_size, epoch):
+            x, y, keep = batch_pixels(b)
+            if keep.any():
+                if classes is not None:
+                    est.partial_fit(x[keep], y[keep], classes=classes)
+                else:
+                    est.partial_fit(x[keep], y[keep])
+        ctx.log(epoch, {"train_score": float(est.score(x_tr, y_tr))})
 
 
 def _search(cfg: TrainConfig, spec: SearchSpec, est: Any, stream: PatchStream, x: np.ndarray,
