@@ -1,0 +1,209 @@
+"""A recipe's sources: where the data are, how to read them, which variables to take."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, PositiveInt, field_validator, model_validator
+
+from esdc.recipe.model import BBox, Identifier, Model, check_crs
+from esdc.regrid.methods import DEFAULT_MIN_VALID_FRACTION, Method
+from esdc.sources.registry import FORMATS
+
+__all__ = ["FitsSpec", "GeoreferenceSpec", "SourceSpec", "VariableSpec"]
+
+
+class GeoreferenceSpec(Model):
+    """Georeference declared for a file that carries none (HDF5 arrays, images, raw).
+
+    ``bbox`` is the outer edge of the file's pixels in ``crs`` units; ``dims`` names
+    the file's dimensions in storage order (for images ``[y, x]`` is implied) using
+    ``lat``/``lon`` (or ``y``/``x``) for the spatial ones and ``month`` for a
+    monthly climatology axis. A file that has coordinates of its own (degrees, or metres
+    of a projected CRS) must agree with the declaration: a bbox more than a tenth of a
+    pixel off, or a row order the file contradicts, is refused with both values.
+    """
+
+    crs: str = "EPSG:4326"
+    """CRS of the file's pixels."""
+    bbox: BBox
+    """Outer edges of the file's pixels ``[west, south, east, north]`` in ``crs`` units."""
+    row_order: Literal["north_up", "south_up"] = "north_up"
+    """Whether the first row is the northernmost (``north_up``) or southernmost."""
+    dims: list[Identifier] | None = None
+    """The file's dimension names in storage order (``lat``/``lon``, ``y``/``x``, ``month``)."""
+
+    _crs = field_validator("crs")(check_crs)
+
+
+class VariableSpec(Model):
+    """One cube variable taken from a source variable (or image band)."""
+
+    name: Identifier
+    """Name of the cube variable."""
+    source: str
+    """Variable (NetCDF/HDF5 path) or band name in the source file."""
+    resampling: Method
+    """How the source is put on the grid: ``nearest``, ``bilinear``, ``bucket_average`` (mean of
+    the source pixels in each cell; a grid at least as coarse as the source), ``bucket_mode``
+    (most frequent class; categorical) or ``conservative`` (area-weighted mean, exact for up- and
+    downsampling; for area fractions and fluxes).
+    """
+    min_valid_fraction: Annotated[float, Field(gt=0, le=1)] = DEFAULT_MIN_VALID_FRACTION
+    """``conservative``: share of a cell's area that valid source data must cover, else the cell
+    is NaN.
+    """
+    allow_upsampling: bool = False
+    """The source may be more than twice as coarse as the grid (no warning): its cells then repeat
+    or interpolate the source's pixels.
+    """
+    scale_factor: float = 1.0
+    """Multiplier applied to the stored values (after fill masking), as CF ``scale_factor``."""
+    add_offset: float = 0.0
+    """Added after ``scale_factor``, as CF ``add_offset``."""
+    fill_value: float | None = None
+    """Stored value meaning missing (becomes NaN); the file's own CF ``_FillValue`` is honoured
+    too.
+    """
+    valid_min: float | None = None
+    """Physical values below it become NaN."""
+    valid_max: float | None = None
+    """Physical values above it become NaN."""
+    select_values: list[int] | None = None
+    """Keep only these stored values (others become NaN), e.g. one class of a mask."""
+    units: str
+    """CF units of the cube variable (UDUNITS, ``1`` for dimensionless)."""
+    standard_name: str | None = None
+    """CF standard name."""
+    long_name: str | None = None
+    """Human-readable name."""
+    flag_values: list[int] | None = None
+    """Class codes of a categorical variable (CF ``flag_values``)."""
+    flag_meanings: list[Identifier] | None = None
+    """One identifier per class code (CF ``flag_meanings``)."""
+    comment: str | None = None
+    """Free text stored as the variable's ``comment``."""
+    combine: Literal["error", "first_valid"] = "error"
+    """``first_valid`` lets several sources fill one variable (earlier sources win where valid);
+    ``error`` refuses repeated names.
+    """
+
+    @model_validator(mode="after")
+    def _check(self) -> VariableSpec:
+        if self.resampling == "bucket_mode":
+            if not self.flag_values or not self.flag_meanings:
+                raise ValueError("bucket_mode (categorical) needs flag_values and flag_meanings")
+        if (self.flag_values is None) != (self.flag_meanings is None):
+            raise ValueError("flag_values and flag_meanings go together")
+        if self.flag_values and len(self.flag_values) != len(self.flag_meanings or []):
+            raise ValueError("flag_values and flag_meanings must have the same length")
+        if self.flag_values and len(set(self.flag_values)) != len(self.flag_values):
+            raise ValueError("flag_values must be distinct")
+        if (self.valid_min is not None and self.valid_max is not None
+                and self.valid_min > self.valid_max):
+            raise ValueError("valid_min is greater than valid_max")
+        if self.scale_factor == 0:
+            raise ValueError("scale_factor must not be 0")
+        return self
+
+
+class FitsSpec(Model):
+    """How to read a solar image located by a FITS header (``format: fits`` or ``jp2``).
+
+    Attributes
+    ----------
+    hdu : int, optional
+        FITS HDU index; default the first HDU holding an image (a tile-compressed
+        image is usually HDU 1). Not used for JPEG 2000.
+    header : dict, optional
+        Keywords that replace the file's (keys upper-cased), to correct a header that
+        is known to be wrong; say why in a recipe comment.
+    divide_by_exposure : bool
+        Divide the pixels by the header's ``EXPTIME`` (s): DN become DN s-1.
+    off_disk : {"keep", "drop"}
+        Helioprojective pixels beyond the solar limb: ``keep`` places them on a sphere
+        around the source's observer through the Sun's centre (sunpy
+        ``SphericalScreen``, for coronal emission); ``drop`` makes them NaN (only the
+        disk is reprojected, e.g. magnetograms).
+    """
+
+    hdu: Annotated[int, Field(ge=0)] | None = None
+    """FITS HDU index (default: the first holding an image)."""
+    header: dict[str, float | int | str] = Field(default_factory=dict)
+    """FITS keywords replacing the file's, to fix a known-wrong header."""
+    divide_by_exposure: bool = False
+    """Divide by ``EXPTIME`` (DN become DN s-1)."""
+    off_disk: Literal["keep", "drop"] = "keep"
+    """``keep`` or ``drop`` (NaN) pixels beyond the solar limb."""
+
+    @field_validator("header")
+    @classmethod
+    def _keys(cls, v: dict[str, float | int | str]) -> dict[str, float | int | str]:
+        bad = [k for k in v if not k or len(k) > 8 or not all(
+            c.isalnum() or c in "-_" for c in k)]
+        if bad:
+            raise ValueError(f"header keys {bad} are not FITS keywords (1-8 letters, digits, "
+                             "'-' or '_')")
+        return {k.upper(): val for k, val in v.items()}
+
+
+class SourceSpec(Model):
+    """A source: where the file is, how to read it, which variables to take."""
+
+    name: Identifier
+    """Name of the source (unique in the recipe; recorded in provenance)."""
+    sample: str | None = None
+    """Name of a registered sample (``esdc samples list``); fetched and checked by SHA-256."""
+    path: str | None = None
+    """Path of a local file (relative to the recipe); give ``sha256`` to pin its content."""
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """Expected SHA-256 (hex) of ``path``; a mismatch stops the build."""
+    format: Literal[FORMATS]  # type: ignore[valid-type]  # the reader registry's names
+    """Reader: ``netcdf``, ``hdf5``, ``geotiff``, ``image`` (PNG/JPEG), ``raw`` (headerless
+    binary), ``fits``, ``jp2``.
+    """
+    time: Literal["static", "series", "climatology_monthly"] = "static"
+    """``static`` (no time), ``series`` (dated steps binned into the grid's time cells) or
+    ``climatology_monthly`` (12 months, repeated by month of year).
+    """
+    georeference: GeoreferenceSpec | None = None
+    """Georeference of a file that has none (HDF5 arrays, images, raw)."""
+    bands: list[Identifier] | None = None
+    """Names of an image's bands (e.g. ``[red, green, blue]``), used as ``variables[].source``."""
+    dtype: Literal["uint8", "int8", "uint16", "int16", "int32", "float32", "float64"] | None = None
+    """Element type of a ``raw`` file (little-endian)."""
+    shape: list[PositiveInt] | None = None
+    """Array shape of a ``raw`` file in storage order."""
+    compression: Literal["none", "gzip"] = "none"
+    """``gzip`` when a ``raw`` file is gzip-compressed."""
+    fits: FitsSpec | None = None
+    """Options of ``fits``/``jp2`` solar images."""
+    variables: Annotated[list[VariableSpec], Field(min_length=1)]
+    """The cube variables taken from this source (at least one)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SourceSpec:
+        if (self.sample is None) == (self.path is None):
+            raise ValueError("give exactly one of `sample` (a registered sample) or `path`")
+        if self.format in ("image", "raw") and self.georeference is None:
+            raise ValueError(f"format {self.format!r} carries no georeference; declare "
+                             "`georeference` (crs, bbox, row_order)")
+        if self.format == "raw" and (self.dtype is None or self.shape is None):
+            raise ValueError("format 'raw' needs `dtype` and `shape`")
+        if self.fits is not None and self.format not in ("fits", "jp2"):
+            raise ValueError(f"`fits` options apply to formats fits and jp2, not "
+                             f"{self.format!r}")
+        if self.format in ("fits", "jp2"):
+            if self.georeference is not None:
+                raise ValueError(f"format {self.format!r} is located by its FITS header (WCS); "
+                                 "remove `georeference` (fix a wrong header with "
+                                 "`fits.header`)")
+            if self.time == "climatology_monthly":
+                raise ValueError(f"format {self.format!r} holds one observation; use time "
+                                 "static or series")
+        if self.time == "climatology_monthly":
+            dims = self.georeference.dims if self.georeference else None
+            if self.format in ("hdf5", "raw") and (not dims or "month" not in dims):
+                raise ValueError("a monthly climatology needs a `month` dim in georeference.dims")
+        return self
+
