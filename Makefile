@@ -14,10 +14,15 @@ install: $(BIN)/python
 
 # The search page's browser test (tests/search/test_page_browser.py) drives Debian's
 # Chromium at /usr/bin/chromium with Playwright: installed here when missing (sudo if not root).
+# The CF checker of exported NetCDF (tests/test_export.py: cfchecker's cfunits) loads Debian's
+# UDUNITS-2 library (libudunits2-0), installed here when missing.
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,tensorflow]'
 	test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+	/sbin/ldconfig -p | grep -q libudunits2 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends \
+	  libudunits2-0; }
 
 ## demo: install, then the whole pipeline on real data into out/demo (cube, encoder,
 ## embeddings, index, search, pictures, summary.json); FULL=1 for the 0.25 degree grid

@@ -67,6 +67,14 @@ How to run
     python benchmarks/bench_batches.py --json         # one JSON object on stdout
     python benchmarks/bench_batches.py --out-dir /tmp/bench   # keep (and reuse) the cube
     python benchmarks/bench_batches.py --forkserver-preload   # workers start faster
+    python benchmarks/bench_batches.py --quick --shards       # sharded vs unsharded reads
+
+``--shards [TIME,LAT,LON]`` (default ``6,512,512``: 4 chunks of ``6 x 256 x 256`` per
+shard) copies the cube into a Zarr v3 store with the same chunks inside shard files
+(:func:`esdc.storage.encoding` with ``shards=``) and times
+:class:`~esdc.ml.patches.PatchStream` ``.batches(64)`` on both: files per store, patches
+per second (``sharded_vs_unsharded``; the aim is >= 1: a stream reads whole shards, one
+read per file) and that both deliver the same patches. Nothing else is run then.
 
 Progress goes to stderr. The cube is written to a temporary folder that is removed at
 the end unless ``--keep`` or ``--out-dir`` is given.
@@ -529,7 +537,9 @@ def run_xbatcher(path: Path, samples: int, workers: int = 0) -> dict[str, Any]:
 # --------------------------------------------------------------------------- run
 
 
-def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int) -> dict[str, Any]:
+def prepare(cube: Path, shape: tuple[int, int, int]) -> tuple[dict[str, Any], float | None]:
+    """Write (or reuse) the cube and store its statistics; ``(info, first batch without
+    statistics in seconds, None when reused)``."""
     info: dict[str, Any] = {}
     if (cube / "zarr.json").exists() and \
             open_cube(cube).attrs.get("bench_batches_shape") == list(shape):
@@ -549,6 +559,86 @@ def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int) 
         log("storing esdc_statistics")
         info["cube"]["stats_s"] = round(store_statistics(cube), 2)
     info["cube"]["patches_per_epoch"] = len(PatchStream(cube, VARIABLES, patch=PATCH))
+    return info, first_nostats
+
+
+def shard_copy(src: Path, dst: Path, shards: dict[str, int]) -> dict[str, Any]:
+    """Copy the cube into a sharded store (same chunks, compressor, values and statistics)."""
+    t0 = time.perf_counter()
+    ds = open_cube(src)
+    for v in ds.variables.values():
+        v.encoding = {}
+    enc = encoding(ds, CHUNKS, CompressorSpec(), shards=shards)
+    ds.chunk(shards).to_zarr(dst, mode="w", zarr_format=3, consolidated=False, encoding=enc)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata")
+        zarr.consolidate_metadata(str(dst), zarr_format=3)
+    return {"copy_s": round(time.perf_counter() - t0, 2), "disk_mb": round(store_mb(dst), 1)}
+
+
+def data_files(path: Path) -> int:
+    """Chunk (or shard) files of the benchmark's variables."""
+    return sum(1 for v in VARIABLES for f in (path / v).rglob("*")
+               if f.is_file() and f.name != "zarr.json")
+
+
+def _all_patches(path: Path) -> str:
+    """SHA-256 of every patch of an epoch, in ``(t, y, x)`` order (units differ by store)."""
+    import hashlib
+
+    parts = [(b.index, b.x) for b in PatchStream(path, VARIABLES, patch=PATCH,
+                                                 shuffle=False).batches(BATCH)]
+    index = np.concatenate([p[0] for p in parts])
+    x = np.concatenate([p[1] for p in parts])
+    order = np.lexsort(index.T[::-1])
+    return hashlib.sha256(index[order].tobytes() + x[order].tobytes()).hexdigest()
+
+
+def run_shards(cube: Path, shape: tuple[int, int, int], shards: dict[str, int],
+               repeats: int) -> dict[str, Any]:
+    """PatchStream on the cube and on a sharded copy: files, throughput, same patches."""
+    info, _ = prepare(cube, shape)
+    sharded = cube.with_name(cube.stem + "_sharded.zarr")
+    shutil.rmtree(sharded, ignore_errors=True)
+    log(f"copying the cube into {sharded} with shards {shards}")
+    copy = shard_copy(cube, sharded, shards)
+    paths = {}
+    for name, path in (("unsharded", cube), ("sharded", sharded)):
+        log(f"esdc PatchStream.batches, {name} cube")
+        paths[name] = run_esdc_inprocess(path, repeats)
+        paths[name]["files"] = data_files(path)
+        log(f"  {paths[name]['samples_per_s']:,.0f} patches/s from {paths[name]['files']} files")
+    a, b = (paths[k] for k in ("unsharded", "sharded"))
+    same = _all_patches(cube) == _all_patches(sharded)
+    return {"case": cube.stem.removeprefix("bench_batches_"), "chunks": dict(CHUNKS),
+            "shards": dict(shards), "shard_copy": copy, **info,
+            "files": {"unsharded": a["files"], "sharded": b["files"]},
+            "files_ratio": a["files"] / b["files"],
+            "samples_per_s": {"unsharded": a["samples_per_s"], "sharded": b["samples_per_s"]},
+            "sharded_vs_unsharded": b["samples_per_s"] / a["samples_per_s"],
+            "samples_per_cpu_s": {"unsharded": a["samples_per_cpu_s"],
+                                  "sharded": b["samples_per_cpu_s"]},
+            "first_batch_s": {"unsharded": a["first_batch_s"], "sharded": b["first_batch_s"]},
+            "same_patches": same, "all_epochs_complete": a["complete"] and b["complete"],
+            "values_match_cube": a["values_match_cube"] and b["values_match_cube"],
+            "paths": paths}
+
+
+def print_shards(r: dict[str, Any]) -> None:
+    print(f"cube ({r['case']}): chunks {tuple(r['chunks'].values())}, shards "
+          f"{tuple(r['shards'].values())}; {r['files']['unsharded']} chunk files, "
+          f"{r['files']['sharded']} shard files ({r['files_ratio']:.1f}x fewer)")
+    for k in ("unsharded", "sharded"):
+        print(f"  {k:<10} {r['samples_per_s'][k]:>10,.0f} patches/s "
+              f"{r['samples_per_cpu_s'][k]:>10,.0f} /CPU-s  first batch "
+              f"{r['first_batch_s'][k]:.2f} s")
+    print(f"sharded / unsharded: {r['sharded_vs_unsharded']:.2f}x (aim >= 1: "
+          f"{'ok' if r['sharded_vs_unsharded'] >= 1 else 'MISSED'}); same patches: "
+          f"{r['same_patches']}")
+
+
+def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int) -> dict[str, Any]:
+    info, first_nostats = prepare(cube, shape)
 
     log("raw floor: whole Zarr chunks + NumPy reshape (1 and 2 processes)")
     floor = run_floor(cube, shape, repeats)
@@ -708,6 +798,9 @@ def main(argv: list[str] | None = None) -> int:
                          "forkserver, so that DataLoader workers do not import them each")
     ap.add_argument("--shape", type=lambda s: tuple(int(v) for v in s.split(",")),
                     help="custom cube shape TIME,LAT,LON instead of the full or quick case")
+    ap.add_argument("--shards", nargs="?", const="6,512,512", metavar="TIME,LAT,LON",
+                    help="compare PatchStream on the cube and on a sharded copy (default "
+                         "shards 6,512,512: 4 chunks per shard) instead of the full run")
     args = ap.parse_args(argv)
 
     case = "quick" if args.quick else "full"
@@ -726,6 +819,20 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="esdc-bench-batches-"))
     cube = workdir / f"bench_batches_{case}.zarr"
     t0 = time.perf_counter()
+    if args.shards:
+        shards = dict(zip(CHUNKS, (int(v) for v in args.shards.split(",")), strict=True))
+        try:
+            result = run_shards(cube, shape, shards, max(1, args.repeats))
+        finally:
+            if args.out_dir is None and not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+        result.update(machine=mach, versions=versions(), total_s=time.perf_counter() - t0)
+        mach["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
+        if args.json:
+            print(json.dumps(result, indent=2, default=float))
+        else:
+            print_shards(result)
+        return 0
     try:
         result = run(cube, shape, max(1, args.repeats), xb_samples)
     finally:

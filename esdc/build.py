@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ from esdc.conventions import (
     ATTR_VERSIONS,
     CONVENTIONS,
     CRS_VAR,
+    GRANULE_DIM,
+    GRANULE_TABLE,
     TIME_BNDS,
     TIME_DIM,
     acdd_bounds,
@@ -55,9 +59,19 @@ from esdc.regrid import coverage, overlaps, regrid, resampler_for
 from esdc.samples import SAMPLES
 from esdc.samples import fetch as fetch_samples
 from esdc.sources import Geolocated, open_source
+from esdc.sources.granules import (
+    Granule,
+    fetch_options,
+    granule_origin,
+    index_urls,
+    list_granules,
+    open_granules,
+)
+from esdc.sources.registry import IN_PLACE, SERIES_PREPARE, load_entry
 from esdc.storage import Target, resolve
+from esdc.storage.fetch import FetchedGranule, SkippedGranule, fetch_granules
 
-__all__ = ["build", "default_output", "plan"]
+__all__ = ["FetchedSource", "build", "default_output", "fetch_sources", "granule_table", "plan"]
 
 _LIBS = ("esdc", "numpy", "xarray", "dask", "distributed", "zarr", "pyresample", "pyproj",
          "rioxarray", "h5netcdf", "netCDF4", "pillow", "astropy", "sunpy", "reproject")
@@ -73,12 +87,172 @@ def _versions() -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class FetchedSource:
+    """The granules of one ``files:`` (or tile service) source and where each one is now.
+
+    Attributes
+    ----------
+    granules : list of Granule
+        From :func:`esdc.sources.granules.list_granules`, in time order; for a tile
+        service (``format: wmts``) its capabilities document first, then its tiles.
+    results : list of FetchedGranule, SkippedGranule or None
+        Per granule: fetched (a local file), skipped (missing upstream) or ``None`` for a
+        store opened in place (``format: zarr``).
+    """
+
+    granules: list[Granule]
+    results: list[FetchedGranule | SkippedGranule | None]
+
+    def paths(self) -> list[str | Path | None]:
+        """What to open per granule: the local file, the URL of a store, or None (skipped)."""
+        return [g.url if r is None else (r.path if isinstance(r, FetchedGranule) else None)
+                for g, r in zip(self.granules, self.results, strict=True)]
+
+
+def _warming(prepare: Callable[[Path], Any]) -> Callable[[FetchedGranule], None]:
+    """``prepare(path)`` of each fetched granule, its failures left to the reader to report."""
+    def warm(granule: FetchedGranule) -> None:
+        # a granule that cannot be read fails with the reader's message when opened
+        with contextlib.suppress(Exception):
+            prepare(granule.path)
+    return warm
+
+
+def fetch_sources(recipe: Recipe, base_dir: Path | None = None, *,
+                  mirrors: Mapping[str, str] | None = None,
+                  progress: bool | Callable[[int, int, int], None] = False,
+                  ) -> dict[str, FetchedSource]:
+    """List and fetch the granules of every ``files:`` source (the build's fetch phase).
+
+    Granules are fetched in parallel into the content cache (:mod:`esdc.storage.fetch`)
+    with their SHA-256; a granule verified before is not downloaded again. Stores opened
+    in place (``format: zarr``) are not fetched. A tile service (``format: wmts``) has
+    its capabilities document fetched first (a granule too), then the tiles that
+    intersect the grid.
+
+    Parameters
+    ----------
+    recipe : Recipe
+        A validated recipe.
+    base_dir : pathlib.Path, optional
+        Folder relative paths are taken from.
+    mirrors : mapping of str to str, optional
+        URL prefix -> replacement (:func:`esdc.sources.granules.list_granules`).
+    progress : bool or callable
+        A progress bar of granules and bytes, or a callback ``(done, total, bytes)``.
+
+    Returns
+    -------
+    dict of str to FetchedSource
+        By source name; empty when no source has ``files`` or ``wmts``.
+
+    Raises
+    ------
+    GranuleNotFoundError
+        For the first granule missing upstream (``files.missing: error``).
+    FetchError, SourceError
+        When a granule cannot be fetched after retries, or a URL scheme is unknown; when
+        a catalog or capabilities document lacks what the recipe asks for.
+    """
+    observed = isinstance(recipe.grid.time, ObservedTimeSpec)
+    # an observed time axis is made of the sources' times: the spatial grid only, then
+    grid = (recipe.grid.model_copy(update={"time": None}) if observed else recipe.grid).to_grid()
+    times = grid.time
+    out = {}
+    for spec in recipe.sources:
+        if spec.files is None and spec.wmts is None:
+            continue
+        what = f"sources.{spec.name}"
+        index = [Granule(u) for u in index_urls(spec, base_dir=base_dir, mirrors=mirrors)]
+        first = list(fetch_granules([g.url for g in index], what=what)) if index else []
+        granules = list_granules(spec, times, base_dir=base_dir, mirrors=mirrors, grid=grid,
+                                 index=[r.path for r in first if isinstance(r, FetchedGranule)])
+        if spec.format in IN_PLACE:
+            out[spec.name] = FetchedSource(granules, [None] * len(granules))
+            continue
+        # each granule's metadata is read as it arrives, while others download
+        prepare = load_entry(SERIES_PREPARE, spec.format)
+        results = fetch_granules([g.url for g in granules], **fetch_options(spec),
+                                 progress=progress, what=what,
+                                 on_fetched=_warming(prepare) if prepare else None)
+        out[spec.name] = FetchedSource(index + granules, first + list(results))
+    return out
+
+
+def granule_table(fetched: Mapping[str, FetchedSource]) -> xr.Dataset | None:
+    """The ``esdc_granules`` table: one row per granule of every ``files:``/``wmts`` source.
+
+    A WMTS source gives a row for its capabilities document, then one per tile.
+
+    Parameters
+    ----------
+    fetched : mapping of str to FetchedSource
+        From :func:`fetch_sources`.
+
+    Returns
+    -------
+    xarray.Dataset or None
+        1-D columns along ``granule``: ``source``, ``url``, ``status`` (``fetched``,
+        ``skipped`` or ``in_place``), ``size`` (bytes, -1 unknown), ``sha256``, ``etag``,
+        ``time`` (the pattern time, NaT without one), ``fetched_at`` (ISO 8601 UTC) and
+        ``reason`` (why a granule was skipped); ``None`` without ``files:`` sources.
+    """
+    rows: list[tuple[Any, ...]] = []
+    for name, src in fetched.items():
+        for g, r in zip(src.granules, src.results, strict=True):
+            t = np.datetime64(g.time, "ns") if g.time is not None else np.datetime64("NaT", "ns")
+            if isinstance(r, FetchedGranule):
+                rows.append((name, g.url, "fetched", r.size, r.sha256, r.etag or "", t,
+                             r.fetched_at, ""))
+            elif isinstance(r, SkippedGranule):
+                rows.append((name, g.url, "skipped", -1, "", "", t, "", r.reason))
+            else:
+                rows.append((name, g.url, "in_place", -1, "", "", t, "", ""))
+    if not rows:
+        return None
+    cols = list(zip(*rows, strict=True))
+    names = ("source", "url", "status", "size", "sha256", "etag", "time", "fetched_at",
+             "reason")
+    data = {}
+    for key, col in zip(names, cols, strict=True):
+        arr = (np.array(col, dtype="int64") if key == "size" else
+               np.array(col, dtype="datetime64[ns]") if key == "time" else
+               np.array(col, dtype=object))
+        data[key] = xr.Variable((GRANULE_DIM,), arr)
+    table = xr.Dataset(data)
+    table["size"].attrs["units"] = "bytes"
+    table.attrs["title"] = "esdc granule table: one row per granule of the cube's sources"
+    return table
+
+
+def _files_provenance(spec: SourceSpec, src: FetchedSource) -> dict[str, Any]:
+    """The ``esdc_sources`` record of a ``files:``/``wmts`` source: counts and one digest."""
+    fetched = [r for r in src.results if isinstance(r, FetchedGranule)]
+    lines = "\n".join(f"{g.url} {r.sha256}" for g, r in zip(src.granules, src.results,
+                                                            strict=True)
+                       if isinstance(r, FetchedGranule))
+    return {"source": spec.name,
+            "files": granule_origin(spec),
+            "granules": len(src.granules), "fetched": len(fetched),
+            "skipped": sum(isinstance(r, SkippedGranule) for r in src.results),
+            "bytes": sum(r.size for r in fetched),
+            "granules_sha256": hashlib.sha256(lines.encode()).hexdigest(),
+            "granule_table": GRANULE_TABLE,
+            "variables": [v.name for v in spec.variables],
+            **(spec.provenance.record() if spec.provenance else {})}
+
+
 def _source_provenance(spec: SourceSpec, geo: Geolocated) -> dict[str, Any]:
     rec: dict[str, Any] = {"source": spec.name, "file": str(geo.path),
-                           "sha256": file_sha256(geo.path),
+                           # a store opened in place (format zarr) is a folder: no file hash
+                           "sha256": file_sha256(geo.path) if Path(geo.path).is_file()
+                           else None,
                            "variables": [v.name for v in spec.variables]}
     if spec.sample is not None:
         rec.update(SAMPLES[spec.sample].provenance())
+    elif spec.provenance is not None:  # declared in the recipe for a file of one's own
+        rec.update(spec.provenance.record())
     return rec
 
 
@@ -102,10 +276,21 @@ def default_output(recipe: Recipe, cwd: Path | None = None) -> Path | str:
     return resolve(where, cwd=cwd or Path.cwd()).location
 
 
-def _open_sources(recipe: Recipe,
-                  base_dir: Path | None) -> list[tuple[SourceSpec, Geolocated]]:
-    """Step 1: every source opened lazily, in the recipe's order."""
-    return [(spec, open_source(spec, base_dir)) for spec in recipe.sources]
+def _open_sources(recipe: Recipe, base_dir: Path | None,
+                  fetched: Mapping[str, FetchedSource]) -> list[tuple[SourceSpec, Geolocated]]:
+    """Step 1: every source opened lazily, in the recipe's order.
+
+    A ``files:`` source is its fetched granules combined along time (one entry), or one
+    entry per solar image (each reprojected at its own time, then merged by name).
+    """
+    out = []
+    for spec in recipe.sources:
+        if spec.name not in fetched:
+            out.append((spec, open_source(spec, base_dir)))
+            continue
+        src = fetched[spec.name]
+        out.extend((spec, geo) for geo in open_granules(spec, src.granules, src.paths()))
+    return out
 
 
 def _grid(recipe: Recipe, opened: list[tuple[SourceSpec, Geolocated]]) -> Grid:
@@ -235,7 +420,8 @@ def _attach_conventions(variables: dict[str, xr.DataArray], recipe: Recipe, grid
         "title": recipe.title,
         "summary": recipe.summary,
         "license": recipe.license,
-        "source": "; ".join(sorted({p.get("product", p["file"]) for p in provenance})),
+        "source": "; ".join(sorted({p.get("product") or p.get("file") or p["files"]
+                                    for p in provenance})),
         "history": f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} built by esdc "
                    f"{versions.get('esdc', '?')} from recipe {recipe.name}",
         "date_created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -256,7 +442,8 @@ def _attach_conventions(variables: dict[str, xr.DataArray], recipe: Recipe, grid
     return ds
 
 
-def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
+def plan(recipe: Recipe, base_dir: Path | None = None, *,
+         fetched: Mapping[str, FetchedSource] | None = None) -> xr.Dataset:
     """Build the lazy cube of a recipe: nothing is computed.
 
     Parameters
@@ -265,6 +452,9 @@ def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
         A validated recipe.
     base_dir : pathlib.Path, optional
         Folder relative source paths are taken from.
+    fetched : mapping of str to FetchedSource, optional
+        The granules of ``files:`` sources (:func:`fetch_sources`); fetched now when
+        omitted.
 
     Returns
     -------
@@ -280,7 +470,9 @@ def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
     RegridError
         If the grid's bounding box lies outside every source.
     """
-    opened = _open_sources(recipe, base_dir)
+    if fetched is None:
+        fetched = fetch_sources(recipe, base_dir)
+    opened = _open_sources(recipe, base_dir, fetched)
     grid = _grid(recipe, opened)
     _check_bodies(opened, grid)
     variables: dict[str, xr.DataArray] = {}
@@ -290,7 +482,9 @@ def plan(recipe: Recipe, base_dir: Path | None = None) -> xr.Dataset:
     if isinstance(recipe.grid.time, ObservedTimeSpec):
         variables.update(_validity_masks(variables))
     variables = _derive(recipe.derived, variables, grid)
-    provenance = [_source_provenance(spec, geo) for spec, geo in opened]
+    provenance = [_files_provenance(spec, fetched[spec.name]) if spec.name in fetched
+                  else _source_provenance(spec, geo)
+                  for spec, geo in {s.name: (s, g) for s, g in opened}.values()]
     return _attach_conventions(variables, recipe, grid, provenance)
 
 
@@ -308,6 +502,8 @@ def build(
     report: Callable[[str], None] | None = None,
     storage_options: dict[str, Any] | None = None,
     store: str | None = None,
+    mirrors: Mapping[str, str] | None = None,
+    progress: bool | Callable[[int, int, int], None] = False,
 ) -> Path | str:
     """Build a recipe's cube and store it: check, fetch samples, plan, is-current, write.
 
@@ -347,6 +543,11 @@ def build(
     store : str, optional
         ``"zarr"`` or ``"icechunk"`` (a versioned repository: each build or append is one
         commit on its ``main`` branch); the recipe's ``output.store`` when omitted.
+    mirrors : mapping of str to str, optional
+        URL prefix -> replacement for the granules of ``files:`` sources (a mirror, or
+        a local test server); the recipe and its SHA-256 are unchanged.
+    progress : bool or callable
+        A progress bar of the granules fetched, or a callback ``(done, total, bytes)``.
 
     Returns
     -------
@@ -369,15 +570,22 @@ def build(
         names = [s.sample for s in recipe.sources if s.sample in SAMPLES]
         if names:
             fetch_samples(names)
-    ds = plan(recipe, base_dir)  # lazy: every input error surfaces here
+    # the fetch phase: granules of files: sources into the cache (verified ones are kept)
+    fetched = fetch_sources(recipe, base_dir, mirrors=mirrors, progress=progress)
+    ds = plan(recipe, base_dir, fetched=fetched)  # lazy: every input error surfaces here
+    table = granule_table(fetched)
     chunks, compressor = dict(recipe.output.chunks), recipe.output.compressor
-    if (resume or append) and target.is_current(ds, chunks=chunks, compressor=compressor):
+    shards = dict(recipe.output.shards) or None
+    if (resume or append) and target.is_current(ds, chunks=chunks, compressor=compressor,
+                                                shards=shards):
         say(f"{target} is up to date")
         return target.location
     # a Client is used as it is; a factory starts a cluster only now that one is needed
     starting = (client() if callable(client) and not hasattr(client, "submit")
                 else contextlib.nullcontext(client))
     with starting as computing:
-        return target.write(ds, chunks=chunks, compressor=compressor, overwrite=overwrite,
+        return target.write(ds, chunks=chunks, compressor=compressor, shards=shards,
+                            overwrite=overwrite,
                             resume=resume, append=append, client=computing,
-                            on_region=on_region, report=report)
+                            on_region=on_region, report=report,
+                            tables={GRANULE_TABLE: table} if table is not None else None)

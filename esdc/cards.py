@@ -47,6 +47,8 @@ from esdc.storage import open_cube, resolve
 
 __all__ = ["data_card", "mltrl_level", "model_card", "write_card"]
 
+#: Display names of the self-supervised objectives (``model.kind`` of ``task: embedding``).
+_SSL_NAMES = {"simsiam": "SimSiam", "vicreg": "VICReg"}
 _MLTRL = "Lavin, A. et al. (2022), Technology readiness levels for machine learning " \
     "systems, Nature Communications 13, 6039, doi:10.1038/s41467-022-33128-9"
 
@@ -55,6 +57,17 @@ def _cell(value: Any) -> str:
     """Text safe inside a Markdown table cell."""
     text = "" if value is None else str(value)
     return text.replace("|", "\\|").replace("\n", " ").strip()
+
+
+def _citation(source: dict[str, Any]) -> str:
+    """One "how to cite" item of a source: its citation, DOI (as a link) and landing page."""
+    what = source.get("product") or source.get("source")
+    text = f"- {what}: {source.get('citation') or 'no citation recorded'}"
+    if source.get("doi"):
+        text += f"; DOI [{source['doi']}](https://doi.org/{source['doi']})"
+    if source.get("url"):
+        text += f"; <{source['url']}>"
+    return text
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -204,9 +217,7 @@ def data_card(cube: Any) -> str:
                  f"{versions.get('esdc', '')} ({year}) from the recipe with SHA-256 "
                  f"`{sha or 'not recorded'}`; and cite every upstream product it holds:")
     lines.append("")
-    cites = [(s.get("product") or s.get("source"), s.get("citation")) for s in sources]
-    lines += [f"- {p}: {c or 'no citation recorded'}" for p, c in cites] or [
-        "- (no sources recorded)"]
+    lines += [_citation(s) for s in sources] or ["- (no sources recorded)"]
     lines.append("")
     recipe = a.get(ATTR_RECIPE)
     if recipe:
@@ -325,11 +336,11 @@ def model_card(run_id: str, tracking_uri: str | None = None) -> str:
     kind = model.get("kind") if isinstance(model, dict) else None
     kind = kind or {"sklearn": "random_forest", "keras": "cnn"}.get(framework, "cnn")
     if task == "embedding":
-        kind = "simsiam"
+        kind = kind if kind in ("simsiam", "vicreg") else "simsiam"
     inputs = _param(params, "inputs", []) or []
     target = _param(params, "target")
     split = _param(params, "split", {}) or {}
-    metric = {"classification": "accuracy", "regression": "rmse"}.get(task, "simsiam_loss")
+    metric = {"classification": "accuracy", "regression": "rmse"}.get(task, f"{kind}_loss")
     test = metrics.get(f"test_{metric}")
     base = metrics.get(f"baseline_{metric}")
     higher = metric == "accuracy"
@@ -369,7 +380,8 @@ def model_card(run_id: str, tracking_uri: str | None = None) -> str:
     lines += ["## Model details", ""]
     what = {"classification": f"per-pixel classification of `{target}`",
             "regression": f"per-pixel regression of `{target}`",
-            "embedding": "self-supervised tile encoder (SimSiam) for reverse image search"
+            "embedding": f"self-supervised tile encoder ({_SSL_NAMES.get(kind, kind)}) for "
+                         "reverse image search"
             }.get(task, task)
     rows = [["task", what], ["framework / model", f"{framework} / {kind}"],
             ["inputs (channels)", ", ".join(f"`{i}`" for i in inputs)],
@@ -409,7 +421,8 @@ def model_card(run_id: str, tracking_uri: str | None = None) -> str:
     better = "higher is better" if higher else "lower is better"
     base_what = {"accuracy": "majority class of the training pixels",
                  "rmse": "mean of the training pixels",
-                 "simsiam_loss": "the same network before training"}[metric]
+                 "simsiam_loss": "the same network before training",
+                 "vicreg_loss": "the same network before training"}[metric]
     if test is None or base is None:
         lines.append(f"The run records no `test_{metric}` / `baseline_{metric}` (it may have "
                      "failed or still run).")
@@ -487,8 +500,9 @@ def model_card(run_id: str, tracking_uri: str | None = None) -> str:
                        "training pixels (a uniform sample); each pixel is classified from its "
                        "own values only, without neighbours.")
     if task == "embedding":
-        caveats.append("The baseline of the SimSiam loss is the untrained network: a lower "
-                       "loss shows learning, not search quality; see `esdc evaluate-search`.")
+        caveats.append(f"The baseline of the {_SSL_NAMES.get(kind, kind)} loss is the "
+                       "untrained network: a lower loss shows learning, not search quality; "
+                       "see `esdc evaluate-search`.")
     lines += [f"- {c}" for c in caveats] + [""]
     return "\n".join(lines)
 

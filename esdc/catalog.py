@@ -12,6 +12,10 @@ self-contained STAC catalog: ``catalog.json`` → a Collection per body
 - an asset ``zarr`` for the store (media type ``application/vnd+zarr``, hrefs relative
   to the Item) and an asset ``datacard`` (the Markdown card of :func:`esdc.cards.data_card`);
 - the Datacube extension fields ``cube:dimensions`` and ``cube:variables``.
+- ``esdc:sources``: each source's product, mission, instrument, licence, citation, DOI and
+  URL (a registered sample's, or those a recipe declares in a source's ``provenance:``);
+  sources with a DOI or a citation are also listed as Scientific extension
+  ``sci:publications``.
 
 Only the cubes' metadata are read. Needs pystac (``pip install 'esdc[catalog]'``).
 """
@@ -33,6 +37,7 @@ from esdc.conventions import (
     ATTR_RECIPE_SHA256,
     ATTR_ROLE,
     ATTR_SOURCES,
+    SOURCE_PROVENANCE_KEYS,
     json_attr,
     license_of,
 )
@@ -170,8 +175,9 @@ def cube_item(cube: str | Path, item_id: str | None = None) -> Any:
     pystac.Item
         Geometry and ``bbox`` in WGS 84 for Earth cubes (``None`` for other bodies),
         ``start_datetime``/``end_datetime`` (or ``datetime`` for a static cube), an
-        asset ``zarr`` with an absolute href, ``esdc:*`` provenance properties and the
-        Datacube extension fields.
+        asset ``zarr`` with an absolute href, ``esdc:*`` provenance properties, the
+        Datacube extension fields and, when a source has a DOI or citation, the Scientific
+        extension's ``sci:publications``.
 
     Raises
     ------
@@ -180,6 +186,7 @@ def cube_item(cube: str | Path, item_id: str | None = None) -> Any:
     """
     pystac = _pystac()
     from pystac.extensions.datacube import DatacubeExtension, Dimension, Variable
+    from pystac.extensions.scientific import Publication, ScientificExtension
 
     path = Path(cube).resolve()
     ds = open_cube(path)
@@ -198,9 +205,9 @@ def cube_item(cube: str | Path, item_id: str | None = None) -> Any:
         "esdc:shape": [int(n) for n in grid.shape],
         "esdc:recipe_sha256": a.get(ATTR_RECIPE_SHA256, ""),
         "esdc:license": a.get("license", ""),
-        "esdc:sources": [{**{k: s.get(k) for k in ("source", "product", "mission",
-                                                   "instrument")}, "licence": license_of(s)}
-                         for s in sources],
+        "esdc:sources": [{"source": s.get("source"),
+                          **{k: s.get(k) for k in SOURCE_PROVENANCE_KEYS},
+                          "licence": license_of(s)} for s in sources],
     }
     if a.get("summary"):
         props["description"] = str(a["summary"])
@@ -230,6 +237,10 @@ def cube_item(cube: str | Path, item_id: str | None = None) -> Any:
     item.add_asset("zarr", pystac.Asset(
         href=str(path), media_type=ZARR_MEDIA_TYPE, roles=["data"],
         title=f"Zarr store (format 3, consolidated metadata) of {props['title']}"))
+    publications = [Publication(s.get("doi"), s.get("citation") or s.get("product"))
+                    for s in sources if s.get("doi") or s.get("citation")]
+    if publications:  # the upstream products, with their DOIs (Scientific extension)
+        ScientificExtension.ext(item, add_if_missing=True).apply(publications=publications)
     dims, variables = _datacube(ds, grid)
     DatacubeExtension.ext(item, add_if_missing=True).apply(
         {k: Dimension.from_dict(v) for k, v in dims.items()},

@@ -16,6 +16,8 @@ import json
 from typing import Any
 
 __all__ = [
+    "GRANULE_DIM",
+    "GRANULE_TABLE",
     "ATTR_BODY",
     "ATTR_CHECKSUMS",
     "ATTR_COVERAGE",
@@ -27,6 +29,7 @@ __all__ = [
     "ATTR_MODEL",
     "ATTR_MODEL_RUN",
     "ATTR_MODEL_SHA256",
+    "ATTR_NORMALISATION",
     "ATTR_OBSERVER",
     "ATTR_RECIPE",
     "ATTR_RECIPE_SHA256",
@@ -39,6 +42,7 @@ __all__ = [
     "ATTR_TILE_DIMS",
     "ATTR_TILE_SIZE",
     "ATTR_TIME_PLACEMENT",
+    "ATTR_TIME_STEPS",
     "ATTR_VERSIONS",
     "ATTR_WCS_CTYPE",
     "ATTR_XCUBE_DROPPED",
@@ -46,6 +50,7 @@ __all__ = [
     "LICENSE_KEYS",
     "CRS_VAR",
     "PROVENANCE_ATTRS",
+    "SOURCE_PROVENANCE_KEYS",
     "SPATIAL_DIMS",
     "TIME_BNDS",
     "TIME_DIM",
@@ -63,6 +68,10 @@ ATTR_RECIPE = "esdc_recipe"
 ATTR_RECIPE_SHA256 = "esdc_recipe_sha256"
 """SHA-256 of the recipe's canonical YAML."""
 ATTR_SOURCES = "esdc_sources"
+#: Group of a cube holding one row per granule of its multi-file sources (1-D arrays).
+GRANULE_TABLE = "esdc_granules"
+#: The dim of the granule table's columns.
+GRANULE_DIM = "granule"
 """JSON list: one provenance record per source (product, licence, file, SHA-256, ...)."""
 ATTR_VERSIONS = "esdc_versions"
 """JSON object: library name -> version used for the build."""
@@ -117,6 +126,10 @@ ATTR_MODEL_RUN = "esdc_model_run"
 """MLflow run id of that encoder."""
 ATTR_MODEL_SHA256 = "esdc_model_sha256"
 """SHA-256 of the encoder's weights."""
+ATTR_NORMALISATION = "esdc_normalisation"
+"""``{input: {"mean", "scale"}}`` an embedding's encoder inputs were normalised with."""
+ATTR_TIME_STEPS = "esdc_time_steps"
+"""Time steps of the cube an embedding holds vectors for: the first N (the rest: NaN)."""
 
 # -- dimensions and coordinates --------------------------------------------------------------
 TIME_DIM = "time"
@@ -191,6 +204,13 @@ LICENSE_KEYS = ("license", "licence")
 provenance records); ``license`` (ACDD's ``license`` attribute) is the documented one.
 Provenance records of sources (``esdc_sources``) keep the key ``licence`` that cubes built
 so far carry."""
+
+SOURCE_PROVENANCE_KEYS = ("product", "mission", "instrument", "licence", "citation", "doi",
+                          "url")
+"""Keys of an ``esdc_sources`` record that say where a source's data come from: a
+registered sample's registry entry, or a recipe's ``provenance:`` block of a ``path:``,
+``files:`` or ``wmts`` source (all optional there); shown by ``esdc info``, data cards and
+the STAC catalog."""
 
 
 def license_of(record: dict[str, Any]) -> Any:

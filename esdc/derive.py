@@ -14,11 +14,12 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+import esdc.gapfill as gapfill
 from esdc.errors import RecipeError
 from esdc.grid import Grid
 
-__all__ = ["FUNCTIONS", "accumulate", "classify", "ground_spacing", "minimum_error_threshold",
-           "register", "roughness", "slope"]
+__all__ = ["FUNCTIONS", "accumulate", "classify", "fill_flags", "fill_gaps", "ground_spacing",
+           "minimum_error_threshold", "register", "roughness", "slope"]
 
 DeriveFunction = Callable[..., xr.DataArray]
 
@@ -57,6 +58,101 @@ def accumulate(inputs: list[xr.DataArray], grid: Grid) -> xr.DataArray:
     total = x.fillna(0).cumsum("time")
     seen = x.notnull().cumsum("time") > 0
     return total.where(seen).transpose("time", ...)
+
+
+# ------------------------------------------------------------------ gap filling
+def _fill_domain(rest: list[xr.DataArray], domain_values: list[float] | None,
+                 what: str) -> xr.DataArray | None:
+    """The domain of a fill from the optional domain layer (``rest``) and its values."""
+    if len(rest) > 1:
+        raise RecipeError(f"derived function {what}: one domain layer may follow the layers "
+                          f"it reads; got {len(rest)}.")
+    if domain_values is not None and not rest:
+        raise RecipeError(f"derived function {what}: params.domain_values needs a domain "
+                          "layer as the last input (e.g. land_sea_mask).")
+    return gapfill.domain_mask(rest[0], domain_values) if rest else None
+
+
+@register("fill_gaps")
+def fill_gaps(inputs: list[xr.DataArray], grid: Grid, method: str,
+              domain_values: list[float] | None = None,
+              max_gap: int | None = None) -> xr.DataArray:
+    """The layer with its gaps inside a domain filled (:func:`esdc.gapfill.fill_gaps`).
+
+    Pair it with a :func:`fill_flags` layer named ``{var}_filled`` that says which cells
+    were observed, filled or left unfilled (recipe example in docs/GAPFILL.md). The
+    spatial methods get whole spatial fields: each time step over the full extent is one
+    task (``xarray.apply_ufunc`` with the spatial dims as core dims; the time pass of
+    ``temporal_linear``/``spatiotemporal`` gets whole series, one spatial chunk at a
+    time), so a build holds one time chunk of full fields per task.
+
+    Parameters
+    ----------
+    inputs : list of 1 or 2 xarray.DataArray
+        The layer, dims ``([time,] y, x)`` in its own units; optionally a layer marking
+        the domain (``land_sea_mask``), dims ``(y, x)``.
+    grid : Grid
+        The cube's grid (unused; part of the common signature).
+    method : str
+        One of :data:`esdc.gapfill.METHODS`.
+    domain_values : list of float, optional
+        Values of the domain layer inside the domain (``[0]``: the ocean); default: where
+        it holds a value. Without a domain layer the domain is the cells observed at
+        least once.
+    max_gap : int, optional
+        Longest run of missing time steps the time methods bridge.
+
+    Returns
+    -------
+    xarray.DataArray
+        Same dims and chunks; lazy (:func:`esdc.gapfill.fill_gaps`).
+
+    Raises
+    ------
+    RecipeError
+        For more than one domain layer, or ``domain_values`` without one.
+    GapFillError
+        For an unknown method or option, a domain of another shape, a layer without
+        time for a time method; (``nearest``, ``spatial_biharmonic``) a step without an
+        observed value in the domain, when the cube is written.
+    """
+    x, *rest = inputs
+    options = {} if max_gap is None else {"max_gap": max_gap}
+    return gapfill.fill_gaps(x, method, _fill_domain(rest, domain_values, "fill_gaps"),
+                             **options)
+
+
+@register("fill_flags")
+def fill_flags(inputs: list[xr.DataArray], grid: Grid,
+               domain_values: list[float] | None = None) -> xr.DataArray:
+    """Flags of a fill: observed (0), filled (1), unfilled (2) (:func:`esdc.gapfill.fill_flags`).
+
+    Parameters
+    ----------
+    inputs : list of 2 or 3 xarray.DataArray
+        The layer before filling, its :func:`fill_gaps` layer, and the same domain layer
+        as there (if any), dims ``([time,] y, x)``.
+    grid : Grid
+        The cube's grid (unused).
+    domain_values : list of float, optional
+        As for :func:`fill_gaps`.
+
+    Returns
+    -------
+    xarray.DataArray
+        float32 flags with CF ``flag_values`` ``[0, 1, 2]`` and ``flag_meanings``
+        ``observed filled unfilled`` (kept by the build); NaN outside the domain.
+
+    Raises
+    ------
+    RecipeError
+        For fewer than 2 inputs or more than one domain layer.
+    """
+    if len(inputs) < 2:
+        raise RecipeError("derived function fill_flags: inputs are the layer and its filled "
+                          "layer (and optionally the domain layer).")
+    x, filled, *rest = inputs
+    return gapfill.fill_flags(x, filled, _fill_domain(rest, domain_values, "fill_flags"))
 
 
 # ------------------------------------------------------------------ terrain (slope, roughness)

@@ -22,6 +22,7 @@ from pydantic_core import PydanticUndefined
 from esdc import recipe
 from esdc.derive import FUNCTIONS
 from esdc.ml import config
+from esdc.recipe.files import StacSpec, WmtsSpec
 from esdc.samples import SAMPLES
 
 __all__ = ["render"]
@@ -161,7 +162,8 @@ def render() -> str:
         the derived-layer functions, the registered samples and the training config.
     """
     models = [recipe.Recipe, recipe.GridSpec, recipe.TimeAxisSpec, recipe.ObservedTimeSpec,
-              recipe.SourceSpec, recipe.GeoreferenceSpec, recipe.VariableSpec,
+              recipe.SourceSpec, recipe.FilesSpec, recipe.GranuleTimeSpec, StacSpec, WmtsSpec,
+              recipe.ProvenanceSpec, recipe.GeoreferenceSpec, recipe.VariableSpec,
               recipe.FitsSpec, recipe.DerivedSpec, recipe.OutputSpec, recipe.CompressorSpec]
     out = ["# Recipe and training-config reference", "",
            "Generated from the pydantic schemas by `esdc reference` — do not edit by hand. "

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from esdc.conventions import fold_license
-from esdc.errors import ChecksumError, SourceNotFoundError
+from esdc.errors import ChecksumError, SourceNotFoundError, did_you_mean
 from esdc.hashing import file_sha256
 
 __all__ = ["SAMPLES", "Sample", "cache_dir", "fetch", "sample_path"]
@@ -123,8 +123,8 @@ def _get(name: str) -> Sample:
         return SAMPLES[name]
     except KeyError:
         raise SourceNotFoundError(
-            f"sample {name!r} is not registered; `esdc samples list` shows the "
-            f"registered ones: {', '.join(sorted(SAMPLES))}."
+            f"sample {name!r} is not registered{did_you_mean(name, SAMPLES)}; `esdc samples "
+            f"list` shows the registered ones: {', '.join(sorted(SAMPLES))}."
         ) from None
 
 

@@ -30,6 +30,9 @@ def test_demo_builds_trains_embeds_indexes_searches_and_draws(tmp_path: Path, sa
     assert s["index"]["count"] == 90 * 45  # 0.5 degree: 360 x 720 cells, tiles of 8
     ev = s["search_evaluation"]["koppen_class"]["precision_at_k"]
     assert ev["embedding"] > ev["random"] + 0.2 and ev["pca_pixels"] > ev["random"] + 0.2
+    koppen = s["search_evaluation"]["koppen_class"]
+    assert koppen["queries"] >= 1000 and koppen["held_out"]["fractions"][0] < 1  # never trained on
+    assert {"embedding", "pca_pixels"} <= set(koppen["macro_precision_at_k"])
     names = {Path(p).name for p in s["pictures"]}
     assert {"rgb.png", "koppen_class.png", "search_amazon.png", "search_sahara.png"} <= names
     for p in s["pictures"]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from esdc.ml.config import TrainConfig
-from esdc.recipe import parse_recipe
+from esdc.recipe import Recipe, parse_recipe
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "USER_GUIDE.md"
 
@@ -19,11 +19,15 @@ def _yaml_blocks() -> list[str]:
 
 def test_guide_recipe_and_config_parse() -> None:
     blocks = _yaml_blocks()
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     recipe = parse_recipe(blocks[0], "USER_GUIDE.md")
     assert recipe.grid.to_grid().shape == (35, 50)
     assert [v.name for s in recipe.sources for v in s.variables] == ["altitude", "land_fraction"]
-    cfg = TrainConfig.model_validate(yaml.safe_load(blocks[1]))
+    # the archive example is the sources of recipes/oisst.yaml
+    oisst = yaml.safe_load((GUIDE.parents[1] / "recipes" / "oisst.yaml").read_text())
+    files = Recipe.from_dict({**oisst, **yaml.safe_load(blocks[1])}).sources[0].files
+    assert files is not None and files.pattern == oisst["sources"][0]["files"]["pattern"]
+    cfg = TrainConfig.model_validate(yaml.safe_load(blocks[2]))
     assert cfg.framework == "sklearn" and cfg.target == "koppen_class"
 
 

@@ -13,7 +13,7 @@ import sys
 
 import esdc.cli.cube  # noqa: F401, I001  (registers build, info, verify, plot)
 import esdc.cli.docs  # noqa: F401  (registers demo, card, catalog, reference, samples)
-import esdc.cli.ml  # noqa: F401  (registers train, embed, serve-model)
+import esdc.cli.ml  # noqa: F401  (registers train, embed, serve-model, evaluate-fill)
 import esdc.cli.search  # noqa: F401  (registers index, search, serve, evaluate-search, ...)
 import esdc.cli.versions  # noqa: F401  (registers log, tag)
 from esdc.cli._common import app

@@ -46,6 +46,7 @@ Version = Annotated[str | None, typer.Option(
 FLAGS: dict[str, str] = {
     "overwrite=True": "--overwrite",
     "append=True": "--append",
+    "update=True": "--update",
     "resume=True": "--resume",
     "checksums=True": "--checksums",
     "store=": "--store ",
@@ -57,14 +58,28 @@ FLAGS: dict[str, str] = {
     "tracking_uri=": "--tracking-uri ",
     # esdc.search (index, search, serve, evaluate-search, balance)
     "bbox=": "--bbox ",
+    "clicks=": "--clicks ",
     "clusters=": "--clusters ",
     "device=": "--device ",
     "kind=": "--kind ",
     "label=": "--label ",
+    "negative_weight=": "--negative-weight ",
     "per_cluster=": "--per-cluster ",
     "queries=": "--queries ",
+    "rounds=": "--rounds ",
     "time=": "--time ",
     "variable=": "--variable ",
+    # esdc.gapfill (evaluate-fill)
+    "domain_variable=": "--domain ",
+    "domain_values=": "--domain-value ",
+    "fraction=": "--fraction ",
+    "period=": "--period ",
+    "static=True": "--static",
+    # esdc.ml.train (train --tensorboard)
+    "tensorboard=": "--tensorboard ",
+    # esdc.plot (plot --rgb) and esdc.export (export, point)
+    "rgb=": "--rgb ",
+    "variables=": "--variables ",
 }
 
 
@@ -100,8 +115,8 @@ def user_errors(fn: F) -> F:
             err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except EsdcError as exc:
-            err.print(f"[bold red]error:[/] {as_cli(str(exc))}", highlight=False,
-                      soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(as_cli(str(exc)))}", highlight=False,
+                      soft_wrap=True)  # the message literally: rich would eat "[west, ...]"
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -31,14 +31,16 @@ def demo(
     out.print(f"cube {s['cube']} ({len(s['variables'])} variables), verify problems: "
               f"{len(s['verify_problems'])}", highlight=False)
     enc = s["encoder"]
-    out.print(f"encoder run {enc['run_id']}: SimSiam loss {enc['test']:.4f} (untrained "
+    out.print(f"encoder run {enc['run_id']}: {enc['metric']} {enc['test']:.4f} (untrained "
               f"{enc['baseline']:.4f})", highlight=False)
     out.print(f"index: {s['index']['count']} tiles ({s['index']['kind']})", highlight=False)
     for label, ev in s["search_evaluation"].items():
-        p = ev.get("precision_at_k", {})
+        p, m = ev.get("precision_at_k", {}), ev.get("macro_precision_at_k", {})
         out.print(f"precision@10 by {label}: embedding {p.get('embedding', float('nan')):.3f}, "
                   f"raw-pixel PCA {p.get('pca_pixels', float('nan')):.3f}, random "
-                  f"{p.get('random', float('nan')):.3f}", highlight=False)
+                  f"{p.get('random', float('nan')):.3f}; macro "
+                  f"{m.get('embedding', float('nan')):.3f}, {m.get('pca_pixels', float('nan')):.3f}"
+                  f" ({ev.get('queries')} held-out queries)", highlight=False)
     out.print(f"pictures: {Path(s['pictures'][0]).parent}", highlight=False)
 
 

@@ -7,6 +7,7 @@ modules before it)::
     stats, metrics, estimators              cube statistics; scores, baselines, classes;
                                             the scikit-learn estimators
     patches, config                         PatchStream; the training-config schema
+    datareport                              patches and pixels per split and class, warnings
     tuning, tracking                        spatial-CV search; MLflow runs
     torch, keras, models, ssl, serving      framework adapters, networks, model serving
     fit                                     the fitter registry (name -> module)

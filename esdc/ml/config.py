@@ -16,8 +16,8 @@ from esdc.errors import TrainConfigError
 from esdc.ml.estimators import estimator_class, require_sklearn
 from esdc.recipe import Identifier, format_errors
 
-__all__ = ["MODEL_KINDS", "Distribution", "SearchSpec", "SplitSpec", "TrainConfig",
-           "load_train_config"]
+__all__ = ["MODEL_KINDS", "AugmentSpec", "Distribution", "SearchSpec", "SplitSpec",
+           "TrainConfig", "load_train_config"]
 
 #: Fitter name (:attr:`TrainConfig.fitter`, a name of :data:`esdc.ml.fit.FITTERS`) -> the
 #: model kinds it fits, its default first.
@@ -25,7 +25,7 @@ MODEL_KINDS: dict[str, tuple[str, ...]] = {
     "sklearn": ("random_forest", "sgd"),
     "torch": ("cnn",),
     "keras": ("cnn",),
-    "simsiam": ("simsiam",),
+    "simsiam": ("simsiam", "vicreg"),
 }
 
 
@@ -39,6 +39,34 @@ class SplitSpec(_Model):
     block: tuple[PositiveInt, PositiveInt] = (64, 64)
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0
+
+
+class AugmentSpec(_Model):
+    """Training patches and random views of a self-supervised encoder (:mod:`esdc.ml.augment`).
+
+    Attributes
+    ----------
+    stride : (int, int), optional
+        Training patches start every ``stride`` cells (overlapping when smaller than
+        ``patch``: more, shifted patches per epoch); default ``patch`` (no overlap).
+        Validation patches never overlap.
+    crop : (int, int), optional
+        Each view is a random window of ``crop`` cells of the patch (two overlapping,
+        neighbouring tiles); default the whole patch.
+    flip_rotate : bool
+        Random flips and quarter turns per tile.
+    channel_drop : float
+        Probability of setting a channel of a tile to its mean, in ``[0, 1)``.
+    noise : float
+        Standard deviation of Gaussian noise added, in normalised units (0: none; no
+        colour jitter, which would change what a physical value means).
+    """
+
+    stride: tuple[PositiveInt, PositiveInt] | None = None
+    crop: tuple[PositiveInt, PositiveInt] | None = None
+    flip_rotate: bool = True
+    channel_drop: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    noise: Annotated[float, Field(ge=0)] = 0.1
 
 
 class Distribution(_Model):
@@ -139,14 +167,15 @@ class TrainConfig(_Model):
     task : {"classification", "regression", "embedding"}
         Per-pixel task; classes of a classification come from the target's
         ``flag_values`` unless given. ``embedding`` trains a self-supervised tile
-        encoder (SimSiam, :mod:`esdc.ml.ssl`) on patches of size ``patch`` (no target).
+        encoder (``model.kind`` ``simsiam`` or ``vicreg``, :mod:`esdc.ml.ssl`) on
+        patches of size ``patch`` (no target).
     inputs : list of str
         Cube variables used as input channels.
     target : str, optional
         Cube variable to predict (none for ``embedding``).
     model : dict
-        ``kind`` (``random_forest`` | ``sgd`` for sklearn; ``cnn`` for torch/keras)
-        and its keyword parameters.
+        ``kind`` (``random_forest`` | ``sgd`` for sklearn; ``cnn`` for torch/keras;
+        ``simsiam`` | ``vicreg`` for ``task: embedding``) and its keyword parameters.
     patch : (int, int)
         Patch size in cells.
     epochs, batch_size, learning_rate : int, int, float
@@ -158,6 +187,9 @@ class TrainConfig(_Model):
     search : SearchSpec, optional
         Hyperparameter search (sklearn only): spatial-block cross-validation on the
         train split, candidate fits on the Dask workers, best candidate refitted.
+    augment : AugmentSpec, optional
+        Training patches and views of ``task: embedding`` (default: non-overlapping
+        patches, flips and quarter turns, channel dropout 0.2, noise 0.1).
     """
 
     name: Identifier
@@ -176,18 +208,27 @@ class TrainConfig(_Model):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     search: SearchSpec | None = None
+    augment: AugmentSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.search is not None and self.framework != "sklearn":
             raise _search_error(("search",), "hyperparameter search is for framework "
                                 "sklearn", self.framework)
+        if self.augment is not None and self.task != "embedding":
+            raise ValueError("`augment` is for task embedding (a self-supervised encoder)")
         if self.task == "embedding":
-            if self.framework != "torch" or self.model.get("kind", "simsiam") != "simsiam":
-                raise ValueError("task embedding trains a torch SimSiam encoder: use "
-                                 "framework torch and model.kind simsiam")
+            kinds = MODEL_KINDS["simsiam"]
+            if self.framework != "torch" or self.model.get("kind", kinds[0]) not in kinds:
+                raise ValueError("task embedding trains a torch SimSiam or VICReg encoder: "
+                                 "use framework torch and model.kind simsiam or vicreg")
             if self.target is not None:
                 raise ValueError("task embedding is self-supervised: remove `target`")
+            aug = self.augment or AugmentSpec()
+            for what, size in (("crop", aug.crop), ("stride", aug.stride)):
+                if size is not None and (size[0] > self.patch[0] or size[1] > self.patch[1]):
+                    raise ValueError(f"augment.{what} {list(size)} is larger than the patch "
+                                     f"{list(self.patch)}")
             return self
         if self.target is None:
             raise ValueError(f"task {self.task} needs a `target` variable")
@@ -248,13 +289,14 @@ class TrainConfig(_Model):
         try:
             return cls.model_validate(d)
         except ValidationError as exc:
-            raise TrainConfigError(format_errors(exc, where)) from None
+            raise TrainConfigError(format_errors(exc, where, cls)) from None
 
     @property
     def fitter(self) -> str:
         """Name of the fitter in :data:`esdc.ml.fit.FITTERS`.
 
-        ``simsiam`` for ``task: embedding``, otherwise the framework.
+        ``simsiam`` (the self-supervised encoder fitter, SimSiam or VICReg) for ``task:
+        embedding``, otherwise the framework.
         """
         return "simsiam" if self.task == "embedding" else self.framework
 

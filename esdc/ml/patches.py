@@ -170,6 +170,9 @@ class PatchStream:
         unit list: shards are disjoint and together complete.
     version : str, optional
         The version of a versioned (Icechunk) cube to read: a tag or snapshot id.
+    time_steps : (int, int), optional
+        Read only the time steps ``start .. stop - 1`` of a time-varying cube (indices
+        of ``Patch.t`` and ``Batch.index`` stay the cube's); default: all.
 
     Raises
     ------
@@ -198,6 +201,7 @@ class PatchStream:
     shard: int = 0
     num_shards: int = 1
     version: str | None = None
+    time_steps: tuple[int, int] | None = None
     _ds: xr.Dataset = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -227,14 +231,22 @@ class PatchStream:
             raise TrainConfigError(f"shard {self.shard} is not in 0..{self.num_shards - 1}.")
         self.has_time = any("time" in self._ds[v].dims for v in [*self.variables, *self.targets])
         self.nt = self._ds.sizes["time"] if self.has_time else 1
+        t0, t1 = self.time_steps or (0, self.nt)
+        if self.has_time and not 0 <= t0 <= t1 <= self.nt:
+            raise TrainConfigError(f"time_steps {self.time_steps} are not within the cube's "
+                                   f"{self.nt} time steps.")
+        self._steps = (t0, t1) if self.has_time else (0, 1)
         # Arrays opened with esdc's codec pipeline: a damaged chunk raises ChunkDecodeError.
         with checked_reads():
             group = zarr.open_group(target.zarr_store(), mode="r")
             self._arrays = {v: group[v] for v in dict.fromkeys([*self.variables,
                                                                 *self.targets])}
-        self.band = int(self._arrays[self.variables[0]].chunks[-2])
+        # a unit reads whole stored files: shards of a sharded cube (one read each)
+        first = self._arrays[self.variables[0]]
+        self.band = int((first.shards or first.chunks)[-2])
         tvars = [v for v in [*self.variables, *self.targets] if "time" in self._ds[v].dims]
-        self.tchunk = int(self._arrays[tvars[0]].chunks[0]) if tvars else 1
+        tarr = self._arrays[tvars[0]] if tvars else None
+        self.tchunk = int((tarr.shards or tarr.chunks)[0]) if tarr is not None else 1
         self._origins = self._patch_origins()
         if self.normalize:
             stats = read_statistics(self._ds, self.variables)
@@ -251,20 +263,21 @@ class PatchStream:
         return self._ds
 
     # ------------------------------------------------------------------ geometry
-    def _patch_origins(self) -> np.ndarray:
-        """``(N, 2)`` (y0, x0) of every patch in one time step, from xbatcher's schema."""
-        from xbatcher.generators import BatchSchema
+    @property
+    def steps(self) -> int:
+        """Time steps read (1 for a static stream): patches per epoch = patches x steps."""
+        return self._steps[1] - self._steps[0]
 
-        skeleton = xr.Dataset(coords={self.ydim: np.arange(self.ny), self.xdim: np.arange(
-            self.nx)})
-        skeleton["v"] = xr.DataArray(np.broadcast_to(np.float32(0), (self.ny, self.nx)),
-                                     dims=(self.ydim, self.xdim))
-        schema = BatchSchema(skeleton, input_dims={self.ydim: self.patch[0],
-                                                   self.xdim: self.patch[1]},
-                             input_overlap={self.ydim: self.overlap[0],
-                                            self.xdim: self.overlap[1]}, batch_dims={})
-        sel = [s for batch in schema.selectors.values() for s in batch]
-        origins = np.array([(s[self.ydim].start, s[self.xdim].start) for s in sel], dtype=int)
+    def footprint(self) -> np.ndarray:
+        """``(ny, nx)`` bool: the grid cells that this stream's patches cover."""
+        mask = np.zeros((self.ny, self.nx), dtype=bool)
+        for y0, x0 in self._origins:
+            mask[y0:y0 + self.patch[0], x0:x0 + self.patch[1]] = True
+        return mask
+
+    def _patch_origins(self) -> np.ndarray:
+        """``(N, 2)`` (y0, x0) of every patch of this stream's split in one time step."""
+        origins = self.grid_origins()
         if self.split is not None:
             block = self.split_block or (4 * self.patch[0], 4 * self.patch[1])
             labels = block_splits((self.ny, self.nx), self.patch, block, self.split_fractions,
@@ -276,11 +289,32 @@ class PatchStream:
             origins = origins[inside & (labels[by, bx] == want)]
         return origins
 
+    def grid_origins(self) -> np.ndarray:
+        """``(N, 2)`` (y0, x0) of every patch the grid holds in one time step, any split.
+
+        From xbatcher's schema (patch and overlap); a split keeps those wholly inside one
+        of its blocks.
+        """
+        from xbatcher.generators import BatchSchema
+
+        skeleton = xr.Dataset(coords={self.ydim: np.arange(self.ny), self.xdim: np.arange(
+            self.nx)})
+        skeleton["v"] = xr.DataArray(np.broadcast_to(np.float32(0), (self.ny, self.nx)),
+                                     dims=(self.ydim, self.xdim))
+        schema = BatchSchema(skeleton, input_dims={self.ydim: self.patch[0],
+                                                   self.xdim: self.patch[1]},
+                             input_overlap={self.ydim: self.overlap[0],
+                                            self.xdim: self.overlap[1]}, batch_dims={})
+        sel = [s for batch in schema.selectors.values() for s in batch]
+        return np.array([(s[self.ydim].start, s[self.xdim].start) for s in sel],
+                        dtype=int).reshape(-1, 2)
+
     def units(self) -> list[tuple[int, int]]:
         """Work units ``(time chunk index, band index)`` in cube order."""
         bands = np.unique(self._origins[:, 0] // self.band)
-        nct = -(-self.nt // self.tchunk)
-        return [(tc, int(b)) for tc in range(nct) for b in bands]
+        t0, t1 = self._steps
+        return [(tc, int(b)) for tc in range(t0 // self.tchunk, -(-t1 // self.tchunk))
+                for b in bands]
 
     def _shard_units(self, epoch: int) -> list[tuple[int, int]]:
         units = self.units()
@@ -291,7 +325,7 @@ class PatchStream:
 
     def __len__(self) -> int:
         """Patches per epoch over all shards (before ``min_valid_fraction``)."""
-        return len(self._origins) * self.nt
+        return len(self._origins) * (self._steps[1] - self._steps[0])
 
     # ------------------------------------------------------------------ reading
     def _read(self, names: list[str], times: range, r0: int, r1: int) -> np.ndarray:
@@ -310,7 +344,8 @@ class PatchStream:
         ph, pw = self.patch
         r0 = band * self.band
         r1 = min(self.ny, int(mine[:, 0].max()) + ph)  # no rows no patch needs
-        times = range(tc * self.tchunk, min(self.nt, (tc + 1) * self.tchunk))
+        times = range(max(tc * self.tchunk, self._steps[0]),
+                      min(self._steps[1], (tc + 1) * self.tchunk))
         block = self._read(self.variables, times, r0, r1)
         valid = ~np.isnan(block)
         block -= self._mean[None, :, None, None]

@@ -1,32 +1,45 @@
-"""Self-supervised encoder trained from scratch on cube tiles (SimSiam).
+"""Self-supervised tile encoders trained from scratch on cube tiles: SimSiam and VICReg.
 
-SimSiam (Chen and He 2021, "Exploring Simple Siamese Representation Learning",
-CVPR, arXiv:2011.10566): two augmented views of a tile go through the same encoder
-and projector; a predictor maps one to the other; the loss is the negative cosine
-similarity with a stop-gradient on the target branch. No negatives, no momentum
-encoder, no pretrained weights (none can be downloaded here).
+Two augmented views of a tile (:mod:`esdc.ml.augment`) go through the same encoder and
+a head; the loss asks the views to agree without letting every tile collapse onto one
+vector. No pretrained weights (none can be downloaded here).
 
-Augmentations for gridded geoscience tiles: random 90° rotations and flips (the
-grid has no preferred orientation for texture), Gaussian noise on the normalised
-values, and random channel dropout (set to 0 = the mean).
+``simsiam``
+    Chen and He 2021, "Exploring Simple Siamese Representation Learning", CVPR,
+    arXiv:2011.10566: a projector, a predictor mapping one view to the other, negative
+    cosine similarity with a stop-gradient on the target branch.
+``vicreg``
+    Bardes, Ponce and LeCun 2022, "VICReg: Variance-Invariance-Covariance
+    Regularization for Self-Supervised Learning", ICLR, arXiv:2105.04906: an expander
+    MLP; the loss is the views' mean squared distance (invariance) plus a hinge that
+    keeps every dimension's standard deviation over the batch at 1 (variance) plus the
+    squared off-diagonal covariances (decorrelation). Collapse is prevented by the
+    loss itself, with no predictor or stop-gradient.
+
+:data:`OBJECTIVES` maps ``model.kind`` to the network and loss.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["Encoder", "SimSiam", "augment", "simsiam_loss"]
+__all__ = ["ENCODER_PARAMS", "OBJECTIVES", "Encoder", "Objective", "SimSiam", "VICReg",
+           "simsiam_loss", "vicreg_loss"]
+
+#: Keyword parameters of :class:`Encoder` (what ``encoder.json`` records as ``params``).
+ENCODER_PARAMS = ("dim", "width", "pooled")
 
 
 class Encoder(nn.Module):
     """Convolutional tile encoder: ``(B, C, H, W)`` -> embedding ``(B, dim)``.
 
-    Three stride-2 3x3 convolution blocks (batch norm, ReLU), global average pooling,
-    then a linear layer to ``dim``. Fully convolutional before the pooling, so one
-    encoder embeds tiles of any size (multi-resolution search).
+    Three 3x3 convolution blocks (batch norm, ReLU; the second and third with stride
+    2), global average pooling, then a linear layer to ``dim``. Fully convolutional
+    before the pooling, so one encoder embeds tiles of any size (multi-resolution
+    search).
 
     Parameters
     ----------
@@ -36,9 +49,14 @@ class Encoder(nn.Module):
         Embedding size.
     width : int
         Channels of the first block (doubled at each block).
+    pooled : bool
+        Also give the linear layer the tile's mean of every input channel (``C`` more
+        features), so that absolute levels (an elevation, a reflectance) reach the
+        embedding directly beside the texture the convolutions see.
     """
 
-    def __init__(self, in_channels: int, dim: int = 64, width: int = 32) -> None:
+    def __init__(self, in_channels: int, dim: int = 64, width: int = 32,
+                 pooled: bool = False) -> None:
         super().__init__()
         c, layers = in_channels, []
         for i in range(3):
@@ -47,45 +65,157 @@ class Encoder(nn.Module):
                        nn.ReLU()]
             c = w
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(c, dim)
+        self.pooled = pooled
+        self.head = nn.Linear(c + (in_channels if pooled else 0), dim)
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings ``(B, dim)`` of tiles ``(B, C, H, W)``."""
-        return self.head(self.features(x))
+        f = self.features(x)
+        if self.pooled:
+            f = torch.cat([f, x.mean(dim=(2, 3))], dim=1)
+        return self.head(f)
+
+
+def _mlp(sizes: list[int], last_norm: bool) -> nn.Sequential:
+    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with batch norm and ReLU between."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers += [nn.BatchNorm1d(b), nn.ReLU()]
+    if last_norm:
+        layers.append(nn.BatchNorm1d(sizes[-1]))
+    return nn.Sequential(*layers)
 
 
 class SimSiam(nn.Module):
-    """Encoder + projector + predictor of SimSiam (Chen and He 2021)."""
+    """Encoder + projector + predictor of SimSiam (Chen and He 2021).
 
-    def __init__(self, in_channels: int, dim: int = 64, width: int = 32) -> None:
+    Parameters
+    ----------
+    in_channels : int
+        Input channels.
+    projector : int, optional
+        Width of the projector and of the predictor's output (default ``dim``).
+    **encoder
+        :class:`Encoder` parameters (``dim``, ``width``, ``pooled``).
+    """
+
+    def __init__(self, in_channels: int, projector: int | None = None, **encoder: Any) -> None:
         super().__init__()
-        self.encoder = Encoder(in_channels, dim, width)
-        self.projector = nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(),
-                                       nn.Linear(dim, dim), nn.BatchNorm1d(dim))
-        self.predictor = nn.Sequential(nn.Linear(dim, dim // 2), nn.BatchNorm1d(dim // 2),
-                                       nn.ReLU(), nn.Linear(dim // 2, dim))
+        self.encoder = Encoder(in_channels, **encoder)
+        dim = self.encoder.dim
+        p = projector or dim
+        self.projector = _mlp([dim, p, p], last_norm=True)
+        self.predictor = _mlp([p, max(p // 4, dim // 2), p], last_norm=False)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> Any:
-        """Projections ``z1, z2`` and predictions ``p1, p2``, each ``(B, dim)``."""
+        """Projections ``z1, z2`` and predictions ``p1, p2``, each ``(B, projector)``."""
         z1, z2 = self.projector(self.encoder(x1)), self.projector(self.encoder(x2))
         return z1, z2, self.predictor(z1), self.predictor(z2)
 
 
+class VICReg(nn.Module):
+    """Encoder + expander of VICReg (Bardes, Ponce and LeCun 2022).
+
+    Parameters
+    ----------
+    in_channels : int
+        Input channels.
+    expander : int, optional
+        Width of the three-layer expander (default ``4 * dim``; the paper's expander is
+        wider than the representation, where the decorrelation acts).
+    **encoder
+        :class:`Encoder` parameters (``dim``, ``width``, ``pooled``).
+    """
+
+    def __init__(self, in_channels: int, expander: int | None = None, **encoder: Any) -> None:
+        super().__init__()
+        self.encoder = Encoder(in_channels, **encoder)
+        e = expander or 4 * self.encoder.dim
+        self.expander = _mlp([self.encoder.dim, e, e, e], last_norm=False)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> Any:
+        """Expanded embeddings ``z1, z2`` ``(B, expander)`` of the two views."""
+        return self.expander(self.encoder(x1)), self.expander(self.encoder(x2))
+
+
 def simsiam_loss(z1: torch.Tensor, z2: torch.Tensor, p1: torch.Tensor,
                  p2: torch.Tensor) -> torch.Tensor:
-    """Symmetric negative cosine similarity with stop-gradient (in [-1, 1]; -1 is perfect)."""
+    """Symmetric negative cosine similarity with stop-gradient (in [-1, 1]; -1 is perfect).
+
+    Parameters
+    ----------
+    z1, z2 : torch.Tensor
+        ``(B, D)`` projections of the two views.
+    p1, p2 : torch.Tensor
+        ``(B, D)`` predictions from them.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar ``-(cos(p1, sg(z2)) + cos(p2, sg(z1))) / 2``, batch means.
+    """
     cos = nn.functional.cosine_similarity
     return -(cos(p1, z2.detach()).mean() + cos(p2, z1.detach()).mean()) / 2
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, noise: float = 0.1,
-            drop: float = 0.2) -> torch.Tensor:
-    """A random view of a batch ``(B, C, H, W)``: rotation/flip, noise, channel dropout."""
-    k = int(torch.randint(0, 4, (1,), generator=generator))
-    x = torch.rot90(x, k, dims=(2, 3))
-    if bool(torch.rand(1, generator=generator) < 0.5):
-        x = torch.flip(x, dims=(3,))
-    x = x + noise * torch.randn(x.shape, generator=generator)
-    keep = (torch.rand(x.shape[:2], generator=generator) >= drop).float()[:, :, None, None]
-    return x * keep
+def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, invariance: float = 25.0,
+                variance: float = 25.0, covariance: float = 1.0,
+                eps: float = 1e-4) -> torch.Tensor:
+    r"""VICReg loss of two batches of expanded embeddings (Bardes et al. 2022, eq. 6).
+
+    .. math::
+
+        \lambda \frac{1}{B}\sum_b \lVert z_{1b} - z_{2b}\rVert^2 / D
+        + \mu \sum_{v=1,2} \frac{1}{2D}\sum_d \max(0, 1 - \sqrt{\mathrm{Var}(z_{v,d}) +
+        \epsilon})
+        + \nu \sum_{v=1,2} \frac{1}{D}\sum_{d \ne d'} C(z_v)_{d d'}^2
+
+    with :math:`C` the batch covariance matrix and the paper's weights
+    :math:`\lambda = \mu = 25`, :math:`\nu = 1`.
+
+    Parameters
+    ----------
+    z1, z2 : torch.Tensor
+        ``(B, D)`` expanded embeddings of the two views, ``B >= 2``.
+    invariance, variance, covariance : float
+        Weights :math:`\lambda, \mu, \nu`.
+    eps : float
+        Added to the variance before the square root.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar loss, >= 0 (0: identical views, unit standard deviations, no correlation).
+    """
+    b, d = z1.shape
+    inv = nn.functional.mse_loss(z1, z2)
+    var = cov = z1.new_zeros(())
+    for z in (z1, z2):
+        z = z - z.mean(dim=0)
+        var = var + torch.relu(1 - torch.sqrt(z.var(dim=0) + eps)).mean() / 2
+        c = (z.T @ z) / (b - 1)
+        cov = cov + (c.pow(2).sum() - c.diagonal().pow(2).sum()) / d
+    return invariance * inv + variance * var + covariance * cov
+
+
+class Objective(NamedTuple):
+    """A self-supervised objective: its network and its loss.
+
+    ``network(in_channels, **params)`` has an ``encoder`` (:class:`Encoder`) and maps two
+    views to the loss's arguments: ``loss(*network(x1, x2))``. ``head`` names the
+    network's own parameters besides the encoder's (:data:`ENCODER_PARAMS`).
+    """
+
+    network: type[nn.Module]
+    loss: Any
+    head: tuple[str, ...]
+
+
+#: ``model.kind`` of ``task: embedding`` -> network and loss.
+OBJECTIVES: dict[str, Objective] = {
+    "simsiam": Objective(SimSiam, simsiam_loss, ("projector",)),
+    "vicreg": Objective(VICReg, vicreg_loss, ("expander",)),
+}

@@ -11,22 +11,33 @@ The schema is a package: :mod:`~esdc.recipe.model` (base and field types),
 sources), :mod:`~esdc.recipe.spec` (the :class:`Recipe`) and :mod:`~esdc.recipe.parse`.
 """
 
+from esdc.recipe.files import MAX_GRANULES, FilesSpec, GranuleTimeSpec
 from esdc.recipe.grid import GridSpec, ObservedTimeSpec, TimeAxisSpec
 from esdc.recipe.model import BBox, Identifier, format_errors
 from esdc.recipe.parse import load_recipe, parse_recipe
-from esdc.recipe.source import FitsSpec, GeoreferenceSpec, SourceSpec, VariableSpec
+from esdc.recipe.source import (
+    FitsSpec,
+    GeoreferenceSpec,
+    ProvenanceSpec,
+    SourceSpec,
+    VariableSpec,
+)
 from esdc.recipe.spec import CompressorSpec, DerivedSpec, OutputSpec, Recipe
 from esdc.regrid.methods import METHODS
 
 __all__ = [
+    "MAX_GRANULES",
     "RESAMPLING_METHODS",
     "CompressorSpec",
     "DerivedSpec",
+    "FilesSpec",
     "FitsSpec",
+    "GranuleTimeSpec",
     "GeoreferenceSpec",
     "GridSpec",
     "ObservedTimeSpec",
     "OutputSpec",
+    "ProvenanceSpec",
     "Recipe",
     "SourceSpec",
     "TimeAxisSpec",

@@ -6,6 +6,7 @@ import math
 from typing import Any, Literal
 
 import pandas as pd
+import pyproj
 from pydantic import PositiveFloat, field_validator, model_validator
 
 from esdc.errors import GridError
@@ -127,11 +128,36 @@ class GridSpec(Model):
                              "east > west and north > south")
         return v
 
+    def _unit(self) -> str | None:
+        """Unit of the CRS's coordinates (``degrees`` on a geographic CRS), if known."""
+        crs = self.crs or BODY_CRS.get(self.body)
+        if crs is None:
+            return None
+        if crs.strip().lower() == HELIOPROJECTIVE:
+            return "arcsec"
+        try:
+            proj = pyproj.CRS.from_user_input(crs)
+        except pyproj.exceptions.CRSError:
+            return None
+        if proj.is_geographic:
+            return "degrees"
+        unit = proj.axis_info[0].unit_name if proj.axis_info else None
+        return {"metre": "metres"}.get(unit or "", unit)
+
     @model_validator(mode="after")
     def _size(self) -> GridSpec:
         w, s, e, n = self.bbox
         dx, dy = (self.resolution, self.resolution) if isinstance(
             self.resolution, float) else self.resolution
+        unit = self._unit()
+        if unit == "degrees" and (s < -90 or n > 90):
+            swapped = all(-90 <= v <= 90 for v in (w, e)) and all(-180 <= v <= 180
+                                                                for v in (s, n))
+            hint = (f"; it looks like latitude first ([south, west, north, east]): give "
+                    f"[{s:g}, {w:g}, {n:g}, {e:g}]") if swapped else ""
+            raise ValueError(f"grid.bbox {list(self.bbox)} is [west, south, east, north] in "
+                             f"degrees, and its latitudes (south {s:g}, north {n:g}) are not "
+                             f"within -90..90{hint}")
         fx, fy = (e - w) / dx, (n - s) / dy
         if not (math.isfinite(fx) and math.isfinite(fy)) or fx * fy > 4_000_000_000:
             raise ValueError(f"grid.resolution {self.resolution} gives about {fy:.3g} x "
@@ -139,9 +165,13 @@ class GridSpec(Model):
                              "(over 2e9 cells)")
         nx, ny = round(fx), round(fy)
         if nx < 1 or ny < 1:
+            metres = (f"; {max(dx, dy):g} looks like metres: {max(dx, dy):g} m is about "
+                      f"{max(dx, dy) / 111_320:.3g} degrees at the equator"
+                      if unit == "degrees" and max(dx, dy) > 180 else "")
             raise ValueError(f"grid.resolution {self.resolution} gives {ny} x {nx} cells in "
-                             f"grid.bbox {list(self.bbox)}; use a resolution smaller than "
-                             "the bbox")
+                             f"grid.bbox {list(self.bbox)}; the resolution is in the CRS's "
+                             f"units ({unit or 'unknown'}): use one smaller than the "
+                             f"bbox{metres}")
         if nx * ny > 2_000_000_000:
             raise ValueError(f"grid of {ny} x {nx} cells is too large (over 2e9 cells)")
         if self.crs is None and self.body not in BODY_CRS:

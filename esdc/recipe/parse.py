@@ -48,7 +48,7 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(format_errors(exc, where)) from None
+        raise RecipeError(format_errors(exc, where, Recipe)) from None
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
+from esdc.conventions import fold_license
+from esdc.errors import did_you_mean
+from esdc.recipe.files import FilesSpec, WmtsSpec
 from esdc.recipe.model import BBox, Identifier, Model, check_crs
 from esdc.regrid.methods import DEFAULT_MIN_VALID_FRACTION, Method
+from esdc.samples import SAMPLES
 from esdc.sources.registry import FORMATS
 
-__all__ = ["FitsSpec", "GeoreferenceSpec", "SourceSpec", "VariableSpec"]
+__all__ = ["FitsSpec", "GeoreferenceSpec", "ProvenanceSpec", "SourceSpec", "VariableSpec"]
 
 
 class GeoreferenceSpec(Model):
@@ -147,6 +152,63 @@ class FitsSpec(Model):
         return {k.upper(): val for k, val in v.items()}
 
 
+class ProvenanceSpec(Model):
+    """Where the data of a ``path:``, ``files:`` or ``wmts`` source come from (all optional).
+
+    Recorded in the cube's ``esdc_sources`` next to the file's SHA-256 and shown by
+    ``esdc info``, the data card (``esdc card``) and the STAC catalog, as a registered
+    sample's registry entry is. ``license`` is accepted for ``licence``.
+    """
+
+    product: str | None = None
+    """Upstream product name, e.g. ``ETOPO5 5-minute gridded elevation``."""
+    mission: str | None = None
+    """Mission, platform or programme (or ``model``/``compilation`` for derived data)."""
+    instrument: str | None = None
+    """Instrument (or the method that made the product)."""
+    licence: str | None = None
+    """Licence of the data (an SPDX identifier such as ``CC-BY-4.0``, or its terms)."""
+    citation: str | None = None
+    """How to cite the product."""
+    doi: str | None = None
+    """DOI of the product, e.g. ``10.7289/V5D798BF`` (``doi:`` or ``https://doi.org/`` in
+    front is removed)."""
+    url: str | None = None
+    """Landing page of the product (``http(s)://`` or ``ftp://``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _spellings(cls, data: Any) -> Any:
+        data = fold_license(data, "licence")
+        if isinstance(data, dict) and isinstance(data.get("doi"), str):
+            doi = data["doi"].strip()
+            for prefix in ("https://doi.org/", "http://doi.org/", "https://dx.doi.org/",
+                           "doi:"):
+                if doi.lower().startswith(prefix):
+                    doi = doi[len(prefix):].strip()
+            data = {**data, "doi": doi}
+        return data
+
+    @field_validator("doi")
+    @classmethod
+    def _doi(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"10\.\d{4,9}/\S+", v):
+            raise ValueError(f"{v!r} is not a DOI; give it as 10.PREFIX/SUFFIX, e.g. "
+                             "10.7289/V5D798BF")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"(https?|ftp)://\S+", v.strip()):
+            raise ValueError(f"{v!r} is not a URL; give the product's page as https://...")
+        return v if v is None else v.strip()
+
+    def record(self) -> dict[str, str]:
+        """The declared fields, for the cube's ``esdc_sources`` (``None`` left out)."""
+        return self.model_dump(exclude_none=True)
+
+
 class SourceSpec(Model):
     """A source: where the file is, how to read it, which variables to take."""
 
@@ -156,11 +218,20 @@ class SourceSpec(Model):
     """Name of a registered sample (``esdc samples list``); fetched and checked by SHA-256."""
     path: str | None = None
     """Path of a local file (relative to the recipe); give ``sha256`` to pin its content."""
+    files: FilesSpec | None = None
+    """Many files (a pattern, URLs, a glob or a STAC catalog, local or remote) combined along
+    time."""
+    wmts: WmtsSpec | None = None
+    """A layer of a Web Map Tile Service (``format: wmts``): its tiles over the grid."""
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     """Expected SHA-256 (hex) of ``path``; a mismatch stops the build."""
+    provenance: ProvenanceSpec | None = None
+    """Where the data come from (product, mission, instrument, licence, citation, DOI, URL):
+    recorded in the cube and shown by ``esdc info``, data cards and the STAC catalog. A
+    ``sample`` has its provenance in the sample registry."""
     format: Literal[FORMATS]  # type: ignore[valid-type]  # the reader registry's names
     """Reader: ``netcdf``, ``hdf5``, ``geotiff``, ``image`` (PNG/JPEG), ``raw`` (headerless
-    binary), ``fits``, ``jp2``.
+    binary), ``fits``, ``jp2``, ``zarr`` (a local or remote Zarr store, opened lazily).
     """
     time: Literal["static", "series", "climatology_monthly"] = "static"
     """``static`` (no time), ``series`` (dated steps binned into the grid's time cells) or
@@ -181,10 +252,45 @@ class SourceSpec(Model):
     variables: Annotated[list[VariableSpec], Field(min_length=1)]
     """The cube variables taken from this source (at least one)."""
 
+    @field_validator("sample")
+    @classmethod
+    def _registered(cls, v: str | None) -> str | None:
+        if v is not None and v not in SAMPLES:
+            raise ValueError(f"{v!r} is not a registered sample{did_you_mean(v, SAMPLES)}; "
+                             "`esdc samples list` shows them")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> SourceSpec:
-        if (self.sample is None) == (self.path is None):
-            raise ValueError("give exactly one of `sample` (a registered sample) or `path`")
+        given = [k for k in ("sample", "path", "files", "wmts") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `sample` (a registered sample), `path` (a "
+                             "file), `files` (a pattern, URLs, a glob or a STAC catalog) or "
+                             "`wmts` (a tile service layer)")
+        if self.provenance is not None and self.sample is not None:
+            raise ValueError("a registered sample's provenance comes from the sample registry "
+                             "(`esdc samples list`); `provenance` is for `path`, `files` and "
+                             "`wmts` sources: remove it")
+        if (self.format == "wmts") != (self.wmts is not None):
+            raise ValueError("a `wmts` block goes with `format: wmts` (and `format: wmts` "
+                             "needs one)")
+        if self.wmts is not None:
+            series = self.wmts.time == "series"
+            if series != (self.time == "series") or self.time == "climatology_monthly":
+                raise ValueError("`wmts.time: series` goes with `time: series` (one tile set "
+                                 "per grid time cell); a WMTS source of one time is `time: "
+                                 "static`")
+            if self.georeference is not None:
+                raise ValueError("a WMTS layer's tiles are placed by its tile matrix set; "
+                                 "remove `georeference`")
+        if self.files is not None:
+            if self.sha256 is not None:
+                raise ValueError("`sha256` pins one `path`; granules of `files` are checksummed "
+                                 "when fetched and listed in the cube's granule table")
+            one = self.files.urls is not None and len(self.files.urls) == 1
+            if self.time == "climatology_monthly" or (self.time == "static" and not one):
+                raise ValueError("`files` combine granules along time: give `time: series` "
+                                 "(a static source takes one `path` or one of `files.urls`)")
         if self.format in ("image", "raw") and self.georeference is None:
             raise ValueError(f"format {self.format!r} carries no georeference; declare "
                              "`georeference` (crs, bbox, row_order)")

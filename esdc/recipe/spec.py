@@ -12,9 +12,11 @@ from pydantic import Field, PositiveInt, ValidationError, model_validator
 from esdc.conventions import fold_license
 from esdc.derive import FUNCTIONS
 from esdc.errors import RecipeError
-from esdc.recipe.grid import GridSpec
+from esdc.recipe.files import count_times
+from esdc.recipe.grid import GridSpec, TimeAxisSpec
 from esdc.recipe.model import Identifier, Model, format_errors
 from esdc.recipe.source import SourceSpec
+from esdc.sources.pattern import parse_pattern
 
 __all__ = ["CompressorSpec", "DerivedSpec", "OutputSpec", "Recipe"]
 
@@ -71,6 +73,23 @@ class OutputSpec(Model):
     """Blosc compressor of every variable."""
     store: Literal["zarr", "icechunk"] = "zarr"
     """``zarr`` (a Zarr v3 store) or ``icechunk`` (a versioned repository); ``--store``."""
+    shards: dict[Identifier, PositiveInt] = Field(default_factory=dict)
+    """Shard length per dimension, a whole multiple of its ``chunks`` length: Zarr v3
+    sharding stores many chunks in one file (one object), e.g. ``{time: 12, lat: 1024,
+    lon: 1024}`` with chunks of ``{time: 12, lat: 256, lon: 256}`` writes 16 chunks per
+    file. A dim not named holds one chunk per shard. Default: no sharding."""
+
+    @model_validator(mode="after")
+    def _check_shards(self) -> OutputSpec:
+        for dim, n in self.shards.items():
+            if dim not in self.chunks:
+                raise ValueError(f"shards.{dim}: give chunks.{dim} too; a shard holds whole "
+                                 "chunks")
+            if n % self.chunks[dim]:
+                c = self.chunks[dim]
+                raise ValueError(f"shards.{dim} = {n} is not a whole multiple of chunks.{dim} = "
+                                 f"{c}; use {c}, {2 * c}, {4 * c}, ...")
+        return self
 
 
 class Recipe(Model):
@@ -142,6 +161,7 @@ class Recipe(Model):
                 raise ValueError(f"derived[{i}].name: {d.name!r} is already a variable")
             known.add(d.name)
         for i, s in enumerate(self.sources):
+            self._check_files(i, s)
             if s.time != "static" and self.grid.time is None:
                 raise ValueError(f"sources[{i}] ({s.name}) has time {s.time!r} but the grid has "
                                  "no time axis; add grid.time")
@@ -150,6 +170,19 @@ class Recipe(Model):
             raise ValueError(f"output.chunks names unknown dims {sorted(bad)}; use time, lat/lon "
                              "or y/x")
         return self
+
+    def _check_files(self, i: int, s: SourceSpec) -> None:
+        """A pattern's time field without ``files.time`` expands over the grid's time cells."""
+        if s.files is None or s.files.pattern is None or s.files.time is not None:
+            return
+        if not parse_pattern(s.files.pattern).has_time:
+            return
+        if not isinstance(self.grid.time, TimeAxisSpec):
+            raise ValueError(f"sources[{i}].files: the pattern's {{time:...}} field needs "
+                             "`files.time: {start, end, freq}` (the grid has no regular time "
+                             "axis to take the granule times from)")
+        s.files.check_count(count_times(self.grid.time.start, self.grid.time.end,
+                                        self.grid.time.freq))
 
     def to_dict(self) -> dict[str, Any]:
         """A plain-JSON dict; :meth:`from_dict` inverts it."""
@@ -167,7 +200,7 @@ class Recipe(Model):
         try:
             return cls.model_validate(d)
         except ValidationError as exc:
-            raise RecipeError(format_errors(exc, "recipe")) from None
+            raise RecipeError(format_errors(exc, "recipe", cls)) from None
 
     def to_yaml(self) -> str:
         """The recipe as YAML text."""

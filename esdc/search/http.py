@@ -11,6 +11,12 @@ Endpoints (the OpenAPI document is at ``/openapi.json``, interactive docs at ``/
 ``POST /search/vector``
     Neighbours of an embedding, body ``{"vector": [...], "k": 10, "bbox": [W, S, E, N],
     "start": "2020-01", "end": "2020-06"}`` (all but ``vector`` optional).
+``POST /search/refine``
+    Relevance feedback (:mod:`esdc.search.feedback`): a new ranking from tiles marked
+    *more like this* and *not this*, body ``{"positive": [{"lat": -4, "lon": -62,
+    "scale": 8, "time": "2008-07"}, ...], "negative": [...], "k": 10, "bbox": [W, S, E,
+    N], "start": ..., "end": ..., "negative_weight": 0.5, "exclude_marked": true}`` (at
+    least one positive; ``scale`` and ``time`` optional, ``y``/``x`` for ``lat``/``lon``).
 ``GET /tiles/{tile_y}/{tile_x}.png?t=``
     The tile's pixels as PNG: RGB for Blue Marble cubes, else the first input variable
     in grey levels scaled to the tile's range. Tile indices are integers checked
@@ -20,7 +26,8 @@ Answers use the JSON of :meth:`esdc.search.query.SearchResult.to_json`; every an
 that a search engine made carries the header ``X-Esdc-Index: GENERATION-SHA16``
 (:attr:`esdc.search.query.SearchEngine.identity`), naming the index that answered. Invalid input
 (a point outside the grid, ``k`` outside 1 .. indexed tiles, a vector of the wrong
-dimension, a malformed bounding box or date) is answered ``422`` with ``{"detail":
+dimension, a malformed bounding box or date, a refinement without positive tile or with
+a tile outside the grid or at a scale not searched) is answered ``422`` with ``{"detail":
 message}``; FastAPI's own validation errors are ``422`` too (``detail`` is then a list).
 
 The :class:`~esdc.search.query.SearchEngine` (cube, index, vectors) is loaded by
@@ -35,7 +42,11 @@ reference assignment. Each request takes one reference to the engine when it sta
 old engine or wholly by the new one; the old one is freed when its last request ends.
 A reload that fails (e.g. the cube was re-embedded but the index not yet rebuilt:
 lineage mismatch) keeps the engine being served and is reported in ``/health``
-(``reload_error``); the next change on disk is tried again. The search handlers are
+(``reload_error``); the next change on disk is tried again. A live archive (``esdc
+update``, ``esdc embed --append``, ``esdc index --update``: :mod:`esdc.search.live`)
+goes the same way: an engine reads only the time steps its index covers, so the grown
+cube reloads as the same generation, and the updated index is swapped in when its
+manifest is committed. The search handlers are
 coroutines that search in the event loop: one query costs well under a millisecond
 for the indexes ``esdc index`` builds (exact below 200,000 vectors, HNSW above), less
 than handing it to a worker thread (measured: 0.55 against 0.9 ms of server CPU per
@@ -58,6 +69,7 @@ import numpy as np
 from esdc.conventions import SPATIAL_DIMS
 from esdc.errors import EsdcError, SearchIndexError
 from esdc.grid import parse_bbox
+from esdc.search.feedback import MAX_TILES, NEGATIVE_WEIGHT
 from esdc.search.index import Manifest, index_dir, require_faiss
 from esdc.search.page import mount_page
 from esdc.search.query import SearchEngine
@@ -75,7 +87,8 @@ INDEX_HEADER = "X-Esdc-Index"
 log = logging.getLogger("uvicorn.error")
 
 
-def load_engine(cube: str | Path, variable: str | None = None) -> SearchEngine:
+def load_engine(cube: str | Path, variable: str | None = None,
+                version: str | None = None) -> SearchEngine:
     """A :class:`~esdc.search.query.SearchEngine` set up for serving.
 
     Tile pixels are read a few cells at a time: without Dask (a read through Dask
@@ -87,6 +100,8 @@ def load_engine(cube: str | Path, variable: str | None = None) -> SearchEngine:
         Cube with embeddings and an index.
     variable : str, optional
         Embedding variable (default: the smallest tile size).
+    version : str, optional
+        Version of a versioned cube (a tag or snapshot id): the one indexed.
 
     Returns
     -------
@@ -94,10 +109,10 @@ def load_engine(cube: str | Path, variable: str | None = None) -> SearchEngine:
 
     Raises
     ------
-    CubeNotFoundError, SearchIndexError
+    CubeNotFoundError, StorageError, SearchIndexError
         As :class:`~esdc.search.query.SearchEngine`.
     """
-    engine = SearchEngine(cube, variable)
+    engine = SearchEngine(cube, variable, version)
     engine.ds = open_cube(engine.cube, chunks=None, version=engine.version)
     return engine
 
@@ -111,6 +126,8 @@ class IndexWatcher:
         App of :func:`create_app`; its ``state.engine`` is replaced.
     interval : float
         Seconds between checks in :meth:`run`.
+    version : str, optional
+        The cube version served when one was asked for (``create_app(version=)``).
 
     Attributes
     ----------
@@ -120,9 +137,10 @@ class IndexWatcher:
         Why the last reload failed (None after a successful one).
     """
 
-    def __init__(self, app: Any, interval: float = 1.0) -> None:
+    def __init__(self, app: Any, interval: float = 1.0, version: str | None = None) -> None:
         engine = app.state.engine
         self.app, self.interval = app, float(interval)
+        self.version = version  # a service of a version asked for reloads that version only
         self.cube, self.variable = engine.cube, engine.variable
         self._files = (index_dir(self.cube) / f"{self.variable}.json", self.cube / "zarr.json")
         self._seen = self._signature()
@@ -155,7 +173,7 @@ class IndexWatcher:
             return None
         self._seen = sig  # a change during the load is seen by the next check
         try:
-            engine = load_engine(self.cube, self.variable)
+            engine = load_engine(self.cube, self.variable, self.version)
         except Exception as exc:  # noqa: BLE001 -- anything: keep serving the old engine
             self.error = f"{type(exc).__name__}: {exc}"
             self._retry_at = now + self._delay
@@ -264,6 +282,15 @@ def _models(engine: SearchEngine) -> dict[str, Any]:
                                 variable=(str, ...), k=(int, ...),
                                 dim=(int, Field(description="dimension of the vector")),
                                 **filters)
+    marked = create_model("MarkedTile", __doc__="A tile marked in a refinement.",
+                          **coords("tile"), scale=(int, Field(description="tile size in "
+                                                              "cells")))
+    refine_query = create_model(
+        "RefineQuery", __doc__="The marked tiles and the refinement's settings.",
+        variable=(str, ...), k=(int, ...), positive=(list[marked], ...),  # type: ignore[valid-type]
+        negative=(list[marked], ...),  # type: ignore[valid-type]
+        negative_weight=(float, Field(description="Rocchio weight of the negatives")),
+        **filters)
 
     class TileResult(BaseModel):
         """A tile query and its neighbours, nearest first."""
@@ -275,6 +302,12 @@ def _models(engine: SearchEngine) -> dict[str, Any]:
         """A vector query and its neighbours, nearest first."""
 
         query: vector_query  # type: ignore[valid-type]
+        neighbours: list[neighbour]  # type: ignore[valid-type]
+
+    class RefineResult(BaseModel):
+        """The marked tiles and the new ranking (marked tiles left out unless asked)."""
+
+        query: refine_query  # type: ignore[valid-type]
         neighbours: list[neighbour]  # type: ignore[valid-type]
 
     class Health(BaseModel):
@@ -294,14 +327,11 @@ def _models(engine: SearchEngine) -> dict[str, Any]:
                                          "previous index is still served)")
         manifest: Manifest = Field(description="the index manifest (lineage)")
 
-    class VectorSearch(BaseModel):
-        """Body of ``POST /search/vector``."""
+    class Filtered(BaseModel):
+        """``k`` and the filters of a search body."""
 
         model_config = ConfigDict(extra="forbid")
 
-        vector: list[float] = Field(min_length=1, max_length=MAX_DIM,
-                                    description="embedding, as many values as the index "
-                                    f"dimension ({engine.dim} here)")
         k: int = Field(10, ge=1, description="number of neighbours (at most the indexed "
                        "tiles)")
         bbox: list[float] | None = Field(None, min_length=4, max_length=4,
@@ -310,8 +340,45 @@ def _models(engine: SearchEngine) -> dict[str, Any]:
         start: str | None = Field(None, description="keep tiles from this time")
         end: str | None = Field(None, description="keep tiles up to this time")
 
+    class VectorSearch(Filtered):
+        """Body of ``POST /search/vector``."""
+
+        vector: list[float] = Field(min_length=1, max_length=MAX_DIM,
+                                    description="embedding, as many values as the index "
+                                    f"dimension ({engine.dim} here)")
+
+    fin = {"default": None, "allow_inf_nan": False}
+
+    class TileMark(BaseModel):
+        """A tile marked in a refinement: a point in it, and its scale and time."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        lat: float | None = Field(**fin, description=f"latitude (the grid's {ny}; same as y)")
+        lon: float | None = Field(**fin, description=f"longitude (the grid's {nx}; same as x)")
+        y: float | None = Field(**fin, description=f"{ny} in the grid's units (same as lat)")
+        x: float | None = Field(**fin, description=f"{nx} in the grid's units (same as lon)")
+        scale: int | None = Field(None, ge=1, description="tile size in cells (default: "
+                                  "the scale searched)")
+        time: str | None = Field(None, description="date of the tile (nearest time step); "
+                                 "required when embeddings vary in time")
+
+    class RefineSearch(Filtered):
+        """Body of ``POST /search/refine``."""
+
+        positive: list[TileMark] = Field(max_length=MAX_TILES, description="tiles like "
+                                         "those wanted (at least one; usually the query "
+                                         "tile)")
+        negative: list[TileMark] = Field(default_factory=list, max_length=MAX_TILES,
+                                         description="tiles not wanted")
+        negative_weight: float = Field(NEGATIVE_WEIGHT, ge=0, allow_inf_nan=False,
+                                       description="Rocchio weight of the negatives' mean")
+        exclude_marked: bool = Field(True, description="leave the marked tiles out of the "
+                                     "answer")
+
     return {"TileResult": TileResult, "VectorResult": VectorResult, "Health": Health,
-            "VectorSearch": VectorSearch}
+            "VectorSearch": VectorSearch, "RefineResult": RefineResult,
+            "RefineSearch": RefineSearch}
 
 
 def _document_user_errors(app: Any) -> None:
@@ -340,7 +407,7 @@ def _document_user_errors(app: Any) -> None:
 
 
 def create_app(cube: str | Path, variable: str | None = None,
-               watch: float | None = 1.0) -> Any:
+               watch: float | None = 1.0, version: str | None = None) -> Any:
     """The FastAPI application serving the search of one cube's embeddings.
 
     Parameters
@@ -353,6 +420,9 @@ def create_app(cube: str | Path, variable: str | None = None,
         Seconds between checks for a rebuilt index while the app runs (its lifespan:
         uvicorn, or ``with TestClient(app)``); None or 0: never. ``app.state.watcher``
         (an :class:`IndexWatcher`) can also be asked to ``check()`` at any time.
+    version : str, optional
+        Version of a versioned cube (a tag or snapshot id) to serve: it must be the one
+        the index was built from; a rebuilt index of another version is not swapped in.
 
     Returns
     -------
@@ -365,8 +435,10 @@ def create_app(cube: str | Path, variable: str | None = None,
     CubeNotFoundError
         If there is no cube at ``cube``.
     SearchIndexError
-        If the cube has no embeddings or index, or the index's lineage does not match
-        (raised here, before anything is served).
+        If the cube has no embeddings or index, the index's lineage does not match, or
+        ``version`` is not the version indexed (raised here, before anything is served).
+    StorageError
+        If ``version`` names nothing, or the cube has no versions.
     EsdcError
         If FastAPI is missing.
     """
@@ -374,10 +446,11 @@ def create_app(cube: str | Path, variable: str | None = None,
     from fastapi import Depends, FastAPI, Query, Request
     from fastapi.responses import JSONResponse, Response
 
-    engine = load_engine(cube, variable)
+    engine = load_engine(cube, variable, version)
     m = _models(engine)
     TileResult, VectorResult, Health, VectorSearch = (m["TileResult"], m["VectorResult"],
                                                      m["Health"], m["VectorSearch"])
+    RefineResult, RefineSearch = m["RefineResult"], m["RefineSearch"]
     ny, nx = engine.names
 
     @contextlib.asynccontextmanager
@@ -398,7 +471,7 @@ def create_app(cube: str | Path, variable: str | None = None,
                   "distances of centred, L2-normalised embeddings.")
     app.state.engine = engine
     _document_user_errors(app)
-    app.state.watcher = IndexWatcher(app, watch or 1.0)
+    app.state.watcher = IndexWatcher(app, watch or 1.0, version)
 
     @app.exception_handler(EsdcError)
     async def _user_error(request: Request, exc: EsdcError) -> JSONResponse:
@@ -474,6 +547,20 @@ def create_app(cube: str | Path, variable: str | None = None,
         _one_thread()
         return eng.search_vector(np.asarray(b.vector, dtype="float32"), b.k, box,
                                  (b.start, b.end), query).to_json()
+
+    @app.post("/search/refine", response_model=RefineResult,
+              summary="More like these, not like those (relevance feedback)")
+    async def search_refine(body: RefineSearch, eng: Engine) -> dict[str, Any]:  # type: ignore[valid-type]
+        """A new ranking from marked tiles (Rocchio on the embeddings), judged ones left out."""
+        b: Any = body
+        box = parse_bbox(b.bbox)
+        pos, neg = ([t.model_dump(exclude_none=True) for t in tiles]
+                    for tiles in (b.positive, b.negative))
+        _one_thread()
+        result = eng.refine(pos, neg, b.k, box, (b.start, b.end), b.negative_weight,
+                            b.exclude_marked).to_json()
+        result["query"].update(_filters(box, b.start, b.end))
+        return result
 
     @app.get("/tiles/{tile_y}/{tile_x}.png", response_class=Response,
              summary="A tile's pixels as PNG",

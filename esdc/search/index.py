@@ -21,6 +21,10 @@ reader (a running ``esdc serve`` reloads on it) sees either the old manifest and
 the old index file, or the new ones, never a mix. The previous generation's file is
 kept (a reader may have just read the old manifest); older ones are removed.
 Manifests of earlier esdc versions (no ``index_file``) name ``VARIABLE.faiss``.
+An index of time-varying embeddings covers their first ``time_steps`` steps (those
+embedded when it was built); :func:`esdc.search.live.update_index` (``esdc index
+--update``) adds the vectors of steps embedded since as the next generation, and
+``generations`` lists what each generation added.
 :func:`load_index` checks the file's SHA-256 and that the index was built from the
 embeddings (model run and weights checksum) now in the cube;
 :class:`esdc.search.query.SearchEngine` also checks the vectors it reads from the
@@ -29,27 +33,35 @@ cube against ``vectors_sha256``.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
-import os
-import re
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from esdc.conventions import ATTR_MODEL_RUN, ATTR_MODEL_SHA256, ATTR_ROLE, ATTR_TILE_SIZE
+from esdc.conventions import ATTR_MODEL_RUN, ATTR_MODEL_SHA256, TIME_DIM
+from esdc.embed import embedded_steps, embedding_variables
 from esdc.errors import EsdcError, SearchIndexError
 from esdc.hashing import file_sha256
+from esdc.search.manifest import (
+    Manifest,
+    commit_generation,
+    generation_entry,
+    index_dir,
+    indexed_version,
+    read_manifest,
+    require_faiss,
+    time_range_of,
+)
 from esdc.storage import open_cube, resolve
 
-__all__ = ["EXACT_THRESHOLD", "GPU_KINDS", "Manifest", "build_index", "embedding_matrix",
-           "embedding_variable", "gpu_count", "index_dir", "load_index", "make_index",
-           "normalise", "read_embeddings", "require_faiss", "select_device",
-           "vectors_sha256"]
+__all__ = ["EXACT_THRESHOLD", "GPU_KINDS", "Manifest", "build_index", "commit_generation",
+           "embedding_matrix", "embedding_variable", "embedding_variables", "generation_entry",
+           "gpu_count", "index_dir", "indexed_version", "load_index", "make_index", "normalise",
+           "read_embeddings", "read_manifest", "require_faiss", "searched_version",
+           "select_device", "time_range_of", "vectors_sha256"]
 
 #: Below this many vectors ``auto`` builds an exact index.
 EXACT_THRESHOLD = 200_000
@@ -57,55 +69,6 @@ EXACT_THRESHOLD = 200_000
 #: Kinds FAISS builds and searches on a GPU (``faiss.index_cpu_to_gpu``); HNSW has no GPU
 #: implementation in FAISS.
 GPU_KINDS = ("flat", "ivfpq")
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What an index was built from (its lineage) and how."""
-
-    cube: str
-    variable: str
-    model_run: str
-    model_sha256: str
-    count: int
-    dim: int
-    metric: str
-    centre: list[float]
-    kind: str
-    params: dict[str, Any]
-    index_sha256: str
-    ids_sha256: str
-    faiss_version: str
-    created: str
-    #: File of the index in the index folder ("": ``VARIABLE.faiss``, older manifests).
-    index_file: str = ""
-    #: Build counter of this variable's index (0: manifest of an older esdc).
-    generation: int = 0
-    #: :func:`vectors_sha256` of the embedding array indexed ("": not recorded).
-    vectors_sha256: str = ""
-    #: Version (snapshot id) of a versioned cube the embeddings were read at ("": none).
-    cube_version: str = ""
-
-
-def require_faiss() -> Any:
-    """The ``faiss`` module, imported on first use (an optional dependency).
-
-    Returns
-    -------
-    module
-        ``faiss`` (faiss-cpu, or faiss-gpu with ``esdc[gpu]``).
-
-    Raises
-    ------
-    EsdcError
-        If FAISS is not installed (the message names the extra to install).
-    """
-    try:
-        import faiss
-    except ImportError:
-        raise EsdcError("FAISS is not installed: pip install 'esdc[search]' (faiss-cpu).") \
-            from None
-    return faiss
 
 
 def gpu_count() -> int:
@@ -182,23 +145,6 @@ def _no_gpu_kind(kind: str) -> None:
                            f"{' or '.join(GPU_KINDS)} on the GPU, or device='cpu'.")
 
 
-def index_dir(cube: str | Path) -> Path:
-    """Folder beside the cube that holds its indexes: ``NAME.zarr.index/``.
-
-    Parameters
-    ----------
-    cube : str or path-like
-        The cube's folder (``.../NAME.zarr``).
-
-    Returns
-    -------
-    pathlib.Path
-        ``.../NAME.zarr.index`` (it may not exist yet).
-    """
-    cube = Path(cube)
-    return cube.parent / f"{cube.name}.index"
-
-
 def embedding_variable(ds: xr.Dataset, variable: str | None = None) -> str:
     """The embedding variable to use: ``variable``, or the only/first one (smallest tile).
 
@@ -219,9 +165,7 @@ def embedding_variable(ds: xr.Dataset, variable: str | None = None) -> str:
     SearchIndexError
         If the cube has no embeddings or ``variable`` is not one.
     """
-    names = sorted((str(n) for n, v in ds.data_vars.items()
-                    if v.attrs.get(ATTR_ROLE) == "embedding"),
-                   key=lambda n: int(ds[n].attrs.get(ATTR_TILE_SIZE, 0)))
+    names = embedding_variables(ds)
     if not names:
         raise SearchIndexError("the cube has no embeddings; run `esdc embed CUBE --model RUN` "
                                "(esdc.embed) first.")
@@ -315,6 +259,9 @@ def read_embeddings(cube: str | Path, variable: str | None = None,
     """
     ds = open_cube(Path(cube), version=version)
     var = embedding_variable(ds, variable)
+    steps = embedded_steps(ds[var])
+    if steps is not None and steps < ds.sizes[TIME_DIM]:  # steps appended, not embedded yet
+        ds = ds.isel({TIME_DIM: slice(0, steps)})
     ds[var] = ds[var].load()  # read once: indexed, checksummed, clustered
     vec, ids, centre = embedding_matrix(ds, var)
     if len(ids) == 0:
@@ -454,67 +401,53 @@ def build_index(cube: str | Path, variable: str | None = None, kind: str = "auto
     index, used = make_index(vec, kind, ids, device=dev, **params)
     if dev == "gpu":
         index = faiss.index_gpu_to_cpu(index)
-    used = used | {"built_on": dev}
-    folder = index_dir(cube)
-    folder.mkdir(exist_ok=True)
-    tmp = folder / f".{var}.faiss.{os.getpid()}.tmp"
-    faiss.write_index(index, str(tmp))
-    sha = file_sha256(tmp)
-    target = folder / f"{var}.{sha[:16]}.faiss"  # one name, one content: never rewritten
-    os.replace(tmp, target)
-    mpath = folder / f"{var}.json"
-    previous = _read_manifest(mpath)
     attrs = ds[var].attrs
-    manifest = Manifest(
-        cube=str(cube.resolve()), variable=var, model_run=str(attrs.get(ATTR_MODEL_RUN, "")),
-        model_sha256=str(attrs.get(ATTR_MODEL_SHA256, "")), count=int(n), dim=int(d),
-        metric="cosine (inner product of centred, L2-normalised vectors)",
-        centre=[float(c) for c in centre], kind=kind, params=used,
-        index_sha256=sha, ids_sha256=hashlib.sha256(ids.tobytes()).hexdigest(),
-        faiss_version=faiss.__version__,
-        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        index_file=target.name, generation=(previous.generation if previous else 0) + 1,
-        vectors_sha256=vectors_sha256(ds[var].values), cube_version=version or "")
-    mtmp = folder / f".{var}.json.{os.getpid()}.tmp"
-    mtmp.write_text(json.dumps(asdict(manifest), indent=2))
-    os.replace(mtmp, mpath)  # the commit: readers now see this generation
-    keep = {target.name, _index_file(previous, var) if previous else ""}
-    pattern = re.compile(rf"{re.escape(var)}(\.[0-9a-f]{{16}})?\.faiss")
-    for old in folder.iterdir():
-        if pattern.fullmatch(old.name) and old.name not in keep:
-            old.unlink(missing_ok=True)
-    return manifest
+    steps = embedded_steps(ds[var]) or 0
+    return commit_generation(cube, var, index, {
+        "cube": str(cube.resolve()), "variable": var,
+        "model_run": str(attrs.get(ATTR_MODEL_RUN, "")),
+        "model_sha256": str(attrs.get(ATTR_MODEL_SHA256, "")), "count": int(n), "dim": int(d),
+        "metric": "cosine (inner product of centred, L2-normalised vectors)",
+        "centre": [float(c) for c in centre], "kind": kind, "params": used | {"built_on": dev},
+        "ids_sha256": hashlib.sha256(ids.tobytes()).hexdigest(),
+        "vectors_sha256": vectors_sha256(ds[var].values), "cube_version": version or "",
+        "time_steps": steps, "time_range": time_range_of(ds, steps),
+    }, generation_entry("build", n, (0, steps), version))
 
 
-def _index_file(manifest: Manifest, variable: str) -> str:
-    return manifest.index_file or f"{variable}.faiss"
-
-
-def _read_manifest(path: Path) -> Manifest | None:
-    """The manifest at ``path``, or None if missing or unreadable."""
-    try:
-        return Manifest(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def indexed_version(cube: str | Path, variable: str) -> str:
-    """The cube version (snapshot id) the index of ``variable`` was built from.
+def searched_version(cube: str | Path, variable: str, version: str | None = None) -> str | None:
+    """The cube version a search reads: the one its index was built from.
 
     Parameters
     ----------
-    cube : str or path-like
-        The cube.
-    variable : str
-        Its embedding variable.
+    cube, variable : str or path-like, str
+        The cube and the embedding variable searched.
+    version : str, optional
+        The version asked for (a tag or snapshot id): it must be the one indexed.
 
     Returns
     -------
-    str
-        The manifest's ``cube_version``; ``""`` for a cube without versions, or no index.
+    str or None
+        The snapshot id indexed; None for a cube without versions.
+
+    Raises
+    ------
+    StorageError
+        If ``version`` names nothing, or the cube has no versions.
+    SearchIndexError
+        If ``version`` is not the version the index was built from (both are named).
     """
-    manifest = _read_manifest(index_dir(cube) / f"{variable}.json")
-    return manifest.cube_version if manifest else ""
+    indexed = indexed_version(cube, variable) or None
+    if version is None:
+        return indexed
+    asked = resolve(cube).at(version).current_version()
+    if asked != indexed:
+        raise SearchIndexError(
+            f"version={version!r} of {cube} is snapshot {asked}, but the index of "
+            f"{variable!r} was built from version {indexed or '(none recorded)'}; search "
+            "the version indexed (leave version out), or embed and index that version "
+            "again (`esdc index` indexes the newest one).")
+    return indexed
 
 
 def load_index(cube: str | Path, variable: str, ds: xr.Dataset | None = None) -> tuple[Any,
@@ -563,7 +496,7 @@ def load_index(cube: str | Path, variable: str, ds: xr.Dataset | None = None) ->
         except (ValueError, TypeError) as exc:
             raise SearchIndexError(f"{mpath} is not a valid index manifest ({exc}); "
                                    f"{rebuild}.") from None
-        path = folder / _index_file(manifest, variable)
+        path = folder / manifest.file_name()
         try:
             digest = file_sha256(path)
             break

@@ -4,11 +4,14 @@ A :class:`SearchEngine` holds everything a query uses (the FAISS index, its mani
 and the embedding vectors, all in memory; the cube only for tile pixels) and never
 changes after it is made: a rebuilt index is picked up by making a new engine (the
 HTTP service swaps engines, :mod:`esdc.search.http`), so one engine's answers always
-come from one index generation.
+come from one index generation. Of a cube whose time axis grows (a live archive) the
+engine reads the time steps its index covers (the manifest's ``time_steps``): steps
+appended or embedded since are searched once an index update covers them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,13 @@ import pandas as pd
 from esdc.conventions import ATTR_INPUTS, ATTR_TILE_DIMS, ATTR_TILE_SIZE, SPATIAL_DIMS, TIME_DIM
 from esdc.errors import SearchIndexError
 from esdc.grid import parse_bbox
+from esdc.search.feedback import MAX_TILES, NEGATIVE_WEIGHT, FeedbackTile, rocchio
 from esdc.search.index import (
     embedding_variable,
-    indexed_version,
+    embedding_variables,
     load_index,
     normalise,
+    searched_version,
     vectors_sha256,
 )
 from esdc.search.render import display_pixels, png_bytes
@@ -112,6 +117,9 @@ class SearchEngine:
         The cube.
     variable : str, optional
         Embedding variable (default: the smallest tile size).
+    version : str, optional
+        Version of a versioned cube (a tag or snapshot id) to search: it must be the
+        one the index was built from (the default).
 
     Attributes
     ----------
@@ -128,19 +136,23 @@ class SearchEngine:
     ------
     CubeNotFoundError
         If there is no cube at ``cube``.
+    StorageError
+        If ``version`` names nothing, or is given for a cube without versions.
     SearchIndexError
-        If the cube has no embeddings or index, the index's lineage does not match, the
+        If the cube has no embeddings or index, the index's lineage does not match,
+        ``version`` is not the version indexed, the
         version indexed is not in the history of a versioned cube's newest version, or
         the vectors in the cube are not those that were indexed (``vectors_sha256``
         of the manifest: re-embedded, or being rewritten, since the index was built).
     """
 
-    def __init__(self, cube: str | Path, variable: str | None = None) -> None:
+    def __init__(self, cube: str | Path, variable: str | None = None,
+                 version: str | None = None) -> None:
         self.cube = Path(cube)
         self.ds = open_cube(self.cube)
         self.variable = embedding_variable(self.ds, variable)
         # a versioned cube is read at the version indexed: later commits do not change it
-        self.version = indexed_version(self.cube, self.variable) or None
+        self.version = searched_version(self.cube, self.variable, version)
         if self.version is not None:
             target = resolve(self.cube)
             if not target.is_ancestor(self.version):
@@ -150,6 +162,9 @@ class SearchEngine:
                     f"{target.current_version()}; rebuild it with `esdc index {self.cube}`.")
             self.ds = target.open(version=self.version)
         self.index, self.manifest = load_index(self.cube, self.variable, self.ds)
+        if TIME_DIM in self.ds[self.variable].dims and self.manifest.time_steps:
+            # the steps indexed: those appended since are not searched until indexed
+            self.ds = self.ds.isel({TIME_DIM: slice(0, self.manifest.time_steps)})
         emb = self.ds[self.variable]
         self.attrs = dict(emb.attrs)
         self.ydim, self.xdim = str(emb.dims[0]), str(emb.dims[1])
@@ -162,6 +177,10 @@ class SearchEngine:
         self.times = pd.DatetimeIndex(self.ds[TIME_DIM].values) if self.has_time else None
         self.shape = emb.shape[:-1]
         self.dim = int(emb.shape[-1])
+        self.tile_size = int(emb.attrs[ATTR_TILE_SIZE])
+        #: tile size (cells) -> embedding variable, for every embedding of the cube
+        self.scales = {int(self.ds[v].attrs[ATTR_TILE_SIZE]): v
+                       for v in embedding_variables(self.ds)}
         self._vectors = np.asarray(emb.values, dtype="float32")
         if self.manifest.vectors_sha256 and (vectors_sha256(self._vectors)
                                              != self.manifest.vectors_sha256):
@@ -283,8 +302,6 @@ class SearchEngine:
         GridError
             For a malformed ``bbox``.
         """
-        import faiss
-
         v = np.asarray(vector, dtype="float32").reshape(-1)
         if v.shape[0] != self.dim:
             raise SearchIndexError(f"query vector has {v.shape[0]} values; the index holds "
@@ -295,20 +312,30 @@ class SearchEngine:
             raise SearchIndexError(f"k = {k} must be between 1 and {self.manifest.count} "
                                    "(indexed tiles).")
         v = normalise(v[None], np.asarray(self.manifest.centre, dtype="float32"))[0]
+        return self._nearest(v, k, bbox, time_range, query or {"vector": True})
+
+    def _nearest(self, v: np.ndarray, k: int, bbox: tuple[float, float, float, float] | None,
+                 time_range: tuple[str | None, str | None] | None, query: dict[str, Any],
+                 exclude: np.ndarray | None = None) -> SearchResult:
+        """The ``k`` tiles nearest to a centred, normalised ``v`` ``(F,)``, not in ``exclude``."""
+        import faiss
+
         allowed = self._allowed(bbox, time_range)
         params = None
         if allowed is not None:
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-        sims, ids = self.index.search(v[None], k, params=params)
+        skip = set() if exclude is None else {int(i) for i in exclude}
+        sims, ids = self.index.search(v[None], min(k + len(skip), self.manifest.count),
+                                      params=params)
         out = []
         for sim, i in zip(sims[0], ids[0], strict=True):
-            if i < 0:
+            if i < 0 or int(i) in skip:
                 continue
             ty, tx, t = self._id_to_tile(int(i))
             out.append(Neighbour(ty, tx, t, float(self.yc[ty]), float(self.xc[tx]),
                                  None if t is None or self.times is None
                                  else str(self.times[t].date()), max(0.0, float(1.0 - sim))))
-        return SearchResult(query or {"vector": True}, out, self.names)  # type: ignore[arg-type]
+        return SearchResult(query, out[:k], self.names)  # type: ignore[arg-type]
 
     def search_tile(self, y: float, x: float, time: str | None = None, k: int = 10,
                     bbox: tuple[float, float, float, float] | None = None,
@@ -342,10 +369,102 @@ class SearchEngine:
             For a malformed ``bbox``.
         """
         ty, tx, t = self.tile_at(y, x, time)
-        q = {self.names[0]: float(self.yc[ty]), self.names[1]: float(self.xc[tx]),
-             "time": None if t is None or self.times is None else str(self.times[t].date()),
-             "tile_y": ty, "tile_x": tx, "variable": self.variable, "k": k}
+        q = {**self._describe(ty, tx, t), "variable": self.variable, "k": k}
         return self.search_vector(self.vector_of(ty, tx, t), k, bbox, time_range, q)
+
+    def refine(self, positive: Sequence[FeedbackTile | Mapping[str, Any]],
+               negative: Sequence[FeedbackTile | Mapping[str, Any]] = (), k: int = 10,
+               bbox: tuple[float, float, float, float] | None = None,
+               time_range: tuple[str | None, str | None] | None = None,
+               negative_weight: float = NEGATIVE_WEIGHT,
+               exclude_marked: bool = True) -> SearchResult:
+        """A new ranking from marked tiles: relevance feedback (:mod:`esdc.search.feedback`).
+
+        The query is the Rocchio vector of the tiles' embeddings (mean of the positives
+        minus ``negative_weight`` times the mean of the negatives, in the index's
+        centred, L2-normalised space), searched like any query.
+
+        Parameters
+        ----------
+        positive : sequence of FeedbackTile or mapping
+            Tiles like those wanted (at least one; usually the first query tile is
+            one). A mapping is ``{"lat", "lon", "scale", "time"}`` (``y``/``x`` for
+            ``lat``/``lon``; ``scale``, the tile size in cells, and ``time`` optional).
+        negative : sequence of FeedbackTile or mapping
+            Tiles not wanted (may be empty).
+        k, bbox, time_range
+            As :meth:`search_vector`.
+        negative_weight : float
+            Weight of the negatives' mean (>= 0).
+        exclude_marked : bool
+            Leave the marked tiles out of the answer (default), so that it holds only
+            tiles not yet judged.
+
+        Returns
+        -------
+        SearchResult
+            Its ``query`` lists the marked tiles (centre, time, indices, scale), the
+            variable, ``k`` and ``negative_weight``.
+
+        Raises
+        ------
+        SearchIndexError
+            If there is no positive tile or more than ``MAX_TILES`` tiles, a tile lies
+            outside the embedded grid, has a scale other than the one searched
+            (``tile_size``), no embedding, or no time on a cube whose embeddings vary in
+            time, the marked tiles cancel out, or ``k`` is out of range.
+        GridError
+            For a malformed ``bbox``.
+        """
+        if len(positive) + len(negative) > MAX_TILES:
+            raise SearchIndexError(f"{len(positive) + len(negative)} marked tiles: at most "
+                                   f"{MAX_TILES} per refinement.")
+        if not 1 <= k <= self.manifest.count:
+            raise SearchIndexError(f"k = {k} must be between 1 and {self.manifest.count} "
+                                   "(indexed tiles).")
+        centre = np.asarray(self.manifest.centre, dtype="float32")
+        marked: dict[str, list[dict[str, Any]]] = {"positive": [], "negative": []}
+        vectors: dict[str, list[np.ndarray]] = {"positive": [], "negative": []}
+        ids = []
+        for role, tiles in (("positive", positive), ("negative", negative)):
+            for n, given in enumerate(tiles, 1):
+                try:
+                    tile = given if isinstance(given, FeedbackTile) else \
+                        FeedbackTile.from_mapping(given)
+                    ty, tx, t, info = self._marked_tile(tile)
+                    vectors[role].append(self.vector_of(ty, tx, t))
+                except SearchIndexError as exc:
+                    raise SearchIndexError(f"{role} tile {n}: {exc}") from None
+                marked[role].append(info)
+                ids.append(np.ravel_multi_index((ty, tx) if t is None else (ty, tx, t),
+                                                self.shape))
+        pos = normalise(np.stack(vectors["positive"]), centre) if vectors["positive"] \
+            else np.zeros((0, self.dim), "float32")
+        neg = normalise(np.stack(vectors["negative"]), centre) if vectors["negative"] else None
+        q = rocchio(pos, neg, negative_weight)
+        query = {"variable": self.variable, "k": k, **marked,
+                 "negative_weight": float(negative_weight)}
+        return self._nearest(q, k, bbox, time_range, query,
+                             np.asarray(ids, "int64") if exclude_marked else None)
+
+    def _marked_tile(self, tile: FeedbackTile) -> tuple[int, int, int | None, dict[str, Any]]:
+        """Indices of a marked tile and its description (centre, time, indices, scale)."""
+        if tile.scale is not None and tile.scale != self.tile_size:
+            if tile.scale not in self.scales:
+                raise SearchIndexError(f"scale={tile.scale} is not embedded in the cube; its "
+                                       f"scales (cells per tile) are {sorted(self.scales)}.")
+            raise SearchIndexError(f"scale={tile.scale} is not the scale searched: "
+                                   f"{self.variable!r} has tiles of {self.tile_size} cells "
+                                   f"(search variable={self.scales[tile.scale]!r} for "
+                                   f"{tile.scale}).")
+        ty, tx, t = self.tile_at(tile.y, tile.x, tile.time)
+        return ty, tx, t, {**self._describe(ty, tx, t), "scale": self.tile_size}
+
+    def _describe(self, ty: int, tx: int, t: int | None) -> dict[str, Any]:
+        """A tile's centre (the grid's coordinate names), date and indices."""
+        return {self.names[0]: float(self.yc[ty]), self.names[1]: float(self.xc[tx]),
+                "time": None if t is None or self.times is None else str(self.times[t].date()),
+                "tile_y": ty, "tile_x": tx}
 
     def search_image(self, image: np.ndarray, encoder: Any, k: int = 10, **kw: Any) -> \
             SearchResult:

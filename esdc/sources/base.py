@@ -31,7 +31,7 @@ from esdc.grid import body_of
 from esdc.hashing import file_sha256
 from esdc.samples import SAMPLES, sample_path
 from esdc.sources.cf import axis_of, bounds_from_centres, check_declared_bbox
-from esdc.sources.registry import reader
+from esdc.sources.registry import IN_PLACE, reader
 
 __all__ = ["LOCATIONS", "MAX_SOURCE_PIXELS", "Geolocated", "Georeference", "SourceLike",
            "apply_georeference", "check_size", "georeferenced", "normalize", "open_source",
@@ -300,7 +300,7 @@ def resolve_path(spec: SourceLike, base_dir: Path | None = None) -> Path:
     p = Path(spec.path).expanduser()
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
-    if not p.is_file():
+    if not (p.is_file() or (spec.format in IN_PLACE and p.is_dir())):
         raise SourceNotFoundError(
             f"sources.{spec.name}.path: file {p} does not exist; fix the path in the recipe "
             "(relative paths are taken from the recipe's folder)."

@@ -29,7 +29,7 @@ from esdc.errors import SourceError
 
 __all__ = ["LAT_UNITS", "LON_UNITS", "TOLERANCE_PIXELS", "axis_of", "bounds_from_centres",
            "cell_bounds", "check_declared_bbox", "grid_mapping_crs", "is_latitude",
-           "is_longitude", "length_factor"]
+           "is_longitude", "is_vertical", "length_factor"]
 
 #: CF units of latitude and longitude (CF conventions 1.10, sections 4.1 and 4.2).
 LAT_UNITS = ("degrees_north", "degree_north", "degree_n", "degrees_n", "degreen", "degreesn")
@@ -87,6 +87,17 @@ def axis_of(var: xr.DataArray | xr.Variable) -> str | None:
     if name in _X_NAMES or is_longitude(var) or axis == "X" or kind == "geox":
         return "x"
     return None
+
+
+def is_vertical(var: xr.DataArray | xr.Variable) -> bool:
+    """Whether a coordinate variable is a vertical axis, from its CF attributes.
+
+    ``axis: Z``, ``positive``, or ``_CoordinateAxisType: Height|Pressure|GeoZ`` (e.g.
+    OISST's one-level ``zlev``).
+    """
+    kind = _attr(var, "_CoordinateAxisType").lower()
+    return (_attr(var, "axis").upper() == "Z" or bool(_attr(var, "positive"))
+            or kind in ("height", "pressure", "geoz"))
 
 
 def length_factor(var: xr.DataArray | xr.Variable) -> float | None:

@@ -26,10 +26,11 @@ from esdc.sources.cf import (
     grid_mapping_crs,
     is_latitude,
     is_longitude,
+    is_vertical,
     length_factor,
 )
 
-__all__ = ["SOURCE_CHUNK_BYTES", "open_netcdf"]
+__all__ = ["SOURCE_CHUNK_BYTES", "geolocate_dataset", "open_netcdf", "open_raw"]
 
 #: Largest Dask chunk of a NetCDF/HDF5 source variable (the on-disk chunks are kept whole).
 SOURCE_CHUNK_BYTES = "16MiB"
@@ -81,7 +82,17 @@ def open_netcdf(spec: SourceSpec, path: Path) -> Geolocated:
         georeference, its grid mapping cannot be read, or its 2-D latitudes leave
         [-90, 90].
     """
-    names = list(dict.fromkeys(v.source for v in spec.variables))
+    return geolocate_dataset(open_raw(spec, path), spec, path)
+
+
+def open_raw(spec: SourceSpec, path: Path) -> xr.Dataset:
+    """The file as xarray opens it for :func:`open_netcdf`: lazy, not masked or scaled.
+
+    Raises
+    ------
+    SourceError
+        If the file is not NetCDF/HDF5.
+    """
     try:
         # Dask chunks of at most SOURCE_CHUNK_BYTES, multiples of the file's own chunks:
         # a grid that covers part of the file then reads and decodes only the chunks it
@@ -97,6 +108,36 @@ def open_netcdf(spec: SourceSpec, path: Path) -> Geolocated:
             f"sources.{spec.name}: {path} is not a readable {spec.format.upper()} file "
             f"({type(exc).__name__}: {str(exc)[:200]}); check the file and `format`."
         ) from None
+    return ds
+
+
+def geolocate_dataset(ds: xr.Dataset, spec: SourceSpec, path: Path | str) -> Geolocated:
+    """Locate an opened NetCDF-like dataset (NetCDF, HDF5 or Zarr) as :func:`open_netcdf` does.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Opened lazily (Dask), not decoded by mask and scale.
+    spec : SourceSpec
+        The recipe's source.
+    path : pathlib.Path or str
+        Where it was opened from (a path or URL), for messages.
+
+    Returns
+    -------
+    Geolocated
+
+    Raises
+    ------
+    SourceError
+        As for :func:`open_netcdf`.
+    """
+    names = list(dict.fromkeys(v.source for v in spec.variables))
+    # a single vertical level (OISST's zlev = 0 m) is a label, not a dim of the cube
+    levels = [d for d in ds.dims if ds.sizes[d] == 1 and d in ds.coords
+              and is_vertical(ds[d])]
+    if levels:
+        ds = ds.squeeze(levels)
     missing = [n for n in names if n not in ds.data_vars]
     if missing:
         have = sorted(map(str, ds.data_vars))

@@ -19,7 +19,8 @@ from typing import Any
 
 from esdc.errors import SourceError
 
-__all__ = ["FORMATS", "READERS", "load_entry", "reader"]
+__all__ = ["FORMATS", "IN_PLACE", "READERS", "SERIES_PREPARE", "SERIES_READERS", "SERVICES",
+           "load_entry", "reader"]
 
 #: Format name -> ``(module, function)`` of its reader.
 READERS: dict[str, tuple[str, str]] = {
@@ -30,6 +31,33 @@ READERS: dict[str, tuple[str, str]] = {
     "raw": ("esdc.sources.raw", "open_raw"),
     "fits": ("esdc.sources.fits", "open_fits"),
     "jp2": ("esdc.sources.fits", "open_jp2"),
+    "zarr": ("esdc.sources.zarr", "open_zarr"),
+    # a tile service: read through SERVICES below (its reader refuses a single file)
+    "wmts": ("esdc.sources.wmts", "open_wmts"),
+}
+
+#: Format -> ``(module, function)`` opening many granules of one grid as one series at
+#: once, ``open_KIND_series(spec, paths) -> Geolocated | None`` (None: open them one by
+#: one with the reader); formats without an entry are always opened one by one.
+SERIES_READERS: dict[str, tuple[str, str]] = {
+    "netcdf": ("esdc.sources.stack", "open_netcdf_series"),
+}
+
+#: Format -> ``(module, function)`` reading one fetched granule's metadata for its series
+#: reader, ``prepare(path)``; the build calls it in the fetch threads as granules arrive.
+SERIES_PREPARE: dict[str, tuple[str, str]] = {
+    "netcdf": ("esdc.sources.stack", "describe_netcdf"),
+}
+
+#: Formats whose sources are opened where they are (a store read lazily, chunk by chunk),
+#: never fetched into the granule cache.
+IN_PLACE: frozenset[str] = frozenset({"zarr"})
+
+#: Formats read from a tile service instead of files -> ``(module, object)`` of the service
+#: (:class:`esdc.sources.granules.TileService`): it names the index document fetched first
+#: (the capabilities), lists the tiles over the grid as granules, and mosaics them.
+SERVICES: dict[str, tuple[str, str]] = {
+    "wmts": ("esdc.sources.wmts", "WMTS"),
 }
 
 #: The formats a recipe may name (``SourceSpec.format``), in the table's order.

@@ -6,6 +6,8 @@ a URL?". Modules, leaves first::
 
     codecs, integrity, fingerprint, journal    chunk decoding errors, checksum record,
                                                build fingerprint, partial build + commit
+    shards, icechunk_format                    Zarr v3 sharding (shard files, the chunks
+                                               in them); a repository's format version
     regions, append -> write                   layout and the journaled local write
     target -> local -> object                  the interface, a folder, an object store
     target -> icechunk                         a versioned Icechunk repository (imported

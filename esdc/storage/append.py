@@ -4,8 +4,12 @@
 metadata, hard links to every chunk file of the old cube that holds no new step (they
 are not rewritten: same bytes, same inode, same mtime; copied where the file system
 refuses links), and region writes of the new steps only; then it is committed like a
-build (:mod:`esdc.storage.write`). An append whose recipe is not the old cube grown
-along time is refused (:class:`~esdc.errors.BuildConflictError`), the old cube untouched.
+build (:mod:`esdc.storage.write`). Arrays written into the cube after its build (not in
+its checksum record: embeddings and their coordinates) are carried over whole, those
+along ``time`` grown to the new length (the new steps read as their fill value, NaN,
+until written: ``esdc embed --append``); they stay outside the record. An append whose
+recipe is not the old cube grown along time is refused
+(:class:`~esdc.errors.BuildConflictError`), the old cube untouched.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from esdc.conventions import ATTR_RECIPE, ATTR_SOURCES, TIME_DIM
+from esdc.conventions import ATTR_RECIPE, ATTR_SOURCES, GRANULE_TABLE, TIME_DIM
 from esdc.errors import BuildConflictError, CubeNotFoundError
 from esdc.hashing import file_sha256
 from esdc.storage.integrity import ROOT_META, array_dirs, chunk_files, chunk_index, read_manifest
 
-__all__ = ["AppendBase", "append_attrs", "check_append", "link_old_chunks"]
+__all__ = ["AppendBase", "append_attrs", "carry_derived", "check_append", "grow_derived",
+           "link_old_chunks"]
 
 
 def _zjson(path: Path) -> dict[str, Any]:
@@ -60,11 +65,18 @@ class AppendBase:
                                      "with overwrite=True.")
         self.target = target
         self.attrs: dict[str, Any] = root.get("attributes", {})
-        self.arrays = {name: _zjson(path) for name, path in array_dirs(target).items()}
+        # the cube's own arrays; its tables (esdc_granules) are written anew with each append
+        self.arrays = {name: _zjson(path) for name, path in array_dirs(target).items()
+                       if not name.startswith(f"{GRANULE_TABLE}/")}
         if TIME_DIM not in self.arrays:
             raise BuildConflictError(f"append=True: {target} has no time axis to append to.")
         self.n_time = int(self.arrays[TIME_DIM]["shape"][0])
         self.manifest = read_manifest(target)
+        # arrays written after the build (embeddings): carried over, not the recipe's
+        recorded = (self.manifest or {}).get("arrays")
+        self.derived = sorted(n for n in self.arrays if recorded and n not in recorded)
+        for name in self.derived:
+            del self.arrays[name]
         self.ident = ((self.manifest or {}).get("fingerprint_sha256")
                       or file_sha256(target / ROOT_META))
 
@@ -118,7 +130,8 @@ def check_append(ds: xr.Dataset, base: AppendBase, store: Path, data_vars: list[
         If arrays, dims, encoding, attributes, non-time coordinates, the old time steps or
         a source that is not a time series differ.
     """
-    new = {name: _zjson(path) for name, path in array_dirs(store).items()}
+    new = {name: _zjson(path) for name, path in array_dirs(store).items()
+           if not name.startswith(f"{GRANULE_TABLE}/")}
     if set(new) != set(base.arrays):
         raise _refuse(f"the cube's arrays {sorted(base.arrays)} differ from the recipe's "
                       f"{sorted(new)}; rebuild it with overwrite=True.")
@@ -207,11 +220,81 @@ def link_old_chunks(base: AppendBase, store: Path, names: list[str],
         for key, src in chunk_files(base.target, [name]).items():
             if tpos is not None and chunk_index(key, name, enc)[tpos] >= first_new_chunk:
                 continue  # the last, partly filled time chunk is written again
-            dst = store / key
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
+            dst = _link(src, store / key)
             carried[key] = recorded.get(key) or file_sha256(dst)
     return carried
+
+
+def carry_derived(base: AppendBase, store: Path, n_time: int) -> list[str]:
+    """Carry the arrays written after the build (embeddings) into ``store``, grown along time.
+
+    Their chunk files are hard-linked (copied where links are refused); an array along
+    ``time`` gets ``n_time`` steps in its metadata, the new ones reading as its fill
+    value until written.
+
+    Parameters
+    ----------
+    base : AppendBase
+        The stored cube (its ``derived`` arrays).
+    store : pathlib.Path
+        The new store.
+    n_time : int
+        Time steps of the grown cube.
+
+    Returns
+    -------
+    list of str
+        The arrays carried over (keep them out of the new checksum record).
+    """
+    for name in base.derived:
+        meta = _zjson(base.target / name)
+        dims = meta.get("dimension_names") or []
+        if TIME_DIM in dims:
+            meta["shape"][dims.index(TIME_DIM)] = n_time
+        (store / name).mkdir(parents=True, exist_ok=True)
+        (store / name / ROOT_META).write_text(json.dumps(meta, indent=2))
+        for key, src in chunk_files(base.target, [name]).items():
+            _link(src, store / key)
+    return list(base.derived)
+
+
+def _link(src: Path, dst: Path) -> Path:
+    """Hard-link ``src`` to ``dst`` (copied where the file system refuses links)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def grow_derived(store: Any, ds: xr.Dataset) -> list[str]:
+    """Grow the arrays written after the build (embeddings) to the new time length.
+
+    An append writes the recipe's variables; arrays the cube holds besides them (written
+    by ``esdc embed`` or statistics) keep their chunks and get the new steps as their fill
+    value, so every array of the version shares one ``time`` length.
+
+    Parameters
+    ----------
+    store : zarr store
+        The session's (forked) store, the recipe's arrays already appended.
+    ds : xarray.Dataset
+        The planned, longer cube.
+
+    Returns
+    -------
+    list of str
+        The arrays grown.
+    """
+    n_time = ds.sizes[TIME_DIM]
+    grown = []
+    for name, arr in zarr.open_group(store, mode="r+").arrays():
+        dims = list(arr.metadata.dimension_names or ())
+        if name in ds.variables or TIME_DIM not in dims:
+            continue
+        axis = dims.index(TIME_DIM)
+        if arr.shape[axis] < n_time:
+            arr.resize(tuple(n_time if i == axis else n for i, n in enumerate(arr.shape)))
+            grown.append(name)
+    return grown

@@ -1,8 +1,8 @@
 """The fingerprint of a build: what decides that a stored cube is up to date.
 
 Two builds with equal fingerprints write the same chunks: the recipe's SHA-256, every
-source file's SHA-256, the dims, coordinate values, variables and dtypes, the chunks and
-the compressor. The fingerprint is recorded (with its own SHA-256) in the cube's checksum
+source file's SHA-256, the dims, coordinate values, variables and dtypes, the chunks, the
+shards and the compressor. The fingerprint is recorded (with its own SHA-256) in the cube's checksum
 record (:mod:`esdc.storage.integrity`) and in the journal of a partial build
 (:mod:`esdc.storage.journal`).
 """
@@ -22,8 +22,8 @@ from esdc.recipe import CompressorSpec
 __all__ = ["complete_digest", "digest", "fingerprint"]
 
 
-def fingerprint(ds: xr.Dataset, chunks: dict[str, int],
-                compressor: CompressorSpec) -> dict[str, Any]:
+def fingerprint(ds: xr.Dataset, chunks: dict[str, int], compressor: CompressorSpec,
+                shards: dict[str, int] | None = None) -> dict[str, Any]:
     """What identifies a build's result: recipe, sources, grid, variables, encoding.
 
     Nothing is computed: the recipe and source SHA-256 come from the plan's provenance
@@ -37,6 +37,9 @@ def fingerprint(ds: xr.Dataset, chunks: dict[str, int],
         Chunk length (cells or steps) per dim name.
     compressor : CompressorSpec
         Compressor settings.
+    shards : dict, optional
+        Shard length per dim (recorded only when given: an unsharded cube's fingerprint
+        is as before).
 
     Returns
     -------
@@ -52,7 +55,7 @@ def fingerprint(ds: xr.Dataset, chunks: dict[str, int],
     for d in map(str, ds.dims):
         if d in ds.coords:
             coords[d] = hashlib.sha256(np.ascontiguousarray(ds[d].values).tobytes()).hexdigest()
-    return {
+    fp: dict[str, Any] = {
         "format": 1,
         "recipe_sha256": ds.attrs.get(ATTR_RECIPE_SHA256),
         "sources": [list(s) for s in sources],
@@ -64,6 +67,9 @@ def fingerprint(ds: xr.Dataset, chunks: dict[str, int],
         "compressor": {"cname": compressor.cname, "clevel": int(compressor.clevel),
                        "shuffle": compressor.shuffle},
     }
+    if shards:
+        fp["shards"] = {str(k): int(v) for k, v in sorted(shards.items())}
+    return fp
 
 
 def digest(fp: dict[str, Any]) -> str:

@@ -23,10 +23,12 @@ Icechunk 1.1.21 (the last for Python 3.11) is an optional dependency (extra
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
+import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -36,10 +38,13 @@ import xarray as xr
 from esdc.conventions import ATTR_CHECKSUMS, ATTR_MODEL_RUN, SPATIAL_DIMS, TIME_DIM, spatial_dims
 from esdc.errors import BuildConflictError, CubeExistsError, OutputPathError, StorageError
 from esdc.recipe import CompressorSpec
-from esdc.storage.append import append_attrs
+from esdc.storage.append import append_attrs, grow_derived
 from esdc.storage.fingerprint import digest, fingerprint
+from esdc.storage.icechunk_format import SPEC_VERSION, format_error, format_version, is_repository
 from esdc.storage.integrity import ALGORITHM, MANIFEST_GROUP
 from esdc.storage.regions import encoding, prepare, tiles
+from esdc.storage.shards import block_lengths, inner_checksums, open_by_shards, shard_layout
+from esdc.storage.tables import write_tables
 from esdc.storage.target import Target, is_url, local_path
 from esdc.storage.target import storage_options as merge_options
 
@@ -49,12 +54,6 @@ META_KEY = "esdc"
 """Key of esdc's entry in a commit's metadata."""
 MAIN = "main"
 _QUIET: list[bool] = []
-
-
-def is_repository(location: str | os.PathLike[str]) -> bool:
-    """Whether a local ``location`` is an Icechunk repository (``refs/`` and ``snapshots/``)."""
-    p = Path(location)
-    return (p / "refs").is_dir() and (p / "snapshots").is_dir() and not (p / "zarr.json").exists()
 
 
 def _icechunk() -> Any:
@@ -112,6 +111,7 @@ class IcechunkTarget(Target):
         self.path = Path(location) if self.url is None else None
         self.options = dict(options or {})
         self.snapshot = snapshot
+        self._readable = False  # an object store's repository was found of our format
 
     @classmethod
     def from_location(cls, location: str | os.PathLike[str], *,
@@ -191,17 +191,27 @@ class IcechunkTarget(Target):
         Raises
         ------
         StorageError
-            If there is no repository (and ``create`` is false) or it cannot be opened.
+            If there is no repository (and ``create`` is false), it cannot be opened, or it
+            is of another format version (:mod:`esdc.storage.icechunk_format`).
         """
         ic = _icechunk()
+        found = format_version(self.path) if self.path is not None else SPEC_VERSION
+        if found not in (None, SPEC_VERSION):
+            raise format_error(self, found)
         try:
             if self.present():
-                return ic.Repository.open(self.storage())
+                repo = ic.Repository.open(self.storage())
+                if self.url is not None and not self._readable:  # fetch main's snapshot once
+                    repo.lookup_snapshot(str(repo.lookup_branch(MAIN)))
+                    self._readable = True
+                return repo
             if create:
                 return ic.Repository.create(self.storage())
         except StorageError:
             raise
         except Exception as exc:  # noqa: BLE001 - any Icechunk failure: an unreadable repository
+            if "more modern version" in str(exc):  # Icechunk's words for a newer format
+                raise format_error(self, None, str(exc).strip().splitlines()[0]) from None
             raise StorageError(f"{self} is not a readable Icechunk repository "
                                f"({type(exc).__name__}: {str(exc)[:200]}).") from None
         raise StorageError(f"{self} is not an Icechunk repository.")
@@ -311,7 +321,9 @@ class IcechunkTarget(Target):
         return value if isinstance(value, str) else None
 
     def open_dataset(self, **kwargs: Any) -> xr.Dataset:
-        """``xarray.open_zarr`` of the session's store (Icechunk refuses consolidated metadata).
+        """``xarray.open_zarr`` of the session's store (Dask chunks = shards of a sharded cube).
+
+        Icechunk refuses consolidated metadata: it is not asked for.
 
         Raises
         ------
@@ -320,7 +332,8 @@ class IcechunkTarget(Target):
         """
         kwargs["consolidated"] = False
         try:
-            return xr.open_zarr(self.session().store, **kwargs)
+            return open_by_shards(functools.partial(xr.open_zarr, self.session().store),
+                                  **kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure to read the metadata: a bad store
             raise StorageError(f"{self} holds no readable cube ({type(exc).__name__}: "
                                f"{str(exc)[:200]}).") from None
@@ -400,7 +413,9 @@ class IcechunkTarget(Target):
     def write(self, ds: xr.Dataset, *, chunks: dict[str, int], compressor: CompressorSpec,
               overwrite: bool = False, resume: bool = False, append: bool = False,
               client: Any = None, on_region: Callable[[int, int], None] | None = None,
-              report: Callable[[str], None] | None = None) -> Path | str:
+              report: Callable[[str], None] | None = None,
+              tables: Mapping[str, xr.Dataset] | None = None,
+              shards: dict[str, int] | None = None) -> Path | str:
         """Build ``ds`` as one new version on ``main``: regions committed to a build branch.
 
         See :meth:`esdc.storage.target.Target.write` for the parameters, the result and the
@@ -408,8 +423,9 @@ class IcechunkTarget(Target):
         chunks of the cube are shared with the version before.
         """
         self.check(overwrite=overwrite, resume=resume, append=append)
+        blocks = block_lengths(chunks, shards)  # a region, a Dask chunk: whole shards
         say = report or (lambda _msg: None)
-        fp = fingerprint(ds, chunks, compressor)
+        fp = fingerprint(ds, chunks, compressor, shards)
         fp_sha = digest(fp)
         if (resume or append) and self.exists() and self.current_digest() == fp_sha:
             say(f"{self} is up to date")
@@ -421,11 +437,11 @@ class IcechunkTarget(Target):
                 "steps, or choose another out=PATH.")
         n_old = self._check_append(ds) if append else None
         repo = self.repository(create=True)
-        ds = prepare(ds, chunks)
+        ds = prepare(ds, blocks)
         if n_old is not None:
             attrs = (self.root_metadata() or {}).get("attributes") or {}
             ds = append_attrs(ds, SimpleNamespace(n_time=n_old, attrs=attrs))  # type: ignore[arg-type]
-        enc = encoding(ds, chunks, compressor)
+        enc = encoding(ds, chunks, compressor, shards)
         ydim, xdim = spatial_dims(ds.dims) or SPATIAL_DIMS[-1]
         names = [str(k) for k, v in ds.variables.items() if v.chunks is not None]
         trange = None
@@ -435,7 +451,7 @@ class IcechunkTarget(Target):
         branch = f"build-{recipe_sha[:16]}"  # Icechunk refuses "/" in ref names
         main_tip = str(repo.lookup_branch(MAIN))
         done = self._start(repo, ds, enc, branch, main_tip, fp_sha, resume, n_old, say)
-        todo_tiles = tiles(ds, ydim, xdim, chunks)
+        todo_tiles = tiles(ds, ydim, xdim, blocks)
         total = len(todo_tiles)
         if done:
             say(f"resuming {self}: {len(done)} of {total} regions already committed")
@@ -449,6 +465,11 @@ class IcechunkTarget(Target):
             done.add(tuple(tile))
             if on_region:
                 on_region(len(done), total)
+        if tables:
+            session = repo.writable_session(branch)
+            write_tables(session.store, tables)
+            session.commit(f"esdc: tables of an unfinished build ({branch})",
+                           metadata={META_KEY: {"partial": True, "fingerprint_sha256": fp_sha}})
         snap = self._finish(repo, branch, fp, fp_sha, *self._describe(ds, fp, fp_sha, n_old))
         try:
             repo.reset_branch(MAIN, snap, from_snapshot_id=main_tip)
@@ -481,7 +502,8 @@ class IcechunkTarget(Target):
         if not names:
             raise BuildConflictError("append=True: the cube has no time-varying variable to "
                                      "append to.")
-        ct = enc[names[0]]["chunks"][ds[names[0]].dims.index(TIME_DIM)]
+        ct = (enc[names[0]].get("shards") or enc[names[0]]["chunks"])[
+            ds[names[0]].dims.index(TIME_DIM)]  # whole shards (of a sharded cube) are written
         first = n_old // ct
         for n in names:
             axis = ds[n].dims.index(TIME_DIM)
@@ -532,6 +554,7 @@ class IcechunkTarget(Target):
             ds.isel({TIME_DIM: slice(n_old, None)}).to_zarr(
                 fork.store, append_dim=TIME_DIM, compute=False, zarr_format=3,
                 consolidated=False, safe_chunks=False)
+            grow_derived(fork.store, ds)
         session.merge(fork)
         session.commit(f"esdc: metadata of an unfinished build ({branch})",
                        metadata={META_KEY: {"partial": True, "fingerprint_sha256": fp_sha,
@@ -591,13 +614,18 @@ class IcechunkTarget(Target):
         store = session.store
         keys = sorted(k for k in _sync(_collect(store.list_prefix("")))
                       if "/c/" in k and not k.startswith(f"{MANIFEST_GROUP}/"))
-        sums = {}
-        for k in keys:
-            buf = _sync(store.get(k, prototype=default_buffer_prototype()))
-            sums[k] = hashlib.sha256(buf.to_bytes()).hexdigest()
         arrays = _arrays(store)
+        layout = shard_layout({a: json.loads(_sync(store.get(
+            f"{a}/zarr.json", prototype=default_buffer_prototype())).to_bytes()) for a in arrays})
+        sums, inner = {}, {}
+        for k in keys:
+            data = _sync(store.get(k, prototype=default_buffer_prototype())).to_bytes()
+            sums[k] = hashlib.sha256(data).hexdigest()
+            if k.split("/c/")[0] in layout:  # a shard: also the chunks inside it
+                inner[k] = inner_checksums(data, math.prod(layout[k.split("/c/")[0]]))
         record = {"algorithm": ALGORITHM, "fingerprint": fp, "fingerprint_sha256": fp_sha,
-                  "recipe_sha256": fp.get("recipe_sha256"), "arrays": arrays, "chunks": sums}
+                  "recipe_sha256": fp.get("recipe_sha256"), "arrays": arrays, "chunks": sums,
+                  **({"shards": layout, "inner": inner} if layout else {})}
         root = zarr.open_group(store, mode="r+")
         root.create_group(MANIFEST_GROUP, overwrite=True,
                           attributes={ATTR_CHECKSUMS: json.loads(json.dumps(record))})

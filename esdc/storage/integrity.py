@@ -257,6 +257,14 @@ def read_manifest(store: str | os.PathLike[str]) -> dict[str, Any] | None:
     return record_of(_node(Path(store) / MANIFEST_GROUP))
 
 
+def _inside(labels: list[str] | None) -> str:
+    if not labels:
+        return ""
+    if labels == ["index"]:
+        return "; the shard's index is damaged"
+    return f"; changed inside the shard: chunk {', '.join(labels)}"
+
+
 @dataclass
 class ChecksumReport:
     """What :meth:`esdc.storage.target.Target.checksums` found.
@@ -273,6 +281,10 @@ class ChecksumReport:
         Chunk files of recorded arrays that the record does not list.
     uncovered : list of str
         Arrays the record does not cover (written after the build, e.g. embeddings).
+    damaged : dict
+        ``{shard key: [chunk grid index, ...]}``: the chunks inside a mismatched shard
+        whose bytes changed, ``["index"]`` for a damaged shard index
+        (:func:`esdc.storage.shards.locate_damage`).
     error : str or None
         Why nothing could be checked (no record).
     """
@@ -282,13 +294,18 @@ class ChecksumReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     uncovered: list[str] = field(default_factory=list)
+    damaged: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
 
     @property
     def problems(self) -> list[str]:
-        """One message per problem, naming the chunk (``sst/c/3/1/2: ...``)."""
+        """One message per problem, naming the chunk file (``sst/c/3/1/2: ...``).
+
+        For a shard file, also the chunks inside it that changed.
+        """
         out = [self.error] if self.error else []
         out += [f"{k}: checksum mismatch (recorded {a[:16]}..., found {b[:16]}...)"
+                + _inside(self.damaged.get(k))
                 for k, (a, b) in sorted(self.mismatched.items())]
         out += [f"{k}: chunk file missing" for k in sorted(self.missing)]
         out += [f"{k}: chunk file not in the checksum record" for k in sorted(self.unexpected)]

@@ -6,11 +6,12 @@ Writes are journaled and committed by an atomic rename (:mod:`esdc.storage.write
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +23,7 @@ from esdc.errors import CubeExistsError, OutputPathError, StorageError
 from esdc.hashing import file_sha256
 from esdc.recipe import CompressorSpec
 from esdc.storage.integrity import array_dirs, chunk_files
+from esdc.storage.shards import open_by_shards
 from esdc.storage.target import Target, local_path
 from esdc.storage.write import consolidate, write_store
 
@@ -100,7 +102,7 @@ class LocalTarget(Target):
             yield from pool.map(one, keys)
 
     def open_dataset(self, **kwargs: Any) -> xr.Dataset:
-        """``xarray.open_zarr`` of the folder.
+        """``xarray.open_zarr`` of the folder (Dask chunks = shards of a sharded cube).
 
         Raises
         ------
@@ -108,7 +110,7 @@ class LocalTarget(Target):
             If the metadata cannot be read (corrupt or edited).
         """
         try:
-            return xr.open_zarr(self.path, **kwargs)
+            return open_by_shards(functools.partial(xr.open_zarr, self.path), **kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure to read the metadata: a bad store
             raise StorageError(
                 f"{self.path} is not a readable Zarr cube ({type(exc).__name__}: "
@@ -148,7 +150,9 @@ class LocalTarget(Target):
     def write(self, ds: xr.Dataset, *, chunks: dict[str, int], compressor: CompressorSpec,
               overwrite: bool = False, resume: bool = False, append: bool = False,
               client: Any = None, on_region: Callable[[int, int], None] | None = None,
-              report: Callable[[str], None] | None = None) -> Path:
+              report: Callable[[str], None] | None = None,
+              tables: Mapping[str, xr.Dataset] | None = None,
+              shards: dict[str, int] | None = None) -> Path:
         """Build ``ds`` into the folder: journaled, resumable, committed by a rename.
 
         See :meth:`esdc.storage.target.Target.write` and :func:`esdc.storage.write.write_store`
@@ -157,7 +161,8 @@ class LocalTarget(Target):
         self.check(overwrite=overwrite, resume=resume, append=append)
         return write_store(ds, self.path, chunks=chunks, compressor=compressor,
                            overwrite=overwrite, client=client, on_region=on_region,
-                           resume=resume, append=append, report=report)
+                           resume=resume, append=append, report=report, tables=tables,
+                           shards=shards)
 
     def update(self, ds: xr.Dataset | None = None, *,
                attrs: dict[str, dict[str, Any]] | None = None) -> None:

@@ -32,11 +32,12 @@ local target must be.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -54,6 +55,7 @@ from esdc.samples import cache_dir
 from esdc.storage.fingerprint import digest, fingerprint
 from esdc.storage.integrity import MANIFEST_GROUP, ROOT_META
 from esdc.storage.local import LocalTarget
+from esdc.storage.shards import open_by_shards
 from esdc.storage.target import Target
 from esdc.storage.target import storage_options as storage_options_fn
 
@@ -236,9 +238,10 @@ class ObjectTarget(Target):
                           else None)
 
     def open_dataset(self, **kwargs: Any) -> xr.Dataset:
-        """``xarray.open_zarr`` of the URL with the storage options."""
+        """``xarray.open_zarr`` of the URL with the storage options (Dask chunks = shards)."""
         with _errors(self.url, "opening"):
-            return xr.open_zarr(self.url, storage_options=dict(self.options), **kwargs)
+            return open_by_shards(functools.partial(
+                xr.open_zarr, self.url, storage_options=dict(self.options)), **kwargs)
 
     # ------------------------------------------------------------------ writing
     def check_writable(self, *, overwrite: bool, resume: bool) -> None:
@@ -288,7 +291,9 @@ class ObjectTarget(Target):
     def write(self, ds: xr.Dataset, *, chunks: dict[str, int], compressor: CompressorSpec,
               overwrite: bool = False, resume: bool = False, append: bool = False,
               client: Any = None, on_region: Callable[[int, int], None] | None = None,
-              report: Callable[[str], None] | None = None) -> str:
+              report: Callable[[str], None] | None = None,
+              tables: Mapping[str, xr.Dataset] | None = None,
+              shards: dict[str, int] | None = None) -> str:
         """Build the cube into local staging, then upload it with the root metadata last.
 
         With ``overwrite`` the old root ``zarr.json`` is deleted before the upload starts,
@@ -315,7 +320,7 @@ class ObjectTarget(Target):
         say = report or (lambda _msg: None)
         self.check(overwrite=overwrite, resume=resume, append=append)
         current = self.current_digest()
-        if resume and current == digest(fingerprint(ds, chunks, compressor)):
+        if resume and current == digest(fingerprint(ds, chunks, compressor, shards)):
             say(f"{self.url} is up to date")
             return self.url
         if current is not None and not overwrite:
@@ -325,7 +330,8 @@ class ObjectTarget(Target):
         with _locked(staged.parent, self.url):
             LocalTarget(staged).write(ds, chunks=chunks, compressor=compressor, overwrite=True,
                                       client=client, on_region=on_region, resume=resume,
-                                      report=lambda msg: say(f"staging: {msg}"))
+                                      report=lambda msg: say(f"staging: {msg}"),
+                                      tables=tables, shards=shards)
             try:
                 self.upload(staged, say)
             except BaseException:

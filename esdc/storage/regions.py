@@ -1,6 +1,7 @@
 """How a cube is laid out in Zarr: encoding, region tiles, their chunk keys, the empty-layer check.
 
-A region is one spatial tile of chunks (all times, all variables): the unit of work of a
+A region is one spatial tile of chunks, of shards in a sharded cube (all times, all
+variables): the unit of work of a
 build and of its journal (:mod:`esdc.storage.journal`). These functions are pure (they
 read the planned dataset and, for the empty-layer check, the written chunks); the
 scheduling is :mod:`esdc.storage.write`.
@@ -20,14 +21,16 @@ from esdc.conventions import ATTR_SOURCE, SPATIAL_DIMS, TIME_BNDS, TIME_DIM
 from esdc.errors import SourceError
 from esdc.recipe import CompressorSpec
 from esdc.storage.integrity import chunk_index, chunk_key
+from esdc.storage.shards import block_lengths, shard_shape
 
 __all__ = ["check_not_empty", "encoding", "prepare", "regions", "tile_keys", "tiles"]
 
 _SPATIAL = {d for pair in SPATIAL_DIMS for d in pair}
 
 
-def encoding(ds: xr.Dataset, chunks: dict[str, int], compressor: CompressorSpec) -> dict[str, Any]:
-    """Zarr v3 encoding of every data variable: chunks and a Blosc compressor.
+def encoding(ds: xr.Dataset, chunks: dict[str, int], compressor: CompressorSpec,
+             shards: dict[str, int] | None = None) -> dict[str, Any]:
+    """Zarr v3 encoding of every data variable: chunks, shards and a Blosc compressor.
 
     Parameters
     ----------
@@ -37,14 +40,24 @@ def encoding(ds: xr.Dataset, chunks: dict[str, int], compressor: CompressorSpec)
         Chunk length per dim; dims not named take their full length.
     compressor : CompressorSpec
         Blosc settings (``zarr.codecs.BloscCodec``).
+    shards : dict, optional
+        Shard length per dim, whole multiples of ``chunks`` (:mod:`esdc.storage.shards`);
+        a variable with a sharded dim is stored with the ``sharding_indexed`` codec, the
+        compressor inside it.
 
     Returns
     -------
     dict
-        ``{var: {"chunks": tuple, "compressors": (BloscCodec,)}}``; float variables get a
-        NaN fill value; ``time`` (and ``time_bnds``) are stored as float64 days since
-        1970-01-01.
+        ``{var: {"chunks": tuple, "compressors": (BloscCodec,)[, "shards": tuple]}}``;
+        float variables get a NaN fill value; ``time`` (and ``time_bnds``) are stored as
+        float64 days since 1970-01-01.
+
+    Raises
+    ------
+    StorageError
+        If a shard length is not a whole multiple of its chunk length.
     """
+    block_lengths(chunks, shards)
     codec = zarr.codecs.BloscCodec(cname=compressor.cname, clevel=compressor.clevel,
                                    shuffle=compressor.shuffle)
     enc: dict[str, Any] = {}
@@ -53,6 +66,9 @@ def encoding(ds: xr.Dataset, chunks: dict[str, int], compressor: CompressorSpec)
             "chunks": tuple(min(chunks.get(str(d), n), n) for d, n in v.sizes.items()),
             "compressors": (codec,),
         }
+        shape = shard_shape(v.sizes, enc[str(name)]["chunks"], shards or {})
+        if shape is not None:
+            enc[str(name)]["shards"] = shape
         if np.issubdtype(v.dtype, np.floating):
             enc[str(name)]["fill_value"] = np.nan
     if TIME_DIM in ds.coords:
@@ -70,7 +86,10 @@ def regions(ds: xr.Dataset, dim: str, size: int) -> list[slice]:
 
 
 def tiles(ds: xr.Dataset, ydim: str, xdim: str, chunks: dict[str, int]) -> list[list[int]]:
-    """Every region of the cube as ``[y0, y1, x0, x1]`` (cell indices, end exclusive)."""
+    """Every region of the cube as ``[y0, y1, x0, x1]`` (cell indices, end exclusive).
+
+    ``chunks`` are the write units (shards of a sharded cube): a region holds whole files.
+    """
     return [[ysl.start, ysl.stop, xsl.start, xsl.stop]
             for ysl in regions(ds, ydim, chunks.get(ydim, ds.sizes[ydim]))
             for xsl in regions(ds, xdim, chunks.get(xdim, ds.sizes[xdim]))]
@@ -78,6 +97,9 @@ def tiles(ds: xr.Dataset, ydim: str, xdim: str, chunks: dict[str, int]) -> list[
 
 def prepare(ds: xr.Dataset, chunks: dict[str, int]) -> xr.Dataset:
     """``ds`` rechunked to the store's chunks, small non-spatial coordinates in memory.
+
+    ``chunks`` are the write units (:func:`esdc.storage.shards.block_lengths`: the shards
+    of a sharded cube), so that no two Dask tasks write into one stored file.
 
     The metadata write then stores the time bounds; the region writes leave them alone.
     """
@@ -89,7 +111,7 @@ def prepare(ds: xr.Dataset, chunks: dict[str, int]) -> xr.Dataset:
 def tile_keys(ds: xr.Dataset, key_encs: dict[str, Any], names: list[str], enc: dict[str, Any],
               tile: list[int], ydim: str, xdim: str,
               trange: list[int] | None) -> list[str]:
-    """Chunk keys a region write of ``tile`` stores.
+    """Chunk keys (shard keys of a sharded variable) a region write of ``tile`` stores.
 
     Parameters
     ----------
@@ -117,7 +139,7 @@ def tile_keys(ds: xr.Dataset, key_encs: dict[str, Any], names: list[str], enc: d
     for name in names:
         v = ds[name]
         ranges = []
-        for d, c in zip(v.dims, enc[name]["chunks"], strict=True):
+        for d, c in zip(v.dims, enc[name].get("shards") or enc[name]["chunks"], strict=True):
             lo, hi = ((y0, y1) if d == ydim else (x0, x1) if d == xdim
                       else tuple(trange) if d == TIME_DIM and trange else (0, v.sizes[d]))
             ranges.append(range(lo // c, -(-hi // c)))

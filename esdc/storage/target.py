@@ -36,7 +36,7 @@ import hashlib
 import importlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,6 +48,7 @@ from esdc.recipe import CompressorSpec
 from esdc.storage.codecs import checked_reads
 from esdc.storage.fingerprint import complete_digest, digest, fingerprint
 from esdc.storage.integrity import MANIFEST_GROUP, ROOT_META, ChecksumReport, record_of
+from esdc.storage.shards import locate_damage
 
 __all__ = ["STORES", "TARGETS", "Target", "check_checksums", "is_url", "open_cube",
            "local_path", "register_target", "resolve", "storage_options", "store_kind",
@@ -62,7 +63,7 @@ TARGETS: dict[str, str] = {
 other scheme (fsspec)."""
 
 STORES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "icechunk": ("esdc.storage.icechunk:IcechunkTarget", ("refs", "snapshots")),
+    "icechunk": ("esdc.storage.icechunk:IcechunkTarget", ("snapshots",)),
 }
 """Store kind (the recipe's ``output.store``, ``--store``) -> ``("module:Class", folders
 that mark an existing store of that kind)``; ``"zarr"`` (the default) is not listed: a
@@ -141,9 +142,8 @@ def storage_options(pairs: list[str] | None = None,
 class Target(abc.ABC):
     """Where a cube is stored, and what can be done there.
 
-    Subclasses implement the abstract methods; everything else (``require``,
-    ``is_current``, ``open``, ``checksums``, ``check``) is written once, here, on top of
-    them.
+    Subclasses implement the abstract methods; everything else (``require``, ``is_current``,
+    ``open``, ``checksums``, ``check``) is written once, here, on top of them.
 
     Attributes
     ----------
@@ -283,8 +283,8 @@ class Target(abc.ABC):
         """The fingerprint SHA-256 of the complete cube here, else None (metadata only)."""
         return complete_digest(self.root_metadata(), self.manifest())
 
-    def is_current(self, ds: xr.Dataset, *, chunks: dict[str, int],
-                   compressor: CompressorSpec) -> bool:
+    def is_current(self, ds: xr.Dataset, *, chunks: dict[str, int], compressor: CompressorSpec,
+                   shards: dict[str, int] | None = None) -> bool:
         """Whether a complete cube built with the fingerprint of ``ds`` is here.
 
         Reads only metadata (not chunks: :meth:`checksums` reads those).
@@ -293,8 +293,8 @@ class Target(abc.ABC):
         ----------
         ds : xarray.Dataset
             The planned cube (:func:`esdc.build.plan`).
-        chunks : dict
-            Chunk length per dim.
+        chunks, shards : dict
+            Chunk (and, optionally, shard) length per dim.
         compressor : CompressorSpec
             Compressor settings.
 
@@ -303,7 +303,7 @@ class Target(abc.ABC):
         bool
             True when building again would write the same chunks: nothing to do.
         """
-        return self.current_digest() == digest(fingerprint(ds, chunks, compressor))
+        return self.current_digest() == digest(fingerprint(ds, chunks, compressor, shards))
 
     def open(self, *, version: str | None = None, **kwargs: Any) -> xr.Dataset:
         """Open the cube lazily (consolidated metadata, Dask chunks = Zarr chunks).
@@ -373,7 +373,7 @@ class Target(abc.ABC):
             report.checked += 1
             if found != recorded[key]:
                 report.mismatched[key] = (recorded[key], found)
-        return report
+        return locate_damage(self.read_bytes, rec, report)  # the chunks in a damaged shard
 
     # ------------------------------------------------------------------ versions
     def at(self, version: str | None) -> Target:
@@ -485,15 +485,16 @@ class Target(abc.ABC):
     def write(self, ds: xr.Dataset, *, chunks: dict[str, int], compressor: CompressorSpec,
               overwrite: bool = False, resume: bool = False, append: bool = False,
               client: Any = None, on_region: Callable[[int, int], None] | None = None,
-              report: Callable[[str], None] | None = None) -> Path | str:
+              report: Callable[[str], None] | None = None, shards: dict[str, int] | None = None,
+              tables: Mapping[str, xr.Dataset] | None = None) -> Path | str:
         """Build the planned cube ``ds`` here; readers see it only once it is complete.
 
         Parameters
         ----------
         ds : xarray.Dataset
             The planned cube, Dask-backed; dims ``time``, ``lat|y``, ``lon|x``.
-        chunks : dict
-            Chunk length per dim.
+        chunks, shards : dict
+            Chunk length per dim; shard length (whole chunks: Zarr v3 sharding) per dim.
         compressor : CompressorSpec
             Compressor settings.
         overwrite : bool
@@ -509,6 +510,9 @@ class Target(abc.ABC):
             Called as ``on_region(done, total)`` after each region.
         report : callable, optional
             Called with one-line messages on what is done (resumed, up to date, ...).
+        tables : mapping of str to xarray.Dataset, optional
+            Tables stored as groups of the cube with it (``esdc_granules``:
+            :mod:`esdc.storage.tables`), replacing older ones.
 
         Returns
         -------

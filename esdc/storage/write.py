@@ -19,10 +19,12 @@ On ``resume`` the regions named in the journal whose files are all there are kep
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,13 @@ from esdc.conventions import SPATIAL_DIMS, TIME_DIM, spatial_dims
 from esdc.errors import BuildConflictError, CubeExistsError, EsdcError
 from esdc.hashing import file_sha256
 from esdc.recipe import CompressorSpec
-from esdc.storage.append import AppendBase, append_attrs, check_append, link_old_chunks
+from esdc.storage.append import (
+    AppendBase,
+    append_attrs,
+    carry_derived,
+    check_append,
+    link_old_chunks,
+)
 from esdc.storage.fingerprint import complete_digest, digest, fingerprint
 from esdc.storage.integrity import (
     ROOT_META,
@@ -45,6 +53,8 @@ from esdc.storage.integrity import (
     write_manifest,
 )
 from esdc.storage.regions import check_not_empty, encoding, prepare, tile_keys, tiles
+from esdc.storage.shards import block_lengths, inner_checksums
+from esdc.storage.tables import write_tables
 
 __all__ = ["consolidate", "write_store"]
 
@@ -79,7 +89,9 @@ def _stored_digest(target: Path) -> str | None:
 def write_store(ds: xr.Dataset, target: Path, *, chunks: dict[str, int],
                 compressor: CompressorSpec, overwrite: bool = False, client: Any = None,
                 on_region: Callable[[int, int], None] | None = None, resume: bool = False,
-                append: bool = False, report: Report | None = None) -> Path:
+                append: bool = False, report: Report | None = None,
+                tables: Mapping[str, xr.Dataset] | None = None,
+                shards: dict[str, int] | None = None) -> Path:
     """Write a lazy cube into the local folder ``target``, region by region, then commit.
 
     The caller has checked the target (:meth:`esdc.storage.target.Target.check`).
@@ -90,8 +102,9 @@ def write_store(ds: xr.Dataset, target: Path, *, chunks: dict[str, int],
         The cube, Dask-backed; dims ``time``, ``lat|y``, ``lon|x``.
     target : pathlib.Path
         Final location of the store.
-    chunks, compressor, overwrite, client, on_region, resume, append, report
-        As for :meth:`esdc.storage.target.Target.write`.
+    chunks, compressor, overwrite, client, on_region, resume, append, report, tables, shards
+        As for :meth:`esdc.storage.target.Target.write`. With ``shards`` a region, a
+        journaled file and a checksum are a shard (:mod:`esdc.storage.shards`).
 
     Returns
     -------
@@ -112,7 +125,8 @@ def write_store(ds: xr.Dataset, target: Path, *, chunks: dict[str, int],
         If a float layer holds no valid value anywhere (nothing is committed).
     """
     say = report or (lambda _msg: None)
-    fp = fingerprint(ds, chunks, compressor)
+    blocks = block_lengths(chunks, shards)  # the write unit: a shard where sharded
+    fp = fingerprint(ds, chunks, compressor, shards)
     fp_sha = digest(fp)
     if (resume or append) and _stored_digest(target) == fp_sha:
         journal.discard_stale(target)
@@ -129,10 +143,10 @@ def write_store(ds: xr.Dataset, target: Path, *, chunks: dict[str, int],
             f"append=True: the recipe gives {ds.sizes.get(TIME_DIM, 0)} time steps and "
             f"{target} has {base.n_time} already: nothing to append. Extend the time axis, "
             "or rebuild with overwrite=True.")
-    ds = prepare(ds, chunks)
+    ds = prepare(ds, blocks)
     if base is not None:
         ds = append_attrs(ds, base)
-    enc = encoding(ds, chunks, compressor)
+    enc = encoding(ds, chunks, compressor, shards)
     ydim, xdim = spatial_dims(ds.dims) or SPATIAL_DIMS[-1]
     spatial = [str(v) for v in ds.data_vars if ydim in ds[v].dims]
     mode = "append" if base is not None else "build"
@@ -155,7 +169,7 @@ def write_store(ds: xr.Dataset, target: Path, *, chunks: dict[str, int],
                 "folder, or build without resume=True to start over.")
         if head is None:
             part.clear()
-            head = _start(ds, part, enc, fp, fp_sha, base, spatial, ydim, xdim, chunks, say)
+            head = _start(ds, part, enc, fp, fp_sha, base, spatial, ydim, xdim, blocks, say)
         keep = True
         if not part.is_complete():
             _write_regions(ds, part, head, enc, ydim, xdim, client, on_region, say)
@@ -164,6 +178,7 @@ def write_store(ds: xr.Dataset, target: Path, *, chunks: dict[str, int],
             except EsdcError:
                 keep = False  # resuming would find the same empty layer: discard the build
                 raise
+            write_tables(part.store, tables)
             _finish(part, head, fp, fp_sha)
         journal.commit_store(part.store, target)
         part.remove()
@@ -179,11 +194,33 @@ def write_store(ds: xr.Dataset, target: Path, *, chunks: dict[str, int],
     return target
 
 
+def _blocks(enc: dict[str, Any]) -> tuple[int, ...]:
+    """A variable's stored file shape: its shard shape, else its chunk shape."""
+    return tuple(enc.get("shards") or enc["chunks"])
+
+
+def _per_shard(enc: dict[str, Any]) -> dict[str, list[int]]:
+    """``{variable: chunks per shard along each dim}`` of the sharded variables."""
+    return {n: [s // c for s, c in zip(e["shards"], e["chunks"], strict=True)]
+            for n, e in enc.items() if e.get("shards")}
+
+
+def _hash(path: Path, n_inner: int | None) -> list[Any]:
+    """``[sha256, size]`` of a flushed chunk file; a shard's also the SHA-256 of its chunks."""
+    if not n_inner:
+        return [file_sha256(path, fsync=True), path.stat().st_size]
+    with open(path, "rb") as f:
+        data = f.read()
+        os.fsync(f.fileno())
+    return [hashlib.sha256(data).hexdigest(), len(data), inner_checksums(data, n_inner)]
+
+
 def _sizes(part: journal.PartialBuild) -> dict[str, list[tuple[int, str]]]:
     """``{variable: [(size, chunk key), ...]}`` of the journaled chunk files."""
     sizes: dict[str, list[tuple[int, str]]] = {}
     for sums in part.done().values():
-        for key, (_sha, size) in sums.items():
+        for key, rec in sums.items():
+            size = rec[1]
             sizes.setdefault(key.partition("/")[0], []).append((int(size), key))
     return sizes
 
@@ -191,10 +228,14 @@ def _sizes(part: journal.PartialBuild) -> dict[str, list[tuple[int, str]]]:
 def _start(ds: xr.Dataset, part: journal.PartialBuild, enc: dict[str, Any], fp: dict[str, Any],
            fp_sha: str, base: AppendBase | None, spatial: list[str], ydim: str, xdim: str,
            chunks: dict[str, int], say: Report) -> dict[str, Any]:
-    """Write metadata and coordinates (and an append's links), then the journal header."""
+    """Write metadata and coordinates (and an append's links), then the journal header.
+
+    ``chunks`` are the write units (shards of a sharded variable).
+    """
     ds.to_zarr(part.store, mode="w-", compute=False, zarr_format=3, consolidated=False,
                encoding=enc)
     carried: dict[str, str] = {}
+    derived: list[str] = []
     trange = None
     names = spatial
     if base is not None:
@@ -203,10 +244,11 @@ def _start(ds: xr.Dataset, part: journal.PartialBuild, enc: dict[str, Any], fp: 
         if not names:
             raise BuildConflictError("append=True: the cube has no time-varying variable to "
                                      "append to.")
-        ct = enc[names[0]]["chunks"][ds[names[0]].dims.index(TIME_DIM)]
+        ct = _blocks(enc[names[0]])[ds[names[0]].dims.index(TIME_DIM)]
         first = base.n_time // ct
         trange = (first * ct, ds.sizes[TIME_DIM])
         carried = link_old_chunks(base, part.store, spatial, first)
+        derived = carry_derived(base, part.store, ds.sizes[TIME_DIM])
         say(f"appending time steps {base.n_time}..{ds.sizes[TIME_DIM] - 1} to {part.target}; "
             f"{len(carried)} chunk files of the cube are kept as they are")
     journal.fsync_tree(part.store)
@@ -214,7 +256,11 @@ def _start(ds: xr.Dataset, part: journal.PartialBuild, enc: dict[str, Any], fp: 
             "fingerprint": fp, "fingerprint_sha256": fp_sha,
             "base": base.ident if base is not None else None,
             "variables": names, "time_range": trange,
-            "tiles": tiles(ds, ydim, xdim, chunks), "carried": carried}
+            "tiles": tiles(ds, ydim, xdim, chunks), "carried": carried, "derived": derived,
+            "shards": _per_shard(enc)}
+    old_inner = ((base.manifest or {}).get("inner") or {}) if base is not None else {}
+    if old_inner:  # the chunks inside a carried shard are those recorded
+        head["carried_inner"] = {k: old_inner[k] for k in carried if k in old_inner}
     part.write_header(head)
     return head
 
@@ -231,10 +277,12 @@ def _write_regions(ds: xr.Dataset, part: journal.PartialBuild, head: dict[str, A
     keys = {(t[0], t[2]): tile_keys(ds, key_encs, names, enc, t, ydim, xdim, trange)
             for t in todo_tiles}
     remove_temp_files(store)  # a killed writer's half-written temporary files
+    per_shard = {n: math.prod(c) for n, c in (head.get("shards") or {}).items()}
     done = part.done()
     for tid, sums in list(done.items()):  # journaled, and every file still there?
         ok = tid in keys and set(sums) == set(keys[tid])
-        for k, (_sha, size) in sums.items() if ok else ():
+        for k, rec in sums.items() if ok else ():
+            size = rec[1]
             try:
                 ok = (store / k).stat().st_size == size
             except OSError:
@@ -266,7 +314,7 @@ def _write_regions(ds: xr.Dataset, part: journal.PartialBuild, head: dict[str, A
         try:
             for k in keys[(tile[0], tile[2])]:
                 p = store / k
-                sums[k] = [file_sha256(p, fsync=True), p.stat().st_size]
+                sums[k] = _hash(p, per_shard.get(k.partition("/")[0]))
         except FileNotFoundError:
             return False
         for d in {(store / k).parent for k in sums}:
@@ -317,9 +365,13 @@ def _finish(part: journal.PartialBuild, head: dict[str, Any], fp: dict[str, Any]
     store = part.store
     remove_temp_files(store)
     sums = dict(head.get("carried") or {})
+    inner = dict(head.get("carried_inner") or {})  # a shard's chunks: {shard key: [sha256]}
     for rec in part.done().values():
         sums.update({k: v[0] for k, v in rec.items()})
-    files = chunk_files(store)
+        inner.update({k: v[2] for k, v in rec.items() if len(v) > 2 and v[2] is not None})
+    derived = set(head.get("derived") or [])  # embeddings carried by an append: unrecorded
+    arrays = sorted(a for a in array_dirs(store) if a not in derived)
+    files = chunk_files(store, arrays)
     gone = sorted(set(sums) - set(files))
     if gone:
         raise OSError(f"chunk file(s) {gone[:3]} of {store} were written and are now missing; "
@@ -327,8 +379,10 @@ def _finish(part: journal.PartialBuild, head: dict[str, Any], fp: dict[str, Any]
     for k, p in files.items():  # coordinates (written with the metadata)
         if k not in sums:
             sums[k] = file_sha256(p, fsync=True)
+    layout = {"shards": head["shards"], "inner": inner} if head.get("shards") else {}
     write_manifest(store, sums, fingerprint=fp, fingerprint_sha256=fp_sha,
-                   recipe_sha256=fp.get("recipe_sha256"), arrays=sorted(array_dirs(store)))
+                   recipe_sha256=fp.get("recipe_sha256"), arrays=arrays,
+                   **layout)
     consolidate(store)
     with open(store / ROOT_META, "rb") as f:
         os.fsync(f.fileno())

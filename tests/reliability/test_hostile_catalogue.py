@@ -218,10 +218,180 @@ def _(env: Env) -> Cli:
     return _grid(env, time={"start": "1700-01-01", "end": "2260-01-01", "freq": "s"})
 
 
+def _files(env: Env, **files: Any) -> Cli:
+    """A monthly series recipe whose one source is ``files:``."""
+    recipe = good_recipe(env)
+    recipe["grid"]["time"] = {"start": "2020-01-01", "end": "2020-03-01", "freq": "MS"}
+    source = recipe["sources"][0]
+    del source["path"]
+    source.update(time="series", files=files)
+    return env.build(recipe)
+
+
+@builds("files-malformed-pattern")
+def _(env: Env) -> Cli:
+    return _files(env, pattern=f"{env.ws}/data/{{time:%Y%m%d.nc")
+
+
+@builds("files-granule-bomb")
+def _(env: Env) -> Cli:
+    return _files(env, pattern="https://archive.example/{time:%Y%m%d%H%M%S}.nc",
+                  time={"start": "2000-01-01", "end": "2000-04-26", "freq": "s"})
+
+
+@builds("files-unknown-scheme")
+def _(env: Env) -> Cli:
+    return _files(env, urls=["nosuch://host/a.nc"])
+
+
+@builds("files-empty-glob")
+def _(env: Env) -> Cli:
+    return _files(env, glob=f"{env.ws}/none_*.nc")
+
+
+@builds("files-missing-granule")
+def _(env: Env) -> Cli:
+    for month in ("202001", "202003"):
+        write_netcdf(env.ws / f"g_{month}.nc")
+    return _files(env, pattern=f"{env.ws}/g_{{time:%Y%m}}.nc")
+
+
+def _wmts_capabilities(env: Env, *, layer: str = "BlueMarble_NextGeneration",
+                       time: bool = False) -> Path:
+    """A capabilities document in GIBS's form: one layer of 4 px tiles of 4 degrees (local)."""
+    sd = 111319.49079327357 / 0.00028  # 1 degree pixels (OGC 07-057r7 scale denominator)
+    dim = ("<Dimension><ows:Identifier>Time</ows:Identifier><Default>2004-08-01</Default>"
+           "<Value>2004-01-01/2004-12-01/P1M</Value></Dimension>") if time else ""
+    template = f"{env.ws}/tiles/{{TileMatrix}}/{{TileRow}}/{{TileCol}}.png"
+    doc = ('<?xml version="1.0" encoding="UTF-8"?><Capabilities '
+           'xmlns="http://www.opengis.net/wmts/1.0" xmlns:ows="http://www.opengis.net/ows/1.1" '
+           'version="1.0.0"><Contents>'
+           f"<Layer><ows:Title>t</ows:Title><ows:Identifier>{layer}</ows:Identifier>"
+           '<Style isDefault="true"><ows:Identifier>default</ows:Identifier></Style>'
+           f"<Format>image/png</Format>{dim}<TileMatrixSetLink><TileMatrixSet>1deg"
+           '</TileMatrixSet></TileMatrixSetLink><ResourceURL format="image/png" '
+           f'resourceType="tile" template="{template}"/></Layer>'
+           "<TileMatrixSet><ows:Identifier>1deg</ows:Identifier><ows:SupportedCRS>"
+           "urn:ogc:def:crs:EPSG::4326</ows:SupportedCRS><TileMatrix><ows:Identifier>0"
+           f"</ows:Identifier><ScaleDenominator>{sd!r}</ScaleDenominator><TopLeftCorner>"
+           "-180 90</TopLeftCorner><TileWidth>4</TileWidth><TileHeight>4</TileHeight>"
+           "<MatrixWidth>90</MatrixWidth><MatrixHeight>45</MatrixHeight></TileMatrix>"
+           "</TileMatrixSet></Contents></Capabilities>")
+    path = env.ws / "WMTSCapabilities.xml"
+    path.write_text(doc)
+    return path
+
+
+def _wmts(env: Env, caps: Path, **wmts: Any) -> Cli:
+    """A static recipe whose one source is the WMTS layer of ``caps``."""
+    recipe = good_recipe(env)
+    source = recipe["sources"][0]
+    del source["path"]
+    source.update(format="wmts", bands=["grey"], wmts={
+        "capabilities": str(caps), "layer": "BlueMarble_NextGeneration", **wmts})
+    source["variables"][0]["source"] = "grey"
+    return env.build(recipe)
+
+
+@builds("wmts-layer-missing")
+def _(env: Env) -> Cli:
+    return _wmts(env, _wmts_capabilities(env, layer="Coastlines"))
+
+
+@builds("wmts-tile-matrix-set-missing")
+def _(env: Env) -> Cli:
+    return _wmts(env, _wmts_capabilities(env), tile_matrix_set="250m")
+
+
+@builds("wmts-zoom-missing")
+def _(env: Env) -> Cli:
+    return _wmts(env, _wmts_capabilities(env), zoom=9)
+
+
+@builds("wmts-time-missing")
+def _(env: Env) -> Cli:
+    return _wmts(env, _wmts_capabilities(env, time=True), time="2030-01-01")
+
+
+@builds("wmts-tile-not-image")
+def _(env: Env) -> Cli:
+    for row in (21, 22):
+        for col in (44, 45, 46):
+            tile = env.ws / "tiles" / "0" / str(row) / f"{col}.png"
+            tile.parent.mkdir(parents=True, exist_ok=True)
+            tile.write_text("<ExceptionReport>TileOutOfRange</ExceptionReport>")
+    return _wmts(env, _wmts_capabilities(env))
+
+
+def _stac_catalog(env: Env) -> Path:
+    """A static STAC catalog in the case's folder: one item (January 2020, asset `data`)."""
+    write_netcdf(env.ws / "g_202001.nc")
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "g_202001",
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 4],
+                                                             [0, 0]]]},
+            "bbox": [0, 0, 4, 4], "properties": {"datetime": "2020-01-15T00:00:00Z"},
+            "links": [{"rel": "root", "href": "./catalog.json"}],
+            "assets": {"data": {"href": "./g_202001.nc"}}}
+    (env.ws / "g_202001.json").write_text(json.dumps(item))
+    catalog = {"type": "Catalog", "stac_version": "1.0.0", "id": "local", "description": "d",
+               "links": [{"rel": "root", "href": "./catalog.json"},
+                         {"rel": "item", "href": "./g_202001.json"}]}
+    path = env.ws / "catalog.json"
+    path.write_text(json.dumps(catalog))
+    return path
+
+
+@builds("stac-asset-missing")
+def _(env: Env) -> Cli:
+    return _files(env, stac={"catalog": str(_stac_catalog(env)), "asset": "B04"})
+
+
+@builds("stac-no-items")
+def _(env: Env) -> Cli:
+    return _files(env, stac={"catalog": str(_stac_catalog(env)), "asset": "data",
+                             "query": {"platform": "sentinel-2a"}})
+
+
 @builds("recipe-nan-scale-factor")
 def _(env: Env) -> Cli:
     recipe = good_recipe(env)
     recipe["sources"][0]["variables"][0]["scale_factor"] = float("nan")
+    return env.build(recipe)
+
+
+@builds("recipe-unknown-key-did-you-mean")
+def _(env: Env) -> Cli:
+    recipe = good_recipe(env)
+    recipe["grid"]["resolutoin"] = recipe["grid"].pop("resolution")
+    return env.build(recipe)
+
+
+@builds("recipe-sample-did-you-mean")
+def _(env: Env) -> Cli:
+    recipe = good_recipe(env)
+    del recipe["sources"][0]["path"]
+    recipe["sources"][0]["sample"] = "ostia-montly"
+    return env.build(recipe)
+
+
+@builds("recipe-bbox-latitude-first")
+def _(env: Env) -> Cli:
+    recipe = good_recipe(env)
+    recipe["grid"]["bbox"] = [45, -125, 50, -116]
+    return env.build(recipe)
+
+
+@builds("recipe-resolution-in-metres-on-degrees")
+def _(env: Env) -> Cli:
+    recipe = good_recipe(env)
+    recipe["grid"]["resolution"] = 5000
+    return env.build(recipe)
+
+
+@builds("recipe-message-square-brackets")
+def _(env: Env) -> Cli:
+    recipe = good_recipe(env)
+    recipe["grid"]["bbox"] = [4, 0, 0, 4]
     return env.build(recipe)
 
 
@@ -426,6 +596,62 @@ def _(env: Env) -> Cli:
 def _(env: Env) -> Cli:
     return Cli(["plot", str(env.cube), "bmng_red", "--out",
                 str(env.ws / "no" / "such" / "folder" / "p.png")])
+
+
+@builds("cli-plot-rgb-channel-did-you-mean")
+def _(env: Env) -> Cli:
+    return Cli(["plot", str(env.cube), "--rgb", "bmng_red,bmng_green,bmng_blu", "--out",
+                str(env.ws / "p.png")])
+
+
+@builds("cli-plot-rgb-without-blue-marble")
+def _(env: Env) -> Cli:
+    import esdc.testing
+
+    esdc.testing.new_cube(shape=(8, 16), times=0, variables=("a", "b")).to_zarr(
+        env.ws / "plain.zarr", zarr_format=3, consolidated=True)
+    return Cli(["plot", str(env.ws / "plain.zarr"), "rgb", "--out", str(env.ws / "p.png")])
+
+
+@builds("cli-export-unknown-extension")
+def _(env: Env) -> Cli:
+    return Cli(["export", str(env.cube), str(env.ws / "out.csv")])
+
+
+@builds("cli-export-variable-did-you-mean")
+def _(env: Env) -> Cli:
+    return Cli(["export", str(env.cube), str(env.ws / "out.nc"), "--variables", "bmng_rd"])
+
+
+@builds("cli-export-bbox-outside")
+def _(env: Env) -> Cli:
+    return Cli(["export", str(env.cube), str(env.ws / "out.nc"), "--bbox", "200,0,210,10"])
+
+
+@builds("cli-export-time-of-static-cube")
+def _(env: Env) -> Cli:
+    return Cli(["export", str(env.cube), str(env.ws / "out.nc"), "--time", "2020-01"])
+
+
+@builds("cli-export-existing-file")
+def _(env: Env) -> Cli:
+    (env.ws / "out.nc").write_bytes(b"someone's file")
+    return Cli(["export", str(env.cube), str(env.ws / "out.nc")])
+
+
+@builds("cli-export-antimeridian-bbox")
+def _(env: Env) -> Cli:
+    return Cli(["export", str(env.cube), str(env.ws / "out.nc"), "--bbox", "170,-10,-170,10"])
+
+
+@builds("cli-point-outside-the-cube")
+def _(env: Env) -> Cli:
+    return Cli(["point", str(env.cube), "95", "0"])
+
+
+@builds("cli-point-json-and-csv")
+def _(env: Env) -> Cli:
+    return Cli(["point", str(env.cube), "0", "0", "--json", "--csv"])
 
 
 @builds("cli-verify-missing-cube")

@@ -438,3 +438,271 @@ def test_sigkill_during_a_cli_build_never_changes_main(tmp_path: Path) -> None:
     assert len(log) == 1 and log[0]["metadata"]["action"] == "build"
     assert target.checksums().problems == [] and verify_store(target) == []
     assert bool(native(repo_path)["precipitation"].notnull().any())
+
+
+def test_search_serve_and_evaluate_read_the_version_asked(tmp_path: Path) -> None:
+    """--version on search, serve and evaluate-search: the index's version, else refused."""
+    pytest.importorskip("torch")
+    pytest.importorskip("faiss")
+    pytest.importorskip("sklearn")
+    pytest.importorskip("fastapi")
+    import torch
+    from fastapi.testclient import TestClient
+
+    import esdc.testing
+    from esdc.embed import EncoderBundle, compute_embeddings, write_embeddings
+    from esdc.errors import SearchIndexError
+    from esdc.ml.ssl import Encoder
+    from esdc.recipe import CompressorSpec
+    from esdc.search import build_index
+    from esdc.search.evaluate import evaluate_search
+    from esdc.search.http import create_app
+    from esdc.search.query import SearchEngine
+
+    inputs = ["bmng_red", "bmng_green", "bmng_blue"]
+    ds = esdc.testing.new_cube(shape=(64, 128), times=0, variables=tuple(inputs))
+    cls = np.kron(np.random.default_rng(3).choice(2, size=(8, 16)),
+                  np.ones((8, 8), dtype=int)).astype("uint8")
+    for v in inputs:
+        ds[v].data[...] += 3.0 * cls
+    ds["surface_class"] = (("lat", "lon"), cls, {
+        "units": "1", "long_name": "surface class", "flag_values": [0, 1],
+        "flag_meanings": "water land", "grid_mapping": "crs"})
+    path = tmp_path / "cube.icechunk"
+    target = resolve(path, store="icechunk")
+    target.write(ds.chunk(), chunks={"lat": 32, "lon": 64}, compressor=CompressorSpec())
+    torch.manual_seed(0)
+    meta = {"class": "esdc.ml.ssl.Encoder", "in_channels": 3, "inputs": inputs,
+            "params": {"dim": 16, "width": 8}, "tile": [8, 8]}
+    torch.save(Encoder(3, **meta["params"]).state_dict(), tmp_path / "encoder.pt")
+    bundle = EncoderBundle(tmp_path / "encoder.pt", meta, run_id="run1")
+    write_embeddings(path, compute_embeddings(str(path), bundle, 8))
+    manifest = build_index(path, kind="flat")
+    indexed = manifest.cube_version
+    build_id = target.log()[1]["id"]
+    target.tag("indexed", indexed)
+    target.update(attrs={"bmng_red": {"comment": "a later commit"}})
+    newest = target.current_version()
+    assert newest != indexed
+    # Python: the version indexed, by tag or id; another one is refused naming both
+    assert SearchEngine(path, version="indexed").version == indexed
+    assert SearchEngine(path, version=indexed).version == indexed
+    with pytest.raises(SearchIndexError) as exc:
+        SearchEngine(path, version=newest)
+    assert f"is snapshot {newest}" in str(exc.value)
+    assert f"was built from version {indexed}" in str(exc.value)
+    with pytest.raises(StorageError, match="version='nope' names no tag and no snapshot"):
+        SearchEngine(path, version="nope")
+    # the CLI
+    res = runner.invoke(app, ["search", str(path), "--lat", "10", "--lon", "20", "-k", "3",
+                              "--version", "indexed", "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)["neighbours"]) == 3
+    res = runner.invoke(app, ["search", str(path), "--lat", "10", "--lon", "20",
+                              "--version", newest])
+    assert res.exit_code == 2 and f"--version '{newest}' of" in res.output
+    assert indexed in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["serve", str(path), "--version", "nope"])
+    assert res.exit_code == 2 and "--version 'nope' names no tag" in res.output
+    # HTTP: the service of a version asked serves that version (its manifest says which)
+    with TestClient(create_app(path, watch=None, version="indexed")) as client:
+        health = client.get("/health").json()
+        assert health["manifest"]["cube_version"] == indexed
+        assert client.get("/search/tile", params={"lat": 10, "lon": 20, "k": 2}).status_code \
+            == 200
+    with pytest.raises(SearchIndexError, match="was built from version"):
+        create_app(path, watch=None, version=build_id)
+    # evaluate-search reads the embeddings of the version asked
+    now = evaluate_search(path, "surface_class", k=5, queries=50)
+    assert evaluate_search(path, "surface_class", k=5, queries=50, version="indexed") == now
+    with pytest.raises(SearchIndexError, match="no embedding"):
+        evaluate_search(path, "surface_class", k=5, queries=50, version=build_id)
+    res = runner.invoke(app, ["evaluate-search", str(path), "--label", "surface_class", "-k",
+                              "5", "--queries", "50", "--json", "--version", "indexed"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["precision_at_k"] == now["precision_at_k"]
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_a_repository_of_another_format_version_is_refused(tmp_path: Path) -> None:
+    """Icechunk 2 writes format version 2 (byte 36 of every file's header, and a ``repo``
+    object instead of ``refs/``); icechunk 1.1.21 cannot read it: exit 2, naming the path
+    and the version, nothing changed."""
+    from esdc.storage.icechunk_format import MAGIC, format_version
+
+    path = tmp_path / "cube.icechunk"
+    write(synthetic(nt=10), resolve(path, store="icechunk"))
+    assert format_version(path) == 1
+    for snap in (path / "snapshots").iterdir():  # the header of a format-2 file
+        data = bytearray(snap.read_bytes())
+        assert data[:12] == MAGIC and data[36] == 1
+        data[36] = 2
+        snap.write_bytes(bytes(data))
+    assert format_version(path) == 2
+    before = _tree(path)
+    want = f"{path} is an Icechunk repository of format version 2"
+    for args in (["info", str(path)], ["log", str(path)], ["verify", str(path)],
+                 ["tag", str(path), "v1"], ["info", str(path), "--version", "v1"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert want in res.output and "reads format version 1 only" in res.output, res.output
+        assert "Traceback" not in res.output
+    target = resolve(path)
+    with pytest.raises(StorageError, match="format version 2"):
+        open_cube(path)
+    with pytest.raises(StorageError, match="format version 2"):
+        write(synthetic(nt=14), target, append=True)
+    with pytest.raises(StorageError, match="format version 2"):
+        write(synthetic(nt=10, label="other"), target, overwrite=True)
+    assert _tree(path) == before
+    # Icechunk 2's own layout: a `repo` object at the root, no refs/ folder
+    v2 = tmp_path / "v2.icechunk"
+    (v2 / "snapshots").mkdir(parents=True)
+    (v2 / "repo").write_bytes(MAGIC + b"ic-2.0.0".ljust(24) + bytes([2, 5, 1]) + b"\0" * 8)
+    assert type(resolve(v2)) is IcechunkTarget and format_version(v2) == 2
+    res = runner.invoke(app, ["log", str(v2), "--json"])
+    assert res.exit_code == 2 and f"{v2} is an Icechunk repository of format version 2" \
+        in res.output, res.output
+
+
+def test_other_bad_paths_exit_2_and_change_nothing(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    # --store icechunk over a plain Zarr cube, without --overwrite
+    plain = tmp_path / "plain.zarr"
+    write(synthetic(), plain)
+    before = _tree(plain)
+    res = runner.invoke(app, ["build", str(root / "recipes" / "floods.yaml"), "--out",
+                              str(plain), "--store", "icechunk", "--no-fetch"])
+    assert res.exit_code == 2 and "not an Icechunk repository" in res.output, res.output
+    assert _tree(plain) == before
+    # a folder of something else, read as a repository
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "a.txt").write_text("x")
+    with pytest.raises(StorageError, match=f"{other} is not an Icechunk repository"):
+        resolve(other, store="icechunk").log()
+    # refs/ and snapshots/ that Icechunk cannot read
+    broken = tmp_path / "broken.icechunk"
+    (broken / "refs" / "branch.main").mkdir(parents=True)
+    (broken / "snapshots").mkdir()
+    (broken / "refs" / "branch.main" / "ref.json").write_text('{"snapshot": "NOPE"}')
+    res = runner.invoke(app, ["log", str(broken)])
+    assert res.exit_code == 2 and f"{broken}" in res.output, res.output
+    assert "Traceback" not in res.output
+    assert _tree(broken) == {"refs/branch.main/ref.json": b'{"snapshot": "NOPE"}'}
+
+
+@pytest.mark.slow
+def test_the_versioned_workflow_on_a_real_cube(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """recipes/floods.yaml (real Stage IV, ETOPO5, GSHHG and Köppen samples), sharded, into
+    a repository: build the first 12 hours -> tag -> append the other 11 -> train on the
+    tag -> embed and index -> search the version indexed -> time travel to the tag gives
+    the first build's data, byte for byte."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("sklearn")
+    pytest.importorskip("torch")
+    pytest.importorskip("faiss")
+    import mlflow
+    import torch
+    import yaml
+
+    from esdc.build import build
+    from esdc.embed import EncoderBundle, compute_embeddings, write_embeddings
+    from esdc.ml.config import TrainConfig
+    from esdc.ml.ssl import Encoder
+    from esdc.ml.train import train
+    from esdc.recipe import Recipe
+    from esdc.search import build_index
+
+    monkeypatch.chdir(tmp_path)  # MLflow's artifact root defaults to ./mlruns
+    root = Path(__file__).resolve().parents[2]
+    doc = yaml.safe_load((root / "recipes" / "floods.yaml").read_text(encoding="utf-8"))
+    doc["output"].update(chunks={"time": 4, "lat": 27, "lon": 30},
+                         shards={"time": 8, "lat": 54, "lon": 60}, store="icechunk")
+    full = Recipe.from_dict(doc)
+    doc["grid"]["time"]["end"] = "2018-09-14T06:00"  # the first 12 hours
+    first = Recipe.from_dict(doc)
+    path = tmp_path / "floods.icechunk"
+    build(first, path, base_dir=root / "recipes")
+    target = resolve(path)
+    assert type(target) is IcechunkTarget
+    v1 = open_cube(path)
+    assert v1.sizes["time"] == 12
+    old = {v: v1[v].load() for v in ("precipitation", "precipitation_accumulated",
+                                     "elevation", "koppen_class")}
+    # the recipe's shards: whole shards are stored, read and checksummed
+    assert v1["precipitation"].encoding["shards"] == (8, 54, 60)
+    assert v1["precipitation"].encoding["chunks"] == (4, 27, 30)
+    res = runner.invoke(app, ["tag", str(path), "first-12h"])
+    assert res.exit_code == 0, res.output
+    said: list[str] = []
+    build(full, path, append=True, base_dir=root / "recipes", report=said.append)
+    assert any("appending time steps 12..22" in m for m in said), said
+    res = runner.invoke(app, ["log", str(path), "--json"])
+    log = json.loads(res.stdout)
+    assert [v["message"].split(":")[0] for v in log] == ["esdc append", "esdc build"]
+    assert log[1]["tags"] == ["first-12h"]
+    now = open_cube(path)
+    assert now.sizes["time"] == 23
+    # the appended cube's old hours are the first build's; the full shards were kept
+    xr.testing.assert_identical(now["precipitation"].isel(time=slice(0, 12)).load(),
+                                old["precipitation"])
+    assert target.at("first-12h").read_bytes("precipitation/c/0/0/0") == \
+        target.read_bytes("precipitation/c/0/0/0")
+    assert target.checksums().problems == [] and verify_store(target, checksums=True) == []
+    # train on the tagged version: the run records the snapshot id it read
+    cfg = TrainConfig.model_validate({
+        "name": "floods_v1", "framework": "sklearn", "task": "regression",
+        "inputs": ["elevation"], "target": "precipitation",
+        "model": {"kind": "random_forest", "n_estimators": 5, "max_depth": 4},
+        "patch": [8, 8], "split": {"block": [32, 32], "fractions": [0.6, 0.2, 0.2],
+                                   "seed": 0}})
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    run = train(str(path), cfg, tracking, version="first-12h")
+    mlflow.set_tracking_uri(tracking)
+    assert mlflow.get_run(run.run_id).data.tags["esdc.cube_version"] == log[1]["id"]
+    # embeddings: one commit on main; the index records it; search reads that version
+    torch.manual_seed(0)
+    inputs = ["elevation", "land_sea_mask"]
+    meta = {"class": "esdc.ml.ssl.Encoder", "in_channels": 2, "inputs": inputs,
+            "params": {"dim": 8, "width": 8}, "tile": [8, 8]}
+    torch.save(Encoder(2, **meta["params"]).state_dict(), tmp_path / "encoder.pt")
+    bundle = EncoderBundle(tmp_path / "encoder.pt", meta, run_id=run.run_id)
+    write_embeddings(path, compute_embeddings(str(path), bundle, 8))
+    manifest = build_index(path, kind="flat")
+    assert manifest.cube_version == target.current_version() == target.log()[0]["id"]
+    res = runner.invoke(app, ["search", str(path), "--lat", "35", "--lon", "-78", "-k", "3",
+                              "--json", "--version", manifest.cube_version])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)["neighbours"]) == 3
+    res = runner.invoke(app, ["search", str(path), "--lat", "35", "--lon", "-78",
+                              "--version", "first-12h"])
+    assert res.exit_code == 2 and "was built from version" in res.output
+    # time travel: the tag still reads the first build, identical to what it was
+    again = open_cube(path, version="first-12h")
+    assert again.sizes["time"] == 12 and not any(v.startswith("embedding") for v in again)
+    for name, values in old.items():
+        xr.testing.assert_identical(again[name].load(), values)
+    assert target.at("first-12h").checksums().problems == []
+
+
+def test_append_grows_arrays_written_after_the_build(tmp_path: Path) -> None:
+    """Embeddings written after a build get the appended steps (as fill) in the new version."""
+    target = resolve(tmp_path / "c.icechunk", store="icechunk")
+    write(synthetic(nt=10), target)
+    ds = target.open()
+    emb = xr.Dataset({"embedding_t8": (("time", "lat", "lon"),
+                                       np.arange(ds["sst"].size, dtype="float32").reshape(
+                                           ds["sst"].shape))}, coords={"time": ds["time"]})
+    target.update(emb[["embedding_t8"]].drop_vars("time"))
+    before = target.open()["embedding_t8"].values
+    write(synthetic(nt=14), target, append=True)
+    grown = target.open()
+    assert grown.sizes["time"] == 14 and grown["embedding_t8"].shape[0] == 14
+    np.testing.assert_array_equal(grown["embedding_t8"].values[:10], before)
+    assert np.isnan(grown["embedding_t8"].values[10:]).all()

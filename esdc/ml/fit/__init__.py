@@ -32,6 +32,7 @@ from esdc.errors import EsdcError, TrainConfigError
 from esdc.ml.config import TrainConfig
 from esdc.ml.metrics import Evaluation, class_values
 from esdc.ml.patches import PatchStream
+from esdc.ml.tensorboard import TensorBoardLog
 
 __all__ = ["FITTERS", "FitContext", "FitResult", "Fitter", "FitterEntry", "cpu_only",
            "load_fitter"]
@@ -75,7 +76,10 @@ class FitContext:
         ``cpu`` or ``cuda`` (:attr:`Fitter.device` chose it).
     log : callable
         ``log(epoch, {name: value})`` records per-epoch metrics (``train_loss``,
-        ``val_<metric>``, ...).
+        ``val_<metric>``, ``learning_rate``, ...) in MLflow and TensorBoard.
+    tensorboard : TensorBoardLog, optional
+        The run's TensorBoard folder: fitters write the model graph there
+        (``torch_graph``, ``keras_callback``); None outside :func:`esdc.ml.train.train`.
     """
 
     dataset: xr.Dataset
@@ -83,6 +87,7 @@ class FitContext:
     out: Path
     device: str
     log: Callable[[int, dict[str, float]], None]
+    tensorboard: TensorBoardLog | None = None
 
     def classes(self, cfg: TrainConfig) -> np.ndarray | None:
         """The class values of a classification's target, in output order; else None.

@@ -30,7 +30,9 @@ def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
         ``framework: keras``, ``model.kind: cnn`` with ``hidden`` and ``depth``;
         ``epochs``, ``batch_size``, ``learning_rate``.
     ctx : FitContext
-        Splits, output folder and epoch logger (``train_loss`` per epoch).
+        Splits, output folder and epoch logger (``train_loss``, ``learning_rate`` per
+        epoch); Keras' TensorBoard callback writes into its TensorBoard folder (the graph
+        when one was asked for).
 
     Returns
     -------
@@ -56,9 +58,14 @@ def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
 
     class _Log(keras.callbacks.Callback):  # type: ignore[misc]
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            ctx.log(epoch, {"train_loss": float((logs or {}).get("loss", np.nan))})
+            rate = keras.ops.convert_to_numpy(model.optimizer.learning_rate)
+            ctx.log(epoch, {"train_loss": float((logs or {}).get("loss", np.nan)),
+                            "learning_rate": float(rate)})
 
-    model.fit(train, epochs=cfg.epochs, verbose=0, callbacks=[_Log()])
+    callbacks = [_Log()]
+    if ctx.tensorboard is not None:
+        callbacks.append(ctx.tensorboard.keras_callback())
+    model.fit(train, epochs=cfg.epochs, verbose=0, callbacks=callbacks)
 
     def predict(stream: PatchStream) -> tuple[np.ndarray, np.ndarray]:
         data = PatchPyDataset(stream, cfg.batch_size, lookup)

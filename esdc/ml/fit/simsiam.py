@@ -1,9 +1,13 @@
-"""SimSiam fitter: a self-supervised tile encoder (``task: embedding``) trained from scratch.
+"""Self-supervised encoder fitter (``task: embedding``): SimSiam or VICReg, from scratch.
 
-The network and loss are :mod:`esdc.ml.ssl` (Chen and He 2021). The encoder is saved as
-``encoder.pt`` (``state_dict`` of :class:`esdc.ml.ssl.Encoder`, loads with
-``torch.load(weights_only=True)``) with ``encoder.json`` (architecture, inputs, tile
-size); :func:`esdc.embed.load_encoder` reads both back to embed a cube.
+The networks and losses are :mod:`esdc.ml.ssl` (``model.kind``: ``simsiam``, Chen and
+He 2021; ``vicreg``, Bardes, Ponce and LeCun 2022), the random views
+:mod:`esdc.ml.augment` (the config's ``augment``: overlapping training patches, random
+crops, flips and quarter turns, channel dropout). The learning rate decays along a
+half cosine to zero over the run (Loshchilov and Hutter 2017, "SGDR", ICLR). The
+encoder is saved as ``encoder.pt`` (``state_dict`` of :class:`esdc.ml.ssl.Encoder`,
+loads with ``torch.load(weights_only=True)``) with ``encoder.json`` (architecture,
+inputs, tile size); :func:`esdc.embed.load_encoder` reads both back to embed a cube.
 
 PyTorch is an optional extra: ``pip install 'esdc[ml]'``.
 """
@@ -11,44 +15,92 @@ PyTorch is an optional extra: ``pip install 'esdc[ml]'``.
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 
 import torch
 
-from esdc.ml.config import TrainConfig
+from esdc.errors import TrainConfigError
+from esdc.ml.augment import Views
+from esdc.ml.config import AugmentSpec, TrainConfig
 from esdc.ml.fit import FitContext, FitResult, Fitter
-from esdc.ml.ssl import SimSiam, augment, simsiam_loss
+from esdc.ml.patches import PatchStream
+from esdc.ml.ssl import ENCODER_PARAMS, OBJECTIVES
 from esdc.ml.torch import PatchDataset, device_for
 
-__all__ = ["DEFAULT_PARAMS", "FITTER", "fit"]
+__all__ = ["DEFAULT_PARAMS", "FITTER", "fit", "training_stream"]
 
 #: Encoder parameters unless the config's ``model`` gives them: embedding size and width.
 DEFAULT_PARAMS = {"dim": 64, "width": 32}
 
 
-def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
-    """Train a SimSiam encoder on the train split; save the encoder.
+def training_stream(cfg: TrainConfig, stream: PatchStream) -> PatchStream:
+    """The train split's patches as the encoder reads them: every ``augment.stride`` cells.
 
     Parameters
     ----------
     cfg : TrainConfig
-        ``task: embedding``, ``model.kind: simsiam`` with ``dim`` and ``width``; tiles of
-        ``patch`` cells; ``epochs``, ``batch_size``, ``learning_rate``.
+        ``patch`` and ``augment.stride`` (default: the patch, no overlap).
+    stream : PatchStream
+        The train split (:attr:`FitContext.streams` ``["train"]``).
+
+    Returns
+    -------
+    PatchStream
+        ``stream`` itself without a stride, else a copy whose patches overlap by
+        ``patch - stride`` cells (still wholly inside train blocks).
+    """
+    stride = cfg.augment.stride if cfg.augment is not None else None
+    if stride is None:
+        return stream
+    return replace(stream, overlap=(cfg.patch[0] - stride[0], cfg.patch[1] - stride[1]))
+
+
+def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
+    """Train a self-supervised encoder on the train split; save the encoder.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        ``task: embedding``; ``model.kind`` ``simsiam`` or ``vicreg`` with the
+        encoder's ``dim``, ``width``, ``pooled`` and the head's ``projector``
+        (SimSiam) or ``expander`` (VICReg) width; patches of ``patch`` cells, views as
+        ``augment`` says; ``epochs``, ``batch_size``, ``learning_rate`` (the start of
+        the cosine decay).
     ctx : FitContext
         Splits, output folder, device and epoch logger (``train_loss``, ``val_loss``).
 
     Returns
     -------
     FitResult
-        ``simsiam_loss`` (negative cosine similarity, -1 is perfect) of the validation
-        split after training; as baseline the same loss before training, so
-        ``test < baseline`` shows that the encoder learned; ``encoder.pt``.
+        ``{kind}_loss`` of the validation split after training (``simsiam_loss``:
+        negative cosine similarity, -1 is perfect; ``vicreg_loss``: >= 0, 0 is
+        perfect); as baseline the same loss before training, so ``test < baseline``
+        shows that the encoder learned; ``encoder.pt``.
+
+    Raises
+    ------
+    TrainConfigError
+        If ``model`` holds a parameter that neither the encoder nor the objective's
+        head takes.
     """
     device = ctx.device
+    kind = cfg.model_kind
+    objective = OBJECTIVES[kind]
+    params = DEFAULT_PARAMS | cfg.model_params
+    unknown = sorted(set(params) - set(ENCODER_PARAMS) - set(objective.head))
+    if unknown:
+        raise TrainConfigError(f"model parameters {unknown} are not known to {kind}; it takes "
+                               f"{sorted([*ENCODER_PARAMS, *objective.head])}.")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    params = DEFAULT_PARAMS | cfg.model_params
-    model = SimSiam(len(cfg.inputs), **params).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    model = objective.network(len(cfg.inputs), **params).to(device)
+    aug = cfg.augment or AugmentSpec()
+    views = Views(aug.crop, aug.flip_rotate, aug.channel_drop, aug.noise)
+    train = training_stream(cfg, ctx.streams["train"])
+
+    def loss_of(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return objective.loss(*model(views(x, g).to(device), views(x, g).to(device)))
 
     def val_loss() -> float:
         model.eval()
@@ -56,21 +108,25 @@ def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
         total, n = 0.0, 0
         with torch.no_grad():
             for b in ctx.streams["validation"].batches(cfg.batch_size):
-                x = torch.from_numpy(b.x)
-                loss = simsiam_loss(*model(augment(x, vgen).to(device),
-                                           augment(x, vgen).to(device)))
-                total, n = total + loss.item() * len(x), n + len(x)
+                if len(b.x) < 2:  # batch statistics need two tiles
+                    continue
+                total, n = total + loss_of(torch.from_numpy(b.x), vgen).item() * len(b.x), \
+                    n + len(b.x)
         model.train()
         return total / max(n, 1)
 
     before = val_loss()
-    loader = torch.utils.data.DataLoader(PatchDataset(ctx.streams["train"], cfg.batch_size,
-                                                      drop_last=True), batch_size=None)
+    loader = torch.utils.data.DataLoader(PatchDataset(train, cfg.batch_size, drop_last=True),
+                                         batch_size=None)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     for epoch in range(cfg.epochs):
+        lr = cfg.learning_rate * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
+        for group in opt.param_groups:
+            group["lr"] = lr
         loader.dataset.set_epoch(epoch)
         total, n = 0.0, 0
         for x, *_ in loader:
-            loss = simsiam_loss(*model(augment(x, gen).to(device), augment(x, gen).to(device)))
+            loss = loss_of(x, gen)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -80,9 +136,10 @@ def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
     path = ctx.out / "encoder.pt"
     torch.save(model.encoder.state_dict(), path)
     (ctx.out / "encoder.json").write_text(json.dumps({
-        "class": "esdc.ml.ssl.Encoder", "in_channels": len(cfg.inputs), "params": params,
-        "inputs": list(cfg.inputs), "tile": list(cfg.patch)}))
-    return FitResult("simsiam_loss", after, before, model_file=path)
+        "class": "esdc.ml.ssl.Encoder", "in_channels": len(cfg.inputs),
+        "params": {k: v for k, v in params.items() if k in ENCODER_PARAMS},
+        "objective": kind, "inputs": list(cfg.inputs), "tile": list(cfg.patch)}))
+    return FitResult(f"{kind}_loss", after, before, model_file=path)
 
 
 FITTER = Fitter("simsiam", fit, device_for)

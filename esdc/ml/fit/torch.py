@@ -41,7 +41,8 @@ def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
         ``epochs``, ``batch_size``, ``learning_rate``.
     ctx : FitContext
         Splits, output folder, device and epoch logger (``train_loss``,
-        ``val_accuracy``/``val_rmse`` per epoch).
+        ``val_accuracy``/``val_rmse``, ``learning_rate`` per epoch); the model graph goes
+        to its TensorBoard folder when one was asked for.
 
     Returns
     -------
@@ -96,6 +97,9 @@ def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
         return np.concatenate(ys), np.concatenate(ps)
 
     streams = ctx.streams
+    if ctx.tensorboard is not None and ctx.tensorboard.graph:
+        example = torch.from_numpy(next(streams["train"].batches(2)).x).to(device)
+        ctx.tensorboard.torch_graph(model, example)
     loader = torch.utils.data.DataLoader(PatchDataset(streams["train"], cfg.batch_size),
                                          batch_size=None, pin_memory=amp)
     metric = metric_name(cfg.task)
@@ -114,7 +118,8 @@ def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
             n += len(x)
         y_val, p_val = evaluate(streams["validation"])
         ctx.log(epoch, {"train_loss": total / max(n, 1),
-                        f"val_{metric}": score(cfg.task, y_val, p_val)})
+                        f"val_{metric}": score(cfg.task, y_val, p_val),
+                        "learning_rate": float(opt.param_groups[0]["lr"])})
     y_te, p_te = evaluate(streams["test"])
     y_tr, _ = evaluate(streams["train"])
     path = ctx.out / "model.pt"

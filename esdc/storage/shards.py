@@ -1,0 +1,253 @@
+"""Zarr v3 sharding of a cube: shard lengths, shard files and the chunks inside them.
+
+With ``output.shards`` (``{time: .., lat: .., lon: ..}``, whole multiples of
+``output.chunks``) every data variable is stored with Zarr v3's ``sharding_indexed``
+codec: one file (one object) per shard holds many chunks and, at its end, an index of
+their byte ranges (``n`` pairs of little-endian uint64 offset and length, then a CRC32C
+of the index). The shard is what a build writes, journals, hashes and resumes (a region
+is a tile of shards, Dask chunks are shards); the chunk stays what a reader decodes.
+
+The checksum record (:mod:`esdc.storage.integrity`) holds the SHA-256 of every shard
+file, as of every chunk file of an unsharded array, and in addition, under
+``"inner"``, the SHA-256 of every chunk's bytes inside it (``None`` for a chunk not
+stored), so that a damaged shard is traced to the chunk that changed
+(:func:`locate_damage`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import xarray as xr
+
+from esdc.errors import StorageError
+from esdc.storage.integrity import ChecksumReport, chunk_index
+
+__all__ = ["block_lengths", "chunks_per_shard", "inner_checksums", "locate_damage",
+           "open_by_shards", "shard_chunks", "shard_layout", "shard_shape"]
+
+_EMPTY = 2**64 - 1  # offset and length of a chunk that is not stored
+
+
+def block_lengths(chunks: Mapping[str, int], shards: Mapping[str, int] | None) -> dict[str, int]:
+    """The write unit per dim: the shard length where a dim is sharded, else the chunk length.
+
+    Parameters
+    ----------
+    chunks : mapping
+        Chunk length per dim (``output.chunks``).
+    shards : mapping, optional
+        Shard length per dim (``output.shards``), whole multiples of the chunk lengths.
+
+    Returns
+    -------
+    dict
+        ``{dim: length}``: the Dask chunks of a write and the step of its regions.
+
+    Raises
+    ------
+    StorageError
+        If a shard length is not a whole multiple of its dim's chunk length, or a
+        sharded dim has no chunk length.
+    """
+    shards = dict(shards or {})
+    for dim, n in shards.items():
+        if dim not in chunks:
+            raise StorageError(f"shards={{{dim!r}: {n}}}: give the chunk length of {dim!r} "
+                               "too (output.chunks); a shard holds whole chunks.")
+        if n % chunks[dim]:
+            raise StorageError(f"shards={{{dim!r}: {n}}} is not a whole multiple of the chunk "
+                               f"length {chunks[dim]}; use {chunks[dim]}, {2 * chunks[dim]}, "
+                               f"{4 * chunks[dim]}, ...")
+    return {**chunks, **shards}
+
+
+def shard_shape(sizes: Mapping[str, int], chunk: tuple[int, ...],
+                shards: Mapping[str, int]) -> tuple[int, ...] | None:
+    """A variable's shard shape, or None when none of its dims is sharded.
+
+    Parameters
+    ----------
+    sizes : mapping
+        The variable's dims and lengths, in order.
+    chunk : tuple of int
+        Its chunk shape (same order).
+    shards : mapping
+        Shard length per dim; a dim not named has shards of one chunk.
+
+    Returns
+    -------
+    tuple of int or None
+        Each length a whole multiple of the chunk's, no longer than the whole chunks
+        that cover the axis.
+    """
+    if not any(d in shards for d in sizes):
+        return None
+    out = []
+    for (dim, n), c in zip(sizes.items(), chunk, strict=True):
+        covered = math.ceil(n / c) * c
+        out.append(min(int(shards.get(str(dim), c)), covered))
+    return tuple(out)
+
+
+def chunks_per_shard(meta: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """Chunks along each dim of one shard, from an array's ``zarr.json``; None: not sharded."""
+    codecs = meta.get("codecs") or []
+    first = codecs[0] if codecs else {}
+    if not isinstance(first, dict) or first.get("name") != "sharding_indexed":
+        return None
+    shard = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    chunk = first["configuration"]["chunk_shape"]
+    return tuple(int(s) // int(c) for s, c in zip(shard, chunk, strict=True))
+
+
+def shard_layout(metas: Mapping[str, Mapping[str, Any]]) -> dict[str, list[int]]:
+    """``{array: chunks per shard}`` of the sharded arrays among ``{array: zarr.json}``."""
+    out = {}
+    for name, meta in metas.items():
+        per = chunks_per_shard(meta)
+        if per is not None:
+            out[name] = list(per)
+    return out
+
+
+def _index(data: bytes, n: int) -> list[tuple[int, int]] | None:
+    """The ``(offset, length)`` of each of the ``n`` chunks of a shard; None if damaged."""
+    import google_crc32c
+
+    size = 16 * n
+    if len(data) < size + 4:
+        return None
+    raw = data[-(size + 4):-4]
+    if struct.pack("<I", google_crc32c.value(raw)) != data[-4:]:
+        return None
+    values = struct.unpack(f"<{2 * n}Q", raw)
+    pairs = list(zip(values[::2], values[1::2], strict=True))
+    for off, length in pairs:
+        if (off, length) != (_EMPTY, _EMPTY) and off + length > len(data) - size - 4:
+            return None
+    return pairs
+
+
+def inner_checksums(data: bytes, n: int) -> list[str | None] | None:
+    """SHA-256 of each chunk's bytes inside a shard file (chunks in C order).
+
+    Parameters
+    ----------
+    data : bytes
+        The whole shard file (index at its end, as esdc writes it).
+    n : int
+        Chunks per shard (the product of :func:`chunks_per_shard`).
+
+    Returns
+    -------
+    list or None
+        One hex digest per chunk, None for a chunk not stored; None when the shard's
+        index is damaged (its CRC32C does not match, or a range falls outside the file).
+    """
+    pairs = _index(data, n)
+    if pairs is None:
+        return None
+    return [None if off == _EMPTY else hashlib.sha256(data[off:off + length]).hexdigest()
+            for off, length in pairs]
+
+
+def _chunk_labels(key: str, array: str, per_shard: tuple[int, ...],
+                  positions: Iterable[int], key_encoding: dict[str, Any] | None) -> list[str]:
+    """``"(t, y, x)"`` chunk grid indices of the chunks at ``positions`` of shard ``key``."""
+    shard = chunk_index(key, array, key_encoding)
+    out = []
+    for pos in positions:
+        local = []
+        for n in reversed(per_shard):
+            local.append(pos % n)
+            pos //= n
+        idx = tuple(s * n + i for s, n, i in zip(shard, per_shard, reversed(local),
+                                                 strict=True))
+        out.append(str(idx))
+    return out
+
+
+def locate_damage(read_bytes: Callable[[str], bytes | None], record: Mapping[str, Any],
+                  report: ChecksumReport) -> ChecksumReport:
+    """Name the chunks inside each mismatched shard whose bytes changed.
+
+    Parameters
+    ----------
+    read_bytes : callable
+        ``read_bytes(key)``: the bytes of a stored object (a target's ``read_bytes``).
+    record : mapping
+        The checksum record; its ``"inner"`` (``{shard key: [sha256 or None, ...]}``)
+        and ``"shards"`` (``{array: chunks per shard}``) are written for sharded arrays.
+    report : ChecksumReport
+        What the comparison of whole files found; its ``damaged`` is filled in.
+
+    Returns
+    -------
+    ChecksumReport
+        ``report``, with ``damaged[shard key]`` the chunk grid indices (``"(0, 3, 2)"``)
+        of the changed chunks, or ``["index"]`` when the shard's index is damaged.
+    """
+    inner = record.get("inner") or {}
+    layout = record.get("shards") or {}
+    for key in sorted(report.mismatched):
+        if key not in inner:
+            continue
+        array = key.split("/c/")[0]
+        per_shard = tuple(layout.get(array) or ())
+        data = read_bytes(key)
+        if data is None or not per_shard:
+            continue
+        found = inner_checksums(data, math.prod(per_shard))
+        if found is None:
+            report.damaged[key] = ["index"]
+            continue
+        changed = [i for i, (a, b) in enumerate(zip(inner[key], found, strict=False))
+                   if a != b]
+        report.damaged[key] = _chunk_labels(key, array, per_shard, changed, None)
+    return report
+
+
+def shard_chunks(ds: xr.Dataset) -> dict[str, int]:
+    """``{dim: shard length}`` of the sharded variables of an opened cube (empty: none).
+
+    Opening a cube with these Dask chunks (see ``open_dataset`` of the targets) makes
+    every Dask task read whole shards: one read per shard file.
+    """
+    out: dict[str, int] = {}
+    for var in ds.variables.values():
+        shards = var.encoding.get("shards")
+        if shards:
+            for dim, n in zip(var.dims, shards, strict=True):
+                out[str(dim)] = max(out.get(str(dim), 0), int(n))
+    return out
+
+
+def open_by_shards(open_fn: Callable[..., xr.Dataset], **kwargs: Any) -> xr.Dataset:
+    """``open_fn(**kwargs)``; a sharded cube opened with default chunks is opened by shards.
+
+    Parameters
+    ----------
+    open_fn : callable
+        ``xarray.open_zarr`` of a store (with its store bound).
+    **kwargs
+        Its keyword arguments; with ``chunks={}`` (Zarr's chunks) the sharded variables
+        get a Dask chunk per shard, the others keep their chunks.
+
+    Returns
+    -------
+    xarray.Dataset
+    """
+    ds = open_fn(**kwargs)
+    if kwargs.get("chunks") != {}:
+        return ds
+    by_shard = shard_chunks(ds)
+    if not by_shard:
+        return ds
+    sharded = [n for n, v in ds.variables.items() if v.encoding.get("shards")]
+    whole = open_fn(**{**kwargs, "chunks": by_shard})  # the others keep Zarr's chunks
+    return ds.assign({n: whole[n] for n in sharded if n not in ds.coords})
