@@ -535,7 +535,8 @@ def build(
     fetch : bool
         Fetch the recipe's registered samples that are not in the cache first.
     on_region : callable, optional
-        Progress callback ``on_region(done, total)``, after each region written.
+        Progress callback ``on_region(done, total)``: once before the first region (the
+        total known from the start; ``done`` > 0 when resuming), then after each region.
     report : callable, optional
         Called with one-line messages (up to date, resumed, appending, uploading, ...).
     storage_options : dict, optional

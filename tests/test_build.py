@@ -71,6 +71,7 @@ def test_build_writes_a_verified_cube(tmp_path: Path) -> None:
     assert build(stageiv_recipe(), out, on_region=lambda d, t: regions.append((d, t)),
                  report=said.append) == out
     assert regions[-1] == (4, 4) and said == []  # 2 x 2 tiles of chunks
+    assert regions[0] == (0, 4)  # the total is known before the first region
     ds = open_cube(out)
     assert ds.sizes == {"time": 12, "lat": 20, "lon": 22, "nv": 2}
     assert verify_cube(ds) == [] and verify_store(out, checksums=True) == []

@@ -455,6 +455,8 @@ class IcechunkTarget(Target):
         total = len(todo_tiles)
         if done:
             say(f"resuming {self}: {len(done)} of {total} regions already committed")
+        if on_region:  # the total is known before the first region is written
+            on_region(len(done), total)
         for tile in todo_tiles:
             if tuple(tile) in done:
                 continue

@@ -507,7 +507,7 @@ class Target(abc.ABC):
         client : distributed.Client, optional
             Where to compute; the current Dask scheduler when omitted.
         on_region : callable, optional
-            Called as ``on_region(done, total)`` after each region.
+            Called as ``on_region(done, total)`` before the first region and after each.
         report : callable, optional
             Called with one-line messages on what is done (resumed, up to date, ...).
         tables : mapping of str to xarray.Dataset, optional

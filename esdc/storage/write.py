@@ -295,6 +295,8 @@ def _write_regions(ds: xr.Dataset, part: journal.PartialBuild, head: dict[str, A
     if done:
         say(f"resuming {part.target}: {len(done)} of {len(todo_tiles)} regions already written")
     total = len(todo_tiles)
+    if on_region:  # the total is known before the first region is written
+        on_region(len(done), total)
 
     def region_write(tile: list[int]) -> Any:
         sel = {ydim: slice(tile[0], tile[1]), xdim: slice(tile[2], tile[3])}
