@@ -112,7 +112,7 @@ def run_demo(out: Path, full: bool = False, scheduler: str | None = None,
         say(f"building {cube} ({recipe.grid.resolution} degree grid) ...")
         build(recipe, target, overwrite=True, client=client, fetch=False,
               base_dir=find_recipe("earth.yaml").parent, report=say,
-              on_region=lambda d, n: say(f"  region {d}/{n}") if d == n or d % 8 == 0
+              on_region=lambda d, n: say(f"  region {d}/{n}") if d and (d == n or d % 8 == 0)
               else None)
         step("build")
         problems = verify_store(cube)
