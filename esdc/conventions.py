@@ -13,9 +13,11 @@ discovery attributes; xcube's dataset convention (dims ``time, lat|y, lon|x``).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 __all__ = [
+    "coordinate_decimals",
     "GRANULE_DIM",
     "GRANULE_TABLE",
     "ATTR_BODY",
@@ -249,3 +251,21 @@ def fold_license(record: Any, key: str = "license") -> Any:
     out = {k: v for k, v in record.items() if k not in LICENSE_KEYS}
     out[key] = next(iter(given.values()))
     return out
+
+
+def coordinate_decimals(step: float) -> int:
+    """Decimals that write a coordinate of a grid of cell size ``step`` exactly enough.
+
+    Two more than the step's own first significant decimal (0.25 -> 3, 0.05 -> 4,
+    1000 m -> 2), so JSON answers show ``-3.875``, not ``-3.8750000000000036``.
+
+    Parameters
+    ----------
+    step : float
+        Cell size in the coordinate's units; 0 gives 6 decimals.
+
+    Returns
+    -------
+    int
+    """
+    return max(0, -math.floor(math.log10(abs(step)))) + 2 if step else 6

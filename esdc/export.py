@@ -39,6 +39,7 @@ from esdc.conventions import (
     TIME_DIM,
     acdd_bounds,
     acdd_time_coverage,
+    coordinate_decimals,
     json_attr,
 )
 from esdc.errors import OutputPathError, SelectionError, did_you_mean
@@ -404,11 +405,6 @@ def _version() -> str:
 
 
 # ------------------------------------------------------------------------------ points
-def _decimals(step: float) -> int:
-    """Decimals that show a coordinate of a grid of cell size ``step`` exactly enough."""
-    return max(0, -math.floor(math.log10(abs(step)))) + 2 if step else 6
-
-
 def point(ds: xr.Dataset, lat: float, lon: float,
           variables: Sequence[str] | None = None) -> xr.Dataset:
     """Every variable at the cell nearest to a place (``ds.esdc.point``).
@@ -496,17 +492,18 @@ def point_record(ds: xr.Dataset, lat: float, lon: float,
     ydim, xdim = grid.dims
     dx, dy = grid.resolution
     cy, cx = float(cell_ds[ydim]), float(cell_ds[xdim])
+    ry, rx = round(cy, coordinate_decimals(dy)), round(cx, coordinate_decimals(dx))
     if grid.is_helioprojective:
-        cell = {"x": round(cx, _decimals(dx)), "y": round(cy, _decimals(dy))}
+        cell = {"x": rx, "y": ry}
     elif grid.is_geographic:
-        cell = {"lat": round(cy, _decimals(dy)), "lon": round(cx, _decimals(dx))}
+        cell = {"lat": ry, "lon": rx}
     else:
         from pyproj import Transformer
 
         clon, clat = Transformer.from_crs(grid.pyproj_crs, "EPSG:4326",
                                           always_xy=True).transform(cx, cy)
         cell = {"lat": round(clat, 6), "lon": round(clon, 6),
-                "x": round(cx, _decimals(dx)), "y": round(cy, _decimals(dy))}
+                "x": rx, "y": ry}
     out: dict[str, Any] = {}
     for name, da in cell_ds.data_vars.items():
         values = [_json_number(v) for v in np.atleast_1d(da.values)]

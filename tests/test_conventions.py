@@ -74,3 +74,10 @@ def test_file_sha256_matches_hashlib(tmp_path: Path) -> None:
     assert file_sha256(path, blocksize=1000, fsync=True) == hashlib.sha256(data).hexdigest()
     with pytest.raises(FileNotFoundError):
         file_sha256(tmp_path / "missing")
+
+
+def test_coordinate_decimals_follow_the_grid() -> None:
+    from esdc.conventions import coordinate_decimals
+
+    assert [coordinate_decimals(s) for s in (0.25, 0.05, 1.0, 1000.0, 0.0)] == [3, 4, 2, 2, 6]
+    assert round(-3.8750000000000036, coordinate_decimals(0.25)) == -3.875

@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from esdc.conventions import ATTR_INPUTS, ATTR_TILE_DIMS, ATTR_TILE_SIZE, SPATIAL_DIMS, TIME_DIM
+from esdc.conventions import (
+    ATTR_INPUTS,
+    ATTR_TILE_DIMS,
+    ATTR_TILE_SIZE,
+    SPATIAL_DIMS,
+    TIME_DIM,
+    coordinate_decimals,
+)
 from esdc.errors import SearchIndexError
 from esdc.grid import parse_bbox
 from esdc.search.feedback import MAX_TILES, NEGATIVE_WEIGHT, FeedbackTile, rocchio
@@ -74,6 +81,12 @@ def parse_time_range(start: str | None, end: str | None) -> tuple[str | None,
     if stamps[0] is not None and stamps[1] is not None and stamps[0] > stamps[1]:
         raise SearchIndexError(f"start {start} is after end {end}.")
     return (start, end)
+
+
+def _rounded(c: np.ndarray) -> np.ndarray:
+    """Coordinates rounded to :func:`esdc.conventions.coordinate_decimals` of their step."""
+    step = float(np.min(np.abs(np.diff(c)))) if c.size > 1 else 0.0
+    return np.round(c, coordinate_decimals(step))
 
 
 @dataclass(frozen=True)
@@ -170,8 +183,9 @@ class SearchEngine:
         self.ydim, self.xdim = str(emb.dims[0]), str(emb.dims[1])
         self.names = tuple(emb.attrs.get(ATTR_TILE_DIMS, SPATIAL_DIMS[0]))
         self.has_time = emb.ndim == 4
-        self.yc = np.asarray(self.ds[self.ydim].values, dtype=float)
-        self.xc = np.asarray(self.ds[self.xdim].values, dtype=float)
+        # tile centres rounded to the grid's precision (JSON shows -3.875, not -3.87500...36)
+        self.yc, self.xc = (_rounded(np.asarray(self.ds[d].values, dtype=float))
+                            for d in (self.ydim, self.xdim))
         self.ybounds = np.asarray(self.ds[f"{self.ydim}_bounds"].values, dtype=float)
         self.xbounds = np.asarray(self.ds[f"{self.xdim}_bounds"].values, dtype=float)
         self.times = pd.DatetimeIndex(self.ds[TIME_DIM].values) if self.has_time else None
