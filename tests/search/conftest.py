@@ -49,3 +49,28 @@ def embedded_cube(tmp_path_factory) -> Path:
 def embedded_cube_time(tmp_path_factory) -> Path:
     """Same with 3 monthly time steps (8 x 16 x 3 vectors)."""
     return make_embedded_cube(tmp_path_factory.mktemp("search") / "time", times=3)
+
+
+def cli_ok(args: list) -> str:
+    """Run ``esdc ARGS`` in process; its stdout, after asserting exit code 0."""
+    from typer.testing import CliRunner
+
+    from esdc.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    return res.stdout
+
+
+def write_moon_cube(path: Path, client) -> Path:
+    """The real Moon cube at 0.25 degree (``tests.conftest.moon_recipe``) written at ``path``."""
+    from esdc.build import plan
+    from esdc.storage import resolve
+    from tests.conftest import MOON_SAMPLES, moon_recipe, need_sample
+
+    for name in MOON_SAMPLES:
+        need_sample(name)
+    r = moon_recipe(0.25)
+    resolve(path).write(plan(r), chunks=dict(r.output.chunks),
+                        compressor=r.output.compressor, client=client)
+    return path

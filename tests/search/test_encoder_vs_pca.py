@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from esdc.cli import app
-from tests.conftest import MOON_SAMPLES, moon_recipe, need_sample
+from tests.search.conftest import cli_ok, write_moon_cube
 
 pytest.importorskip("faiss")
 pytest.importorskip("torch")
@@ -28,28 +26,14 @@ pytest.importorskip("mlflow")
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "recipes" / "train" / "encoder_moon_vicreg.yaml"
-runner = CliRunner()
-
-
-def _ok(args: list) -> str:
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == 0, res.output
-    return res.stdout
 
 
 @pytest.mark.slow
 def test_moon_vicreg_encoder_beats_pca_on_held_out_tiles(tmp_path, monkeypatch, client):
-    from esdc.build import plan
     from esdc.ml.config import load_train_config
     from esdc.ml.train import train
-    from esdc.storage import resolve
 
-    for name in MOON_SAMPLES:
-        need_sample(name)
-    r = moon_recipe(0.25)
-    cube = tmp_path / "moon.zarr"
-    resolve(cube).write(plan(r), chunks=dict(r.output.chunks),
-                        compressor=r.output.compressor, client=client)
+    cube = write_moon_cube(tmp_path / "moon.zarr", client)
     monkeypatch.chdir(tmp_path)
     tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
     cfg = load_train_config(CONFIG)
@@ -58,9 +42,9 @@ def test_moon_vicreg_encoder_beats_pca_on_held_out_tiles(tmp_path, monkeypatch, 
     res = train(str(cube), cfg, tracking)
     assert res.metric == "vicreg_loss" and res.test < res.baseline
 
-    _ok(["embed", cube, "--model", res.run_id, "--tracking-uri", tracking, "--tile", 16,
+    cli_ok(["embed", cube, "--model", res.run_id, "--tracking-uri", tracking, "--tile", 16,
          "--scheduler", client.scheduler.address])
-    ev = json.loads(_ok(["evaluate-search", cube, "--label", "mare_highland", "--variable",
+    ev = json.loads(cli_ok(["evaluate-search", cube, "--label", "mare_highland", "--variable",
                          "embedding_t16", "--queries", 100_000, "--held-out", CONFIG,
                          "--json"]))
     print("moon encoder vs PCA (0.25 degree, tile 16, held out):",

@@ -17,10 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from esdc.cli import app
-from tests.conftest import MOON_SAMPLES, moon_recipe, need_sample
+from tests.search.conftest import cli_ok, write_moon_cube
 
 pytest.importorskip("faiss")
 pytest.importorskip("torch")
@@ -28,30 +26,16 @@ pytest.importorskip("sklearn")
 pytest.importorskip("mlflow")
 
 ROOT = Path(__file__).resolve().parents[2]
-runner = CliRunner()
-
-
-def _ok(args: list) -> str:
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == 0, res.output
-    return res.stdout
 
 
 @pytest.mark.slow
 def test_moon_search_by_mare_highland(tmp_path, monkeypatch, client):
     """Build (0.25 degree), train on topography (2 epochs), embed, index, evaluate."""
-    from esdc.build import plan
     from esdc.ml.config import TrainConfig
     from esdc.ml.train import train
-    from esdc.storage import resolve
 
-    for name in MOON_SAMPLES:
-        need_sample(name)
     t0 = time.perf_counter()
-    r = moon_recipe(0.25)
-    cube = tmp_path / "moon.zarr"
-    resolve(cube).write(plan(r), chunks=dict(r.output.chunks),
-                        compressor=r.output.compressor, client=client)
+    cube = write_moon_cube(tmp_path / "moon.zarr", client)
     monkeypatch.chdir(tmp_path)  # MLflow's artifact root defaults to ./mlruns
     tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
     cfg = yaml.safe_load((ROOT / "recipes" / "train" / "encoder_moon.yaml").read_text())
@@ -60,10 +44,10 @@ def test_moon_search_by_mare_highland(tmp_path, monkeypatch, client):
     res = train(str(cube), TrainConfig.model_validate(cfg), tracking)
     assert res.metric == "simsiam_loss" and res.test < res.baseline  # it learned
 
-    _ok(["embed", cube, "--model", res.run_id, "--tracking-uri", tracking, "--tile", 8,
+    cli_ok(["embed", cube, "--model", res.run_id, "--tracking-uri", tracking, "--tile", 8,
          "--scheduler", client.scheduler.address])
-    assert "built on cpu" in _ok(["index", cube, "--device", "cpu"])
-    ev = json.loads(_ok(["evaluate-search", cube, "--label", "mare_highland", "--queries",
+    assert "built on cpu" in cli_ok(["index", cube, "--device", "cpu"])
+    ev = json.loads(cli_ok(["evaluate-search", cube, "--label", "mare_highland", "--queries",
                          1000, "--json"]))
     print(f"moon search (0.25 degree, tile 8) in {time.perf_counter() - t0:.0f} s:",
           json.dumps({k: ev[k] for k in ("tiles", "precision_at_k",
