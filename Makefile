@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-test clean xcube-env xcube-test
+.PHONY: demo test install install-test clean xcube-env xcube-test lab web
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,7 @@ install: $(BIN)/python
 # The CF checker of exported NetCDF (tests/test_export.py: cfchecker's cfunits) loads Debian's
 # UDUNITS-2 library (libudunits2-0), installed here when missing.
 install-test: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,tensorflow]'
+	$(BIN)/pip install --quiet -e '.[test,tensorflow,lab]'
 	test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 	/sbin/ldconfig -p | grep -q libudunits2 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
@@ -28,6 +28,21 @@ install-test: $(BIN)/python
 ## embeddings, index, search, pictures, summary.json); FULL=1 for the 0.25 degree grid
 demo: install
 	$(BIN)/esdc demo --out out/demo $(if $(FULL),--full,)
+
+## web: rebuild the search page's vendored Leaflet (esdc/search/static/vendor/leaflet) from
+## the version pinned in web/package-lock.json (needs node and npm; the result is committed)
+web:
+	web/build.sh
+
+## lab: JupyterLab in notebooks/ on 127.0.0.1 (the `lab` extra, installed when missing:
+## the Dask panel, ipywidgets), its news and update checks off; build cubes/earth.zarr first
+LAB_FLAGS := --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks \
+	--LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+	$(if $(filter 0,$(shell id -u)),--allow-root,)
+lab: install
+	$(BIN)/python -c 'import jupyterlab, dask_labextension, ipywidgets' 2>/dev/null || \
+	  $(BIN)/pip install --quiet -e '.[ml,search,plot,lab]'
+	$(BIN)/jupyter lab $(LAB_FLAGS)
 
 ## test: install with the test extra, fetch the real samples, run the whole suite
 test: install-test

@@ -53,8 +53,11 @@ With the samples cached (``esdc samples fetch --all``)::
     ESDC_CACHE=/tmp/esdc-cache python benchmarks/bench_build.py --json     # one JSON object
 
 ``--quick`` builds a reduced recipe (120 x 120 degree bbox, 12 months) instead of the
-full one. Stores are written to a temporary folder that is removed at the end, or
-under ``--out-dir`` (kept).
+full one. ``--resolution R`` builds on an R degree grid (:func:`recipe_at`),
+``--workers N`` on N worker processes, ``--esdc-only`` skips the baselines and
+``--no-naive`` the naive one; ``layer_seconds`` and ``phase_seconds`` profile the build
+(:mod:`_build_profile`; ``--no-profile`` skips the per-layer runs). Stores are written
+to a temporary folder that is removed at the end, or under ``--out-dir`` (kept).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -73,6 +77,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import _build_profile  # benchmarks/_build_profile.py: per-layer seconds from the task stream
 import _machine  # benchmarks/_machine.py: machine and versions
 import dask
 import numpy as np
@@ -90,7 +95,7 @@ from esdc.storage import encoding, open_cube, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "recipes" / "earth.yaml"
-N_WORKERS = 2
+N_WORKERS = 2  # LocalCluster workers (processes x 1 thread); --workers N
 #: The reduced case of ``--quick``: a 120 x 120 degree box (Africa, Europe, the
 #: Atlantic and the western Indian Ocean; it crosses the OSTIA band) over 12 months.
 QUICK_BBOX = [-60.0, -60.0, 60.0, 60.0]
@@ -186,6 +191,35 @@ def quick_recipe(recipe: Recipe) -> Recipe:
     return Recipe.from_dict(d)
 
 
+def recipe_at(recipe: Recipe, resolution: float) -> Recipe:
+    """The recipe on a grid of ``resolution`` degrees, chunks and sources unchanged.
+
+    A bucket method cannot put a source onto cells smaller than its pixels (esdc refuses
+    it: stripes of empty cells), so a variable whose source is coarser than the new grid
+    is switched to ``conservative`` (its area mean, which also holds when upsampling)
+    for ``bucket_average`` and to ``nearest`` for ``bucket_mode``; returned in
+    ``recipe_changes`` by :func:`main`.
+    """
+    d = recipe.to_dict()
+    d["name"] = f"{recipe.name}_{resolution:g}deg".replace(".", "p")
+    d["grid"]["resolution"] = resolution
+    for spec, sd in zip(recipe.sources, d["sources"], strict=True):
+        sdx, sdy = open_source(spec).resolution
+        if max(sdx, sdy) <= resolution * (1 + 1e-6):
+            continue
+        for vd in sd["variables"]:
+            method = vd.get("resampling")
+            if method in ("bucket_average", "bucket_mode"):
+                vd["resampling"] = "conservative" if method == "bucket_average" else "nearest"
+                vd["allow_upsampling"] = True
+                CHANGES.append(f"{vd['name']}: {method} -> {vd['resampling']} (source pixel "
+                               f"{max(sdx, sdy):.4g} > {resolution:g} deg)")
+    return Recipe.from_dict(d)
+
+
+CHANGES: list[str] = []  # the method changes recipe_at made
+
+
 def warm_page_cache(recipe: Recipe) -> None:
     """Read every source file once so that no path pays for a cold disk."""
     for spec in recipe.sources:
@@ -204,7 +238,7 @@ def versions() -> dict[str, str]:
 
 
 def start_cluster() -> tuple[Any, float]:
-    """A client on the CLI's LocalCluster, and the seconds it took to start."""
+    """A client on the CLI's LocalCluster (``N_WORKERS`` processes), and its start seconds."""
     from distributed import Client, LocalCluster
 
     t0 = time.perf_counter()
@@ -226,18 +260,25 @@ def stop_cluster(client: Any) -> None:
 
 
 def run_esdc(recipe: Recipe, target: Path, client: Any) -> dict[str, Any]:
-    """Build the cube as ``esdc build`` does; time plan and write; sample the RSS."""
+    """Build the cube as ``esdc build`` does; time plan and write; sample the RSS.
+
+    The workers' task stream gives the task seconds (:func:`_profile_keys`).
+    """
+    from distributed import get_task_stream
+
     t: dict[str, float] = {}
     with TreeMonitor() as mon:
         with timer(t, "plan"):
             ds = plan(recipe)
-        with timer(t, "write"):
+        with timer(t, "write"), get_task_stream(client) as ts:
             resolve(target).write(ds, chunks=dict(recipe.output.chunks),
                                   compressor=recipe.output.compressor, overwrite=True,
                                   client=client)
+    task_s, transfer_s = _build_profile.stream_seconds(ts.data)
     return {"seconds": t["plan"] + t["write"], "plan_seconds": t["plan"],
             "write_seconds": t["write"], "cpu_seconds": mon.cpu_seconds,
-            "peak_rss_mb": mon.peak_mb, "rss_before_mb": mon.start_mb,
+            "task_seconds": task_s, "transfer_seconds": transfer_s, "n_tasks": len(ts.data),
+            "ds": ds, "peak_rss_mb": mon.peak_mb, "rss_before_mb": mon.start_mb,
             "output_mb": sum(v.nbytes for v in ds.data_vars.values()) / MB,
             "dims": {str(k): int(v) for k, v in ds.sizes.items() if k != "nv"},
             "variables": list(map(str, ds.data_vars))}
@@ -424,8 +465,33 @@ def fast_path_comparison(recipe: Recipe, repeats: int = 3) -> dict[str, Any]:
 # --------------------------------------------------------------------------- driver
 
 
-def run(recipe: Recipe, workdir: Path, step: Callable[[str], None] = log) -> dict[str, Any]:
-    """Every path, in order; returns the result dict (see :func:`main`)."""
+def _profile_keys(esdc: dict[str, Any], layers: dict[str, Any] | None) -> dict[str, Any]:
+    """``layer_seconds`` and ``phase_seconds`` of the esdc build (see the module docstring)."""
+    task_s = esdc["task_seconds"]
+    phases = {
+        "plan": round(esdc["plan_seconds"], 3),
+        "write_wall": round(esdc["write_seconds"], 3),
+        "task_seconds": round(task_s, 3),
+        "transfer_seconds": round(esdc["transfer_seconds"], 3),
+        # write wall beyond task seconds / workers: scheduler, inter-process traffic,
+        # client hashing and journal, idle workers (the tail of an uneven graph)
+        "scheduler_overhead": round(esdc["write_seconds"] - task_s / N_WORKERS, 3),
+    }
+    if layers:
+        for p in _build_profile.PHASES:
+            phases[f"{p}_sum_of_layers"] = round(sum(d[p] for d in layers.values()), 3)
+    return {"layer_seconds": layers or {}, "phase_seconds": phases, "n_tasks": esdc["n_tasks"]}
+
+
+def run(recipe: Recipe, workdir: Path, step: Callable[[str], None] = log,
+        esdc_only: bool = False, profile: bool = True, naive_too: bool = True,
+        ) -> dict[str, Any]:
+    """Every path, in order; returns the result dict (see :func:`main`).
+
+    With ``esdc_only`` only the esdc build runs (no I/O floor, naive baseline or fast
+    path comparison): for memory and scaling runs at resolutions the baselines cannot
+    take. With ``profile`` each layer is also run alone (:mod:`_build_profile`).
+    """
     stores = {k: workdir / f"{recipe.name}-{k}.zarr" for k in ("esdc", "io_floor", "naive")}
     for p in stores.values():
         fresh(p)
@@ -433,42 +499,69 @@ def run(recipe: Recipe, workdir: Path, step: Callable[[str], None] = log) -> dic
     step("warming the page cache")
     warm_page_cache(recipe)
 
-    step("starting the LocalCluster")
+    step(f"starting the LocalCluster ({N_WORKERS} workers)")
     client, startup = start_cluster()
     try:
         step("esdc build")
         esdc = run_esdc(recipe, stores["esdc"], client)
         gc.collect()
-        step("I/O floor: reading the sources")
-        read_s, read_cpu = io_floor_read(recipe, client)
+        layers = None
+        if profile:
+            step("per-layer profile")
+            layers = _build_profile.layer_profile(recipe, esdc.pop("ds"), client, workdir,
+                                                  _covering)
+        esdc.pop("ds", None)
+        if not esdc_only:
+            step("I/O floor: reading the sources")
+            read_s, read_cpu = io_floor_read(recipe, client)
     finally:
         stop_cluster(client)
-    step("I/O floor: writing the cube's bytes")
-    write_s, write_cpu = io_floor_write(stores["esdc"], stores["io_floor"], recipe)
-    gc.collect()
-
-    step("naive xarray baseline")
-    naive = run_naive(recipe, stores["naive"])
-    gc.collect()
-    step("comparing the naive cube with the esdc one")
-    agree = agreement(stores["esdc"], stores["naive"])
-
-    step("regrid fast path vs pyresample")
-    fast = fast_path_comparison(recipe)
-
-    floor_s = read_s + write_s
     out_mb = esdc["output_mb"]
-    return {
+    common = {
         "recipe": recipe.name,
+        "resolution": recipe.grid.resolution,
+        "recipe_changes": list(CHANGES),
         "dims": esdc["dims"],
         "variables": esdc["variables"],
         "output_mb": out_mb,
-        "output_disk_mb": {k: store_mb(p) for k, p in stores.items()},
         "cluster": {"n_workers": N_WORKERS, "threads_per_worker": 1, "processes": True},
         "cluster_startup_seconds": startup,
         "esdc_seconds": esdc["seconds"],
         "esdc_plan_seconds": esdc["plan_seconds"],
         "esdc_write_seconds": esdc["write_seconds"],
+        "peak_rss_mb": esdc["peak_rss_mb"],
+        "rss_before_build_mb": esdc["rss_before_mb"],
+        **_profile_keys(esdc, layers),
+        "throughput_per_worker_mb_s": out_mb / esdc["seconds"] / N_WORKERS,
+        "throughput_mb_per_cpu_s": out_mb / esdc["cpu_seconds"],
+    }
+    if esdc_only:
+        return {**common, "output_disk_mb": {"esdc": store_mb(stores["esdc"])},
+                "cpu_seconds": {"esdc": esdc["cpu_seconds"]},
+                "throughput_mb_s": {"esdc": out_mb / esdc["seconds"]},
+                "machine": {**host, "load_avg_1min_end": round(os.getloadavg()[0], 2)},
+                "versions": versions()}
+    step("I/O floor: writing the cube's bytes")
+    write_s, write_cpu = io_floor_write(stores["esdc"], stores["io_floor"], recipe)
+    gc.collect()
+
+    naive: dict[str, Any] = dict.fromkeys(("seconds", "cpu_seconds", "peak_rss_mb",
+                                           "rss_before_mb"), float("nan"))
+    agree: dict[str, Any] = {}
+    if naive_too:
+        step("naive xarray baseline")
+        naive = run_naive(recipe, stores["naive"])
+        gc.collect()
+        step("comparing the naive cube with the esdc one")
+        agree = agreement(stores["esdc"], stores["naive"])
+
+    step("regrid fast path vs pyresample")
+    fast = fast_path_comparison(recipe)
+
+    floor_s = read_s + write_s
+    return {
+        **common,
+        "output_disk_mb": {k: store_mb(p) for k, p in stores.items()},
         "io_floor_seconds": floor_s,
         "io_floor_read_seconds": read_s,
         "io_floor_write_seconds": write_s,
@@ -477,18 +570,29 @@ def run(recipe: Recipe, workdir: Path, step: Callable[[str], None] = log) -> dic
                         "naive": naive["cpu_seconds"]},
         "ratio_to_io_floor": esdc["seconds"] / floor_s,
         "ratio_to_naive": esdc["seconds"] / naive["seconds"],
+        "ratio_to_io_floor_cpu": esdc["cpu_seconds"] / (read_cpu + write_cpu),
         "throughput_mb_s": {"esdc": out_mb / esdc["seconds"], "io_floor": out_mb / floor_s,
                             "naive": out_mb / naive["seconds"]},
-        "peak_rss_mb": esdc["peak_rss_mb"],
-        "rss_before_build_mb": esdc["rss_before_mb"],
         "naive_peak_rss_mb": naive["peak_rss_mb"],
         "naive_rss_before_mb": naive["rss_before_mb"],
         "naive_vs_esdc": agree,
         "fast_path_speedup": fast["speedup"],
         "fast_path": fast,
-        "machine": host,
+        "machine": {**host, "load_avg_1min_end": round(os.getloadavg()[0], 2)},
         "versions": versions(),
     }
+
+
+def print_profile(r: dict[str, Any]) -> None:
+    """The per-layer and per-phase table of the esdc build."""
+    print(f"esdc build profile (task seconds on the workers; {r['n_tasks']} tasks in the "
+          "build, each layer also run alone):")
+    print(f"{'layer':<18}{'read/decode':>12}{'regrid':>9}{'encode+write':>14}{'total':>8}"
+          f"{'wall':>8}")
+    for name, d in sorted(r["layer_seconds"].items(), key=lambda kv: -kv[1]["total"]):
+        print(f"{name:<18}{d['read_decode']:>12.2f}{d['regrid']:>9.2f}"
+              f"{d['encode_write']:>14.2f}{d['total']:>8.2f}{d['wall']:>8.2f}")
+    print("phases: " + ", ".join(f"{k} {v:.2f}" for k, v in r["phase_seconds"].items()))
 
 
 def print_table(r: dict[str, Any]) -> None:
@@ -499,11 +603,18 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"recipe {r['recipe']}: {dims}; {len(r['variables'])} variables, "
           f"{r['output_mb']:.0f} MB uncompressed")
     print(f"machine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['ram_gb']} GiB RAM, load "
-          f"average {m['load_avg_1min']} at the start; "
+          f"average {m['load_avg_1min']} at the start, {m['load_avg_1min_end']} at the end; "
           f"LocalCluster {N_WORKERS} processes x 1 thread, started in "
           f"{r['cluster_startup_seconds']:.1f} s (not counted)")
     print()
     cpu = r["cpu_seconds"]
+    if "io_floor_seconds" not in r:  # --esdc-only
+        print(f"esdc: {r['esdc_seconds']:.2f} s (plan {r['esdc_plan_seconds']:.2f} s), "
+              f"{cpu['esdc']:.1f} CPU s, {tp['esdc']:.1f} MB/s "
+              f"({r['throughput_per_worker_mb_s']:.1f} per worker), peak RSS "
+              f"{r['peak_rss_mb']:.0f} MB (before {r['rss_before_build_mb']:.0f} MB)")
+        print_profile(r)
+        return
     print(f"{'path':<34}{'seconds':>9}{'CPU s':>8}{'MB/s out':>10}{'on disk MB':>12}"
           f"{'esdc / path':>13}")
     rows = [
@@ -527,6 +638,7 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"peak RSS, esdc build (process tree, workers included): {r['peak_rss_mb']:.0f} MB "
           f"(before: {r['rss_before_build_mb']:.0f} MB); naive: "
           f"{r['naive_peak_rss_mb']:.0f} MB (before: {r['naive_rss_before_mb']:.0f} MB)")
+    print_profile(r)
     f = r["fast_path"]
     print(f"regrid fast path ({f['source']} {f['source_shape'][0]}x{f['source_shape'][1]} -> "
           f"{f['grid_shape'][0]}x{f['grid_shape'][1]}, {', '.join(f['methods'].values())}): "
@@ -546,9 +658,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="write the stores here and keep them (default: a temporary folder, "
                         "removed at the end)")
     p.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="recipe YAML")
+    p.add_argument("--resolution", type=float,
+                   help="grid resolution in degrees (default: the recipe's, 0.25); bucket "
+                        "methods of sources coarser than it become conservative / nearest")
+    p.add_argument("--workers", type=int, default=2,
+                   help="LocalCluster worker processes (1 thread each; default 2)")
+    p.add_argument("--no-profile", action="store_true",
+                   help="skip the per-layer profile (each layer run alone after the build)")
+    p.add_argument("--no-naive", action="store_true",
+                   help="skip the naive baseline (it needs 13 GB for the full cube)")
+    p.add_argument("--esdc-only", action="store_true",
+                   help="only the esdc build (no I/O floor, naive baseline or fast path)")
     args = p.parse_args(argv)
 
+    globals()["N_WORKERS"] = args.workers
     recipe = load_recipe(args.recipe)
+    if args.resolution is not None:
+        recipe = recipe_at(recipe, args.resolution)
     if args.quick:
         recipe = quick_recipe(recipe)
     if args.out_dir is not None:
@@ -557,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         workdir = Path(tempfile.mkdtemp(prefix="esdc-bench-"))
     try:
-        result = run(recipe, workdir)
+        result = run(recipe, workdir, esdc_only=args.esdc_only,
+                     profile=not args.no_profile, naive_too=not args.no_naive)
     finally:
         if args.out_dir is None:
             shutil.rmtree(workdir, ignore_errors=True)

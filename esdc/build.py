@@ -56,6 +56,7 @@ from esdc.harmonize import (
 from esdc.hashing import file_sha256
 from esdc.recipe import DerivedSpec, ObservedTimeSpec, Recipe, SourceSpec, VariableSpec
 from esdc.regrid import coverage, overlaps, regrid, resampler_for
+from esdc.regrid.extent import grid_extent, missed_message, partial_message, source_extent
 from esdc.samples import SAMPLES
 from esdc.samples import fetch as fetch_samples
 from esdc.sources import Geolocated, open_source
@@ -299,8 +300,14 @@ def _grid(recipe: Recipe, opened: list[tuple[SourceSpec, Geolocated]]) -> Grid:
         t for spec, geo in opened if spec.time == "series" for t in geo.data[TIME_DIM].values])
 
 
-def _check_bodies(opened: list[tuple[SourceSpec, Geolocated]], grid: Grid) -> None:
-    """Step 3: every source lies on the grid's body, and some source reaches the grid."""
+def _check_bodies(opened: list[tuple[SourceSpec, Geolocated]], grid: Grid,
+                  say: Callable[[str], None]) -> None:
+    """Step 3: every source lies on the grid's body and reaches the grid, before computing.
+
+    A source that misses the grid's box is refused when a layer would be NaN everywhere
+    (else noted); one that covers only part of the box is noted (``say``). Messages give
+    the source's own extent and the grid's (:mod:`esdc.regrid.extent`).
+    """
     for spec, geo in opened:
         if geo.body is not None and geo.body != grid.body:
             raise SourceError(
@@ -308,12 +315,30 @@ def _check_bodies(opened: list[tuple[SourceSpec, Geolocated]], grid: Grid) -> No
                 f"{grid.body}; a cube stacks data of one body. Use a {geo.body} grid (another "
                 "recipe) or remove the source.")
     # a list, not any(): overlaps() also raises for a source that cannot go on the grid
-    if not [geo for _, geo in opened if overlaps(geo, grid)]:
+    hits = [overlaps(geo, grid) for _, geo in opened]
+    if not any(hits):
         raise RegridError(
-            f"grid.bbox {list(grid.bbox)} lies outside every source "
-            f"({', '.join(f'{s.name}: {[round(v, 3) for v in g.bbox]}' for s, g in opened)}); "
-            "move the bbox onto the data."
-        )
+            f"{grid_extent(grid)} lies outside every source "
+            f"({'; '.join(f'{s.name}: {source_extent(g)}' for s, g in opened)}); "
+            "move the bbox onto the data.")
+    fillers: dict[str, set[str]] = {}  # layer -> the sources reaching the grid that fill it
+    for (spec, _), hit in zip(opened, hits, strict=True):
+        for v in spec.variables:
+            fillers.setdefault(v.name, set()).update([spec.name] if hit else [])
+    for (spec, geo), hit in zip(opened, hits, strict=True):
+        if not hit:
+            empty = [v.name for v in spec.variables if not fillers[v.name]]
+            message = missed_message(f"sources.{spec.name}", geo, grid, empty)
+            if empty:
+                raise RegridError(message)
+            say(message)
+            continue
+        # a layer merged from several sources (combine: first_valid) is not noted
+        alone = [v.name for v in spec.variables if fillers[v.name] == {spec.name}]
+        if alone and (covered := coverage(geo, grid)) is not None:
+            note = partial_message(f"sources.{spec.name}", geo, grid, covered["bbox"], alone)
+            if note:
+                say(note)
 
 
 def _harmonize(spec: SourceSpec, var: VariableSpec, geo: Geolocated,
@@ -443,7 +468,8 @@ def _attach_conventions(variables: dict[str, xr.DataArray], recipe: Recipe, grid
 
 
 def plan(recipe: Recipe, base_dir: Path | None = None, *,
-         fetched: Mapping[str, FetchedSource] | None = None) -> xr.Dataset:
+         fetched: Mapping[str, FetchedSource] | None = None,
+         report: Callable[[str], None] | None = None) -> xr.Dataset:
     """Build the lazy cube of a recipe: nothing is computed.
 
     Parameters
@@ -455,6 +481,9 @@ def plan(recipe: Recipe, base_dir: Path | None = None, *,
     fetched : mapping of str to FetchedSource, optional
         The granules of ``files:`` sources (:func:`fetch_sources`); fetched now when
         omitted.
+    report : callable, optional
+        Called with one-line notes: a source that covers only part of the grid's box (or
+        misses it while other sources fill its layers), with both extents.
 
     Returns
     -------
@@ -468,13 +497,14 @@ def plan(recipe: Recipe, base_dir: Path | None = None, *,
         For a missing, altered or unreadable source or variable, or a source on another
         body than the grid's.
     RegridError
-        If the grid's bounding box lies outside every source.
+        If the grid's bounding box lies outside every source, or outside every source of
+        a layer (the message gives the source's extent and the grid's).
     """
     if fetched is None:
         fetched = fetch_sources(recipe, base_dir)
     opened = _open_sources(recipe, base_dir, fetched)
     grid = _grid(recipe, opened)
-    _check_bodies(opened, grid)
+    _check_bodies(opened, grid, report or (lambda _msg: None))
     variables: dict[str, xr.DataArray] = {}
     for spec, geo in opened:
         for var in spec.variables:
@@ -573,7 +603,10 @@ def build(
             fetch_samples(names)
     # the fetch phase: granules of files: sources into the cache (verified ones are kept)
     fetched = fetch_sources(recipe, base_dir, mirrors=mirrors, progress=progress)
-    ds = plan(recipe, base_dir, fetched=fetched)  # lazy: every input error surfaces here
+    # lazy: every input error surfaces here; the sources' coverage notes are said only
+    # when something is built (an up-to-date cube answers in one line)
+    notes: list[str] = []
+    ds = plan(recipe, base_dir, fetched=fetched, report=notes.append)
     table = granule_table(fetched)
     chunks, compressor = dict(recipe.output.chunks), recipe.output.compressor
     shards = dict(recipe.output.shards) or None
@@ -581,6 +614,8 @@ def build(
                                                 shards=shards):
         say(f"{target} is up to date")
         return target.location
+    for note in notes:
+        say(note)
     # a Client is used as it is; a factory starts a cluster only now that one is needed
     starting = (client() if callable(client) and not hasattr(client, "submit")
                 else contextlib.nullcontext(client))

@@ -26,6 +26,7 @@ __all__ = [
     "ATTR_DERIVED",
     "ATTR_GRID",
     "ATTR_INPUTS",
+    "ATTR_INPUT_SIZE",
     "ATTR_INTEGRITY_GROUP",
     "ATTR_MIN_VALID_FRACTION",
     "ATTR_MODEL",
@@ -122,6 +123,8 @@ ATTR_TILE_DIMS = "esdc_tile_dims"
 """Tile dims ``[tile_y, tile_x]`` of an embedding variable."""
 ATTR_INPUTS = "esdc_inputs"
 """Input variables of an embedding's encoder."""
+ATTR_INPUT_SIZE = "esdc_input_size"
+"""Cells per side the encoder saw: each tile was area-averaged to it (absent: as is)."""
 ATTR_MODEL = "esdc_model"
 """Encoder that made an embedding."""
 ATTR_MODEL_RUN = "esdc_model_run"

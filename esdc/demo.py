@@ -3,10 +3,11 @@
 ``esdc demo [--out DIR] [--full]`` wires the library together (no logic of its
 own): fetch samples → build the Earth cube on a Dask LocalCluster (dashboard
 printed) → quicklook maps → train the VICReg encoder on a worker (MLflow, SQLite
-store in DIR) → write tile embeddings into the cube → FAISS index → an example
-search with its mosaic → search evaluation (precision@10 of the embedding and of
-raw-pixel PCA from the same inputs, queried from every tile outside the encoder's train
-split) → ``DIR/summary.json``.
+store in DIR) → write tile embeddings of 8, 16 and 32 cells into the cube → a FAISS
+index per scale → example searches with their mosaics (one across every scale) →
+search evaluation (precision@10 of the embedding and of raw-pixel PCA from the same
+inputs, queried from every tile outside the encoder's train split; per scale, and the
+scale consistency) → ``DIR/summary.json``.
 Default: a 0.5° version of ``recipes/earth.yaml`` (minutes on 2 cores); ``--full``
 uses the recipe's 0.25° grid.
 """
@@ -23,7 +24,7 @@ import yaml
 
 from esdc.build import build
 from esdc.cluster import dask_client
-from esdc.embed import embed_cube, load_encoder
+from esdc.embed import DEFAULT_TILES, embed_cube, load_encoder
 from esdc.errors import EsdcError
 from esdc.ml.config import TrainConfig
 from esdc.ml.train import submit
@@ -31,7 +32,7 @@ from esdc.plot import quicklook
 from esdc.recipe import Recipe, load_recipe
 from esdc.samples import SAMPLES, fetch
 from esdc.search.evaluate import evaluate_search
-from esdc.search.index import build_index, index_dir
+from esdc.search.index import build_indexes, index_dir
 from esdc.search.query import SearchEngine
 from esdc.storage import open_cube, resolve
 from esdc.verify import verify_store
@@ -128,15 +129,18 @@ def run_demo(out: Path, full: bool = False, scheduler: str | None = None,
         say(f"training the {cfg.model_kind} encoder on a Dask worker ({cfg.epochs} epochs) ...")
         trained = submit(client, str(cube), cfg, tracking).result()
         step("train_encoder")
-        say("embedding every tile (8 and 16 cells) ...")
+        say(f"embedding every tile ({', '.join(map(str, DEFAULT_TILES))} cells) ...")
         bundle = load_encoder(trained["run_id"], tracking)
-        names = embed_cube(str(cube), bundle, [8, 16], client)
+        names = embed_cube(str(cube), bundle, list(DEFAULT_TILES), client)
         step("embed")
-    manifest = build_index(cube)
+    manifests = build_indexes(cube)
+    manifest = manifests[0]
     step("index")
     engine = SearchEngine(cube)
     example = engine.search_tile(-4.0, -62.0, k=10)  # a tile of the Amazon rainforest
     engine.quicklook(example, pictures / "search_amazon.png")
+    scales = engine.search_tile(-4.0, -62.0, k=10, scales="all")  # tiles of any size
+    engine.quicklook(scales, pictures / "search_amazon_scales.png")
     desert = engine.search_tile(23.0, 10.0, k=10)  # the Sahara
     engine.quicklook(desert, pictures / "search_sahara.png")
     step("search")
@@ -148,12 +152,15 @@ def run_demo(out: Path, full: bool = False, scheduler: str | None = None,
     summary = {
         "cube": str(cube), "grid": recipe.grid.model_dump(mode="json"),
         "variables": sorted(map(str, open_cube(cube).data_vars)),
-        "verify_problems": problems, "pictures": pics + [str(pictures / "search_amazon.png"),
-                                                         str(pictures / "search_sahara.png")],
+        "verify_problems": problems, "pictures": pics + [
+            str(pictures / f"search_{n}.png") for n in ("amazon", "amazon_scales", "sahara")],
         "encoder": trained, "embeddings": names,
         "index": {"path": str(index_dir(cube)), "kind": manifest.kind, "count": manifest.count,
-                  "variable": manifest.variable},
-        "search_example": {"amazon": example.to_json(), "sahara": desert.to_json()},
+                  "variable": manifest.variable,
+                  "scales": {str(m.scale): {"variable": m.variable, "count": m.count,
+                                            "kind": m.kind} for m in manifests}},
+        "search_example": {"amazon": example.to_json(), "sahara": desert.to_json(),
+                           "amazon_all_scales": scales.to_json()},
         "search_evaluation": evaluation, "timings_s": timings,
         "total_s": round(time.perf_counter() - t0, 1),
     }

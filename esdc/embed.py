@@ -5,7 +5,12 @@ fitter, :mod:`esdc.ml.fit.simsiam`); this module depends on :mod:`esdc.ml`, neve
 reverse.
 
 The vectors are written back into the cube's Zarr store as a variable per tile
-size, ``embedding_t{T}`` with dims ``(tile_y_t{T}, tile_x_t{T}, [time,] feature_t{T})``.
+size (*scale*), ``embedding_t{T}`` with dims ``(tile_y_t{T}, tile_x_t{T}, [time,]
+feature_t{T})``; scales 8, 16 and 32 cells by default (:data:`DEFAULT_TILES`). One
+encoder embeds every scale with vectors comparable across scales: a tile of ``T``
+cells is area-averaged (:func:`area_mean`; ``coarsen`` for integer factors) to the
+encoder's input size (``esdc_input_size``, by default the finest scale, the tile the
+encoder is trained on) before it is encoded.
 Coordinates give each tile's centre (``tile_y_t{T}``, ``tile_x_t{T}``, grid units) and
 bounds (``..._bounds``, ``(n, 2)``); attributes give the model's MLflow run id, the
 SHA-256 of its weights, the tile size, the input variables, their normalisation and
@@ -33,6 +38,7 @@ import xarray as xr
 import zarr
 
 from esdc.conventions import (
+    ATTR_INPUT_SIZE,
     ATTR_INPUTS,
     ATTR_MIN_VALID_FRACTION,
     ATTR_MODEL,
@@ -45,6 +51,7 @@ from esdc.conventions import (
     ATTR_TIME_STEPS,
     TIME_DIM,
 )
+from esdc.embed_scales import area_mean
 from esdc.errors import EmbeddingConflictError, EsdcError
 from esdc.hashing import file_sha256
 from esdc.ml.patches import PatchStream
@@ -53,12 +60,13 @@ from esdc.ml.tensorboard import log_tensorboard, write_projector
 from esdc.ml.tracking import default_tracking_uri
 from esdc.storage import resolve
 
-__all__ = ["DEFAULT_TILES", "AppendStep", "EncoderBundle", "append_plan", "compute_embeddings",
-           "embed_cube", "embedded_model_run", "embedded_steps", "embedding_variables",
-           "load_encoder", "projector_sample", "write_appended", "write_embeddings"]
+__all__ = ["DEFAULT_TILES", "AppendStep", "EncoderBundle", "append_plan", "area_mean",
+           "compute_embeddings", "embed_cube", "embedded_model_run", "embedded_steps",
+           "embedding_variables", "load_encoder", "projector_sample", "write_appended",
+           "write_embeddings"]
 
-#: Tile sizes (cells) embedded when none are given.
-DEFAULT_TILES = (8, 16)
+#: Tile sizes (cells; the scales of multi-scale search) embedded when none are given.
+DEFAULT_TILES = (8, 16, 32)
 #: Largest stored chunk of an embedding variable, bytes (chunks hold one time step).
 CHUNK_BYTES = 8 << 20
 
@@ -184,7 +192,7 @@ def compute_embeddings(cube: str, bundle: EncoderBundle, tile: int, batch_size: 
                        min_valid_fraction: float = 0.5, *,
                        time_steps: tuple[int, int] | None = None,
                        normalised_with: dict[str, dict[str, float]] | None = None,
-                       ) -> xr.Dataset:
+                       input_size: int | None = None) -> xr.Dataset:
     """One vector per tile of ``tile x tile`` cells (and per time step if inputs vary).
 
     Parameters
@@ -206,6 +214,10 @@ def compute_embeddings(cube: str, bundle: EncoderBundle, tile: int, batch_size: 
         ``{input: {"mean", "scale"}}`` to normalise the inputs with (an append uses the
         one recorded with the stored vectors); default: the cube's stored statistics
         (``esdc_statistics``), else statistics computed over the whole cube now.
+    input_size : int, optional
+        Cells per side the encoder sees: each tile is area-averaged to it
+        (:func:`area_mean`) and the size recorded (``esdc_input_size``), so that every
+        scale is embedded alike; default: the tile as it is (nothing recorded).
 
     Returns
     -------
@@ -238,7 +250,7 @@ def compute_embeddings(cube: str, bundle: EncoderBundle, tile: int, batch_size: 
         x = b.x - mean[None, :, None, None]  # as PatchStream normalises, in float32
         x /= scale[None, :, None, None]
         x[~b.valid] = 0.0
-        vec = bundle.encode(x)
+        vec = bundle.encode(x if input_size is None else area_mean(x, b.valid, input_size)[0])
         ok = b.valid.mean(axis=(1, 2, 3)) >= min_valid_fraction
         t = np.maximum(b.index[:, 0], 0) - t0
         out[t[ok], b.index[ok, 1] // tile, b.index[ok, 2] // tile] = vec[ok]
@@ -276,6 +288,8 @@ def compute_embeddings(cube: str, bundle: EncoderBundle, tile: int, batch_size: 
                                   for v, m, c in zip(bundle.inputs, mean, scale, strict=True)}}
     if stream.has_time:
         attrs[ATTR_TIME_STEPS] = t1
+    if input_size is not None:
+        attrs[ATTR_INPUT_SIZE] = int(input_size)
     emb = xr.Dataset({f"embedding{s}": (dims, data, attrs)}, coords=coords)
     emb[f"embedding{s}"].encoding["chunks"] = _chunks(dims, data.shape)
     return emb
@@ -307,6 +321,8 @@ class AppendStep:
         Recorded with the stored vectors.
     normalisation : dict
         ``{input: {"mean", "scale"}}`` recorded with the stored vectors.
+    input_size : int or None
+        ``esdc_input_size`` recorded with the stored vectors (None: tiles as they are).
     """
 
     variable: str
@@ -315,6 +331,7 @@ class AppendStep:
     stop: int
     min_valid_fraction: float
     normalisation: dict[str, dict[str, float]]
+    input_size: int | None = None
 
 
 def _stored(cube: str | Path, tiles: list[int] | None) -> tuple[Any, xr.Dataset, list[str]]:
@@ -425,8 +442,10 @@ def append_plan(cube: str | Path, bundle: EncoderBundle,
                     f"{now}, but {name} was made with {norm}{again}.")
         done = embedded_steps(ds[name])
         stop = ds.sizes[TIME_DIM] if done is not None else 0
+        size = attrs.get(ATTR_INPUT_SIZE)
         plan.append(AppendStep(name, int(attrs[ATTR_TILE_SIZE]), done or 0, stop,
-                               float(attrs.get(ATTR_MIN_VALID_FRACTION, 0.5)), norm))
+                               float(attrs.get(ATTR_MIN_VALID_FRACTION, 0.5)), norm,
+                               None if size is None else int(size)))
     return plan
 
 
@@ -533,10 +552,30 @@ def projector_sample(cube: str, emb: xr.Dataset, inputs: list[str], samples: int
     return vec.reshape(-1, vec.shape[-1])[pick], meta, _thumbnails(ds, inputs, tile, iy, ix, it)
 
 
+def _defaults(cube: str, bundle: EncoderBundle, tiles: list[int] | None,
+              input_size: int | None) -> tuple[list[int], int]:
+    """Tile sizes (default: those of DEFAULT_TILES that fit the grid) and input size.
+
+    The input size is that of the cube's embeddings by the same encoder, else
+    ``encoder.json``'s ``input_size``, else the finest tile.
+    """
+    ds = resolve(cube).open()
+    if not tiles:
+        first = ds[bundle.inputs[0]] if bundle.inputs[0] in ds else None
+        side = min(first.shape[-2:]) if first is not None and first.ndim >= 2 else 0
+        tiles = [t for t in DEFAULT_TILES if t <= side] or [DEFAULT_TILES[0]]
+    for name in embedding_variables(ds):
+        attrs = ds[name].attrs
+        if attrs.get(ATTR_MODEL_SHA256) == bundle.sha256 and ATTR_INPUT_SIZE in attrs:
+            return tiles, int(input_size or attrs[ATTR_INPUT_SIZE])
+    return tiles, int(input_size or bundle.meta.get("input_size") or min(tiles))
+
+
 def embed_cube(cube: str, bundle: EncoderBundle, tiles: list[int] | None = None,
                client: Any = None, *, append: bool = False, projector: bool = False,
                tensorboard: str | Path | None = None, tracking_uri: str | None = None,
-               report: Callable[[str], None] | None = None) -> list[str]:
+               report: Callable[[str], None] | None = None,
+               input_size: int | None = None) -> list[str]:
     """Compute and write embeddings for every tile size (on Dask workers when a client is given).
 
     Parameters
@@ -546,8 +585,8 @@ def embed_cube(cube: str, bundle: EncoderBundle, tiles: list[int] | None = None,
     bundle : EncoderBundle
         The encoder.
     tiles : list of int, optional
-        Tile sizes in cells (default :data:`DEFAULT_TILES`; with ``append``: those
-        already embedded).
+        Tile sizes in cells (default: those of :data:`DEFAULT_TILES` that fit the grid;
+        with ``append``: those already embedded).
     client : distributed.Client, optional
         Compute each tile size on a worker.
     append : bool
@@ -565,6 +604,11 @@ def embed_cube(cube: str, bundle: EncoderBundle, tiles: list[int] | None = None,
         MLflow tracking URI of the encoder's run.
     report : callable, optional
         Called with one-line messages (the time steps appended, or that there are none).
+    input_size : int, optional
+        Cells per side every tile is area-averaged to before it is encoded
+        (:func:`compute_embeddings`); default: the size recorded with the cube's
+        embeddings by the same encoder, else the encoder's ``input_size``, else the
+        smallest tile. With ``append``: the one recorded with the stored vectors.
 
     Returns
     -------
@@ -586,11 +630,12 @@ def embed_cube(cube: str, bundle: EncoderBundle, tiles: list[int] | None = None,
             say(f"the embeddings of {cube} hold every time step of the cube: nothing to append")
             return []
         kw = [{"min_valid_fraction": p.min_valid_fraction, "time_steps": (p.start, p.stop),
-               "normalised_with": p.normalisation} for p in steps]
+               "normalised_with": p.normalisation, "input_size": p.input_size}
+              for p in steps]
         tiles = [p.tile for p in steps]
     else:
-        tiles = list(tiles or DEFAULT_TILES)
-        kw = [{} for _ in tiles]
+        tiles, size = _defaults(cube, bundle, tiles, input_size)
+        kw = [{"input_size": size} for _ in tiles]
     if client is not None:
         futures = [client.submit(compute_embeddings, cube, bundle, t, pure=False, **k)
                    for t, k in zip(tiles, kw, strict=True)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,25 @@ from esdc.conventions import (
 )
 from esdc.grid import Grid
 
-__all__ = ["CountingScheduler", "new_cube", "raise_if_dask_computes"]
+__all__ = ["CountingScheduler", "new_cube", "raise_if_dask_computes", "stop_process"]
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """Stop a server started by a test or benchmark: SIGTERM, then SIGKILL after ``timeout``.
+
+    Parameters
+    ----------
+    proc : subprocess.Popen
+        The running process (a uvicorn server, JupyterLab, an MLflow server...).
+    timeout : float
+        Seconds to wait for a clean exit before killing it.
+    """
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class CountingScheduler:

@@ -40,3 +40,13 @@ def test_demo_builds_trains_embeds_indexes_searches_and_draws(tmp_path: Path, sa
             assert im.width > 400 and im.height > 200
             assert len(np.unique(np.asarray(im.convert("L")))) > 20  # a picture, not a blank
     assert (out / "earth.zarr.index").is_dir()
+    # multi-scale: every scale embedded and indexed; the README's search across scales
+    assert set(s["index"]["scales"]) == {"8", "16", "32"}
+    assert set(s["search_evaluation"]["koppen_class"]["per_scale"]) == {"8", "16", "32"}
+    found = subprocess.run([sys.executable, "-m", "esdc.cli", "search", str(out / "earth.zarr"),
+                            "--lat", "-4", "--lon", "-62", "--scales", "all", "--json"],
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert found.returncode == 0, found.stderr[-2000:]
+    answer = json.loads(found.stdout)
+    assert answer["query"]["scales"] == [8, 16, 32] and len(answer["neighbours"]) == 10
+    assert all(n["scale"] in (8, 16, 32) and len(n["bounds"]) == 4 for n in answer["neighbours"])

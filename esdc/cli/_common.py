@@ -67,6 +67,7 @@ FLAGS: dict[str, str] = {
     "per_cluster=": "--per-cluster ",
     "queries=": "--queries ",
     "rounds=": "--rounds ",
+    "scales=": "--scales ",
     "time=": "--time ",
     "variable=": "--variable ",
     # esdc.gapfill (evaluate-fill)

@@ -74,9 +74,13 @@ def embed(
                                               "with --append: default the run that made "
                                               "the cube's embeddings.")] = None,
     tile: Annotated[list[int] | None, typer.Option("--tile", help="Tile size in cells; "
-                                                   "repeat for several (default 8 and 16; "
-                                                   "with --append: those embedded).")]
+                                                   "repeat for several (default 8, 16 and "
+                                                   "32; with --append: those embedded).")]
     = None,
+    scales: Annotated[str | None, typer.Option(
+        "--scales", metavar="8,16,32", help="Tile sizes (scales of multi-scale search) as "
+        "a comma list, like --tile; each tile is area-averaged to the encoder's input "
+        "size (the finest scale) so that one encoder embeds every scale.")] = None,
     append: Annotated[bool, typer.Option("--append", help="Embed only the time steps the "
                                          "cube gained since it was embedded (after esdc "
                                          "update / build --append); stored vectors are "
@@ -91,7 +95,12 @@ def embed(
 ) -> None:
     """Embed every tile of a cube with a trained encoder; write the vectors into the cube."""
     cube_target(cube).require()
-    tiles = sorted(set(tile)) if tile else None
+    try:
+        given = [*(tile or []), *(int(s) for s in (scales or "").split(",") if s.strip())]
+    except ValueError:
+        raise EsdcError(f"--scales {scales}: give tile sizes in cells, e.g. 8,16,32.") \
+            from None
+    tiles = sorted(set(given)) if given else None
     if tiles and any(t < 1 for t in tiles):
         raise EsdcError(f"--tile {tiles}: tile sizes must be positive.")
     if model is None and not append:

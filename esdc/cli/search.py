@@ -17,15 +17,18 @@ from esdc.search.evaluate import evaluate_refinement
 from esdc.search.evaluate import evaluate_search as run_evaluation
 from esdc.search.feedback import NEGATIVE_WEIGHT, FeedbackTile
 from esdc.search.http import create_app, run_app
-from esdc.search.index import build_index, index_dir
-from esdc.search.live import update_index
-from esdc.search.query import SearchEngine
+from esdc.search.index import build_index, build_indexes, index_dir
+from esdc.search.live import update_index, update_indexes
+from esdc.search.query import SearchEngine, parse_scales
 
 # Arguments and options shared by the commands.
 EmbeddedCube = Annotated[Path, typer.Argument(help="Cube with embeddings.")]
 IndexedCube = Annotated[Path, typer.Argument(help="Cube with embeddings and an index.")]
 Variable = Annotated[str | None, typer.Option(help="Embedding variable (default: the "
                                               "smallest tile).")]
+Scales = Annotated[str | None, typer.Option(
+    "--scales", metavar="all|8,16", help="Scales (tile sizes in cells) whose tiles are "
+    "returned, merged by distance: all, or a comma list (default: the query tile's).")]
 NegativeWeight = Annotated[float, typer.Option(help="Relevance feedback: Rocchio weight of "
                                                "the negative tiles' mean (>= 0).")]
 
@@ -36,7 +39,10 @@ def index(
     cube: EmbeddedCube,
     kind: Annotated[str, typer.Option(help="flat (exact), hnsw, ivfpq or auto (exact below "
                                       "200,000 vectors).")] = "auto",
-    variable: Variable = None,
+    variable: Annotated[str | None, typer.Option(help="Embedding variable to index (default: "
+                                                 "every scale the cube holds).")] = None,
+    scales: Annotated[str | None, typer.Option(
+        "--scales", metavar="8,16", help="Tile sizes to index (default: all).")] = None,
     device: Annotated[str, typer.Option(help="auto (a GPU when FAISS sees one and the kind "
                                         "runs there: flat, ivfpq), cpu or gpu (needs "
                                         "esdc[gpu]).")] = "auto",
@@ -46,20 +52,26 @@ def index(
                                          "no retraining (--kind and --device are kept).")]
     = False,
 ) -> None:
-    """Build a FAISS index of a cube's embeddings, stored beside the cube."""
+    """Build FAISS indexes of a cube's embeddings (every scale), stored beside the cube."""
     cube_target(cube).require()
+    sizes = parse_scales(scales)
+    if sizes == "all":
+        sizes = None
     if update:
-        m = update_index(cube, variable)
-        out.print(f"index of {m.variable} in {index_dir(cube)}: generation {m.generation} "
-                  f"holds {m.count} tiles of {m.time_steps or 'static'} time steps "
-                  f"({' .. '.join(m.time_range) or 'no time'}; a running `esdc serve` swaps "
-                  "a new generation in)", highlight=False, soft_wrap=True)
+        done = [update_index(cube, variable)] if variable else update_indexes(cube)
+        for m in done:
+            out.print(f"index of {m.variable} in {index_dir(cube)}: generation {m.generation} "
+                      f"holds {m.count} tiles of {m.time_steps or 'static'} time steps "
+                      f"({' .. '.join(m.time_range) or 'no time'}; a running `esdc serve` "
+                      "swaps a new generation in)", highlight=False, soft_wrap=True)
         return
-    m = build_index(cube, variable, kind, device)
-    out.print(f"indexed {m.count} tiles of {m.variable} ({m.kind}, {m.dim} dims, built on "
-              f"{m.params.get('built_on', 'cpu')}) in "
-              f"{index_dir(cube)}: generation {m.generation} (a running `esdc serve` "
-              "swaps it in)", highlight=False)
+    built = [build_index(cube, variable, kind, device)] if variable else \
+        build_indexes(cube, sizes, kind, device)  # type: ignore[arg-type]
+    for m in built:
+        out.print(f"indexed {m.count} tiles of {m.variable} (scale {m.scale}, {m.kind}, "
+                  f"{m.dim} dims, built on {m.params.get('built_on', 'cpu')}) in "
+                  f"{index_dir(cube)}: generation {m.generation} (a running `esdc serve` "
+                  "swaps it in)", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -82,6 +94,10 @@ def search(
     start: Annotated[str | None, typer.Option(help="Keep neighbours from this time.")] = None,
     end: Annotated[str | None, typer.Option(help="Keep neighbours up to this time.")] = None,
     variable: Variable = None,
+    scale: Annotated[int | None, typer.Option("--scale", help="The query tile's size in "
+                                              "cells (default: the finest indexed); also "
+                                              "of marked tiles that give none.")] = None,
+    scales: Scales = None,
     negative_weight: NegativeWeight = NEGATIVE_WEIGHT,
     quicklook: Annotated[Path | None, typer.Option(help="PNG of the query beside its "
                                                    "neighbours.")] = None,
@@ -108,11 +124,14 @@ def search(
     if quicklook is not None:
         png_target(quicklook, "--quicklook")
     box = parse_bbox(bbox)
+    parse_scales(scales)  # a malformed --scales before the index is loaded
     engine = SearchEngine(cube, variable, version)
     if positive or negative:
-        result = engine.refine(marks[0], marks[1], k, box, (start, end), negative_weight)
+        result = engine.refine(marks[0], marks[1], k, box, (start, end), negative_weight,
+                               scale=scale, scales=scales)
     else:
-        result = engine.search_tile(marks[0][0].y, marks[0][0].x, time, k, box, (start, end))
+        result = engine.search_tile(marks[0][0].y, marks[0][0].x, time, k, box, (start, end),
+                                    scale=scale, scales=scales)
     if quicklook is not None:
         engine.quicklook(result, quicklook)
     if as_json:
@@ -123,13 +142,13 @@ def search(
     for role in ("positive", "negative"):
         for m in q.get(role, []):
             out.print(f"{role} {ny}={m[ny]:.3f} {nx}={m[nx]:.3f} time={m['time']} "
-                      f"({engine.variable})", highlight=False)
+                      f"({engine.scales[m['scale']]})", highlight=False)
     if "positive" not in q:
         out.print(f"query {ny}={q[ny]:.3f} {nx}={q[nx]:.3f} time={q['time']} "
-                  f"({engine.variable})", highlight=False)
+                  f"({q['variable']}); scales {q['scales']}", highlight=False)
     for i, n in enumerate(result.neighbours, 1):
         out.print(f"{i:>3}  {ny}={n.y:9.3f} {nx}={n.x:9.3f} time={n.time} "
-                  f"distance={n.distance:.6f}", highlight=False)
+                  f"scale={n.scale:<3} distance={n.distance:.6f}", highlight=False)
     if quicklook is not None:
         out.print(f"quicklook: {quicklook}", highlight=False)
 
@@ -214,6 +233,16 @@ def evaluate_search(
                       f"{v['queries']:>4}  embedding {v['embedding']:.3f}  PCA "
                       f"{v['pca_pixels']:.3f}  random {v['random']:.3f}", highlight=False,
                       soft_wrap=True)
+    for size, v in r.get("per_scale", {}).items():
+        out.print(f"  scale {size:>3} cells: {v['queries']} queries, precision@{r['k']} within "
+                  f"the scale {v['embedding']:.3f}, across all scales {v['all_scales']:.3f}",
+                  highlight=False, soft_wrap=True)
+    c = r.get("scale_consistency")
+    if c:
+        pairs = ", ".join(f"{p} {v['parent_in_top_k']:.3f}" for p, v in c["pairs"].items())
+        out.print(f"  scale consistency (parent tile in the top {c['k']}, all scales): "
+                  f"{c['overall']:.3f} ({pairs}; random {c['random_expected']:.4f})",
+                  highlight=False, soft_wrap=True)
 
 
 def _print_refinement(r: dict) -> None:

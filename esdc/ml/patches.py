@@ -7,7 +7,13 @@ chunk rows (all columns) for one time chunk; its variables are read once with
 and every patch whose origin lies in the band is cut from memory. Units are
 shuffled with a seed and split disjointly across shards (DataLoader workers ×
 Dask workers / ranks); patches go through a seeded shuffle buffer. Memory is
-bounded by one unit plus the buffer, never by the cube.
+bounded by a few units plus the buffer, never by the cube.
+
+The fast path (:mod:`esdc.ml.units`): a unit is decoded straight into a reused buffer
+(``zarr``'s ``out=``; a sharded cube's unit is whole shards, one read each), normalised
+and NaN-filled in place, cut with one fancy index, copied once into the shuffle pool and
+once out of it (``numpy.take``, into fresh arrays or into buffers the caller hands in
+with ``out=``), while a thread reads and cuts the next unit (``units_ahead``).
 
 Reading one patch at a time decompresses a whole chunk per patch — that, not
 Python, makes plain xbatcher slow (../shared/STACK.md: ~156 patches/s vs ~85,000/s
@@ -21,7 +27,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -29,6 +35,18 @@ import zarr
 
 from esdc.errors import TrainConfigError
 from esdc.ml.stats import cube_statistics, normalisation, read_statistics
+from esdc.ml.units import (
+    Batch,
+    Out,
+    Recycler,
+    ShufflePool,
+    cut,
+    finish,
+    put_until,
+    read_ahead,
+    read_into,
+    scratch,
+)
 from esdc.storage import resolve
 from esdc.storage.codecs import checked_reads
 
@@ -64,20 +82,6 @@ class Patch:
     y: int
     x: int
     target: np.ndarray | None = None
-
-
-class Batch(NamedTuple):
-    """A stacked batch of patches.
-
-    ``x`` float32 ``(B, C, ph, pw)``, ``valid`` bool like ``x``, ``index`` int64
-    ``(B, 3)`` rows ``(t, y, x)`` (t = -1 if static), ``target`` float32
-    ``(B, K, ph, pw)`` or None.
-    """
-
-    x: np.ndarray
-    valid: np.ndarray
-    index: np.ndarray
-    target: np.ndarray | None
 
 
 def block_splits(shape: tuple[int, int], patch: tuple[int, int], block: tuple[int, int],
@@ -173,6 +177,11 @@ class PatchStream:
     time_steps : (int, int), optional
         Read only the time steps ``start .. stop - 1`` of a time-varying cube (indices
         of ``Patch.t`` and ``Batch.index`` stay the cube's); default: all.
+    units_ahead : int
+        Work units read and cut ahead by a background thread while the caller draws
+        batches from the current one (zarr's decoding and NumPy's copies release the
+        GIL); 0 reads in the caller's thread. A DataLoader worker of
+        :class:`esdc.ml.torch.PatchDataset` uses 0 (the workers are the parallelism).
 
     Raises
     ------
@@ -202,6 +211,7 @@ class PatchStream:
     num_shards: int = 1
     version: str | None = None
     time_steps: tuple[int, int] | None = None
+    units_ahead: int = 1
     _ds: xr.Dataset = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -328,47 +338,63 @@ class PatchStream:
         return len(self._origins) * (self._steps[1] - self._steps[0])
 
     # ------------------------------------------------------------------ reading
-    def _read(self, names: list[str], times: range, r0: int, r1: int) -> np.ndarray:
-        block = np.empty((len(times), len(names), r1 - r0, self.nx), dtype="float32")
+    def _read(self, names: list[str], times: range, r0: int, r1: int,
+              out: np.ndarray | None = None) -> np.ndarray:
+        """``(T, C, r1 - r0, nx)`` float32 block of ``names``, read into ``out`` if given."""
+        shape = (len(times), len(names), r1 - r0, self.nx)
+        block = np.empty(shape, dtype="float32") if out is None else out
         for c, v in enumerate(names):
-            arr = self._arrays[v]
             if "time" in self._ds[v].dims:
-                block[:, c] = arr[times.start:times.stop, r0:r1, :]
+                read_into(self._arrays[v], (slice(times.start, times.stop), slice(r0, r1),
+                                            slice(None)), block[:, c])
             else:
-                block[:, c] = arr[r0:r1, :][None]
+                read_into(self._arrays[v], (slice(r0, r1), slice(None)), block[0, c])
+                block[1:, c] = block[0, c]
         return block
 
-    def _unit(self, tc: int, band: int) -> Batch:
-        """Every patch of one unit, cut at once from its block (copies, C order)."""
+    def _unit(self, tc: int, band: int, buffers: dict[str, np.ndarray] | None = None,
+              recycler: Recycler | None = None) -> Batch:
+        """Every patch of one unit, raw (``valid`` None), read through reused ``buffers``."""
+        buffers = {} if buffers is None else buffers
         mine = self._origins[self._origins[:, 0] // self.band == band]
-        ph, pw = self.patch
         r0 = band * self.band
-        r1 = min(self.ny, int(mine[:, 0].max()) + ph)  # no rows no patch needs
+        r1 = min(self.ny, int(mine[:, 0].max()) + self.patch[0])  # no rows no patch needs
         times = range(max(tc * self.tchunk, self._steps[0]),
                       min(self._steps[1], (tc + 1) * self.tchunk))
-        block = self._read(self.variables, times, r0, r1)
-        valid = ~np.isnan(block)
-        block -= self._mean[None, :, None, None]
-        block /= self._scale[None, :, None, None]
-        block[~valid] = self.fill_value
+        shape = (len(times), len(self.variables), r1 - r0, self.nx)
+        block = self._read(self.variables, times, r0, r1, scratch(buffers, "x", shape,
+                                                                  "float32"))
         ys, xs = mine[:, 0] - r0, mine[:, 1]
-
-        def cut(a: np.ndarray) -> np.ndarray:
-            win = np.lib.stride_tricks.sliding_window_view(a, (ph, pw), axis=(2, 3))
-            # (T, C, ny', nx', ph, pw) -> (T * n, C, ph, pw)
-            return np.moveaxis(win[:, :, ys, xs], 2, 1).reshape(-1, a.shape[1], ph, pw)
-
-        x, v = cut(block), cut(valid)
+        recycler = recycler or Recycler(0)
+        n = len(times) * len(mine)
+        x = cut(block, ys, xs, self.patch, recycler.get(  # raw: masked, normalised per batch
+            (n, len(self.variables), *self.patch), "float32"))
         target = None
         if self.targets:
-            target = cut(self._read(self.targets, times, r0, r1))
+            tshape = (len(times), len(self.targets), r1 - r0, self.nx)
+            target = cut(self._read(self.targets, times, r0, r1, scratch(
+                buffers, "target", tshape, "float32")), ys, xs, self.patch, recycler.get(
+                (n, len(self.targets), *self.patch), "float32"))
         t = np.repeat(np.asarray(times) if self.has_time else np.full(len(times), -1), len(mine))
         index = np.column_stack([t, np.tile(mine, (len(times), 1))]).astype(np.int64)
         if self.min_valid_fraction > 0:
-            keep = v.reshape(len(v), -1).mean(axis=1) >= self.min_valid_fraction
-            x, v, index = x[keep], v[keep], index[keep]
+            keep = (~np.isnan(x)).reshape(len(x), -1).mean(axis=1) >= self.min_valid_fraction
+            x, index = x[keep], index[keep]
             target = None if target is None else target[keep]
-        return Batch(x, v, index, target)
+        return Batch(x, None, index, target)  # type: ignore[arg-type]
+
+    def _finish(self, b: Batch) -> Batch:
+        """Mask, normalise and NaN-fill a batch of raw patches in place."""
+        valid = finish(b.x, b.valid, self._mean, self._scale, self.fill_value,
+                       self.normalize)
+        return Batch(b.x, valid, b.index, b.target)
+
+    def _units(self, epoch: int, recycler: Recycler | None = None) -> Iterator[Batch]:
+        """The units of this shard and ``epoch`` in order, read ``units_ahead`` units ahead."""
+        buffers: dict[str, np.ndarray] = {}  # the reading thread's own
+        return read_ahead(lambda u: self._unit(u[0], u[1], buffers, recycler),
+                          self._shard_units(epoch), depth=self.units_ahead,
+                          name=f"esdc-units-{self.shard}")
 
     def __iter__(self) -> Iterator[Patch]:
         return self.patches(epoch=0)
@@ -387,14 +413,27 @@ class PatchStream:
                 yield Patch(b.x[i], b.valid[i], None if t < 0 else t, int(b.index[i, 1]),
                             int(b.index[i, 2]), None if b.target is None else b.target[i])
 
-    def batches(self, batch_size: int, epoch: int = 0,
-                drop_last: bool = False) -> Iterator[Batch]:
+    def batches(self, batch_size: int, epoch: int = 0, drop_last: bool = False,
+                out: Out | None = None) -> Iterator[Batch]:
         """Stacked batches of this shard for one epoch.
 
-        Units are read whole and their patches pooled in a shuffle buffer of
-        ``buffer_size`` patches (preallocated arrays); each batch is a seeded random
-        draw from the pool, whose holes are filled from its end. Without shuffling,
-        patches come in unit order.
+        Units are read whole (``units_ahead`` units ahead, in a thread) and their patches
+        pooled in a shuffle buffer of ``buffer_size`` patches (preallocated arrays);
+        each batch is a seeded random draw from the pool, whose holes are filled from
+        its end. Without shuffling, patches come in unit order.
+
+        Parameters
+        ----------
+        batch_size : int
+            Patches per batch.
+        epoch : int
+            Epoch number (the shuffle of units and patches).
+        drop_last : bool
+            Drop the last, smaller batch.
+        out : callable, optional
+            ``out(n)`` returns the ``(x, valid, target)`` arrays (``n`` rows, C order;
+            target None without targets) that a batch of ``n`` patches is written into,
+            e.g. reused shared-memory buffers; by default each batch has fresh arrays.
 
         Yields
         ------
@@ -402,37 +441,21 @@ class PatchStream:
             ``x`` float32 ``(B, C, ph, pw)``, ``valid``, ``index`` ``(B, 3)``, ``target``.
         """
         if not self.shuffle:
-            yield from self._ordered_batches(batch_size, epoch, drop_last)
+            yield from self._ordered_batches(batch_size, epoch, drop_last, out)
             return
         rng = np.random.default_rng([self.seed, epoch, self.shard, 1])
-        pool: Batch | None = None
-        m = 0
-        for tc, band in self._shard_units(epoch):
-            unit = self._unit(tc, band)
-            n = len(unit.x)
-            if n == 0:
-                continue
-            if pool is None or m + n > len(pool.x):
-                cap = max(m + n, self.buffer_size + n, 2 * m)
-                pool = _grow(pool, m, cap, unit)
-            for arr, new in zip(pool, unit, strict=True):
-                if arr is not None:
-                    arr[m:m + n] = new
-            m += n
-            while m - batch_size >= self.buffer_size:
-                pick = np.sort(rng.choice(m, batch_size, replace=False))
-                yield Batch(*(None if a is None else a[pick] for a in pool))
-                m = _remove(pool, m, pick)
-        if pool is not None and m:
-            order = rng.permutation(m)
-            for s0 in range(0, m, batch_size):
-                pick = order[s0:s0 + batch_size]
-                if len(pick) < batch_size and drop_last:
-                    break
-                yield Batch(*(None if a is None else a[pick] for a in pool))
+        recycler = Recycler()
+        pool = ShufflePool(self.buffer_size, recycler)
+        for unit in self._units(epoch, recycler):
+            pool.add(unit)
+            while pool.size - batch_size >= self.buffer_size:
+                yield self._finish(pool.draw(rng, batch_size, out))
+        for b in pool.drain(rng, batch_size, drop_last, out):
+            yield self._finish(b)
 
     def threaded_batches(self, batch_size: int, epoch: int = 0, drop_last: bool = False,
-                         threads: int = 2, prefetch: int = 4) -> Iterator[Batch]:
+                         threads: int = 2, prefetch: int = 4,
+                         out: Out | None = None) -> Iterator[Batch]:
         """Batches of this shard made by ``threads`` threads of this process.
 
         The shard is split into ``threads`` sub-shards exactly as a DataLoader splits it
@@ -445,8 +468,9 @@ class PatchStream:
 
         Parameters
         ----------
-        batch_size, epoch, drop_last
-            As for :meth:`batches` (``drop_last`` applies per sub-shard).
+        batch_size, epoch, drop_last, out
+            As for :meth:`batches` (``drop_last`` applies per sub-shard; ``out`` is called
+            from the reading threads).
         threads : int
             Reading threads (1 is :meth:`batches` itself).
         prefetch : int
@@ -458,7 +482,7 @@ class PatchStream:
             As :meth:`batches`.
         """
         if threads <= 1:
-            yield from self.batches(batch_size, epoch, drop_last)
+            yield from self.batches(batch_size, epoch, drop_last, out)
             return
         subs = [replace(self, shard=self.shard * threads + i, num_shards=self.num_shards * threads)
                 for i in range(threads)]
@@ -468,14 +492,8 @@ class PatchStream:
 
         def work(sub: PatchStream, q: queue.Queue[Any]) -> None:
             try:
-                for b in sub.batches(batch_size, epoch, drop_last):
-                    while not stop.is_set():
-                        try:
-                            q.put(b, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                for b in sub.batches(batch_size, epoch, drop_last, out):
+                    if not put_until(q, b, stop):
                         return
                 q.put(done)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
@@ -502,22 +520,21 @@ class PatchStream:
             for t in pool:
                 t.join(timeout=5)
 
-    def _ordered_batches(self, batch_size: int, epoch: int,
-                         drop_last: bool) -> Iterator[Batch]:
+    def _ordered_batches(self, batch_size: int, epoch: int, drop_last: bool,
+                         out: Out | None = None) -> Iterator[Batch]:
         """Batches in unit order (``shuffle=False``)."""
         carry: list[Batch] = []
         count = 0
-        for tc, band in self._shard_units(epoch):
-            unit = self._unit(tc, band)
+        for unit in self._units(epoch):
             carry.append(unit)
             count += len(unit.x)
             while count >= batch_size:
                 merged = _concat(carry)
-                yield _rows(merged, slice(0, batch_size))
+                yield self._finish(_written(_rows(merged, slice(0, batch_size)), out))
                 rest = _rows(merged, slice(batch_size, None))
                 carry, count = [rest], len(rest.x)
         if count and not drop_last:
-            yield _concat(carry)
+            yield self._finish(_written(_concat(carry), out))
 
 
 def batch_pixels(b: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -604,28 +621,12 @@ def _rows(b: Batch, sel: slice) -> Batch:
     return Batch(*(None if a is None else a[sel] for a in b))
 
 
-def _grow(pool: Batch | None, m: int, cap: int, like: Batch) -> Batch:
-    arrays = []
-    for old, new in zip(pool or (None,) * 4, like, strict=True):
-        if new is None:
-            arrays.append(None)
-            continue
-        arr = np.empty((cap, *new.shape[1:]), dtype=new.dtype)
-        if old is not None:
-            arr[:m] = old[:m]
-        arrays.append(arr)
-    return Batch(*arrays)
-
-
-def _remove(pool: Batch, m: int, pick: np.ndarray) -> int:
-    """Drop rows ``pick`` (sorted) from the first ``m`` rows; fill holes from the end."""
-    b = len(pick)
-    end = m - b
-    holes = pick[pick < end]
-    taken = np.zeros(b, bool)
-    taken[pick[pick >= end] - end] = True
-    fillers = end + np.flatnonzero(~taken)
-    for arr in pool:
-        if arr is not None and len(holes):
-            arr[holes] = arr[fillers]
-    return end
+def _written(b: Batch, out: Out | None) -> Batch:
+    """Raw batch ``b`` with fresh arrays, or copied into ``out``'s (``valid`` to come)."""
+    dest = out(len(b.x)) if out is not None else None
+    if dest is None:  # a batch owns its arrays (a view of a unit could be finished twice)
+        return Batch(*(None if a is None else np.array(a) for a in b))
+    for arr, into in zip((b.x, b.target), (dest[0], dest[2]), strict=True):
+        if arr is not None:
+            np.copyto(into, arr)
+    return Batch(dest[0], dest[1], b.index, dest[2] if b.target is not None else None)

@@ -26,7 +26,8 @@ from esdc.grid import Grid
 from esdc.regrid.methods import mode_fill
 from esdc.sources.base import Geolocated
 
-__all__ = ["aligned", "aligned_blocks", "block_mode", "regular_bucket_average"]
+__all__ = ["aligned", "aligned_blocks", "block_mode", "regular_bucket_average",
+           "regular_bucket_mode"]
 
 _TOL = 1e-6
 
@@ -135,9 +136,11 @@ def aligned(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
                      source.xdim: slice(col0, col0 + nx * fx)})
     if fy == fx == 1:
         return sub
-    # Chunks that are whole multiples of the block, about 64 target cells high.
-    # Source chunks that are whole blocks, about 32 M pixels each.
-    cx = fx * max(1, min(nx, 8192 // fx))
+    # Source chunks of whole blocks, about 32 M pixels each, in bands of whole rows (as
+    # the other resamplers give them): the cube's regions, written row after row, then
+    # free each source strip soon after reading it, instead of holding every strip that
+    # a column of narrower chunks crosses.
+    cx = fx * nx
     lead = int(np.prod(sub.shape[:-2])) if sub.ndim > 2 else 1
     cy = fy * max(1, min(ny, 32_000_000 // (fy * cx * lead)))
     sub = sub.chunk({**{d: -1 for d in sub.dims[:-2]}, source.ydim: cy, source.xdim: cx})
@@ -209,31 +212,14 @@ def _reduce_block(block: np.ndarray, row_idx: np.ndarray, col_starts: np.ndarray
         return np.where(counts > 0, sums / counts, np.nan).astype(np.float32)
 
 
-def regular_bucket_average(data: xr.DataArray, source: Geolocated,
-                           grid: Grid) -> xr.DataArray | None:
-    """Bucket average of a regular source in the grid's own CRS, without pyresample.
+def _separable(data: xr.DataArray, source: Geolocated, grid: Grid,
+               reduce: Any, dtype: Any) -> xr.DataArray | None:
+    """``reduce`` over the separable pixel bins of a regular source, one task per block.
 
-    Every source pixel goes to the cell holding its centre, as pyresample's
-    ``BucketResampler`` does, but the bins are separable (one cell column per pixel
-    column, one cell row per pixel row), so the average is two ``np.add.reduceat``
-    passes per block instead of projecting every pixel's coordinates (for the Blue Marble
-    image, 14.6 M lon/lat pairs through PROJ). Rows are rechunked so that no cell row
-    spans two blocks. ``None`` when the source is a swath, unevenly spaced, in another
-    CRS, or coarser than the grid (a cell may then hold no pixel centre).
-
-    Parameters
-    ----------
-    data : xarray.DataArray
-        Dims ``(..., source.ydim, source.xdim)``, float with NaN for missing values.
-    source : Geolocated
-        Where its pixels are.
-    grid : Grid
-        The target, shape ``(ny, nx)``.
-
-    Returns
-    -------
-    xarray.DataArray or None
-        float32, shape ``(..., ny, nx)``, dims of ``data``; lazy.
+    ``reduce(block, row_idx, col_starts, col_cells, nx)`` gets a block of whole cell rows
+    (all leading planes) and returns the cells of those rows; ``None`` when the bins are
+    not separable (see :func:`regular_bucket_average`). Cell rows no pixel reaches are
+    filled by :func:`_place_rows` with NaN (the caller casts).
     """
     crs = source.crs
     if source.is_swath or crs is None or not crs.is_geographic or not source.evenly_spaced \
@@ -260,8 +246,7 @@ def regular_bucket_average(data: xr.DataArray, source: Geolocated,
     first = np.searchsorted(rows, np.arange(rows[0], rows[-1] + 1, cells_per_block))
     bounds = [*first.tolist(), len(rows)]
     ychunks = tuple(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a)
-    sub = data.isel({source.ydim: slice(r0, r1), source.xdim: slice(c0, c1)}).astype(
-        "float32")
+    sub = data.isel({source.ydim: slice(r0, r1), source.xdim: slice(c0, c1)})
     arr = sub.data.rechunk({**{i: -1 for i in range(sub.ndim - 2)}, sub.ndim - 2: ychunks,
                             sub.ndim - 1: -1})
     row_blocks = np.split(rows, np.cumsum(ychunks)[:-1])
@@ -269,17 +254,108 @@ def regular_bucket_average(data: xr.DataArray, source: Geolocated,
 
     def one(block: np.ndarray, block_info: dict[Any, Any] | None = None) -> np.ndarray:
         i = block_info[0]["chunk-location"][-2] if block_info else 0
-        return _reduce_block(block, row_blocks[i], col_starts, col_cells, nx)
+        return reduce(block, row_blocks[i], col_starts, col_cells, nx)
 
-    out = arr.map_blocks(one, dtype=np.float32,
-                         chunks=(*arr.chunks[:-2], out_rows, (nx,)))
+    out = arr.map_blocks(one, dtype=dtype, chunks=(*arr.chunks[:-2], out_rows, (nx,)))
     # Cell rows no pixel reached (the grid beyond the source) are NaN.
     present = np.unique(rows)
     if len(present) != ny:
         full = da.full((*data.shape[:-2], ny, nx), np.nan, dtype=np.float32,
                        chunks=(*arr.chunks[:-2], ny, nx))
-        out = _place_rows(full, out, present, ny)
+        out = _place_rows(full, out.astype(np.float32), present, ny)
     return xr.DataArray(out, dims=data.dims)
+
+
+def regular_bucket_average(data: xr.DataArray, source: Geolocated,
+                           grid: Grid) -> xr.DataArray | None:
+    """Bucket average of a regular source in the grid's own CRS, without pyresample.
+
+    Every source pixel goes to the cell holding its centre, as pyresample's
+    ``BucketResampler`` does, but the bins are separable (one cell column per pixel
+    column, one cell row per pixel row), so the average is two ``np.add.reduceat``
+    passes per block instead of projecting every pixel's coordinates (for the Blue Marble
+    image, 14.6 M lon/lat pairs through PROJ). Rows are rechunked so that no cell row
+    spans two blocks. ``None`` when the source is a swath, unevenly spaced, in another
+    CRS, or coarser than the grid (a cell may then hold no pixel centre).
+
+    Parameters
+    ----------
+    data : xarray.DataArray
+        Dims ``(..., source.ydim, source.xdim)``, float with NaN for missing values.
+    source : Geolocated
+        Where its pixels are.
+    grid : Grid
+        The target, shape ``(ny, nx)``.
+
+    Returns
+    -------
+    xarray.DataArray or None
+        float32, shape ``(..., ny, nx)``, dims of ``data``; lazy.
+    """
+    return _separable(data.astype("float32"), source, grid, _reduce_block, np.float32)
+
+
+def _mode_block(block: np.ndarray, row_idx: np.ndarray, col_starts: np.ndarray,
+                col_cells: np.ndarray, nx: int, cats: np.ndarray, fill: int) -> np.ndarray:
+    """Bucket mode of one block of source rows, as pyresample's ``get_fractions`` + argmax.
+
+    Per class the pixels of each cell are counted with two ``np.add.reduceat`` passes;
+    the class counted most wins (ties: the first of ``cats``); a cell holding pixels but
+    none of ``cats`` gets ``cats[0]`` (all fractions 0), a cell holding no pixel ``fill``.
+    """
+    rs, _ = _segments(row_idx)
+
+    def per_cell(x: np.ndarray) -> np.ndarray:
+        out = np.zeros((*x.shape[:-2], len(rs), nx), dtype=np.int64)
+        out[..., col_cells] = np.add.reduceat(
+            np.add.reduceat(x, col_starts, axis=-1, dtype=np.int64), rs, axis=-2)
+        return out
+
+    counts = np.stack([per_cell(block == c) for c in cats])
+    total = per_cell(np.ones(block.shape, dtype=np.int8))
+    out = cats[np.argmax(counts, axis=0)].astype(block.dtype)
+    out[total == 0] = fill
+    return out
+
+
+def regular_bucket_mode(data: xr.DataArray, source: Geolocated, grid: Grid,
+                        cats: np.ndarray) -> xr.DataArray | None:
+    """Bucket mode of a regular source in the grid's own CRS, without pyresample.
+
+    The separable bins of :func:`regular_bucket_average` with per-class counts: equal to
+    pyresample's ``BucketResampler.get_fractions`` followed by the arg-max
+    (:mod:`esdc.regrid.bucket`), without projecting every pixel's coordinates or
+    holding a whole-grid array per class and source chunk.
+
+    Parameters
+    ----------
+    data : xarray.DataArray
+        Dims ``(..., source.ydim, source.xdim)``, class codes.
+    source : Geolocated
+        Where its pixels are.
+    grid : Grid
+        The target, shape ``(ny, nx)``.
+    cats : numpy.ndarray
+        The classes, in order of preference for ties.
+
+    Returns
+    -------
+    xarray.DataArray or None
+        Shape ``(..., ny, nx)``, dtype of ``data``
+        (:func:`~esdc.regrid.methods.mode_fill` where no pixel falls); lazy; ``None``
+        where :func:`regular_bucket_average` is.
+    """
+    fill = mode_fill(data.dtype)
+
+    def reduce(block: np.ndarray, row_idx: np.ndarray, col_starts: np.ndarray,
+               col_cells: np.ndarray, nx: int) -> np.ndarray:
+        return _mode_block(block, row_idx, col_starts, col_cells, nx, cats, fill)
+
+    out = _separable(data, source, grid, reduce, data.dtype)
+    if out is None or out.dtype == data.dtype:
+        return out
+    # cell rows beyond the source (NaN) get the fill code
+    return out.fillna(fill).astype(data.dtype)
 
 
 def _place_rows(full: da.Array, part: da.Array, present: np.ndarray, ny: int) -> da.Array:

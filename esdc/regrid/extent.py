@@ -2,6 +2,8 @@
 
 :class:`ProjResampler` is what the regular and swath resamplers share: they go onto grids
 of a PROJ CRS only, and a source reaches the grid when the bounding boxes meet.
+:func:`missed_message` and :func:`partial_message` word the coverage of a source at plan
+time, with the source's own extent and the grid's, both ``[west, south, east, north]``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from esdc.grid import Grid
 from esdc.regrid.base import Resampler
 from esdc.sources.base import Geolocated
 
-__all__ = ["ProjResampler", "box_overlap", "covered_box", "crop", "footprint_overlaps",
-           "pixel_scale", "rectilinear_lonlats", "same_plane", "transformed"]
+__all__ = ["ProjResampler", "box_overlap", "box_text", "covered_box", "crop",
+           "footprint_overlaps", "grid_extent", "missed_message", "partial_message",
+           "pixel_scale", "rectilinear_lonlats", "same_plane", "source_extent", "transformed"]
 
 
 def box_overlap(a: Sequence[float], b: Sequence[float], geographic: bool) -> bool:
@@ -271,6 +274,134 @@ def rectilinear_lonlats(x: np.ndarray, y: np.ndarray, crs_wkt: str) -> tuple[np.
     tr = pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
     lons, lats = tr.transform(xx, yy)
     return np.asarray(lons), np.asarray(lats)
+
+
+def box_text(box: Sequence[float]) -> str:
+    """A box as ``[west, south, east, north]``, each number with 6 significant digits.
+
+    Parameters
+    ----------
+    box : sequence of 4 float
+        ``(west, south, east, north)`` in some CRS's units.
+
+    Returns
+    -------
+    str
+        E.g. ``"[-180, -5, 180, 4.4]"``, ``"[500000, 5000000, 540000, 5040000]"``.
+    """
+    return "[" + ", ".join(np.format_float_positional(float(v), precision=6, unique=True,
+                                                      fractional=False, trim="-")
+                           for v in box) + "]"
+
+
+def source_extent(source: Geolocated) -> str:
+    """The source's own extent in words: its outer edges and its CRS.
+
+    Parameters
+    ----------
+    source : Geolocated
+        An opened source.
+
+    Returns
+    -------
+    str
+        ``"[west, south, east, north] = [w, s, e, n] in CRS"`` in the source's CRS units
+        (the pixel edges, :attr:`Geolocated.bbox`); a solar image (no PROJ CRS) gives its
+        box in the units of its header.
+    """
+    return f"[west, south, east, north] = {box_text(source.bbox)} in {_crs_text(source.crs)}"
+
+
+def _crs_text(crs: pyproj.CRS | None) -> str:
+    """A CRS in words: its authority code, else its units and name."""
+    if crs is None:
+        return "the coordinates of its FITS header"
+    auth = crs.to_authority(min_confidence=70)
+    if auth:
+        return ":".join(auth)
+    if crs.is_geographic:
+        return "geographic degrees"
+    unit = crs.axis_info[0].unit_name if crs.axis_info else "units"
+    return f"{unit} of {crs.name}"
+
+
+def grid_extent(grid: Grid) -> str:
+    """The grid's box in words: ``grid.bbox [west, south, east, north] (CRS)``.
+
+    Parameters
+    ----------
+    grid : Grid
+        The target.
+
+    Returns
+    -------
+    str
+    """
+    return f"grid.bbox {box_text(grid.bbox)} ({grid.crs})"
+
+
+def missed_message(what: str, source: Geolocated, grid: Grid, layers: Sequence[str]) -> str:
+    """Why a source that misses the grid's box is refused (or contributes nothing).
+
+    Parameters
+    ----------
+    what : str
+        The source, for messages (``sources.NAME``).
+    source : Geolocated
+        The opened source.
+    grid : Grid
+        The target.
+    layers : sequence of str
+        The layers that would be NaN everywhere; empty when other sources fill them.
+
+    Returns
+    -------
+    str
+        One paragraph naming the file, its extent and CRS, and the grid's box.
+    """
+    head = (f"{what}: {source.path} covers {source_extent(source)}, outside "
+            f"{grid_extent(grid)}")
+    if not layers:
+        return f"{head}; it adds nothing to this cube (other sources fill its variables)."
+    return (f"{head}: {', '.join(layers)} would be NaN everywhere. Move grid.bbox onto the "
+            "data (or check the source's georeference: crs, bbox), or remove the source.")
+
+
+def partial_message(what: str, source: Geolocated, grid: Grid, covered: Sequence[float],
+                    layers: Sequence[str]) -> str | None:
+    """A note on a source that covers only part of the grid's box, or None.
+
+    Parameters
+    ----------
+    what : str
+        The source, for messages (``sources.NAME``).
+    source : Geolocated
+        The opened source.
+    grid : Grid
+        The target.
+    covered : sequence of 4 float
+        ``(west, south, east, north)``: the part of the grid's box the source covers, in
+        the grid's CRS (:func:`covered_box`).
+    layers : sequence of str
+        The layers the source fills.
+
+    Returns
+    -------
+    str or None
+        ``None`` when the source covers the whole box (to a thousandth of a cell);
+        else one line with the source's extent, the grid's and the share covered.
+    """
+    gw, gs, ge, gn = grid.bbox
+    gdx, gdy = grid.resolution
+    cw, cs, ce, cn = covered
+    tol_x, tol_y = gdx * 1e-3, gdy * 1e-3
+    if (cw <= gw + tol_x and ce >= ge - tol_x and cs <= gs + tol_y and cn >= gn - tol_y):
+        return None
+    share = (ce - cw) * (cn - cs) / ((ge - gw) * (gn - gs))
+    stay = "stays" if len(layers) == 1 else "stay"
+    return (f"{what}: {source.path} covers {source_extent(source)}, {100 * share:.3g}% of "
+            f"{grid_extent(grid)}; {', '.join(layers)} {stay} NaN outside "
+            f"{box_text(covered)}.")
 
 
 class ProjResampler(Resampler):

@@ -23,6 +23,11 @@ from esdc.sources.base import Geolocated
 __all__ = ["nearest"]
 
 
+#: Grid cells whose nearest pixel is looked up at once (their coordinates, a few bytes
+#: times this, are the temporary memory of the search).
+QUERY_CELLS = 1_000_000
+
+
 def _xyz(lons: np.ndarray, lats: np.ndarray, radius: float) -> np.ndarray:
     """Cartesian ``(n, 3)`` points of degrees ``lons``/``lats`` on a sphere of ``radius``."""
     lon, lat = np.deg2rad(lons), np.deg2rad(lats)
@@ -41,18 +46,28 @@ def _nearest_index(src: Any, dst_area: Any, radius_m: float, body_radius: float)
 
     lons, lats = src if isinstance(src, tuple) else src.get_lonlats()
     lons, lats = np.asarray(lons, "float64").ravel(), np.asarray(lats, "float64").ravel()
-    tlon, tlat = (np.asarray(a, "float64").ravel() for a in dst_area.get_lonlats())
-    out = np.full(tlon.size, -1, dtype=np.int64)
+    ny, nx = dst_area.shape
+    out = np.full((ny, nx), -1, dtype=np.int64)
     valid = np.flatnonzero(np.isfinite(lons) & np.isfinite(lats) & (np.abs(lats) <= 90))
-    cells = np.flatnonzero(np.isfinite(tlon) & np.isfinite(tlat) & (np.abs(tlat) <= 90))
-    if valid.size and cells.size:
-        tree = cKDTree(_xyz(lons[valid], lats[valid], body_radius))
-        chord = 2 * body_radius * np.sin(min(radius_m / (2 * body_radius), np.pi / 2))
+    if not valid.size:
+        return out
+    tree = cKDTree(_xyz(lons[valid], lats[valid], body_radius))
+    del lons, lats
+    chord = 2 * body_radius * np.sin(min(radius_m / (2 * body_radius), np.pi / 2))
+    step = max(1, QUERY_CELLS // max(1, nx))  # the grid's cells are queried in row bands
+    for r0 in range(0, ny, step):
+        tlon, tlat = (np.asarray(a, "float64").ravel()
+                      for a in dst_area.get_lonlats(data_slice=(slice(r0, r0 + step),
+                                                                slice(None))))
+        cells = np.flatnonzero(np.isfinite(tlon) & np.isfinite(tlat) & (np.abs(tlat) <= 90))
+        if not cells.size:
+            continue
         dist, j = tree.query(_xyz(tlon[cells], tlat[cells], body_radius),
                              distance_upper_bound=chord)
         hit = np.isfinite(dist)
-        out[cells[hit]] = valid[j[hit]]
-    return out.reshape(dst_area.shape)
+        band = out[r0:r0 + step].reshape(-1)
+        band[cells[hit]] = valid[j[hit]]
+    return out
 
 
 def _take(block: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -144,13 +144,16 @@ def _apply_block(block: np.ndarray, wy: sp.csr_matrix, wx: sp.csr_matrix,
     return out.astype("float32").reshape(*lead, k, nx)
 
 
-def _bands(wy: sp.csr_matrix, width: int, planes: int) -> list[tuple[int, int, int, int]]:
+def _bands(wy: sp.csr_matrix, width: int, planes: int,
+           nx: int = 1) -> list[tuple[int, int, int, int]]:
     """``(k0, k1, r0, r1)``: target rows ``k0:k1`` read source rows ``r0:r1`` (-1: none).
 
     Consecutive target rows join a band while its source rows times ``width`` times
-    ``planes`` stay within :data:`BAND_PIXELS`.
+    ``planes``, and its target rows times ``nx`` times ``planes`` (an upsampled band
+    holds more cells than it reads pixels), stay within :data:`BAND_PIXELS`.
     """
     budget = max(1, BAND_PIXELS // max(1, width * planes))
+    rows_out = max(1, BAND_PIXELS // max(1, nx * planes))
     out: list[tuple[int, int, int, int]] = []
     k0, r0, r1 = 0, -1, -1
     for k in range(wy.shape[0]):
@@ -160,7 +163,7 @@ def _bands(wy: sp.csr_matrix, width: int, planes: int) -> list[tuple[int, int, i
         lo, hi = int(cols.min()), int(cols.max()) + 1
         if r0 < 0:
             r0, r1 = lo, hi
-        elif max(r1, hi) - min(r0, lo) > budget and k > k0:
+        elif (max(r1, hi) - min(r0, lo) > budget or k - k0 >= rows_out) and k > k0:
             out.append((k0, k, r0, r1))
             k0, r0, r1 = k, lo, hi
         else:
@@ -212,7 +215,7 @@ def apply_separable(data: xr.DataArray, ydim: str, xdim: str, wy: sp.csr_matrix,
     lead_chunks = arr.chunks[:-2]
     planes = max((max(c) for c in lead_chunks), default=1)
     pieces = []
-    for k0, k1, r0, r1 in _bands(wy, c1 - c0, planes):
+    for k0, k1, r0, r1 in _bands(wy, c1 - c0, planes, nx):
         if r0 < 0:
             pieces.append(da.full((*lead_shape, k1 - k0, nx), np.nan, dtype="float32",
                                   chunks=(*lead_chunks, (k1 - k0,), (nx,))))

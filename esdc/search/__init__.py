@@ -4,7 +4,8 @@ Modules, in import order (each imports only those before it, at module level; FA
 FastAPI, uvicorn, matplotlib and scikit-learn are imported inside the functions that
 use them)::
 
-    manifest -> index -> live -> render -> feedback -> query -> evaluate, balance -> page -> http
+    manifest -> index -> live -> render -> xyz -> feedback -> scales
+        -> query -> evaluate, balance -> page -> http
 
 ``manifest``
     What an index was built from (lineage, SHA-256, time steps covered) and its
@@ -17,8 +18,13 @@ use them)::
     embedded time steps as the next generation (``esdc index --update``).
 ``render``
     Pixels of a cube for display (Blue Marble RGB or the first input) and their PNG.
+``xyz``
+    The search page's slippy-map tiles: 256 px XYZ PNGs of any layer, plate carree or
+    pixel coordinates, read chunk by chunk and cached.
 ``feedback``
     Relevance feedback: marked tiles (:class:`FeedbackTile`) and the Rocchio query.
+``scales``
+    One scale (tile size) of a search: its index and tile geometry; ``scales=`` parsed.
 ``query``
     :class:`SearchEngine`: one cube, one index generation; tile, vector and image
     queries, refinement by marked tiles, bounding-box (:func:`esdc.grid.parse_bbox`)
@@ -36,9 +42,10 @@ that does not fit the index, are :class:`esdc.errors.SearchIndexError`.
 """
 
 from esdc.search.feedback import FeedbackTile
-from esdc.search.index import Manifest, build_index, index_dir, load_index
-from esdc.search.live import update_index
+from esdc.search.index import Manifest, build_index, build_indexes, index_dir, load_index
+from esdc.search.live import update_index, update_indexes
 from esdc.search.query import Neighbour, SearchEngine, SearchResult
 
 __all__ = ["FeedbackTile", "Manifest", "Neighbour", "SearchEngine", "SearchResult",
-           "build_index", "index_dir", "load_index", "update_index"]
+           "build_index", "build_indexes", "index_dir", "load_index", "update_index",
+           "update_indexes"]

@@ -22,6 +22,15 @@ and :math:`\ell` the tile label. The same is measured for two baselines:
     cube's statistics as the encoder saw them, flattened) reduced by PCA to the
     embedding's dimension and searched the same way (exact FAISS index of centred,
     L2-normalised vectors). An embedding worth its training beats this.
+
+Multi-scale (:func:`evaluate_scales`, part of :func:`evaluate_search`'s answer): for
+every scale (tile size) the cube holds, P@k of queries of that scale searched within
+their scale (``embedding``) and across every scale (``all_scales``: each scale
+searched in its own index space, the answers merged by distance, as
+:meth:`esdc.search.query.SearchEngine.search_tile` with ``scales="all"``; a neighbour
+counts when its own label, the mode over its own cells, is the query's); and the
+*scale consistency*: how often a query tile's parent (the tile of the next larger
+scale that holds its centre) is among its ``k`` nearest when searching every scale.
 """
 
 from __future__ import annotations
@@ -45,15 +54,17 @@ from esdc.ml.config import SplitSpec
 from esdc.ml.patches import PatchStream, block_splits
 from esdc.search.feedback import NEGATIVE_WEIGHT, rocchio
 from esdc.search.index import (
+    embedding_variables,
     gpu_count,
     normalise,
     read_embeddings,
     require_faiss,
     select_device,
 )
+from esdc.storage import open_cube
 
-__all__ = ["evaluate_refinement", "evaluate_search", "held_out_tiles", "precision_at_k",
-           "tile_labels"]
+__all__ = ["evaluate_refinement", "evaluate_scales", "evaluate_search", "held_out_tiles",
+           "precision_at_k", "tile_labels"]
 
 
 def _classes(lab: xr.DataArray, values: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
@@ -359,7 +370,132 @@ def evaluate_search(cube: str | Path, label: str, variable: str | None = None, k
                            "random_expected": float(np.sum(share ** 2))},
         "macro_precision_at_k": macro,
         "per_class": per_class,
+        **evaluate_scales(cube, label, k, queries, seed, version, held_out),
     }
+
+
+def _scale_tiles(cube: str | Path, label: str, variable: str, version: str | None,
+                 held_out: SplitSpec | None) -> dict[str, Any]:
+    """One scale's labelled tiles: raw and normalised vectors, ids, labels, query pool."""
+    ds, var, vec, ids, centre = read_embeddings(cube, variable, version)
+    labels, ok, _, _ = tile_labels(ds, label, var)
+    keep = ok[ids]
+    raw = np.asarray(ds[var].values, dtype="float32").reshape(-1, vec.shape[1])
+    pool, held = np.arange(int(keep.sum())), False
+    if held_out is not None:
+        try:
+            pool = np.flatnonzero(held_out_tiles(ds, var, held_out)[ids[keep]])
+            held = True
+        except SearchIndexError:  # tiles larger than the split's blocks: every tile
+            pass
+    return {"scale": int(ds[var].attrs[ATTR_TILE_SIZE]), "variable": var,
+            "shape": tuple(int(n) for n in ds[var].shape[:-1]), "ids": ids[keep],
+            "raw": raw[ids[keep]], "vec": vec[keep], "centre": centre,
+            "labels": labels[ids[keep]], "pool": pool, "held_out": held}
+
+
+def evaluate_scales(cube: str | Path, label: str, k: int = 10, queries: int = 1000,
+                    seed: int = 0, version: str | None = None,
+                    held_out: SplitSpec | None = None) -> dict[str, Any]:
+    r"""P@k per scale, within it and across every scale, and the scale consistency.
+
+    Parameters
+    ----------
+    cube : str or path-like
+        Cube with embeddings of one or more scales (tile sizes).
+    label : str
+        Categorical variable (:func:`tile_labels`); only labelled tiles are queried and
+        searched.
+    k : int
+        Neighbours per query.
+    queries : int
+        Query tiles drawn per scale (all if fewer).
+    seed : int
+        Seed of the samples.
+    version : str, optional
+        Version of a versioned cube to read.
+    held_out : SplitSpec, optional
+        Draw queries among the tiles the encoder never saw, at each scale whose tiles
+        fit the split's blocks (``held_out`` says where it applied).
+
+    Returns
+    -------
+    dict
+        ``{"per_scale": {scale: {"variable", "tiles", "queries", "held_out",
+        "embedding", "all_scales", "neighbour_scales": {scale: share}}},
+        "scale_consistency": {"k", "overall", "random_expected", "pairs": {"8->16":
+        {"queries", "parent_in_top_k"}}} or None}`` (None with one scale);
+        ``random_expected`` is the chance that a given tile is among ``k`` drawn at
+        random from all the others, ``k / (N - 1)``. ``embedding`` is P@k
+        within the query's scale; ``all_scales`` P@k of the merged search over every
+        scale; ``neighbour_scales`` the share of each scale among those neighbours;
+        ``parent_in_top_k`` the fraction of queries whose parent tile is among the
+        ``k`` nearest of the merged search.
+
+    Raises
+    ------
+    SearchIndexError
+        If the cube has no embeddings or the label is unusable.
+    """
+    ds = open_cube(Path(cube), version=version)
+    levels = [_scale_tiles(cube, label, v, version, held_out) for v in embedding_variables(ds)]
+    levels = [lv for lv in levels if len(lv["ids"]) > k]
+    indexes = [_exact_index(lv["vec"], k + 1) for lv in levels]
+    rng = np.random.default_rng(seed)
+    per_scale: dict[str, Any] = {}
+    pairs: dict[str, Any] = {}
+    for i, lv in enumerate(levels):
+        q = np.sort(rng.choice(lv["pool"], size=min(queries, len(lv["pool"])), replace=False))
+        if not len(q):
+            continue
+        within = precision_at_k(lv["vec"], lv["labels"], q, k)
+        hits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (sims, level, pos)
+        for j, (other, index) in enumerate(zip(levels, indexes, strict=True)):
+            sims, nn = index.search(normalise(lv["raw"][q], other["centre"]), k + 1)
+            if j == i:
+                sims = np.where(nn == q[:, None], -np.inf, sims)  # the query itself
+            hits.append((sims, np.full(nn.shape, j), nn))
+        sims, lev, pos = (np.concatenate([h[n] for h in hits], axis=1) for n in range(3))
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        lev, pos = np.take_along_axis(lev, top, 1), np.take_along_axis(pos, top, 1)
+        lab = np.array([[levels[a]["labels"][b] for a, b in zip(ra, rb, strict=True)]
+                        for ra, rb in zip(lev, pos, strict=True)])
+        across = (lab == lv["labels"][q][:, None]).mean(axis=1)
+        per_scale[str(lv["scale"])] = {
+            "variable": lv["variable"], "tiles": int(len(lv["ids"])), "queries": int(len(q)),
+            "held_out": lv["held_out"], "embedding": float(within.mean()),
+            "all_scales": float(across.mean()),
+            "neighbour_scales": {str(o["scale"]): float(np.mean(lev == j))
+                                 for j, o in enumerate(levels)}}
+        if i + 1 < len(levels):
+            pairs[f"{lv['scale']}->{levels[i + 1]['scale']}"] = _parents_found(
+                lv, levels[i + 1], q, lev == i + 1, pos)
+    if len(levels) < 2:
+        return {"per_scale": per_scale, "scale_consistency": None}
+    n = sum(p["queries"] for p in pairs.values())
+    overall = sum(p["parent_in_top_k"] * p["queries"] for p in pairs.values()) / max(n, 1)
+    chance = k / max(1, sum(len(lv["ids"]) for lv in levels) - 1)
+    return {"per_scale": per_scale,
+            "scale_consistency": {"k": int(k), "overall": float(overall),
+                                  "random_expected": float(chance), "pairs": pairs}}
+
+
+def _parents_found(lv: dict[str, Any], up: dict[str, Any], q: np.ndarray,
+                   at_up: np.ndarray, pos: np.ndarray) -> dict[str, Any]:
+    """How often the parent (next scale's tile holding the centre) is among the results."""
+    tile = np.unravel_index(lv["ids"][q], lv["shape"])
+    centre = [(np.asarray(a) * lv["scale"] + lv["scale"] // 2) // up["scale"] for a in tile[:2]]
+    inside = (centre[0] < up["shape"][0]) & (centre[1] < up["shape"][1])
+    where = np.full(int(np.prod(up["shape"])), -1, dtype="int64")
+    where[up["ids"]] = np.arange(len(up["ids"]))
+    parent = np.full(len(q), -1, dtype="int64")
+    flat = np.ravel_multi_index((centre[0][inside], centre[1][inside], *(
+        [np.asarray(tile[2])[inside]] if len(tile) == 3 else [])), up["shape"])
+    parent[inside] = where[flat]
+    has = parent >= 0
+    found = (at_up & (pos == parent[:, None])).any(axis=1)
+    return {"queries": int(has.sum()),
+            "parent_in_top_k": float(found[has].mean()) if has.any() else 0.0}
 
 
 def _labelled_sample(cube: str | Path, label: str, variable: str | None, k: int, queries: int,

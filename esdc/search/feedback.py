@@ -18,7 +18,9 @@ of the negative to the positive weight is 0.2 (0.15 / 0.75); on esdc's Earth cub
 precision grows with :math:`\gamma` up to 0.75 and collapses at 1, where a negative as
 near as the positives cancels them (docs/SEARCH.md): 0.5 keeps a margin.
 Marked tiles are left out of the new ranking by default, so every answer shows tiles
-not yet judged. :meth:`esdc.search.query.SearchEngine.refine` runs it on an index;
+not yet judged. Marked tiles may be of several scales (tile sizes): each scale searched
+forms the query from their vectors centred and normalised in its own index's space.
+:meth:`esdc.search.query.SearchEngine.refine` runs it on an index;
 :func:`esdc.search.evaluate.evaluate_refinement` measures it with simulated clicks.
 """
 
@@ -51,7 +53,8 @@ class FeedbackTile:
         A point inside the tile, in the grid's coordinates (``lat``/``lon`` in degrees
         for geographic grids, else ``y``/``x`` in the grid's units).
     scale : int or None
-        Tile size in cells (None: the scale searched).
+        Tile size in cells, any scale the cube holds and has indexed (None: the query's
+        scale, by default the finest; :meth:`esdc.search.query.SearchEngine.refine`).
     time : str or None
         Date of the tile (nearest time step); needed when the embeddings vary in time.
     """

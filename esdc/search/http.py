@@ -4,9 +4,12 @@ Endpoints (the OpenAPI document is at ``/openapi.json``, interactive docs at ``/
 
 ``GET /health``
     ``{"status": "ok", ...}``, the index generation served and its manifest (lineage).
-``GET /search/tile?lat=&lon=&time=&k=&bbox=W,S,E,N&start=&end=``
-    Neighbours of the tile containing the point. Coordinates are named like the
-    grid's (``lat``/``lon`` for geographic grids, ``y``/``x`` for projected ones, in
+``GET /search/tile?lat=&lon=&time=&k=&bbox=W,S,E,N&start=&end=&scale=&scales=``
+    Neighbours of the tile containing the point. ``scale`` is the query tile's size in
+    cells (default the finest indexed), ``scales`` those of the neighbours (``all`` or a
+    comma list such as ``8,16``; default ``scale``), merged by distance; each neighbour
+    gives its ``scale`` and ``bounds`` ([west, south, east, north]). Coordinates are
+    named like the grid's (``lat``/``lon`` for geographic grids, ``y``/``x`` for projected ones, in
     the grid's units); ``y``/``x`` are accepted for every grid as well.
 ``POST /search/vector``
     Neighbours of an embedding, body ``{"vector": [...], "k": 10, "bbox": [W, S, E, N],
@@ -17,18 +20,23 @@ Endpoints (the OpenAPI document is at ``/openapi.json``, interactive docs at ``/
     "scale": 8, "time": "2008-07"}, ...], "negative": [...], "k": 10, "bbox": [W, S, E,
     N], "start": ..., "end": ..., "negative_weight": 0.5, "exclude_marked": true}`` (at
     least one positive; ``scale`` and ``time`` optional, ``y``/``x`` for ``lat``/``lon``).
-``GET /tiles/{tile_y}/{tile_x}.png?t=``
+``GET /tiles/{tile_y}/{tile_x}.png?t=&scale=``
     The tile's pixels as PNG: RGB for Blue Marble cubes, else the first input variable
     in grey levels scaled to the tile's range. Tile indices are integers checked
     against the embedding grid; nothing is read from a path built from the request.
+``GET /map/{variable}/{z}/{x}/{y}.png?time=``, ``GET /map.json``
+    XYZ map tiles of the cube's variables and the map's set-up, for the search page's
+    slippy map (:mod:`esdc.search.page`, :mod:`esdc.search.xyz`).
 
 Answers use the JSON of :meth:`esdc.search.query.SearchResult.to_json`; every answer
 that a search engine made carries the header ``X-Esdc-Index: GENERATION-SHA16``
 (:attr:`esdc.search.query.SearchEngine.identity`), naming the index that answered. Invalid input
 (a point outside the grid, ``k`` outside 1 .. indexed tiles, a vector of the wrong
-dimension, a malformed bounding box or date, a refinement without positive tile or with
-a tile outside the grid or at a scale not searched) is answered ``422`` with ``{"detail":
-message}``; FastAPI's own validation errors are ``422`` too (``detail`` is then a list).
+dimension, a malformed bounding box or date, ``scale``/``scales`` the cube does not
+hold or has not indexed (the scales held are named), a refinement without positive
+tile or with a tile outside the grid or at a scale not held) is answered ``422`` with
+``{"detail": message}``; FastAPI's own validation errors are ``422`` too (``detail`` is
+then a list).
 
 The :class:`~esdc.search.query.SearchEngine` (cube, index, vectors) is loaded by
 :func:`create_app` and kept in ``app.state.engine``. Rebuilding the index while the
@@ -142,7 +150,9 @@ class IndexWatcher:
         self.app, self.interval = app, float(interval)
         self.version = version  # a service of a version asked for reloads that version only
         self.cube, self.variable = engine.cube, engine.variable
-        self._files = (index_dir(self.cube) / f"{self.variable}.json", self.cube / "zarr.json")
+        self._files = (index_dir(self.cube) / f"{self.variable}.json", self.cube / "zarr.json",
+                       *(index_dir(self.cube) / f"{v}.json" for v in engine.scales.values()
+                         if v != self.variable))
         self._seen = self._signature()
         self.reloads = 0
         self.error: str | None = None
@@ -267,8 +277,13 @@ def _models(engine: SearchEngine) -> dict[str, Any]:
                 "tile_y": (int, Field(description="row of the tile in the embedding grid")),
                 "tile_x": (int, Field(description="column of the tile in the embedding grid"))}
 
+    scaled = {"scale": (int, Field(description="tile size in cells")),
+              "bounds": (list[float] | None, Field(None, description="the tile's west, "
+                                                   "south, east, north"))}
+    searched = {"scales": (list[int] | None, Field(None, description="scales (tile sizes) "
+                                                   "searched, merged by distance"))}
     neighbour = create_model("Neighbour", __doc__="One neighbour, nearest first.",
-                             **coords("tile"),
+                             **coords("tile"), **scaled,
                              distance=(float, Field(description="cosine distance 1 - cos, "
                                                     "in [0, 2]")))
     filters: dict[str, Any] = {
@@ -277,20 +292,19 @@ def _models(engine: SearchEngine) -> dict[str, Any]:
         "end": (str | None, Field(None, description="latest time kept"))}
     tile_query = create_model("TileQuery", __doc__="The query tile and the search's settings.",
                               variable=(str, ...), k=(int, ...), **coords("query tile"),
-                              **filters)
+                              **scaled, **searched, **filters)
     vector_query = create_model("VectorQuery", __doc__="The vector search's settings.",
                                 variable=(str, ...), k=(int, ...),
                                 dim=(int, Field(description="dimension of the vector")),
-                                **filters)
+                                **searched, **filters)
     marked = create_model("MarkedTile", __doc__="A tile marked in a refinement.",
-                          **coords("tile"), scale=(int, Field(description="tile size in "
-                                                              "cells")))
+                          **coords("tile"), **scaled)
     refine_query = create_model(
         "RefineQuery", __doc__="The marked tiles and the refinement's settings.",
         variable=(str, ...), k=(int, ...), positive=(list[marked], ...),  # type: ignore[valid-type]
         negative=(list[marked], ...),  # type: ignore[valid-type]
         negative_weight=(float, Field(description="Rocchio weight of the negatives")),
-        **filters)
+        **searched, **filters)
 
     class TileResult(BaseModel):
         """A tile query and its neighbours, nearest first."""
@@ -339,6 +353,8 @@ def _models(engine: SearchEngine) -> dict[str, Any]:
                                          "E, N")
         start: str | None = Field(None, description="keep tiles from this time")
         end: str | None = Field(None, description="keep tiles up to this time")
+        scales: str | list[int] | None = Field(None, description="scales (tile sizes in "
+                                               "cells) searched: 'all', '8,16' or [8, 16]")
 
     class VectorSearch(Filtered):
         """Body of ``POST /search/vector``."""
@@ -359,7 +375,7 @@ def _models(engine: SearchEngine) -> dict[str, Any]:
         y: float | None = Field(**fin, description=f"{ny} in the grid's units (same as lat)")
         x: float | None = Field(**fin, description=f"{nx} in the grid's units (same as lon)")
         scale: int | None = Field(None, ge=1, description="tile size in cells (default: "
-                                  "the scale searched)")
+                                  "the finest scale indexed)")
         time: str | None = Field(None, description="date of the tile (nearest time step); "
                                  "required when embeddings vary in time")
 
@@ -497,7 +513,7 @@ def create_app(cube: str | Path, variable: str | None = None,
                 "times": None if eng.times is None else [str(t.date()) for t in eng.times],
                 "generation": eng.manifest.generation, "index": eng.identity,
                 "reloads": watcher.reloads, "reload_error": watcher.error,
-                "manifest": eng.manifest}
+                "manifest": eng.served_manifest()}
 
     def _filters(bbox: Any, start: str | None, end: str | None) -> dict[str, Any]:
         return {"bbox": None if bbox is None else list(bbox), "start": start, "end": end}
@@ -527,12 +543,18 @@ def create_app(cube: str | Path, variable: str | None = None,
         = None,
         end: Annotated[str | None, Query(description="keep neighbours up to this time")]
         = None,
+        scale: Annotated[int | None, Query(ge=1, description="the query tile's size in "
+                                           "cells (default: the finest indexed)")] = None,
+        scales: Annotated[str | None, Query(description="scales of the neighbours: 'all' "
+                                            "or a comma list of tile sizes (default: "
+                                            "scale)", examples=["all", "8,16"])] = None,
     ) -> dict[str, Any]:
         """Neighbours of the tile containing the point (the tile itself first)."""
         py, px = _pick(eng.names, {"lat": lat, "lon": lon, "y": y, "x": x})
         box = parse_bbox(bbox)
         _one_thread()
-        result = eng.search_tile(py, px, time, k, box, (start, end)).to_json()
+        result = eng.search_tile(py, px, time, k, box, (start, end), scale=scale,
+                                 scales=scales).to_json()
         result["query"].update(_filters(box, start, end))
         return result
 
@@ -543,10 +565,11 @@ def create_app(cube: str | Path, variable: str | None = None,
         b: Any = body
         box = parse_bbox(b.bbox)
         query = {"variable": eng.variable, "k": b.k, "dim": len(b.vector),
+                 "scales": [s.scale for s in eng.targets(b.scales)],
                  **_filters(box, b.start, b.end)}
         _one_thread()
         return eng.search_vector(np.asarray(b.vector, dtype="float32"), b.k, box,
-                                 (b.start, b.end), query).to_json()
+                                 (b.start, b.end), query, scales=b.scales).to_json()
 
     @app.post("/search/refine", response_model=RefineResult,
               summary="More like these, not like those (relevance feedback)")
@@ -558,7 +581,7 @@ def create_app(cube: str | Path, variable: str | None = None,
                     for tiles in (b.positive, b.negative))
         _one_thread()
         result = eng.refine(pos, neg, b.k, box, (b.start, b.end), b.negative_weight,
-                            b.exclude_marked).to_json()
+                            b.exclude_marked, scales=b.scales).to_json()
         result["query"].update(_filters(box, b.start, b.end))
         return result
 
@@ -570,9 +593,12 @@ def create_app(cube: str | Path, variable: str | None = None,
         tile_y: Annotated[int, fastapi.Path(ge=0, description="row of the tile")],
         tile_x: Annotated[int, fastapi.Path(ge=0, description="column of the tile")],
         t: Annotated[int | None, Query(ge=0, description="time step (default 0)")] = None,
+        scale: Annotated[int | None, Query(ge=1, description="tile size in cells: the "
+                                           "embedding grid of tile_y, tile_x (default: "
+                                           "the finest indexed)")] = None,
     ) -> Response:
         """The tile's pixels: RGB (Blue Marble) or the first input variable in grey."""
-        return Response(content=eng.tile_png(tile_y, tile_x, t), media_type="image/png",
+        return Response(content=eng.tile_png(tile_y, tile_x, t, scale), media_type="image/png",
                         headers={INDEX_HEADER: eng.identity})
 
     mount_page(app)  # GET /: the search page (esdc.search.page)

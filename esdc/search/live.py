@@ -29,6 +29,7 @@ from esdc.embed import embedded_steps
 from esdc.errors import SearchIndexError
 from esdc.search.index import (
     embedding_variable,
+    embedding_variables,
     load_index,
     normalise,
     require_faiss,
@@ -44,7 +45,7 @@ from esdc.search.manifest import (
 )
 from esdc.storage import open_cube, resolve
 
-__all__ = ["update_index"]
+__all__ = ["update_index", "update_indexes"]
 
 
 def _renumber(faiss: Any, index: Any, shape: tuple[int, int], old: int, new: int) -> None:
@@ -123,10 +124,38 @@ def update_index(cube: str | Path, variable: str | None = None) -> Manifest:
     every = np.sort(faiss.vector_to_array(index.id_map))
     fields = {k: getattr(previous, k) for k in (
         "cube", "variable", "model_run", "model_sha256", "dim", "metric", "centre", "kind",
-        "params")}
+        "params", "scale", "scales")}
     return commit_generation(cube, var, index, fields | {
         "count": int(index.ntotal), "ids_sha256": hashlib.sha256(every.tobytes()).hexdigest(),
         "vectors_sha256": vectors_sha256(np.concatenate([kept, added], axis=2)),
         "cube_version": version or "", "time_steps": steps,
         "time_range": time_range_of(ds, steps),
     }, generation_entry("update", len(ok), (old, steps), version))
+
+
+def update_indexes(cube: str | Path) -> list[Manifest]:
+    """:func:`update_index` of every scale of a cube that has an index (``esdc index --update``).
+
+    Parameters
+    ----------
+    cube : str or path-like
+        The cube, with its embeddings of one or more scales indexed.
+
+    Returns
+    -------
+    list of Manifest
+        One per indexed scale, finest first (as :func:`update_index`).
+
+    Raises
+    ------
+    SearchIndexError
+        If no scale has an index, or as :func:`update_index`.
+    CubeNotFoundError, EsdcError
+        As :func:`update_index`.
+    """
+    cube = Path(cube)
+    names = [v for v in embedding_variables(open_cube(cube))
+             if (index_dir(cube) / f"{v}.json").exists()]
+    if not names:
+        return [update_index(cube)]  # raises: nothing to update
+    return [update_index(cube, v) for v in names]

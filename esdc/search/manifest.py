@@ -65,6 +65,12 @@ class Manifest:
     time_range: list[str] = field(default_factory=list)
     #: What each generation of this index did, oldest first (:func:`generation_entry`).
     generations: list[dict[str, Any]] = field(default_factory=list)
+    #: Tile size (cells) of the embedding indexed: its scale (0: manifest of an older esdc).
+    scale: int = 0
+    #: Scales (tile sizes, cells) of the cube's embeddings when it was built: each has
+    #: its own index beside this one (``esdc index`` indexes them all) and a search
+    #: merges them by distance ([]: older esdc, one scale).
+    scales: list[int] = field(default_factory=list)
 
     def file_name(self) -> str:
         """The index file of this generation in the index folder."""

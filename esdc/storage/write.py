@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import dask
+import dask.array as da
 import xarray as xr
 import zarr
 
@@ -298,17 +300,16 @@ def _write_regions(ds: xr.Dataset, part: journal.PartialBuild, head: dict[str, A
     if on_region:  # the total is known before the first region is written
         on_region(len(done), total)
 
+    targets = {n: zarr.open_array(store=str(store), path=n, mode="r+").with_config(
+        {"write_empty_chunks": True}) for n in names}
+
     def region_write(tile: list[int]) -> Any:
         sel = {ydim: slice(tile[0], tile[1]), xdim: slice(tile[2], tile[3])}
         if trange:
             sel[TIME_DIM] = slice(*trange)
-        part_ds = ds[names].isel(sel)
-        part_ds = part_ds.drop_vars([c for c in part_ds.coords
-                                     if not {ydim, xdim} <= set(part_ds[c].dims)])
         # Every chunk is stored, even all-fill ones, so a missing chunk file always
         # means a lost write and is detected below.
-        return part_ds.to_zarr(store, region=sel, compute=False, zarr_format=3,
-                               consolidated=False, write_empty_chunks=True)
+        return _store_region(ds, names, targets, sel)
 
     def finished(tile: list[int]) -> bool:
         """Hash and flush the tile's chunk files, then journal it; False if one is lost."""
@@ -333,6 +334,44 @@ def _write_regions(ds: xr.Dataset, part: journal.PartialBuild, head: dict[str, A
         if lost:
             raise OSError(f"region writes of {len(lost)} tile(s) were lost twice; the cube was "
                           f"not committed: {lost[:3]}")
+
+
+def _store_region(ds: xr.Dataset, names: list[str], targets: dict[str, Any],
+                  sel: dict[str, slice]) -> Any:
+    """One region of every variable stored into its Zarr array: one Dask key when done.
+
+    The chunks go straight to the arrays (``dask.array.store``) instead of through a
+    ``Delayed`` of ``to_zarr(region=...)``: a ``Delayed`` built from arrays gives every
+    upstream task a key of its own per region (dask's ``ProhibitReuse``), so a source
+    read or a whole-source regrid shared by the regions ran once per region, and the
+    region graphs held separate copies of it.
+    """
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    sources, stores, regions = [], [], []
+    for n in names:
+        var = ds[n].variable
+        var = xr.conventions.encode_cf_variable(
+            var.isel({d: s for d, s in sel.items() if d in var.dims}), name=n)
+        data = var.data
+        if data.dtype != targets[n].dtype:
+            data = data.astype(targets[n].dtype)
+        sources.append(data)
+        stores.append(targets[n])
+        regions.append(tuple(sel.get(str(d), slice(None)) for d in var.dims))
+    stored = da.store(sources, stores, regions=regions, lock=False, compute=False,
+                      return_stored=False)
+    stored = list(stored) if isinstance(stored, tuple) else [stored]
+    keys = [k for a in stored for k in dask.core.flatten(a.__dask_keys__())]
+    name = "esdc-region-" + dask.base.tokenize(*(a.name for a in stored))
+    graph = HighLevelGraph.from_collections(name, {name: (_stored, keys)},
+                                            dependencies=stored)
+    return Delayed(name, graph)
+
+
+def _stored(_parts: list[Any]) -> None:
+    """The end of a region write (its chunk stores return nothing)."""
 
 
 def _run(writes: list[Any], todo: list[list[int]], client: Any,

@@ -179,6 +179,18 @@ CASES: tuple[Case, ...] = (
     Case("source-projected-without-grid-mapping", "source file",
          "a NetCDF with x/y coordinates in metres and no CF `grid_mapping`", BUILD, 2,
          ("sources.local", "{ws}/metres.nc", "projected coordinates", "no CF grid_mapping")),
+    Case("source-misses-grid", "source file",
+         "a second source (40..44 degrees) beside one on the grid (0..4 degrees): its layer "
+         "would be NaN everywhere; refused before computing, with both extents", BUILD, 2,
+         ("sources.far", "{ws}/far.nc", "[west, south, east, north] = [40, 40, 44, 44] in "
+          "EPSG:4326", "outside grid.bbox [0, 0, 4, 4] (EPSG:4326)",
+          "t2far would be NaN everywhere")),
+    Case("source-misses-grid-projected", "source file",
+         "a second source, a UTM zone 33N GeoTIFF 5000 km north of the grid: its extent in "
+         "its own CRS", BUILD, 2,
+         ("sources.far", "{ws}/utm.tif", "[west, south, east, north] = [500000, 5000000, "
+          "540000, 5040000] in EPSG:32633", "outside grid.bbox [0, 0, 4, 4] (EPSG:4326)",
+          "t2far would be NaN everywhere")),
     Case("recipe-bucket-onto-finer-grid", "recipe",
          "`resampling: bucket_average` of a 1 degree source onto a 0.5 degree grid", BUILD, 2,
          ("sources.local variable t2m", "bucket_average onto grid cells of 0.5 degrees",
@@ -193,6 +205,15 @@ CASES: tuple[Case, ...] = (
     Case("cli-search-huge-k", "CLI argument", "`-k 10**23`",
          "esdc search CUBE --lat 0 --lon 0 -k 100000000000000000000000", 2,
          ("between 1 and 128",)),
+    Case("cli-search-scales-not-held", "CLI argument", "`--scales 8,64` (the cube holds 8)",
+         "esdc search CUBE --lat 0 --lon 0 --scales 8,64", 2,
+         ("--scales [64]", "holds embeddings of [8] cells per tile")),
+    Case("cli-search-scale-not-held", "CLI argument", "`--scale 16` (the cube holds 8)",
+         "esdc search CUBE --lat 0 --lon 0 --scale 16", 2,
+         ("scale=16 is not embedded", "its scales (cells per tile) are [8]")),
+    Case("cli-search-scales-malformed", "CLI argument", "`--scales eight`",
+         "esdc search CUBE --lat 0 --lon 0 --scales eight", 2,
+         ("--scales 'eight'", "not 'all' or a comma list")),
     Case("cli-search-bbox-three-numbers", "CLI argument", "`--bbox 1,2,3`",
          "esdc search CUBE --lat 0 --lon 0 --bbox 1,2,3", 2, ("--bbox", "four numbers")),
     Case("cli-search-bbox-nan", "CLI argument", "`--bbox 0,nan,10,40`",
@@ -337,6 +358,16 @@ CASES: tuple[Case, ...] = (
          "GET /tiles/99999999999999999999999/0.png", 422, ("outside the embedding grid",)),
     Case("http-tile-negative-time", "HTTP request", "`t=-1`", "GET /tiles/0/0.png?t=-1", 422,
          ("t", "greater than or equal to 0")),
+    Case("http-scales-not-held", "HTTP request", "`scales=8,64` (the cube holds 8)",
+         "GET /search/tile?lat=0&lon=0&scales=8,64", 422,
+         ("scales=[64]", "holds embeddings of [8] cells per tile")),
+    Case("http-scale-not-held", "HTTP request", "`scale=32` (the cube holds 8)",
+         "GET /search/tile?lat=0&lon=0&scale=32", 422,
+         ("scale=32 is not embedded", "are [8]")),
+    Case("http-refine-scale-not-held", "HTTP request",
+         "a refinement whose positive tile has `scale: 64` (the cube holds 8)",
+         "POST /search/refine", 422,
+         ("positive tile 1", "scale=64 is not embedded", "are [8]")),
 )
 
 

@@ -429,16 +429,21 @@ def _(env: Env) -> Cli:
     return env.build(recipe_for(env.ws / "data.tif", "geotiff", bands=["t2m"]))
 
 
-@builds("source-wrong-crs-geotiff")
-def _(env: Env) -> Cli:
+def write_geotiff(path: Path, crs: str, bounds: tuple[float, float, float, float],
+                  n: int) -> Path:
+    """A GeoTIFF of ``n`` x ``n`` ones (float32, one band) over ``bounds`` in ``crs``."""
     import rasterio
     from rasterio.transform import from_bounds
 
-    path = env.ws / "merc.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="float32",
-                       crs="EPSG:3857",
-                       transform=from_bounds(0, 0, 445_000, 445_000, 8, 8)) as f:
-        f.write(np.ones((1, 8, 8), "float32"))
+    with rasterio.open(path, "w", driver="GTiff", width=n, height=n, count=1, dtype="float32",
+                       crs=crs, transform=from_bounds(*bounds, n, n)) as f:
+        f.write(np.ones((1, n, n), "float32"))
+    return path
+
+
+@builds("source-wrong-crs-geotiff")
+def _(env: Env) -> Cli:
+    path = write_geotiff(env.ws / "merc.tif", "EPSG:3857", (0, 0, 445_000, 445_000), 8)
     return env.build(recipe_for(path, "geotiff", bands=["t2m"],
                                 georeference={"crs": "EPSG:4326", "bbox": [0, 0, 4, 4]}))
 
@@ -517,6 +522,33 @@ def _(env: Env) -> Cli:
     return env.build(recipe_for(env.ws / "metres.nc"))
 
 
+def _with_far_source(env: Env, path: Path, fmt: str = "netcdf", **source: Any) -> Cli:
+    """The good recipe plus a source ``far`` (variable ``t2far``) read from ``path``."""
+    recipe = good_recipe(env)
+    far = recipe_for(path, fmt, **source)["sources"][0]
+    far.update(name="far")
+    far["variables"][0]["name"] = "t2far"
+    recipe["sources"].append(far)
+    return env.build(recipe)
+
+
+@builds("source-misses-grid")
+def _(env: Env) -> Cli:
+    path = env.ws / "far.nc"
+    xr.Dataset({"t2m": (("lat", "lon"), np.ones((4, 4), "float32"), {"units": "K"})},
+               coords={"lat": ("lat", np.arange(43.5, 40, -1.0), {"units": "degrees_north"}),
+                       "lon": ("lon", np.arange(40.5, 44, 1.0), {"units": "degrees_east"})}
+               ).to_netcdf(path)
+    return _with_far_source(env, path)
+
+
+@builds("source-misses-grid-projected")
+def _(env: Env) -> Cli:
+    path = write_geotiff(env.ws / "utm.tif", "EPSG:32633",
+                         (500_000, 5_000_000, 540_000, 5_040_000), 4)
+    return _with_far_source(env, path, "geotiff", bands=["t2m"])
+
+
 @builds("recipe-bucket-onto-finer-grid")
 def _(env: Env) -> Cli:
     recipe = good_recipe(env)
@@ -548,6 +580,12 @@ def _(env: Env) -> Cli:
 @builds("cli-search-huge-k")
 def _(env: Env) -> Cli:
     return _search(env, "--lat", "0", "--lon", "0", "-k", str(10**23))
+
+
+for _id, _extra in [("cli-search-scales-not-held", ("--scales", "8,64")),
+                    ("cli-search-scale-not-held", ("--scale", "16")),
+                    ("cli-search-scales-malformed", ("--scales", "eight"))]:
+    builds(_id)(lambda env, extra=_extra: _search(env, "--lat", "0", "--lon", "0", *extra))
 
 
 @builds("cli-search-bbox-three-numbers")
@@ -852,6 +890,8 @@ for _id, _url in [
     ("http-path-traversal-encoded", "/tiles/%2e%2e/%2e%2e/etc/passwd.png"),
     ("http-tile-huge-index", "/tiles/99999999999999999999999/0.png"),
     ("http-tile-negative-time", "/tiles/0/0.png?t=-1"),
+    ("http-scales-not-held", "/search/tile?lat=0&lon=0&scales=8,64"),
+    ("http-scale-not-held", "/search/tile?lat=0&lon=0&scale=32"),
 ]:
     builds(_id)(_get(_url))
 
@@ -877,6 +917,13 @@ for _id, _fn in [
     ("http-start-after-end", _post({"vector": VEC, "start": "2020-01", "end": "2019"})),
 ]:
     builds(_id)(_fn)
+
+
+@builds("http-refine-scale-not-held")
+def _(env: Env) -> Http:
+    return Http("POST", "/search/refine", content=json.dumps(
+        {"positive": [{"lat": 0, "lon": 0, "scale": 64}]}).encode(),
+        headers={"content-type": "application/json"})
 
 
 # --------------------------------------------------------------------------- checks

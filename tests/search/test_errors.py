@@ -239,8 +239,8 @@ def test_tile_pixels_are_the_overview_pixels(embedded_cube_time):
 
 
 # ---------------------------------------------------------------- import structure
-ORDER = ["manifest", "index", "live", "render", "feedback", "query", "evaluate", "balance",
-         "page", "http"]
+ORDER = ["manifest", "index", "live", "render", "xyz", "feedback", "scales", "query",
+         "evaluate", "balance", "page", "http"]
 HEAVY = {"faiss", "fastapi", "uvicorn", "torch", "matplotlib", "sklearn", "PIL", "pydantic",
          "tensorflow", "keras", "mlflow"}
 
@@ -267,9 +267,9 @@ def _imports(path: Path) -> tuple[set[str], list[tuple[str, int]]]:
 
 def test_search_package_imports_one_way():
     """Inside esdc.search each module imports only those before it (its __init__ order)."""
-    assert ("manifest -> index -> live -> render -> feedback -> query -> evaluate, balance -> "
-            "page -> http") in (
-        SEARCH / "__init__.py").read_text()
+    chain = ("manifest -> index -> live -> render -> xyz -> feedback -> scales\n"
+             "        -> query -> evaluate, balance -> page -> http")
+    assert chain in (SEARCH / "__init__.py").read_text()
     files = {p.stem for p in SEARCH.glob("*.py")} - {"__init__"}
     assert files == set(ORDER)
     for i, name in enumerate(ORDER):

@@ -32,6 +32,7 @@ from typer.testing import CliRunner
 
 from esdc.cli import app
 from esdc.errors import EsdcError, SearchIndexError
+from esdc.testing import stop_process
 
 pytest.importorskip("faiss")
 pytest.importorskip("torch")
@@ -307,12 +308,7 @@ def _served(cube: Path, log_path: Path) -> Iterator[str]:
             time.sleep(0.2)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=20)
         log.close()
 
 

@@ -15,6 +15,8 @@ import warnings
 import numpy as np
 import pytest
 
+from esdc.testing import stop_process
+
 pytest.importorskip("faiss")
 pytest.importorskip("fastapi")
 
@@ -391,12 +393,7 @@ def test_esdc_serve_subprocess(embedded_cube_time, tmp_path):
         status, body, _ = _get(f"{base}/openapi.json")
         assert status == 200 and "/search/vector" in json.loads(body)["paths"]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=20)
         log.close()
     assert b"serving embedding_t8" in (tmp_path / "serve.log").read_bytes()
 

@@ -1,4 +1,5 @@
-"""The search page of `esdc serve`, driven end to end in Debian's headless Chromium.
+"""The overview search page of `esdc serve` (``/overview``), driven end to end in Debian's
+headless Chromium (the map page at ``/``: ``test_map_page.py``).
 
 The app runs in uvicorn on a free port of 127.0.0.1 (a thread of this process);
 Playwright drives ``/usr/bin/chromium`` (``apt-get install chromium``; Playwright's own
@@ -78,8 +79,18 @@ class Server:
 
     def api(self, path: str, **params) -> tuple[int, dict]:
         url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        return self.answer(urllib.request.Request(url))
+
+    def api_post(self, path: str, body: dict) -> tuple[int, dict]:
+        return self.answer(urllib.request.Request(
+            self.base + path, data=json.dumps(body).encode(),
+            headers={"content-type": "application/json"}))
+
+    @staticmethod
+    def answer(req: urllib.request.Request) -> tuple[int, dict]:
+        """Status and JSON body of the answer to ``req`` (error answers too)."""
         try:
-            with urllib.request.urlopen(url, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=10) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
@@ -104,7 +115,7 @@ def browser(tmp_path_factory):
         context.close()
 
 
-def _serve(cube):
+def serve_cube(cube):
     from esdc.search.http import create_app
 
     return Server(create_app(cube))
@@ -113,7 +124,7 @@ def _serve(cube):
 @pytest.fixture(scope="module")
 def geo(embedded_cube):
     """The static geographic cube (8 x 16 tiles of 8 cells over the globe) served."""
-    with _serve(embedded_cube) as server:
+    with serve_cube(embedded_cube) as server:
         yield server
 
 
@@ -121,13 +132,9 @@ def make_projected_cube(folder: Path) -> Path:
     """A cube on a projected grid (EPSG:3035, 1 km cells, y/x in metres), 2 time steps."""
     import numpy as np
     import pandas as pd
-    import torch
     import xarray as xr
 
-    from esdc.embed import EncoderBundle, compute_embeddings, write_embeddings
     from esdc.grid import Grid
-    from esdc.ml.ssl import Encoder
-    from esdc.search import build_index
 
     from .conftest import INPUTS
 
@@ -144,10 +151,23 @@ def make_projected_cube(folder: Path) -> Path:
     ds.attrs = {"title": "projected test cube", "esdc_grid": json.dumps(grid.to_dict())}
     cube = folder / "cube.zarr"
     ds.to_zarr(cube, zarr_format=3, consolidated=True)
+    return embed_and_index(cube, INPUTS)
+
+
+def embed_and_index(cube: Path, inputs: list[str]) -> Path:
+    """Embed ``cube`` (8-cell tiles, 16 dims; a seeded, untrained encoder saved beside it)
+    and build its flat index."""
+    import torch
+
+    from esdc.embed import EncoderBundle, compute_embeddings, write_embeddings
+    from esdc.ml.ssl import Encoder
+    from esdc.search import build_index
+
+    folder = cube.parent
     torch.manual_seed(0)
-    meta = {"class": "esdc.ml.ssl.Encoder", "in_channels": 3, "params": {"dim": 16, "width": 8},
-            "inputs": INPUTS, "tile": [8, 8]}
-    torch.save(Encoder(3, **meta["params"]).state_dict(), folder / "encoder.pt")
+    meta = {"class": "esdc.ml.ssl.Encoder", "in_channels": len(inputs),
+            "params": {"dim": 16, "width": 8}, "inputs": list(inputs), "tile": [8, 8]}
+    torch.save(Encoder(len(inputs), **meta["params"]).state_dict(), folder / "encoder.pt")
     (folder / "encoder.json").write_text(json.dumps(meta))
     write_embeddings(cube, compute_embeddings(str(cube), EncoderBundle(folder / "encoder.pt",
                                                                        meta), 8))
@@ -158,7 +178,7 @@ def make_projected_cube(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def projected(tmp_path_factory):
     cube = make_projected_cube(tmp_path_factory.mktemp("page") / "projected")
-    with _serve(cube) as server:
+    with serve_cube(cube) as server:
         yield server
 
 
@@ -168,7 +188,7 @@ def _open(browser, server):
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.goto(server.base)
+    page.goto(server.base + "overview")  # the overview page (the map page is at /)
     page.wait_for_selector("body[data-state=ready]", state="attached")
     return page, problems
 

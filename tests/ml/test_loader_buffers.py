@@ -1,0 +1,159 @@
+"""Reused buffers of the fast loader: no batch ever shows another batch's values.
+
+The stream writes batches into buffers handed in (``out=``), DataLoader workers into a
+ring of shared-memory slots; a sharded cube gives the same patches as a plain one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from esdc.ml import PatchStream
+
+
+def _by_index(batches) -> dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]]:
+    return {tuple(int(v) for v in idx): (np.array(x), np.array(ok))
+            for b in batches for idx, x, ok in zip(b[2], b[0], b[1], strict=True)}
+
+
+def _cube_patch(cube, variables, stream, t, y, x):
+    ds = xr.open_zarr(cube)
+    ph, pw = stream.patch
+    raw = np.stack([ds[v].values[t, y:y + ph, x:x + pw] for v in variables])
+    return (raw - stream._mean[:, None, None]) / stream._scale[:, None, None], ~np.isnan(raw)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_batches_written_into_one_reused_buffer_equal_fresh_batches(cube, shuffle):
+    stream = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=5, shuffle=shuffle,
+                         buffer_size=40)
+    fresh = list(stream.batches(7, epoch=2))  # kept in a list: each has its own arrays
+    assert len({id(b.x) for b in fresh}) == len(fresh)
+    shape = (7, 2, 8, 8)
+    xbuf, vbuf = np.full(shape, 999.0, "float32"), np.zeros(shape, bool)
+    calls = []
+
+    def out(n):
+        calls.append(n)
+        return xbuf[:n], vbuf[:n], None
+
+    reused = []
+    for b in stream.batches(7, epoch=2, out=out):
+        assert b.x.base is xbuf or b.x is xbuf  # written into the buffer handed in
+        reused.append((b.x.copy(), b.valid.copy(), b.index.copy()))
+    assert calls and len(reused) == len(fresh)
+    for (x, v, idx), f in zip(reused, fresh, strict=True):
+        np.testing.assert_array_equal(idx, f.index)
+        np.testing.assert_array_equal(x, f.x)  # not a value of an earlier batch
+        np.testing.assert_array_equal(v, f.valid)
+    # and the fresh batches equal the cube itself
+    for (t, y, x0), (x, ok) in list(_by_index(fresh).items())[:25]:
+        want, valid = _cube_patch(cube, ["a", "b"], stream, t, y, x0)
+        np.testing.assert_array_equal(ok, valid)
+        np.testing.assert_allclose(x[ok], want[valid], rtol=1e-6)
+        assert np.all(x[~ok] == 0)
+
+
+def test_shuffle_pool_reuses_rows_without_mixing_patches(cube):
+    """A pool smaller than the epoch: freed rows are refilled by later units."""
+    stream = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=1, buffer_size=10)
+    seen = _by_index(stream.batches(3))
+    assert len(seen) == len(stream)
+    for (t, y, x0), (x, ok) in list(seen.items())[::7]:
+        want, valid = _cube_patch(cube, ["a", "b"], stream, t, y, x0)
+        np.testing.assert_array_equal(ok, valid)
+        np.testing.assert_allclose(x[ok], want[valid], rtol=1e-6)
+
+
+def test_sharded_and_plain_cubes_give_the_same_patches(cube, tmp_path):
+    ds = xr.open_zarr(cube).load()
+    for v in ds.variables.values():
+        v.encoding = {}
+    sharded = tmp_path / "sharded.zarr"
+    enc = {v: {"chunks": (2, 16, 32), "shards": (4, 32, 64)} for v in ("a", "b")}
+    ds.to_zarr(sharded, zarr_format=3, encoding=enc, consolidated=True)
+    import zarr
+
+    assert zarr.open_array(sharded / "a", mode="r").shards == (4, 32, 64)
+    for shuffle in (False, True):
+        plain = PatchStream(cube, ["a", "b"], patch=(8, 8), overlap=(2, 3), seed=2,
+                            shuffle=shuffle, buffer_size=17)
+        shard = PatchStream(sharded, ["a", "b"], patch=(8, 8), overlap=(2, 3), seed=2,
+                            shuffle=shuffle, buffer_size=17)
+        assert shard.band == 32 and plain.band == 16  # a unit reads whole shards
+        a, b = _by_index(plain.batches(9)), _by_index(shard.batches(9))
+        assert len(a) == len(plain) and a.keys() == b.keys()
+        for k, (x, ok) in a.items():
+            np.testing.assert_array_equal(x, b[k][0])
+            np.testing.assert_array_equal(ok, b[k][1])
+
+
+torch = pytest.importorskip("torch")
+
+
+def _loader(stream, workers, **kw):
+    from esdc.ml.torch import PatchDataset
+
+    return torch.utils.data.DataLoader(PatchDataset(stream, batch_size=4, **kw),
+                                       batch_size=None, num_workers=workers,
+                                       multiprocessing_context="forkserver")
+
+
+def test_worker_slots_kept_by_the_consumer_are_never_overwritten(cube):
+    """Batches of 2 workers kept in a list equal a fresh in-process read."""
+    stream = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=3, buffer_size=20)
+    kept = list(_loader(stream, 2, max_slots=4))  # more batches than slots: fallback
+    assert all(len(b) == 3 for b in kept)
+    got = _by_index([(x.numpy(), v.numpy(), i.numpy()) for x, v, i in kept])
+    want = _by_index(b for b in PatchStream(cube, ["a", "b"], patch=(8, 8),
+                                           shuffle=False).batches(16))
+    assert len(got) == len(stream) == len(want)
+    for k, (x, ok) in want.items():
+        np.testing.assert_array_equal(got[k][0], x)
+        np.testing.assert_array_equal(got[k][1], ok)
+
+
+def test_worker_slots_are_reused_once_dropped_and_values_stay_right(cube):
+    stream = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=3, buffer_size=20,
+                         targets=["s"])
+    want = _by_index(b for b in PatchStream(cube, ["a", "b"], patch=(8, 8),
+                                           shuffle=False).batches(16))
+    addresses, n = set(), 0
+    for x, v, idx, target in _loader(stream, 2):
+        addresses.add(x.data_ptr())
+        assert target.shape == (len(x), 1, 8, 8)
+        for row, xi, vi in zip(idx.tolist(), x.numpy(), v.numpy(), strict=True):
+            np.testing.assert_array_equal(xi, want[tuple(row)][0])
+            np.testing.assert_array_equal(vi, want[tuple(row)][1])
+            np.testing.assert_array_equal(target.numpy()[0, 0, 0], np.arange(
+                row[2], row[2] + 8, dtype="float32"))  # static s = column number
+            break
+        n += len(x)
+        del x, v, idx, target  # the slot is free again
+    assert n == len(stream)
+    assert len(addresses) <= 2 * 16 and len(addresses) < n // 4  # slots were reused
+
+
+def test_shuffle_pool_bounds_held_units_and_gives_every_patch_once():
+    from esdc.ml.units import Batch, Recycler, ShufflePool
+
+    rng = np.random.default_rng(0)
+    recycler = Recycler()
+    pool = ShufflePool(buffer_size=30, recycler=recycler)
+    out, held = [], []
+    for u in range(40):  # units of 12 patches whose value is their number
+        ids = np.arange(u * 12, u * 12 + 12)
+        x = np.broadcast_to(ids[:, None, None, None], (12, 1, 2, 2)).astype("float32")
+        pool.add(Batch(x, None, np.column_stack([ids, ids, ids]), None))
+        while pool.size - 8 >= 30:
+            b = pool.draw(rng, 8)
+            out.append(b)
+            held.append(len(pool._units))
+    out += list(pool.drain(rng, 8, False))
+    x = np.concatenate([b.x for b in out])
+    idx = np.concatenate([b.index for b in out])
+    assert sorted(idx[:, 0]) == list(range(480))  # every patch once
+    np.testing.assert_array_equal(x[:, 0, 0, 0], idx[:, 0])  # with its own values
+    assert max(held) <= pool.max_units + 1  # compaction bounds what is held
