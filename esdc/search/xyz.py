@@ -447,9 +447,15 @@ class MapRenderer:
 
     # ------------------------------------------------------------------ pixels
     def _block_shape(self, layer: Layer) -> tuple[int, int]:
-        """Cells ``(rows, columns)`` of a colour block: the first variable's Zarr chunks."""
+        """Cells ``(rows, columns)`` of a colour block: the first variable's Zarr chunks.
+
+        On a sharded cube (``output.shards``) a block is a whole shard: one read of one
+        shard file colours it.
+        """
         da = self.ds[layer.variables[0]]
-        pref = da.encoding.get("preferred_chunks") or {}
+        pref = dict(da.encoding.get("preferred_chunks") or {})
+        if da.encoding.get("shards"):
+            pref.update(zip(da.dims, (int(n) for n in da.encoding["shards"]), strict=True))
         return (int(pref.get(self.ydim, BLOCK)), int(pref.get(self.xdim, BLOCK)))
 
     def _colour(self, layer: Layer, values: list[np.ndarray]) -> np.ndarray:

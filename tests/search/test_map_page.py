@@ -496,3 +496,29 @@ def test_pixel_grid_zooms_out_below_zero():
         maps.rgba("v", -3, 0, 0)
     with pytest.raises(TileRange, match=r"tile \(1, 0\) is outside the 1 x 1 tiles"):
         maps.rgba("v", -2, 1, 0)
+
+
+def test_sharded_cube_tiles_read_whole_shards(tmp_path):
+    """On a sharded cube a colour block is a whole shard; the tiles equal the unsharded ones."""
+    import xarray as xr
+
+    from esdc.search.xyz import MapRenderer
+
+    rng = np.random.default_rng(1)
+    ds = xr.Dataset({"v": (("lat", "lon"), rng.random((128, 256)).astype("float32"),
+                           {"valid_range": [0.0, 1.0]})},
+                    coords={"lat": 90 - 180 / 128 * (np.arange(128) + 0.5),
+                            "lon": -180 + 360 / 256 * (np.arange(256) + 0.5)})
+    ds.to_zarr(tmp_path / "plain.zarr", zarr_format=3, consolidated=False,
+               encoding={"v": {"chunks": (32, 32)}})
+    ds.to_zarr(tmp_path / "sharded.zarr", zarr_format=3, consolidated=False,
+               encoding={"v": {"chunks": (32, 32), "shards": (64, 128)}})
+    plain = MapRenderer(xr.open_zarr(tmp_path / "plain.zarr", consolidated=False),
+                        ("lat", "lon"))
+    sharded = MapRenderer(xr.open_zarr(tmp_path / "sharded.zarr", consolidated=False),
+                          ("lat", "lon"))
+    layer = sharded.layer("v")
+    assert sharded._block_shape(layer) == (64, 128)  # noqa: SLF001 (the read unit)
+    assert plain._block_shape(plain.layer("v")) == (32, 32)  # noqa: SLF001
+    for z, x, y in [(0, 0, 0), (0, 1, 0), (1, 2, 1), (3, 9, 4)]:
+        np.testing.assert_array_equal(sharded.rgba("v", z, x, y), plain.rgba("v", z, x, y))
