@@ -62,6 +62,21 @@ def cli_ok(args: list) -> str:
     return res.stdout
 
 
+def cli_fails(args: list, *needles: str) -> str:
+    """Run ``esdc ARGS`` in process; its output, after asserting exit code 2, no traceback
+    and every ``needle`` in the output."""
+    from typer.testing import CliRunner
+
+    from esdc.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit) and "Traceback" not in res.output
+    for n in needles:
+        assert n in res.output, res.output
+    return res.output
+
+
 def write_moon_cube(path: Path, client) -> Path:
     """The real Moon cube at 0.25 degree (``tests.conftest.moon_recipe``) written at ``path``."""
     from esdc.build import plan

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from esdc.cli import app
 from esdc.errors import EsdcError
+from tests.search.conftest import cli_fails as _fails
 
 pytest.importorskip("faiss")
 pytest.importorskip("torch")
@@ -72,14 +73,6 @@ def labelled(tmp_path_factory) -> tuple[Path, np.ndarray]:
 @pytest.fixture(scope="module")
 def labelled_time(tmp_path_factory) -> tuple[Path, np.ndarray]:
     return make_labelled_cube(tmp_path_factory.mktemp("labelled_time"), times=2)
-
-
-def _fails(args: list, *needles: str) -> None:
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == 2, res.output
-    assert isinstance(res.exception, SystemExit) and "Traceback" not in res.output
-    for n in needles:
-        assert n in res.output, res.output
 
 
 def _ok(args: list) -> str:

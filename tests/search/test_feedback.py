@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 from esdc.cli import app
 from esdc.errors import EsdcError, SearchIndexError
 from esdc.testing import stop_process
+from tests.search.conftest import cli_fails as _fails
 
 pytest.importorskip("faiss")
 pytest.importorskip("torch")
@@ -77,15 +78,6 @@ def _rocchio_by_hand(cube: Path, pos: list[tuple], neg: list[tuple], weight: flo
 
 def _point(engine, ty: int, tx: int) -> dict[str, float]:
     return {"lat": float(engine.yc[ty]), "lon": float(engine.xc[tx])}
-
-
-def _fails(args: list, *needles: str) -> str:
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == 2, res.output
-    assert isinstance(res.exception, SystemExit) and "Traceback" not in res.output
-    for n in needles:
-        assert n in res.output, res.output
-    return res.output
 
 
 def _ok(args: list) -> str:
