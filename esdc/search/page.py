@@ -168,6 +168,9 @@ def overview_image(engine: SearchEngine, t: int | None = None) -> np.ndarray:
     return display_pixels(engine.ds, engine.attrs[ATTR_INPUTS], sel, t)
 
 
+#: Map tiles drawn at once (threads): more only fight over the GIL, delaying cached tiles.
+RENDER_THREADS = 2
+
 _renderers: weakref.WeakKeyDictionary[Any, MapRenderer] = weakref.WeakKeyDictionary()
 _renderers_lock = threading.Lock()
 
@@ -176,8 +179,8 @@ def renderer(engine: SearchEngine) -> MapRenderer:
     """The :class:`~esdc.search.xyz.MapRenderer` of an engine's cube (one per engine).
 
     A rebuilt index swaps the engine (:class:`~esdc.search.http.IndexWatcher`), and with
-    it the renderer and its tile cache. A new renderer colours its first layer's chunks
-    in a background thread (:meth:`~esdc.search.xyz.MapRenderer.prepare`).
+    it the renderer and its tile cache. A new renderer colours the chunks of each layer's
+    first time step in a background thread (:meth:`~esdc.search.xyz.MapRenderer.prepare`).
 
     Raises
     ------
@@ -190,7 +193,7 @@ def renderer(engine: SearchEngine) -> MapRenderer:
             ydim, xdim = _tile_dims(engine)
             got = _renderers[engine] = MapRenderer(engine.ds, (ydim, xdim),
                                                    str(engine.attrs[ATTR_INPUTS][0]))
-            # the first layer's chunks coloured in the background: the first view is quick
+            # the layers' chunks coloured in the background: first views are quick
             threading.Thread(target=got.prepare, name="esdc-map-prepare", daemon=True).start()
         return got
 
@@ -232,11 +235,12 @@ def mount_page(app: Any) -> None:
     EsdcError
         If the page's files are missing from the installation.
     """
+    import anyio
+    import anyio.to_thread
     from fastapi import Path as PathParam
     from fastapi import Query, Request
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
-    from starlette.concurrency import run_in_threadpool
 
     index_html = STATIC / "index.html"
     if not index_html.is_file():
@@ -245,6 +249,13 @@ def mount_page(app: Any) -> None:
     # PNG bytes per engine (a rebuilt index swaps the engine) and time step.
     cache: weakref.WeakKeyDictionary[Any, dict[int, bytes]] = weakref.WeakKeyDictionary()
     lock = threading.Lock()
+    limiters: list[Any] = []  # made in the event loop, by the first tile drawn
+
+    def render_limiter() -> Any:
+        """The limiter of map tiles drawn at once (:data:`RENDER_THREADS`)."""
+        if not limiters:
+            limiters.append(anyio.CapacityLimiter(RENDER_THREADS))
+        return limiters[0]
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -290,7 +301,8 @@ def mount_page(app: Any) -> None:
             maps = renderer(request.app.state.engine)
             data = maps.cached(variable, z, x, y, time)
             if data is None:
-                data = await run_in_threadpool(maps.tile, variable, z, x, y, time)
+                data = await anyio.to_thread.run_sync(maps.tile, variable, z, x, y, time,
+                                                      limiter=render_limiter())
         except TileRange as exc:
             return JSONResponse(status_code=404, content={"detail": str(exc)})
         return Response(content=data, media_type="image/png",

@@ -30,14 +30,14 @@ Pixels
     the cube, or on a missing (NaN) cell, is transparent. Cells are read and coloured a
     Zarr chunk at a time, only the chunks a tile covers; coloured chunks (RGBA) are kept
     (:data:`CACHE_BYTES`, least recently used dropped first), so a later tile over them
-    is a gather, no read. PNGs are encoded by Pillow with ``compress_level=1`` (about a
-    millisecond; RGB when no pixel is transparent, else RGBA) and kept too. Threads
+    is a gather, no read. PNGs are encoded by :func:`esdc.search.render.encode_png` (rows
+    "Up"-filtered, zlib level 1: about a millisecond; RGB when no pixel is transparent,
+    else RGBA) and kept too. Threads
     asking for a chunk or tile being made wait for it instead of making it again.
 """
 
 from __future__ import annotations
 
-import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -50,10 +50,9 @@ import xarray as xr
 
 from esdc.conventions import SPATIAL_DIMS, TIME_DIM
 from esdc.errors import SearchIndexError
-from esdc.search.render import RGB_BANDS
+from esdc.search.render import RGB_BANDS, encode_png
 
-__all__ = ["CACHE_BYTES", "RGB_LAYER", "TILE", "Layer", "MapRenderer", "TileRange",
-           "encode_png"]
+__all__ = ["CACHE_BYTES", "RGB_LAYER", "TILE", "Layer", "MapRenderer", "TileRange"]
 
 #: Tile side in pixels.
 TILE = 256
@@ -251,15 +250,17 @@ class MapRenderer:
         self.max_zoom = self.native_zoom + OVERZOOM
 
     def prepare(self, name: str | None = None, time: str | None = None) -> int:
-        """Colour the chunks of a layer ahead of the first tiles (e.g. in a thread at start).
+        """Colour the chunks of layers ahead of the first tiles (e.g. in a thread at start).
 
-        At most as many as half the cache holds. The first view of the map (zoom 0 sees
-        the whole cube) then costs gathers and PNG encodings, no read.
+        At most as many chunks as half the cache holds. The first view of the map, and of
+        each layer at its first time step (zoom 0 sees the whole cube), then costs gathers
+        and PNG encodings, no read: a zoomed-out tile of a layer not prepared reads every
+        chunk of the layer, tens to hundreds of milliseconds.
 
         Parameters
         ----------
         name : str, optional
-            Layer (default: the first, what the page shows first).
+            Layer (default: every layer, the first, what the page shows first, first).
         time : str, optional
             Date of the time step (default: the first).
 
@@ -273,18 +274,19 @@ class MapRenderer:
         SearchIndexError
             If the layer or date is unknown.
         """
-        layer = self.layer(name or next(iter(self.layers)))
-        t = self.time_index(time) if layer.has_time else None
-        h, w = self._block_shape(layer)
-        ny, nx = -(-self.shape[0] // h), -(-self.shape[1] // w)
-        budget = self.cache_bytes // 2 // (h * w * 4)
+        names = [name] if name is not None else list(self.layers)
         done = 0
-        for by in range(ny):
-            for bx in range(nx):
-                if done >= budget:
-                    return done
-                self._block(layer, t, by, bx, (h, w))
-                done += 1
+        for layer in (self.layer(n) for n in names):
+            t = self.time_index(time) if layer.has_time else None
+            h, w = self._block_shape(layer)
+            ny, nx = -(-self.shape[0] // h), -(-self.shape[1] // w)
+            budget = self.cache_bytes // 2 // (h * w * 4)
+            for by in range(ny):
+                for bx in range(nx):
+                    if done >= budget:
+                        return done
+                    self._block(layer, t, by, bx, (h, w))
+                    done += 1
         return done
 
     # ------------------------------------------------------------------ layers
@@ -491,8 +493,9 @@ class MapRenderer:
             for name in layer.variables:
                 da = self.ds[name]
                 sel = {**pick, TIME_DIM: t or 0} if TIME_DIM in da.dims else pick
-                values.append(np.asarray(da.isel(sel).transpose(self.ydim, self.xdim).values,
-                                         dtype="float32"))
+                # one chunk: read in this thread (no scheduler threads to wake and join)
+                part = da.isel(sel).transpose(self.ydim, self.xdim).compute(scheduler="sync")
+                values.append(np.asarray(part.values, dtype="float32"))
             return np.ascontiguousarray(self._colour(layer, values))
 
         return self._blocks.get((layer.name, t, by, bx), make)
@@ -598,29 +601,3 @@ class MapRenderer:
                        for v in self.layers.values()],
             "times": None if self.times is None else [str(t.date()) for t in self.times],
         }
-
-
-def encode_png(rgba: np.ndarray) -> bytes:
-    """Encode ``(H, W, 4)`` uint8 RGBA as PNG, fast (Pillow, ``compress_level=1``).
-
-    An image without transparent pixel is written as RGB.
-
-    Parameters
-    ----------
-    rgba : numpy.ndarray
-        ``(H, W, 4)`` uint8.
-
-    Returns
-    -------
-    bytes
-        The PNG file.
-    """
-    from PIL import Image
-
-    buf = io.BytesIO()
-    if (rgba[..., 3] == 255).all():  # opaque: RGB, a quarter less to encode
-        img = Image.fromarray(np.ascontiguousarray(rgba[..., :3]), mode="RGB")
-    else:
-        img = Image.fromarray(np.ascontiguousarray(rgba), mode="RGBA")
-    img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()

@@ -522,3 +522,39 @@ def test_sharded_cube_tiles_read_whole_shards(tmp_path):
     assert plain._block_shape(plain.layer("v")) == (32, 32)  # noqa: SLF001
     for z, x, y in [(0, 0, 0), (0, 1, 0), (1, 2, 1), (3, 9, 4)]:
         np.testing.assert_array_equal(sharded.rgba("v", z, x, y), plain.rgba("v", z, x, y))
+
+
+def test_prepare_colours_every_layer_so_first_views_read_nothing(tmp_path):
+    """After ``prepare()`` a zoomed-out tile of any layer needs no read of the store."""
+    import xarray as xr
+
+    from esdc.search.xyz import MapRenderer
+
+    rng = np.random.default_rng(2)
+    ny, nx = 128, 256
+    coords = {"lat": 90 - 180 / ny * (np.arange(ny) + 0.5),
+              "lon": -180 + 360 / nx * (np.arange(nx) + 0.5)}
+    ds = xr.Dataset({name: (("lat", "lon"), rng.random((ny, nx)).astype("float32"),
+                            {"valid_range": [0.0, 1.0]})
+                     for name in ("bmng_red", "bmng_green", "bmng_blue", "altitude")},
+                    coords=coords)
+    ds.to_zarr(tmp_path / "c.zarr", zarr_format=3, consolidated=False,
+               encoding={v: {"chunks": (32, 64)} for v in ds.data_vars})
+    fresh = MapRenderer(xr.open_zarr(tmp_path / "c.zarr", consolidated=False), ("lat", "lon"))
+    want = {(name, x): fresh.tile(name, 0, x, 0) for name in fresh.layers for x in (0, 1)}
+    assert set(fresh.layers) == {"rgb", "bmng_red", "bmng_green", "bmng_blue", "altitude"}
+
+    maps = MapRenderer(xr.open_zarr(tmp_path / "c.zarr", consolidated=False), ("lat", "lon"))
+    assert maps.prepare() == 5 * (ny // 32) * (nx // 64)  # every layer's chunks
+    chunks = [p for v in ds.data_vars for p in (tmp_path / "c.zarr" / v / "c").rglob("*")
+              if p.is_file()]
+    assert len(chunks) == 4 * (ny // 32) * (nx // 64)
+    for path in chunks:  # chunks corrupted: a read would fail to decode
+        path.write_bytes(b"not a chunk")
+    with pytest.raises(Exception):  # noqa: B017, PT011 (the codec's own error)
+        fresh_again = MapRenderer(xr.open_zarr(tmp_path / "c.zarr", consolidated=False),
+                                  ("lat", "lon"))
+        fresh_again.tile("altitude", 0, 0, 0)
+    for name in maps.layers:
+        for x in (0, 1):
+            assert maps.tile(name, 0, x, 0) == want[name, x]
