@@ -31,7 +31,7 @@ Pixels
     Zarr chunk at a time, only the chunks a tile covers; coloured chunks (RGBA) are kept
     (:data:`CACHE_BYTES`, least recently used dropped first), so a later tile over them
     is a gather, no read. PNGs are encoded by :func:`esdc.search.render.encode_png` (rows
-    "Up"-filtered, zlib level 1: about a millisecond; RGB when no pixel is transparent,
+    "Up"-filtered, zlib level 1: half a millisecond; RGB when no pixel is transparent,
     else RGBA) and kept too. Threads
     asking for a chunk or tile being made wait for it instead of making it again.
 """
