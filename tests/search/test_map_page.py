@@ -558,3 +558,28 @@ def test_prepare_colours_every_layer_so_first_views_read_nothing(tmp_path):
     for name in maps.layers:
         for x in (0, 1):
             assert maps.tile(name, 0, x, 0) == want[name, x]
+
+
+def test_seed_encodes_the_zoomed_out_tiles_of_every_layer(tmp_path):
+    """``seed()`` caches zooms min .. native of each layer; tiles outside the cube skipped."""
+    import xarray as xr
+
+    from esdc.search.xyz import MapRenderer
+
+    rng = np.random.default_rng(3)
+    ny, nx = 80, 160  # 0.25 degree cells over 20 S .. 0, 0 .. 40 E: native zoom 2
+    coords = {"lat": 0 - 0.25 * (np.arange(ny) + 0.5), "lon": 0.25 * (np.arange(nx) + 0.5)}
+    ds = xr.Dataset({name: (("lat", "lon"), rng.random((ny, nx)).astype("float32"),
+                            {"valid_range": [0.0, 1.0]}) for name in ("a", "b")}, coords=coords)
+    maps = MapRenderer(ds, ("lat", "lon"))
+    assert (maps.min_zoom, maps.native_zoom) == (0, 2)
+    # the cube lies in one tile at each of zooms 0, 1 and 2 (x east of 0, y south of 0)
+    inside = [(0, 1, 0), (1, 2, 1), (2, 4, 2)]
+    assert maps.seed() == len(inside) * 2
+    for name in ("a", "b"):
+        for z, x, y in inside:
+            cached = maps.cached(name, z, x, y)
+            assert cached is not None and cached == MapRenderer(ds, ("lat", "lon")).tile(
+                name, z, x, y)
+        assert maps.cached(name, 2, 0, 0) is None  # no cell: not seeded
+        assert maps.cached(name, 3, 8, 4) is None  # closer than a cell a pixel: on demand
