@@ -181,7 +181,7 @@ def renderer(engine: SearchEngine) -> MapRenderer:
     A rebuilt index swaps the engine (:class:`~esdc.search.http.IndexWatcher`), and with
     it the renderer and its tile cache. A new renderer colours the chunks of each layer's
     first time step and encodes its zoomed-out tiles in a background thread
-    (:meth:`~esdc.search.xyz.MapRenderer.prepare`, :meth:`~esdc.search.xyz.MapRenderer.seed`).
+    (:meth:`~esdc.search.xyz.MapRenderer.warm`; ``ready`` in ``GET /map.json`` when done).
 
     Raises
     ------
@@ -195,15 +195,8 @@ def renderer(engine: SearchEngine) -> MapRenderer:
             got = _renderers[engine] = MapRenderer(engine.ds, (ydim, xdim),
                                                    str(engine.attrs[ATTR_INPUTS][0]))
             # in the background: the layers' chunks coloured, the zoomed-out tiles encoded
-            threading.Thread(target=_prepare, args=(got,), name="esdc-map-prepare",
-                             daemon=True).start()
+            threading.Thread(target=got.warm, name="esdc-map-prepare", daemon=True).start()
         return got
-
-
-def _prepare(maps: MapRenderer) -> None:
-    """Colour every layer's chunks, then encode the tiles down to one cell a pixel."""
-    maps.prepare()
-    maps.seed()
 
 
 def map_info(engine: SearchEngine) -> dict[str, Any]:

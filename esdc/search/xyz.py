@@ -237,6 +237,7 @@ class MapRenderer:
         self._png = _Cache(cache_bytes)  # PNG bytes of tiles
         self._blocks = _Cache(cache_bytes)  # RGBA of chunks
         self._lock = threading.Lock()
+        self._ready = threading.Event()
         self._styles: dict[str, tuple[np.ndarray, float, float, np.ndarray | None]] = {}
         # zoom range: pixel grids from the whole cube in one tile to OVERZOOM past 1:1
         if self.geographic:
@@ -332,6 +333,21 @@ class MapRenderer:
                         held += len(self.tile(name, z, x, y, time))
                         done += 1
         return done
+
+    def warm(self) -> None:
+        """:meth:`prepare` every layer, then :meth:`seed`; :attr:`ready` is set when done.
+
+        For a background thread at start; a failure leaves :attr:`ready` unset (tiles are
+        then drawn when asked for, as without warming).
+        """
+        self.prepare()
+        self.seed()
+        self._ready.set()
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`warm` has finished (``ready`` in ``GET /map.json``)."""
+        return self._ready.is_set()
 
     # ------------------------------------------------------------------ layers
     def _find_layers(self, first: str | None) -> dict[str, Layer]:
@@ -631,7 +647,8 @@ class MapRenderer:
             ``x_edges`` (first and last cell edge, grid units: a regular grid's cell
             ``i`` spans ``edge0 + i * step`` .. ``+ step``), ``bounds`` ``[W, S, E, N]``,
             ``layers`` (:class:`Layer` as dicts, the default first; value ranges are in
-            :meth:`legend`), ``times`` (dates or None).
+            :meth:`legend`), ``times`` (dates or None), ``ready`` (:attr:`ready`: the
+            zoomed-out tiles are encoded).
         """
         ye, xe = self.yedges, self.xedges
         return {
@@ -644,4 +661,5 @@ class MapRenderer:
             "layers": [{**asdict(v), "variables": list(v.variables)}
                        for v in self.layers.values()],
             "times": None if self.times is None else [str(t.date()) for t in self.times],
+            "ready": self.ready,
         }

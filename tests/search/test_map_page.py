@@ -82,6 +82,14 @@ def test_map_json(api):
     assert info["coordinates"] == ["lat", "lon"] and info["tiles"] == [8, 16]
     assert info["scales"][0] == info["tile_size"] == 8
     assert info["times"] is None
+    import time
+
+    deadline = time.monotonic() + 60  # the server warms its tiles in a background thread
+    while not info["ready"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+        info = api.get("/map.json").json()
+    assert info["ready"] is True
+    assert api.get("/map/bmng_red/0/1/0.png").status_code == 200
 
 
 def test_rgb_tile_is_the_cube_nearest_neighbour(api):
