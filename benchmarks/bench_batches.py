@@ -28,7 +28,9 @@ plain xbatcher
     at a few hundred patches per second, so only ``--xbatcher-samples`` patches are
     timed (after the first batch) and patches per second are extrapolated from them.
 raw floor
-    What no loader can beat on this cube without skipping work: every Zarr chunk read
+    What no loader going through zarr can beat on this cube without skipping work (esdc
+    reads the chunk files of a local unsharded cube itself, without zarr's per-chunk
+    overhead, and can beat it): every Zarr chunk read
     once with ``zarr.open_array(...)[chunk slice]`` for each variable and cut into
     contiguous ``(N, C, 64, 64)`` patches with one NumPy reshape / transpose copy; no
     shuffle, no normalisation, no NaN mask, no torch. Also run in 2 processes (the
@@ -71,10 +73,12 @@ How to run
     python benchmarks/bench_batches.py --quick --workers 4    # DataLoader with 1..4 workers
 
 ``--workers N`` (default 2) times the DataLoader with 1, 2, ..., N workers: ``workers``
-gives, per worker count, patches per second, per worker and per CPU second, CPUs busy
-and the load average then (``workers_2_vs_1`` and ``workers_2_vs_1_cpu`` from it). Each
-worker decodes with one zarr thread (``PatchDataset(worker_threads=1)``) and hands its
-batches over in reused shared-memory slots.
+gives, per worker count, patches per second, per worker and per CPU second, CPUs busy,
+CPU microseconds per patch of the main process and of the workers (``cpu_us_per_patch``:
+where the CPU goes) and the load average then (``workers_2_vs_1`` and
+``workers_2_vs_1_cpu`` from it). Each worker decodes with one zarr thread
+(``PatchDataset(worker_threads=1)``) and hands its batches over in reused shared-memory
+slots. ``--prefetch-factor N`` sets the DataLoader's batches in flight per worker.
 
 ``--shards [TIME,LAT,LON]`` (default ``6,512,512``: 4 chunks of ``6 x 256 x 256`` per
 shard) copies the cube into a Zarr v3 store with the same chunks inside shard files
@@ -143,18 +147,29 @@ def log(msg: str) -> None:
 
 
 class RssSampler:
-    """Peak RSS of this process and its descendants, sampled in a daemon thread."""
+    """Peak RSS of this process and its descendants, sampled in a daemon thread.
 
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval = interval
+    The list of descendants is refreshed every ``refresh`` seconds only: listing them
+    reads every process of the machine (about 2 ms of CPU), which every 20 ms would take
+    a tenth of a CPU from the loader being measured; reading the RSS of known processes
+    costs tens of microseconds.
+    """
+
+    def __init__(self, interval: float = 0.02, refresh: float = 0.25) -> None:
+        self.interval, self.refresh = interval, refresh
         self.proc = psutil.Process()
         self.start_mb = self.peak_mb = 0.0
+        self._procs: list[psutil.Process] = [self.proc]
+        self._listed = -float("inf")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def tree_mb(self) -> float:
+    def tree_mb(self, relist: bool = True) -> float:
+        if relist or time.perf_counter() - self._listed > self.refresh:
+            self._procs = [self.proc, *self.proc.children(recursive=True)]
+            self._listed = time.perf_counter()
         total = 0
-        for p in [self.proc, *self.proc.children(recursive=True)]:
+        for p in self._procs:
             try:
                 total += p.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -163,7 +178,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak_mb = max(self.peak_mb, self.tree_mb())
+            self.peak_mb = max(self.peak_mb, self.tree_mb(relist=False))
 
     def __enter__(self) -> RssSampler:
         gc.collect()
@@ -175,6 +190,12 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak_mb = max(self.peak_mb, self.tree_mb())
+
+
+def main_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by this process alone (all its threads)."""
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
 
 
 def tree_cpu_s() -> float:
@@ -199,26 +220,33 @@ class Clock:
 
     def __enter__(self) -> Clock:
         self.wall, self.cpu = -time.perf_counter(), -tree_cpu_s()
+        self.main = -main_cpu_s()
         self.load = os.getloadavg()[0]
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall += time.perf_counter()
         self.cpu += tree_cpu_s()
+        self.main += main_cpu_s()
 
     @contextmanager
     def paused(self) -> Iterator[None]:
-        w, c = time.perf_counter(), tree_cpu_s()
+        w, c, m = time.perf_counter(), tree_cpu_s(), main_cpu_s()
         try:
             yield
         finally:
             self.wall -= time.perf_counter() - w
             self.cpu -= tree_cpu_s() - c
+            self.main -= main_cpu_s() - m
 
     def result(self, samples: int) -> dict[str, Any]:
+        """Rates, CPU seconds and where they went: this (main) process and the others."""
+        per = 1e6 / samples if samples else float("nan")
         return {"samples": samples, "seconds": self.wall, "samples_per_s": rate(
             samples, self.wall), "cpu_s": self.cpu, "samples_per_cpu_s": rate(
             samples, self.cpu), "cpus_busy": self.cpu / self.wall,
+            "cpu_us_per_sample": {"main": self.main * per,
+                                  "others": (self.cpu - self.main) * per},
             "load_avg_1min": round(self.load, 2)}
 
 
@@ -463,22 +491,26 @@ def run_esdc_threads(path: Path, threads: int, repeats: int) -> dict[str, Any]:
             "peak_rss_mb": rss.peak_mb}
 
 
-def run_esdc_loader(path: Path, workers: int, repeats: int) -> dict[str, Any]:
+def run_esdc_loader(path: Path, workers: int, repeats: int,
+                    prefetch_factor: int | None = None) -> dict[str, Any]:
     """``PatchDataset`` through a DataLoader with ``workers`` persistent workers.
 
     Epoch 0 starts the workers (its first batch is timed from constructing the stream);
     the throughput is the best of the following ``repeats`` epochs, each timed from
     ``iter(loader)`` (the workers restart their shard: reopen the cube, refill the
-    shuffle buffer) to its last batch.
+    shuffle buffer) to its last batch. ``prefetch_factor``: DataLoader's (None: its
+    default, 2 batches in flight per worker).
     """
     runs, complete = [], []
+    extra = {} if prefetch_factor is None else {"prefetch_factor": prefetch_factor}
     with RssSampler() as rss:
         with Clock() as c0:
             t0 = time.perf_counter()
             stream = PatchStream(path, VARIABLES, patch=PATCH, seed=0, shuffle=True)
             loader = torch.utils.data.DataLoader(
                 PatchDataset(stream, batch_size=BATCH), batch_size=None,
-                num_workers=workers, multiprocessing_context=CTX, persistent_workers=True)
+                num_workers=workers, multiprocessing_context=CTX, persistent_workers=True,
+                **extra)
             it = iter(loader)
             _x, _valid, index = next(it)
             first_s = time.perf_counter() - t0
@@ -491,7 +523,8 @@ def run_esdc_loader(path: Path, workers: int, repeats: int) -> dict[str, Any]:
             runs.append(c.result(len(idx)))
             complete.append(_complete(idx, len(stream)))
         del it, loader
-    return {"workers": workers, "first_batch_s": first_s, "first_epoch": first_epoch,
+    return {"workers": workers, "prefetch_factor": prefetch_factor,
+            "first_batch_s": first_s, "first_epoch": first_epoch,
             **best_of(runs), "complete": all(complete),
             "peak_rss_mb": rss.peak_mb, "rss_before_mb": rss.start_mb}
 
@@ -650,7 +683,7 @@ def print_shards(r: dict[str, Any]) -> None:
 
 
 def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int,
-        workers: int = 2) -> dict[str, Any]:
+        workers: int = 2, prefetch_factor: int | None = None) -> dict[str, Any]:
     info, first_nostats = prepare(cube, shape)
 
     log("raw floor: whole Zarr chunks + NumPy reshape (1 and 2 processes)")
@@ -663,7 +696,7 @@ def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int,
     loaders = {}
     for w in range(1, max(2, workers) + 1):
         log(f"esdc PatchDataset -> DataLoader, {w} worker(s)")
-        loaders[w] = run_esdc_loader(cube, w, repeats)
+        loaders[w] = run_esdc_loader(cube, w, repeats, prefetch_factor)
         log(f"  {loaders[w]['samples_per_s']:,.0f} patches/s, first batch "
             f"{loaders[w]['first_batch_s']:.2f} s")
     log("esdc PatchStream.threaded_batches, 2 reading threads in this process")
@@ -703,6 +736,9 @@ def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int,
                              "samples_per_s_per_worker": d["samples_per_s"] / w,
                              "samples_per_cpu_s": d["samples_per_cpu_s"],
                              "cpus_busy": d["cpus_busy"],
+                             # CPU per patch: the main process (DataLoader, batches
+                             # received) and the workers (read, cut, shuffle, send)
+                             "cpu_us_per_patch": d["cpu_us_per_sample"],
                              "vs_1_worker": d["samples_per_s"] / loaders[1]["samples_per_s"],
                              "load_avg_1min": d["load_avg_1min"]}
                     for w, d in loaders.items()},
@@ -777,6 +813,9 @@ def print_table(r: dict[str, Any]) -> None:
               f"{'' if fb is None else f'{fb:.2f}':>12}{d['peak_rss_mb']:>12.0f}")
     print("(/CPU-s: patches per CPU second of the process tree; CPUs: CPU seconds / wall "
           "seconds, how many CPUs the path got)")
+    print("DataLoader CPU per patch, main process / workers: " + ", ".join(
+        f"{w} worker(s) {d['cpu_us_per_patch']['main']:.1f} / "
+        f"{d['cpu_us_per_patch']['others']:.1f} us" for w, d in r["workers"].items()))
     print()
     a = r["aims_met"]
 
@@ -829,6 +868,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, metavar="N",
                     help="time the DataLoader with 1..N workers (default 2): throughput per "
                          "worker count and per worker")
+    ap.add_argument("--prefetch-factor", type=int, metavar="N",
+                    help="DataLoader prefetch_factor of the esdc loaders (default: torch's, "
+                         "2 batches in flight per worker)")
     ap.add_argument("--shards", nargs="?", const="6,512,512", metavar="TIME,LAT,LON",
                     help="compare PatchStream on the cube and on a sharded copy (default "
                          "shards 6,512,512: 4 chunks per shard) instead of the full run")
@@ -865,7 +907,8 @@ def main(argv: list[str] | None = None) -> int:
             print_shards(result)
         return 0
     try:
-        result = run(cube, shape, max(1, args.repeats), xb_samples, args.workers)
+        result = run(cube, shape, max(1, args.repeats), xb_samples, args.workers,
+                     args.prefetch_factor)
     finally:
         if args.out_dir is None and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

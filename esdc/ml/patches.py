@@ -9,8 +9,9 @@ shuffled with a seed and split disjointly across shards (DataLoader workers ×
 Dask workers / ranks); patches go through a seeded shuffle buffer. Memory is
 bounded by a few units plus the buffer, never by the cube.
 
-The fast path (:mod:`esdc.ml.units`): a unit is decoded straight into a reused buffer
-(``zarr``'s ``out=``; a sharded cube's unit is whole shards, one read each), normalised
+The fast path (:mod:`esdc.ml.units`): a unit is decoded into a reused buffer (chunk files
+read and decompressed in the calling thread on a local unsharded cube, else ``zarr``'s
+``out=``; a sharded cube's unit is whole shards, one read each), normalised
 and NaN-filled in place, cut with one fancy index, copied once into the shuffle pool and
 once out of it (``numpy.take``, into fresh arrays or into buffers the caller hands in
 with ``out=``), while a thread reads and cuts the next unit (``units_ahead``).
@@ -22,10 +23,11 @@ for whole-chunk reads); ``benchmarks/bench_batches.py`` measures the difference.
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -213,6 +215,9 @@ class PatchStream:
     time_steps: tuple[int, int] | None = None
     units_ahead: int = 1
     _ds: xr.Dataset = field(init=False, repr=False)
+    #: read buffers and recycled unit arrays of a finished epoch, for the next one
+    _spare: list[tuple[dict[str, np.ndarray], Recycler]] = field(
+        init=False, repr=False, compare=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.variables = list(self.variables)
@@ -266,6 +271,46 @@ class PatchStream:
         else:
             c = len(self.variables)
             self._mean, self._scale = np.zeros(c, "float32"), np.ones(c, "float32")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The stream, pickled (to a DataLoader worker) without its spare read buffers."""
+        state = self.__dict__.copy()
+        state["_spare"] = []
+        return state
+
+    def subshard(self, index: int, count: int, units_ahead: int | None = None) -> PatchStream:
+        """Sub-shard ``index`` of ``count`` of this stream's shard, sharing the opened cube.
+
+        A DataLoader worker or a reading thread uses it: sub-shard ``shard * count +
+        index`` of ``num_shards * count``, so the sub-shards of all shards are disjoint
+        and together complete. The cube is not opened again (``dataclasses.replace``
+        would reopen it, read its metadata and statistics: tens of milliseconds a call).
+
+        Parameters
+        ----------
+        index, count : int
+            Which sub-shard (``0 <= index < count``), of how many; ``count = 1`` gives a
+            copy of this stream.
+        units_ahead : int, optional
+            The copy's ``units_ahead``; None keeps this stream's.
+
+        Returns
+        -------
+        PatchStream
+            A new stream over the same opened cube, arrays and statistics.
+
+        Raises
+        ------
+        TrainConfigError
+            If ``index`` is not in ``0 .. count - 1``.
+        """
+        if not 0 <= index < count:
+            raise TrainConfigError(f"sub-shard {index} is not in 0..{count - 1}.")
+        sub = copy.copy(self)  # without the spare buffers (__getstate__): a stream's own
+        sub.shard, sub.num_shards = self.shard * count + index, self.num_shards * count
+        if units_ahead is not None:
+            sub.units_ahead = units_ahead
+        return sub
 
     @property
     def dataset(self) -> xr.Dataset:
@@ -389,9 +434,10 @@ class PatchStream:
                        self.normalize)
         return Batch(b.x, valid, b.index, b.target)
 
-    def _units(self, epoch: int, recycler: Recycler | None = None) -> Iterator[Batch]:
+    def _units(self, epoch: int, recycler: Recycler | None = None,
+               buffers: dict[str, np.ndarray] | None = None) -> Iterator[Batch]:
         """The units of this shard and ``epoch`` in order, read ``units_ahead`` units ahead."""
-        buffers: dict[str, np.ndarray] = {}  # the reading thread's own
+        buffers = {} if buffers is None else buffers  # the reading thread's own
         return read_ahead(lambda u: self._unit(u[0], u[1], buffers, recycler),
                           self._shard_units(epoch), depth=self.units_ahead,
                           name=f"esdc-units-{self.shard}")
@@ -420,7 +466,9 @@ class PatchStream:
         Units are read whole (``units_ahead`` units ahead, in a thread) and their patches
         pooled in a shuffle buffer of ``buffer_size`` patches (preallocated arrays);
         each batch is a seeded random draw from the pool, whose holes are filled from
-        its end. Without shuffling, patches come in unit order.
+        its end. Without shuffling, patches come in unit order. After a complete epoch
+        the stream keeps its read buffer and two released unit arrays (about three units
+        of memory) for its next epoch, which then faults in no fresh pages.
 
         Parameters
         ----------
@@ -444,14 +492,18 @@ class PatchStream:
             yield from self._ordered_batches(batch_size, epoch, drop_last, out)
             return
         rng = np.random.default_rng([self.seed, epoch, self.shard, 1])
-        recycler = Recycler()
+        # an earlier epoch's read buffer and unit arrays: no fresh pages to fault in
+        buffers, recycler = self._spare.pop() if self._spare else ({}, Recycler())
         pool = ShufflePool(self.buffer_size, recycler)
-        for unit in self._units(epoch, recycler):
+        for unit in self._units(epoch, recycler, buffers):
             pool.add(unit)
             while pool.size - batch_size >= self.buffer_size:
                 yield self._finish(pool.draw(rng, batch_size, out))
         for b in pool.drain(rng, batch_size, drop_last, out):
             yield self._finish(b)
+        # kept only after a whole epoch: an abandoned one may still be reading into them
+        if not self._spare:
+            self._spare.append((buffers, recycler))
 
     def threaded_batches(self, batch_size: int, epoch: int = 0, drop_last: bool = False,
                          threads: int = 2, prefetch: int = 4,
@@ -484,8 +536,7 @@ class PatchStream:
         if threads <= 1:
             yield from self.batches(batch_size, epoch, drop_last, out)
             return
-        subs = [replace(self, shard=self.shard * threads + i, num_shards=self.num_shards * threads)
-                for i in range(threads)]
+        subs = [self.subshard(i, threads) for i in range(threads)]
         queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=prefetch) for _ in subs]
         stop = threading.Event()
         done = object()

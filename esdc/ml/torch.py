@@ -10,13 +10,18 @@ pool ran deadlocks (../shared/STACK.md).
 Batches cross the process boundary without being copied into fresh shared memory: each
 worker writes its batches straight into a small ring of shared-memory slots
 (``torch.Tensor.share_memory_``, created once) and sends only the slot's number (the
-slot's memory is handed over once, the first time it is used). The main process gives
-each batch tensors of their own over the slot; when the last of them (and every view of
-them) is gone, the slot is marked free in a shared flag array and the worker reuses it.
-A batch that is kept (collected in a list, say) is therefore never overwritten: the
-worker takes another slot, and past ``max_slots`` it falls back to fresh tensors. Each
-worker decodes with one zarr thread and reads no unit ahead (``worker_threads=1``), as
-torch runs one intra-op thread per worker: N workers use about N cores.
+slot's memory is handed over once per worker, the first time it is used, not once per
+epoch: a shared flag array tells the worker which slots the main process has mapped;
+the rings of exited workers are unmapped when a new worker is heard). The main process
+gives each batch tensors of their own over the slot; when the last of them (and every
+view of them) is gone, the slot is marked free in a shared flag array and the worker
+reuses it. A batch that is kept (collected in a list, say) is therefore never
+overwritten: the worker takes another slot, and past ``max_slots`` it falls back to
+fresh tensors. Each worker decodes with one zarr thread and reads no unit ahead
+(``worker_threads=1``), as torch runs one intra-op thread per worker: N workers use
+about N cores. A worker's share of the stream is
+:meth:`~esdc.ml.patches.PatchStream.subshard`, over the cube opened once (not reopened
+at each epoch), and the stream keeps its read buffers from epoch to epoch.
 
 With CUDA, ``DataLoader(pin_memory=True)`` and ``tensor.to("cuda", non_blocking=True)``
 overlap the host-to-device copy with compute (the training loop of
@@ -25,12 +30,12 @@ overlap the host-to-device copy with compute (the training loop of
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
@@ -129,6 +134,7 @@ class PatchDataset(torch.utils.data.IterableDataset):  # type: ignore[misc]
         self.worker_threads = worker_threads
         self.max_slots = max_slots
         self._ring: _Ring | None = None
+        self._share: tuple[tuple[Any, ...], PatchStream] | None = None  # a worker's stream
         self.stream = stream
         self.batch_size = batch_size
         self.epoch = epoch
@@ -147,12 +153,15 @@ class PatchDataset(torch.utils.data.IterableDataset):  # type: ignore[misc]
                                              threads=self.threads):
                 yield _tensors(b)
             return
-        if info.num_workers > 1:
-            stream = replace(stream, shard=stream.shard * info.num_workers + info.id,
-                             num_shards=stream.num_shards * info.num_workers)
+        # this worker's share of the stream's shard, over the cube opened once (no reopen),
+        # kept from epoch to epoch (with its read buffers) by a persistent worker
+        key = (info.id, info.num_workers, self.worker_threads, id(stream))
+        if self._share is None or self._share[0] != key:
+            self._share = (key, stream.subshard(info.id, info.num_workers,
+                                                None if self.worker_threads is None else 0))
+        stream = self._share[1]
         if self.worker_threads is not None:
             zarr.config.set({"threading.max_workers": self.worker_threads})
-            stream = replace(stream, units_ahead=0)
         if self._ring is None and self.max_slots > 0:
             c, k = len(stream.variables), len(stream.targets)
             self._ring = _Ring(self.max_slots, (self.batch_size, c, *stream.patch),
@@ -163,7 +172,6 @@ class PatchDataset(torch.utils.data.IterableDataset):  # type: ignore[misc]
                                              threads=self.threads):
                 yield _tensors(b)
             return
-        ring.sent.clear()  # the main process may have let this worker's slots go
         for b in stream.threaded_batches(self.batch_size, self.epoch, self.drop_last,
                                          threads=self.threads, out=ring.out):
             yield ring.message(b)
@@ -179,17 +187,22 @@ class _Ring:
 
     ``flags[i]`` is 1 while slot ``i`` is being filled, in flight or held by the main
     process, 0 once the main process dropped its batch; only the main process clears it.
+    ``mapped[i]`` is 1 while the main process has slot ``i``'s memory (it was sent once);
+    only the main process writes it, so the worker sends a slot's memory again only after
+    the main process forgot the ring (its worker's next epoch sends numbers only).
     """
 
     def __init__(self, max_slots: int, x_shape: tuple[int, ...],
                  target_shape: tuple[int, ...] | None) -> None:
         self.token = uuid.uuid4().hex
+        self.pid = os.getpid()
         self.flags = torch.zeros(max_slots, dtype=torch.uint8).share_memory_()
-        self._flags = self.flags.numpy()
+        self.mapped = torch.zeros(max_slots, dtype=torch.uint8).share_memory_()
+        self._flags, self._mapped = self.flags.numpy(), self.mapped.numpy()
         self.shapes = (x_shape, target_shape)
         self.slots: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self.by_address: dict[int, int] = {}
-        self.sent: set[int] = set()
+        self.introduced = False
         self._lock = threading.Lock()
 
     def out(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
@@ -219,32 +232,38 @@ class _Ring:
         i = self.by_address.get(b.x.__array_interface__["data"][0])
         if i is None:
             return _tensors(b)
-        first = i not in self.sent
-        self.sent.add(i)
-        return _SlotBatch(self.token, i, len(b.x), self.flags if first else None,
-                          self.slots[i] if first else None, b.index, b.target is not None)
+        # the shared flag arrays go with the first message, a slot's memory while the
+        # main process has not mapped it: later batches are a slot number and the index
+        first = not self.introduced or not self._mapped.any()
+        self.introduced = True
+        return _SlotBatch(self.token, i, len(b.x),
+                          (self.flags, self.mapped, self.pid) if first else None,
+                          None if self._mapped[i] else self.slots[i], b.index,
+                          b.target is not None)
 
 
 class _SlotBatch:
     """A batch in slot ``slot`` of worker ring ``token``: pickled as the slot's number."""
 
-    __slots__ = ("base", "flags", "has_target", "index", "n", "slot", "token")
+    __slots__ = ("base", "has_target", "index", "n", "ring", "slot", "token")
 
-    def __init__(self, token: str, slot: int, n: int, flags: Any, base: Any,
+    def __init__(self, token: str, slot: int, n: int, ring: Any, base: Any,
                  index: np.ndarray, has_target: bool) -> None:
-        self.token, self.slot, self.n, self.flags = token, slot, n, flags
+        self.token, self.slot, self.n, self.ring = token, slot, n, ring
         self.base, self.index, self.has_target = base, index, has_target
 
 
-#: In the main process: ``{ring token: {"flags": array, slot: (x, valid, target)}}``,
-#: most recently heard ring last; a ring not heard for a while is forgotten (it sends
-#: its slots again at the start of its next iteration).
+#: In the main process: ``{ring token: {"flags": array, "mapped": array, "pid": worker,
+#: slot: (x, valid, target)}}``, most recently heard ring last. When a new ring is heard,
+#: the rings of workers that have exited are forgotten (their slots unmapped); past
+#: ``_RINGS_KEPT`` rings the least recently heard is forgotten too (it sends its slots
+#: again).
 _RINGS: OrderedDict[str, dict[Any, Any]] = OrderedDict()
-_RINGS_KEPT = 64
+_RINGS_KEPT = 256
 
 
 def _reduce_slot(b: _SlotBatch) -> tuple[Any, tuple[Any, ...]]:
-    return _rebuild_slot, (b.token, b.slot, b.n, b.flags, b.base, b.index, b.has_target)
+    return _rebuild_slot, (b.token, b.slot, b.n, b.ring, b.base, b.index, b.has_target)
 
 
 def _release(flags: np.ndarray, slot: int, left: list[int]) -> None:
@@ -253,17 +272,48 @@ def _release(flags: np.ndarray, slot: int, left: list[int]) -> None:
         flags[slot] = 0
 
 
-def _rebuild_slot(token: str, slot: int, n: int, flags: Any, base: Any, index: np.ndarray,
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's process of that number
+        return True
+    return True
+
+
+def _forget(token: str) -> None:
+    ring = _RINGS.pop(token)
+    ring["mapped"][:] = 0  # the worker, if alive, sends its slots' memory again
+
+
+def _ring(token: str, intro: Any) -> dict[Any, Any]:
+    """The main process's record of ring ``token`` (created from its first message)."""
+    ring = _RINGS.get(token)
+    if ring is None:
+        if intro is None:
+            raise EsdcError("a DataLoader worker sent a batch of a shared-memory ring that "
+                            "this process does not know (more than "
+                            f"{_RINGS_KEPT} worker rings at once?); use "
+                            "PatchDataset(max_slots=0).")
+        for old in [t for t, r in _RINGS.items() if not _alive(r["pid"])]:
+            _forget(old)
+        flags, mapped, pid = intro
+        ring = _RINGS[token] = {"flags": flags.numpy(), "mapped": mapped.numpy(), "pid": pid}
+        while len(_RINGS) > _RINGS_KEPT:
+            _forget(next(iter(_RINGS)))
+    else:
+        _RINGS.move_to_end(token)
+    return ring
+
+
+def _rebuild_slot(token: str, slot: int, n: int, intro: Any, base: Any, index: np.ndarray,
                   has_target: bool) -> tuple[Any, ...]:
     """In the main process: the batch's own tensors over the slot's shared memory."""
-    ring = _RINGS.setdefault(token, {})
-    _RINGS.move_to_end(token)
-    while len(_RINGS) > _RINGS_KEPT:
-        _RINGS.popitem(last=False)
-    if flags is not None:
-        ring["flags"] = flags.numpy()
+    ring = _ring(token, intro)
     if base is not None:
         ring[slot] = tuple(None if t is None else t.numpy() for t in base)
+        ring["mapped"][slot] = 1
     views = [a[:n] for a in ring[slot] if a is not None]
     left = [len(views)]
     for v in views:  # a tensor from_numpy keeps its array: finalised with the last view

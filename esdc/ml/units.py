@@ -3,10 +3,11 @@
 :class:`esdc.ml.patches.PatchStream` reads a unit into reused buffers, cuts its
 patches, pools them for shuffling and reads the next unit ahead in a thread.
 
-A unit (one band of stored chunk or shard rows, all columns, one time chunk) is read with
-zarr directly into a buffer that is reused from unit to unit (no fresh allocation, no
-page faults), normalised and NaN-filled in place, and its patches are cut with one
-fancy index into contiguous ``(N, C, ph, pw)`` arrays. The shuffle pool holds patches in
+A unit (one band of stored chunk or shard rows, all columns, one time chunk) is read into
+a buffer that is reused from unit to unit (no fresh allocation, no page faults; on a
+local unsharded cube chunk file by chunk file in the calling thread, else by zarr), and
+its patches are cut into contiguous ``(N, C, ph, pw)`` arrays; masks and normalisation
+are applied per batch. The shuffle pool holds patches in
 preallocated arrays; a batch is one ``numpy.take`` of its rows, written into fresh arrays
 or into buffers the caller hands in (shared-memory slots of a DataLoader worker,
 :mod:`esdc.ml.torch`). Reading ahead (:func:`read_ahead`) decodes the next unit in a
@@ -17,14 +18,24 @@ release the GIL.
 from __future__ import annotations
 
 import collections
+import itertools
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import numcodecs.blosc
+import numcodecs.zstd
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+from zarr.codecs.bytes import Endian
 from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import LocalStore
+
+from esdc.storage.codecs import decode_error
 
 __all__ = ["Batch", "Out", "Recycler", "ShufflePool", "cut", "finish", "put_until",
            "read_ahead", "read_into", "scratch"]
@@ -82,13 +93,20 @@ def scratch(buffers: MutableMapping[str, np.ndarray], name: str, shape: tuple[in
 def read_into(array: zarr.Array, selection: tuple[slice, ...], dest: np.ndarray) -> None:
     """Read ``array[selection]`` into ``dest``, decoding each stored chunk straight into it.
 
+    An unsharded Zarr v3 array on a local disk whose chunks are plain bytes compressed
+    with Blosc or Zstd (what esdc writes) is read in this thread: each chunk file is
+    read, decompressed into a reused chunk buffer and copied into ``dest`` while hot in
+    the cache, without zarr's event loop and thread hops (a third of the CPU of a read:
+    15-17 against 10-11 ms for a 2 x 6 x 256 x 1536 band of 6 x 256 x 256 chunks). Any
+    other array (sharded, remote, Icechunk, other codecs) is read by zarr.
+
     Parameters
     ----------
     array : zarr.Array
         A Zarr array, sharded or not (a selection of whole shards reads each shard file
         with one read).
     selection : tuple of slice
-        One slice per dim of ``array``.
+        One slice per dim of ``array`` (steps of 1).
     dest : numpy.ndarray
         Writable, the selection's shape (it may be a strided view); of another dtype
         than the array's, values are cast.
@@ -96,14 +114,71 @@ def read_into(array: zarr.Array, selection: tuple[slice, ...], dest: np.ndarray)
     Raises
     ------
     esdc.errors.ChunkDecodeError
-        From the array's codec pipeline, when it is esdc's checked pipeline and a chunk
-        is damaged.
+        When a chunk is damaged: from the direct read, or from the array's codec
+        pipeline when it is esdc's checked pipeline.
     """
     if dest.dtype != array.dtype:
         dest[...] = array.get_basic_selection(selection)
         return
+    decompress = _direct_codec(array)
+    if decompress is not None:
+        _read_chunks(array, selection, dest, decompress)
+        return
     out = default_buffer_prototype().nd_buffer.from_numpy_array(dest)
     array.get_basic_selection(selection, out=out)
+
+
+#: Per thread: the buffer a chunk is decompressed into.
+_CHUNK = threading.local()
+
+
+def _direct_codec(array: zarr.Array) -> Callable[[bytes, np.ndarray], Any] | None:
+    """The decompressor of an array whose chunk files this module may read itself."""
+    meta = array.metadata
+    if (getattr(meta, "zarr_format", 2) != 3 or array.shards is not None
+            or not isinstance(array.store, LocalStore) or array.order != "C"
+            or array.dtype.byteorder not in ("=", "|", "<") or sys.byteorder != "little"):
+        return None
+    codecs = tuple(meta.codecs)
+    if len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) or \
+            codecs[0].endian not in (None, Endian.little):
+        return None
+    if isinstance(codecs[1], BloscCodec):
+        return numcodecs.blosc.decompress
+    if isinstance(codecs[1], ZstdCodec):
+        return numcodecs.zstd.Zstd().decode
+    return None
+
+
+def _read_chunks(array: zarr.Array, selection: tuple[slice, ...], dest: np.ndarray,
+                 decompress: Callable[[bytes, np.ndarray], Any]) -> None:
+    """``array[selection]`` into ``dest``, chunk file by chunk file, in this thread."""
+    chunks, shape = tuple(array.chunks), tuple(array.shape)
+    bounds = [sl.indices(n)[:2] for sl, n in zip(selection, shape, strict=True)]
+    size = int(np.prod(chunks)) * array.dtype.itemsize
+    buf = getattr(_CHUNK, "buf", None)
+    if buf is None or buf.nbytes < size:
+        buf = _CHUNK.buf = np.empty(size, dtype=np.uint8)
+    chunk = buf[:size].view(array.dtype).reshape(chunks)
+    root = Path(str(array.store.root), array.path)
+    ranges = [range(a // c, -(-b // c)) for (a, b), c in zip(bounds, chunks, strict=True)]
+    for coords in itertools.product(*ranges):
+        key = array.metadata.encode_chunk_key(coords)
+        into = tuple(slice(max(a, i * c) - a, min(b, (i + 1) * c) - a)
+                     for (a, b), c, i in zip(bounds, chunks, coords, strict=True))
+        part = tuple(slice(max(a, i * c) - i * c, min(b, (i + 1) * c) - i * c)
+                     for (a, b), c, i in zip(bounds, chunks, coords, strict=True))
+        try:
+            data = (root / key).read_bytes()
+        except FileNotFoundError:  # never written: all fill value
+            dest[into] = array.fill_value
+            continue
+        try:
+            decompress(data, chunk)
+        except Exception as exc:  # noqa: BLE001 - any codec failure names its chunk
+            where = f"{array.path}/{key}" if array.path else key
+            raise decode_error(where, exc) from exc
+        dest[into] = chunk[part]
 
 
 def cut(block: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: tuple[int, int],

@@ -157,3 +157,130 @@ def test_shuffle_pool_bounds_held_units_and_gives_every_patch_once():
     assert sorted(idx[:, 0]) == list(range(480))  # every patch once
     np.testing.assert_array_equal(x[:, 0, 0, 0], idx[:, 0])  # with its own values
     assert max(held) <= pool.max_units + 1  # compaction bounds what is held
+
+
+def _slot_mappings() -> set[str]:
+    """The main process's mappings of torch shared memory (``/proc/self/maps`` lines)."""
+    with open("/proc/self/maps") as f:
+        return {" ".join(line.split()[:1] + line.split()[5:6]) for line in f
+                if "/torch_" in line and ".so" not in line}
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="Linux only")
+@pytest.mark.parametrize("persistent", [True, False])
+def test_worker_slots_are_mapped_once_not_once_per_epoch(cube, persistent):
+    """Persistent workers send a slot's memory once: later epochs send slot numbers only,
+    the main process keeps the same mappings; rings of exited workers are let go."""
+    stream = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=3, buffer_size=20)
+    loader = _loader(stream, 2)
+    loader = torch.utils.data.DataLoader(loader.dataset, batch_size=None, num_workers=2,
+                                         multiprocessing_context="forkserver",
+                                         persistent_workers=persistent)
+    seen, ptrs = [], []
+    for epoch in range(3):
+        loader.dataset.set_epoch(epoch)
+        idx, addresses = [], set()
+        for x, _v, i in loader:
+            addresses.add(x.data_ptr())
+            idx.append(i.numpy())
+        assert len(np.unique(np.concatenate(idx), axis=0)) == len(stream)  # every patch
+        seen.append(_slot_mappings())
+        ptrs.append(addresses)
+    if persistent:
+        # nothing remapped (a worker may add slots, up to max_slots, when it runs ahead)
+        assert seen[0] and seen[0] <= seen[1] <= seen[2]
+        assert all(len(p) <= 2 * 16 for p in ptrs)  # batches lie in the slots
+    else:  # each epoch's workers are new: the exited workers' slots are unmapped
+        names = [{m.split()[1] for m in maps} for maps in seen]
+        assert names[2] and not names[2] & names[0]
+        assert len(seen[2]) <= 2 * (2 * 16 + 2)  # 2 workers' slots (x, valid) and flags
+
+
+def test_subshards_share_the_opened_cube_and_split_it_like_replace(cube):
+    from dataclasses import replace
+
+    from esdc.errors import TrainConfigError
+
+    stream = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=6, buffer_size=15,
+                         shard=1, num_shards=2)
+    subs = [stream.subshard(i, 3, units_ahead=0) for i in range(3)]
+    assert all(s.dataset is stream.dataset and s.units_ahead == 0 for s in subs)
+    assert stream.units_ahead == 1 and stream.shard == 1  # the stream is unchanged
+    got = [list(s.batches(5, epoch=1)) for s in subs]
+    for i, batches in enumerate(got):  # the same patches as a reopened stream's shard
+        want = list(replace(stream, shard=1 * 3 + i, num_shards=6).batches(5, epoch=1))
+        assert len(batches) == len(want)
+        for b, w in zip(batches, want, strict=True):
+            np.testing.assert_array_equal(b.index, w.index)
+            np.testing.assert_array_equal(b.x, w.x)
+    other = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=6, buffer_size=15, shard=0,
+                        num_shards=2)
+    got += [list(other.subshard(i, 3).batches(5, epoch=1)) for i in range(3)]
+    idx = np.concatenate([b.index for batches in got for b in batches])
+    whole = np.concatenate([b.index for b in replace(stream, shard=0, num_shards=1)
+                            .batches(5, epoch=1)])
+    assert len(idx) == len(np.unique(idx, axis=0))  # disjoint ...
+    assert {tuple(r) for r in idx} == {tuple(r) for r in whole}  # ... and complete
+    assert len(idx) == len(stream)
+    with pytest.raises(TrainConfigError, match="sub-shard 3 is not in 0..2"):
+        stream.subshard(3, 3)
+
+
+def test_buffers_kept_between_epochs_never_leak_values(cube):
+    """A stream reuses its read buffers epoch after epoch (an abandoned epoch's are not
+    reused): every epoch equals the same epoch of a fresh stream."""
+    kw = {"patch": (8, 8), "seed": 2, "buffer_size": 12, "targets": ["s"]}
+    stream = PatchStream(cube, ["a", "b"], **kw)
+    it = stream.batches(4, epoch=0)
+    next(it)  # abandoned after one batch
+    del it
+    import pickle
+
+    size = len(pickle.dumps(stream))
+    for epoch in (1, 2, 1):
+        fresh = list(PatchStream(cube, ["a", "b"], **kw).batches(4, epoch=epoch))
+        got = list(stream.batches(4, epoch=epoch))
+        assert len(got) == len(fresh)
+        for b, f in zip(got, fresh, strict=True):
+            for name in ("x", "valid", "index", "target"):
+                np.testing.assert_array_equal(getattr(b, name), getattr(f, name))
+    # the buffers kept for the next epoch are not sent to a DataLoader worker
+    assert len(pickle.dumps(stream)) == size
+
+
+def test_chunks_read_in_this_thread_equal_zarrs_reads(cube, tmp_path):
+    """Chunk files decoded directly (Zstd and Blosc, edge chunks, a missing chunk) give
+    what zarr gives; a sharded array is read by zarr."""
+    import shutil
+
+    import zarr
+
+    from esdc.ml.units import read_into
+    from esdc.recipe import CompressorSpec
+    from esdc.storage import encoding
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(cube, copy)
+    (copy / "b" / "c" / "1" / "2" / "0").unlink()  # never written: the fill value
+    ds = xr.open_zarr(cube).load()
+    for v in ds.variables.values():
+        v.encoding = {}
+    blosc = tmp_path / "blosc.zarr"  # Blosc zstd + shuffle, as esdc writes cubes
+    ds[["a", "b"]].to_zarr(blosc, zarr_format=3, consolidated=False, encoding=encoding(
+        ds[["a", "b"]], {"time": 2, "y": 16, "x": 32}, CompressorSpec()))
+    rng = np.random.default_rng(0)
+    for path, name in [(copy, "a"), (copy, "b"), (copy, "s"), (blosc, "a"), (blosc, "b")]:
+        arr = zarr.open_array(path / name, mode="r")
+        for _ in range(12):
+            sel = []
+            for n in arr.shape:
+                a = int(rng.integers(0, n))
+                sel.append(slice(a, int(rng.integers(a + 1, n + 1))))
+            want = arr[tuple(sel)]
+            got = np.full(want.shape, 7.0, arr.dtype)
+            read_into(arr, tuple(sel), got)
+            np.testing.assert_array_equal(got, want)
+        whole = np.empty(arr.shape, arr.dtype)
+        read_into(arr, tuple(slice(None) for _ in arr.shape), whole)
+        np.testing.assert_array_equal(whole, arr[...])
+    assert np.isnan(zarr.open_array(copy / "b", mode="r")[2:4, 32:48, 0:32]).all()
