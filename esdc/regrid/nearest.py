@@ -1,10 +1,14 @@
 """Nearest neighbour on the body's sphere, for regular sources and swaths alike.
 
 Nearest neighbour within 0.75 source pixel, by great-circle (chord) distance on the body's
-sphere: a KD-tree (``scipy.spatial.cKDTree``) is built and queried inside one Dask task
+sphere: a KD-tree (``scipy.spatial.cKDTree``) is built and queried inside a Dask task
 that returns plain source indices, so the graph runs on a multi-process ``distributed``
 cluster (pyresample's lazy KD-tree object cannot be sent between workers). Regular
-sources are first cut to the grid's box; swaths use their per-pixel lon/lat.
+sources are first cut to the grid's box; swaths use their per-pixel lon/lat. For a
+geographic regular source the grid is searched in bands of about :data:`QUERY_CELLS`
+cells, one task each, among the source rows within the radius of the band (the same
+answer as one whole-grid search, in chunks that do not grow with the grid); other
+sources are searched in one task.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.delayed import Delayed
 
 from esdc.grid import Grid
 from esdc.regrid.extent import crop, rectilinear_lonlats
@@ -35,29 +40,58 @@ def _xyz(lons: np.ndarray, lats: np.ndarray, radius: float) -> np.ndarray:
                               np.sin(lat)], axis=-1)
 
 
-def _nearest_index(src: Any, dst_area: Any, radius_m: float, body_radius: float) -> np.ndarray:
+def _source_rows(area: Any, rows: tuple[int, int], dst_area: Any, radius_m: float,
+                 body_radius: float) -> slice:
+    """The rows of a geographic source ``area`` within ``radius_m`` of grid ``rows``.
+
+    A great-circle distance is at least the difference in latitude, so no pixel of the
+    other rows can be the nearest within the radius.
+    """
+    lat = np.asarray(dst_area.get_lonlats(data_slice=(slice(*rows), slice(None)))[1])
+    lat = lat[np.isfinite(lat)]
+    if not lat.size:
+        return slice(0, 0)
+    margin = np.rad2deg(radius_m / body_radius) * 1.01 + 1e-9
+    ys = np.asarray(area.projection_y_coords, "float64")  # row centres, degrees
+    keep = np.flatnonzero((ys >= lat.min() - margin) & (ys <= lat.max() + margin))
+    return slice(int(keep[0]), int(keep[-1]) + 1) if keep.size else slice(0, 0)
+
+
+def _nearest_index(src: Any, dst_area: Any, radius_m: float, body_radius: float,
+                   rows: tuple[int, int] | None = None) -> np.ndarray:
     """Flat index of the nearest source pixel of each grid cell; -1 beyond ``radius_m``.
 
     ``src`` is ``(lons, lats)`` (degrees, shape ``(ny_s, nx_s)``: a swath's, or those of
     an unevenly spaced grid) or a pyresample area; runs inside a Dask task. Returns int64
-    of the grid's shape ``(ny, nx)``.
+    of shape ``(ny, nx)``: the grid's, or with ``rows`` (a geographic source area) the
+    band of grid rows ``rows[0]:rows[1]``, searched among the source rows near it only.
     """
     from scipy.spatial import cKDTree
 
-    lons, lats = src if isinstance(src, tuple) else src.get_lonlats()
-    lons, lats = np.asarray(lons, "float64").ravel(), np.asarray(lats, "float64").ravel()
     ny, nx = dst_area.shape
-    out = np.full((ny, nx), -1, dtype=np.int64)
+    r_lo, r_hi = rows or (0, ny)
+    first = 0  # flat index of the first source pixel searched
+    if isinstance(src, tuple):
+        lons, lats = src
+    elif rows is None:
+        lons, lats = src.get_lonlats()
+    else:
+        near = _source_rows(src, rows, dst_area, radius_m, body_radius)
+        lons, lats = src.get_lonlats(data_slice=(near, slice(None)))
+        first = near.start * src.shape[1]
+    lons, lats = np.asarray(lons, "float64").ravel(), np.asarray(lats, "float64").ravel()
+    out = np.full((r_hi - r_lo, nx), -1, dtype=np.int64)
     valid = np.flatnonzero(np.isfinite(lons) & np.isfinite(lats) & (np.abs(lats) <= 90))
     if not valid.size:
         return out
     tree = cKDTree(_xyz(lons[valid], lats[valid], body_radius))
+    valid += first
     del lons, lats
     chord = 2 * body_radius * np.sin(min(radius_m / (2 * body_radius), np.pi / 2))
     step = max(1, QUERY_CELLS // max(1, nx))  # the grid's cells are queried in row bands
-    for r0 in range(0, ny, step):
+    for r0 in range(r_lo, r_hi, step):
         tlon, tlat = (np.asarray(a, "float64").ravel()
-                      for a in dst_area.get_lonlats(data_slice=(slice(r0, r0 + step),
+                      for a in dst_area.get_lonlats(data_slice=(slice(r0, min(r0 + step, r_hi)),
                                                                 slice(None))))
         cells = np.flatnonzero(np.isfinite(tlon) & np.isfinite(tlat) & (np.abs(tlat) <= 90))
         if not cells.size:
@@ -65,7 +99,7 @@ def _nearest_index(src: Any, dst_area: Any, radius_m: float, body_radius: float)
         dist, j = tree.query(_xyz(tlon[cells], tlat[cells], body_radius),
                              distance_upper_bound=chord)
         hit = np.isfinite(dist)
-        band = out[r0:r0 + step].reshape(-1)
+        band = out[r0 - r_lo:r0 - r_lo + step].reshape(-1)
         band[cells[hit]] = valid[j[hit]]
     return out
 
@@ -115,10 +149,19 @@ def nearest(data: xr.DataArray, source: Geolocated, grid: Grid) -> xr.DataArray:
             source.crs.to_wkt())
     else:
         src = source.area_definition()
-    index = da.from_delayed(
-        dask.delayed(_nearest_index, pure=True)(src, grid.area_definition(), 0.75 * step,
-                                                body_radius),
-        shape=grid.shape, dtype=np.int64)
+    dst = grid.area_definition()
+    search = dask.delayed(_nearest_index, pure=True)
+    if isinstance(src, tuple | Delayed) or not source.crs.is_geographic:
+        index = da.from_delayed(search(src, dst, 0.75 * step, body_radius),
+                                shape=grid.shape, dtype=np.int64)
+    else:  # bands of grid rows, each searched among the source rows near it
+        ny, nx = grid.shape
+        rows = max(1, QUERY_CELLS // max(1, nx))
+        index = da.concatenate([
+            da.from_delayed(search(src, dst, 0.75 * step, body_radius,
+                                   rows=(r0, min(r0 + rows, ny))),
+                            shape=(min(r0 + rows, ny) - r0, nx), dtype=np.int64)
+            for r0 in range(0, ny, rows)], axis=0)
     arr = data.data.astype("float32")
     arr = arr.rechunk({arr.ndim - 2: -1, arr.ndim - 1: -1})
     lead = "abcdefghijklmnopqrstuvw"[:arr.ndim - 2]

@@ -8,7 +8,9 @@ itself, without a journal of our own:
 1. the metadata and coordinates are committed to a build branch ``build-<recipe-sha16>``
    (Icechunk refuses ``/`` in names) that starts at ``main``'s tip;
 2. each region (a spatial tile of chunks, :mod:`esdc.storage.regions`) is written on the
-   Dask workers into forked sessions, merged and committed to the build branch;
+   Dask workers into a forked session; all regions are computed together, so upstream
+   work they share runs once (:mod:`esdc.storage.schedule`), and each region's forks
+   are merged and committed to the build branch as it ends;
 3. the chunk checksums are recorded, then ``main`` is reset to the build branch's last
    snapshot (only if ``main`` has not moved) and the build branch deleted.
 
@@ -43,6 +45,7 @@ from esdc.storage.fingerprint import digest, fingerprint
 from esdc.storage.icechunk_format import SPEC_VERSION, format_error, format_version, is_repository
 from esdc.storage.integrity import ALGORITHM, MANIFEST_GROUP
 from esdc.storage.regions import encoding, prepare, tiles
+from esdc.storage.schedule import finish_region, region_arrays, run_regions
 from esdc.storage.shards import block_lengths, inner_checksums, open_by_shards, shard_layout
 from esdc.storage.tables import write_tables
 from esdc.storage.target import Target, is_url, local_path
@@ -68,6 +71,53 @@ def _icechunk() -> Any:
         icechunk.set_logs_filter("error")
         _QUIET.append(True)
     return icechunk
+
+
+def _region_write(base: Any, ds: xr.Dataset, names: list[str], tile: list[int],
+                  dims: tuple[str, str], trange: tuple[int, int] | None) -> Any:
+    """One region stored into a fork of ``base`` on the workers: a ``Delayed`` of the fork.
+
+    The region's chunks are stored with ``dask.array.store`` and the forks holding their
+    changes merged (Icechunk's ``store_dask`` graph), without computing: all regions are
+    computed together, so upstream work they share runs once
+    (:mod:`esdc.storage.schedule`).
+    """
+    import dask.array as da
+    import numpy as np
+    import zarr
+    from icechunk.dask import computing_meta, extract_session, merge_sessions_array_kwargs
+
+    sel = {dims[0]: slice(tile[0], tile[1]), dims[1]: slice(tile[2], tile[3])}
+    if trange is not None:
+        sel[TIME_DIM] = slice(*trange)
+    group = zarr.open_group(base.fork().store, mode="r+")
+    targets = [group[n] for n in names]
+    sources, regions = region_arrays(ds, names, {n: t.dtype for n, t in zip(
+        names, targets, strict=True)}, sel)
+    stored = da.store(sources, targets, regions=regions, lock=False, compute=False,
+                      return_stored=True, load_stored=False)
+    stored = list(stored) if isinstance(stored, tuple) else [stored]
+    forks = [da.reduction(a, name="ice-changeset", chunk=computing_meta(extract_session),
+                          aggregate=computing_meta(merge_sessions_array_kwargs),
+                          concatenate=False, keepdims=False, dtype=object,
+                          meta=np.array([object()], dtype=object)) for a in stored]
+    return finish_region(forks, _merge_forks, "esdc-icechunk-region")
+
+
+def _merge_forks(forks: list[Any]) -> Any:
+    """The region's variables' forks merged into one (on a worker)."""
+    from icechunk.distributed import merge_sessions
+
+    return merge_sessions(*forks)
+
+
+def _commit_region(repo: Any, fork: Any, tile: list[int], branch: str, fp_sha: str) -> None:
+    """Merge a written region's fork into the build branch and commit it."""
+    session = repo.writable_session(branch)
+    session.merge(fork)
+    session.commit(f"esdc: region {tile} of an unfinished build ({branch})",
+                   metadata={META_KEY: {"partial": True, "tile": tile,
+                                        "fingerprint_sha256": fp_sha}})
 
 
 def _sync(coro: Any) -> Any:
@@ -457,16 +507,18 @@ class IcechunkTarget(Target):
             say(f"resuming {self}: {len(done)} of {total} regions already committed")
         if on_region:  # the total is known before the first region is written
             on_region(len(done), total)
-        for tile in todo_tiles:
-            if tuple(tile) in done:
-                continue
-            bounds = {ydim: slice(tile[0], tile[1]), xdim: slice(tile[2], tile[3])}
-            if trange is not None:
-                bounds[TIME_DIM] = slice(*trange)
-            self._write_region(repo, ds, names, bounds, tile, branch, fp_sha, client)
+        todo = [t for t in todo_tiles if tuple(t) not in done]
+
+        def committed(tile: list[int], fork: Any) -> bool:
+            _commit_region(repo, fork, tile, branch, fp_sha)
             done.add(tuple(tile))
             if on_region:
                 on_region(len(done), total)
+            return True
+
+        base = repo.writable_session(branch)  # every region forks the same snapshot
+        run_regions([_region_write(base, ds, names, tile, (ydim, xdim), trange)
+                     for tile in todo], todo, client, committed)
         if tables:
             session = repo.writable_session(branch)
             write_tables(session.store, tables)
@@ -577,34 +629,6 @@ class IcechunkTarget(Target):
                 out.update(fingerprint_sha256=meta.get("fingerprint_sha256"),
                            base=meta.get("base"))
         return out
-
-    @staticmethod
-    def _write_region(repo: Any, ds: xr.Dataset, names: list[str], bounds: dict[str, slice],
-                      tile: list[int], branch: str, fp_sha: str, client: Any) -> None:
-        """Write one region on the Dask workers (forked sessions, merged) and commit it."""
-        import contextlib
-
-        import dask
-        import zarr
-        from icechunk.dask import store_dask
-
-        session = repo.writable_session(branch)
-        group = zarr.open_group(session.fork().store, mode="r+")
-        sources, targets, regions = [], [], []
-        for name in names:
-            var = ds[name]
-            region = tuple(bounds.get(str(d), slice(0, var.sizes[d])) for d in var.dims)
-            sources.append(var.data[region])
-            targets.append(group[name])
-            regions.append(region)
-        scheduler = (dask.config.set(scheduler=client) if client is not None
-                     else contextlib.nullcontext())
-        with scheduler:
-            merged = store_dask(sources=sources, targets=targets, regions=regions)
-        session.merge(merged)
-        session.commit(f"esdc: region {tile} of an unfinished build ({branch})",
-                       metadata={META_KEY: {"partial": True, "tile": tile,
-                                            "fingerprint_sha256": fp_sha}})
 
     def _finish(self, repo: Any, branch: str, fp: dict[str, Any], fp_sha: str, message: str,
                 meta: dict[str, Any]) -> str:

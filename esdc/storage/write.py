@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import xarray as xr
 import zarr
@@ -55,6 +54,7 @@ from esdc.storage.integrity import (
     write_manifest,
 )
 from esdc.storage.regions import check_not_empty, encoding, prepare, tile_keys, tiles
+from esdc.storage.schedule import finish_region, region_arrays, run_regions
 from esdc.storage.shards import block_lengths, inner_checksums
 from esdc.storage.tables import write_tables
 
@@ -311,7 +311,7 @@ def _write_regions(ds: xr.Dataset, part: journal.PartialBuild, head: dict[str, A
         # means a lost write and is detected below.
         return _store_region(ds, names, targets, sel)
 
-    def finished(tile: list[int]) -> bool:
+    def finished(tile: list[int], _result: Any = None) -> bool:
         """Hash and flush the tile's chunk files, then journal it; False if one is lost."""
         sums: dict[str, list[Any]] = {}
         try:
@@ -328,9 +328,9 @@ def _write_regions(ds: xr.Dataset, part: journal.PartialBuild, head: dict[str, A
             on_region(len(done), total)
         return True
 
-    lost = _run([region_write(t) for t in todo], todo, client, finished)
+    lost = run_regions([region_write(t) for t in todo], todo, client, finished)
     if lost:  # rewrite lost regions once, then give up loudly
-        lost = _run([region_write(t) for t in lost], lost, client, finished)
+        lost = run_regions([region_write(t) for t in lost], lost, client, finished)
         if lost:
             raise OSError(f"region writes of {len(lost)} tile(s) were lost twice; the cube was "
                           f"not committed: {lost[:3]}")
@@ -340,64 +340,18 @@ def _store_region(ds: xr.Dataset, names: list[str], targets: dict[str, Any],
                   sel: dict[str, slice]) -> Any:
     """One region of every variable stored into its Zarr array: one Dask key when done.
 
-    The chunks go straight to the arrays (``dask.array.store``) instead of through a
-    ``Delayed`` of ``to_zarr(region=...)``: a ``Delayed`` built from arrays gives every
-    upstream task a key of its own per region (dask's ``ProhibitReuse``), so a source
-    read or a whole-source regrid shared by the regions ran once per region, and the
-    region graphs held separate copies of it.
+    The chunks go straight to the arrays (``dask.array.store``), so upstream work shared
+    by the regions keeps its keys (:mod:`esdc.storage.schedule`).
     """
-    from dask.delayed import Delayed
-    from dask.highlevelgraph import HighLevelGraph
-
-    sources, stores, regions = [], [], []
-    for n in names:
-        var = ds[n].variable
-        var = xr.conventions.encode_cf_variable(
-            var.isel({d: s for d, s in sel.items() if d in var.dims}), name=n)
-        data = var.data
-        if data.dtype != targets[n].dtype:
-            data = data.astype(targets[n].dtype)
-        sources.append(data)
-        stores.append(targets[n])
-        regions.append(tuple(sel.get(str(d), slice(None)) for d in var.dims))
-    stored = da.store(sources, stores, regions=regions, lock=False, compute=False,
-                      return_stored=False)
+    sources, regions = region_arrays(ds, names, {n: targets[n].dtype for n in names}, sel)
+    stored = da.store(sources, [targets[n] for n in names], regions=regions, lock=False,
+                      compute=False, return_stored=False)
     stored = list(stored) if isinstance(stored, tuple) else [stored]
-    keys = [k for a in stored for k in dask.core.flatten(a.__dask_keys__())]
-    name = "esdc-region-" + dask.base.tokenize(*(a.name for a in stored))
-    graph = HighLevelGraph.from_collections(name, {name: (_stored, keys)},
-                                            dependencies=stored)
-    return Delayed(name, graph)
+    return finish_region(stored, _stored, "esdc-region")
 
 
 def _stored(_parts: list[Any]) -> None:
     """The end of a region write (its chunk stores return nothing)."""
-
-
-def _run(writes: list[Any], todo: list[list[int]], client: Any,
-         finished: Callable[[list[int]], bool]) -> list[list[int]]:
-    """Compute region writes; call ``finished`` on each as it ends; return the lost tiles."""
-    lost: list[list[int]] = []
-    if not writes:
-        return lost
-    if client is not None:
-        from distributed import as_completed
-
-        # Unoptimised graphs keep the upstream keys (read, regrid) identical across the
-        # tiles, so the scheduler computes shared work once instead of once per tile.
-        futures = client.compute(writes, optimize_graph=False)
-        index = {f.key: i for i, f in enumerate(futures)}
-        for fut in as_completed(futures):
-            fut.result()
-            tile = todo[index[fut.key]]
-            if not finished(tile):
-                lost.append(tile)
-    else:
-        import dask
-
-        dask.compute(*writes)
-        lost = [t for t in todo if not finished(t)]
-    return lost
 
 
 def _finish(part: journal.PartialBuild, head: dict[str, Any], fp: dict[str, Any],
