@@ -422,9 +422,10 @@ def _derive(derived: list[DerivedSpec], variables: dict[str, xr.DataArray],
                        **({"comment": d.comment} if d.comment else {}),
                        ATTR_DERIVED: f"{d.function}({', '.join(d.inputs)})",
                        "grid_mapping": CRS_VAR,
-                       # a categorical layer (classify) keeps its CF flags
-                       **{k: layer.attrs[k] for k in ("flag_values", "flag_meanings")
-                          if k in layer.attrs}}
+                       # a categorical layer (classify) keeps its CF flags, a
+                       # climatology its cell_methods
+                       **{k: layer.attrs[k] for k in ("flag_values", "flag_meanings",
+                                                      "cell_methods") if k in layer.attrs}}
         out[d.name] = layer.astype("float32")
     return out
 

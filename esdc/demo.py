@@ -40,7 +40,8 @@ from esdc.verify import verify_store
 __all__ = ["find_recipe", "run_demo"]
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The encoder's training config (VICReg on every static physical layer, docs/SEARCH.md).
+#: The encoder's training config (VICReg on every static physical layer and the Linke
+#: turbidity's climatology, derived layers of recipes/earth.yaml; docs/SEARCH.md).
 ENCODER_CONFIG = "train/encoder_vicreg.yaml"
 #: Most query tiles of the search evaluation: all held-out tiles of the demo's cubes
 #: (about 1,660 at 0.5 degree, 6,500 at 0.25 degree).

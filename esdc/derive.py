@@ -15,11 +15,12 @@ import numpy as np
 import xarray as xr
 
 import esdc.gapfill as gapfill
+from esdc.climatology import climatology_statistic
 from esdc.errors import RecipeError
 from esdc.grid import Grid
 
-__all__ = ["FUNCTIONS", "accumulate", "classify", "fill_flags", "fill_gaps", "ground_spacing",
-           "minimum_error_threshold", "register", "roughness", "slope"]
+__all__ = ["FUNCTIONS", "accumulate", "classify", "climatology", "fill_flags", "fill_gaps",
+           "ground_spacing", "minimum_error_threshold", "register", "roughness", "slope"]
 
 DeriveFunction = Callable[..., xr.DataArray]
 
@@ -153,6 +154,42 @@ def fill_flags(inputs: list[xr.DataArray], grid: Grid,
                           "layer (and optionally the domain layer).")
     x, filled, *rest = inputs
     return gapfill.fill_flags(x, filled, _fill_domain(rest, domain_values, "fill_flags"))
+
+
+# ------------------------------------------------------------------ climatologies
+@register("climatology")
+def climatology(inputs: list[xr.DataArray], grid: Grid, statistic: str = "mean",
+                month: int | None = None) -> xr.DataArray:
+    """A static summary of a layer's mean seasonal cycle (:mod:`esdc.climatology`).
+
+    Parameters
+    ----------
+    inputs : list of one xarray.DataArray
+        Dims ``(time, y, x)``, any units (e.g. ``linke_turbidity``, ``sst``).
+    grid : Grid
+        The cube's grid (unused).
+    statistic : str
+        One of :data:`esdc.climatology.STATISTICS`: ``month`` (one month of year over
+        the years), ``mean``, ``amplitude``, ``harmonic_cos``, ``harmonic_sin``
+        (:func:`esdc.climatology.climatology_statistic`).
+    month : int, optional
+        Month of year 1 .. 12 for ``statistic: month``.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``(y, x)``, lazy, in the input's units; CF ``cell_methods``
+        ``time: mean within years time: mean over years`` (kept by the build).
+
+    Raises
+    ------
+    RecipeError
+        For more than one input, an unknown statistic or month, a layer without time or
+        one whose time axis misses a month of year.
+    """
+    if len(inputs) != 1:
+        raise RecipeError(f"derived function climatology reads one layer; got {len(inputs)}.")
+    return climatology_statistic(inputs[0], statistic, month)
 
 
 # ------------------------------------------------------------------ terrain (slope, roughness)

@@ -47,6 +47,7 @@ def ostia_recipe() -> dict[str, Any]:
     recipe = yaml.safe_load(EARTH.read_text(encoding="utf-8"))
     recipe["name"] = "bad_input"
     recipe["sources"] = [s for s in recipe["sources"] if s["name"] == "ostia"]
+    recipe["derived"] = []
     recipe["grid"].update(bbox=[-10, -4, 10, 4], resolution=1.0,
                           time={"start": "2006-04-01", "end": "2006-06-01", "freq": "MS"})
     recipe["output"]["chunks"] = {"time": 3, "lat": 8, "lon": 20}

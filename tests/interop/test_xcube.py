@@ -58,6 +58,7 @@ def recipe(sources: tuple[str, ...]) -> dict[str, Any]:
     r = yaml.safe_load((ROOT / "recipes" / "earth.yaml").read_text(encoding="utf-8"))
     r["name"] = "xcube_interop"
     r["sources"] = [copy.deepcopy(s) for s in r["sources"] if s["name"] in sources]
+    r["derived"] = []
     r["grid"].update(bbox=[-30, -20, 30, 20], resolution=1.0,
                      time={"start": "2006-04-01", "end": "2006-09-01", "freq": "MS"})
     r["output"]["chunks"] = {"time": 3, "lat": 20, "lon": 30}

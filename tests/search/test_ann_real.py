@@ -43,6 +43,7 @@ def real_vectors(tmp_path_factory, samples) -> tuple[np.ndarray, np.ndarray]:
     doc["grid"].update(bbox=[-64, -4, 32, 4], resolution=0.5,
                        time={"start": "2007-01-01", "end": "2007-03-01", "freq": "MS"})
     doc["sources"] = [s for s in doc["sources"] if s["name"] in ("blue_marble", "ostia")]
+    doc["derived"] = []
     cube = build(Recipe.from_dict(doc), folder / "cube.zarr", base_dir=ROOT / "recipes")
     torch.manual_seed(0)
     meta = {"class": "esdc.ml.ssl.Encoder", "in_channels": len(INPUTS),
