@@ -317,11 +317,7 @@ class MapRenderer:
         """
         budget, done, held = self.cache_bytes // 2, 0, 0
         for z in range(self.min_zoom, self.native_zoom + 1):
-            if self.geographic:
-                ny, nx = 2**z, 2 ** (z + 1)
-            else:
-                cells = TILE * 2.0**-z
-                ny, nx = (int(np.ceil(n / cells)) for n in self.shape)
+            ny, nx = self._tiles_at(z)
             for y in range(ny):
                 for x in range(nx):
                     rows, cols = self.pixel_cells(z, x, y)
@@ -477,13 +473,17 @@ class MapRenderer:
         """
         if not self.min_zoom <= z <= self.max_zoom:
             raise TileRange(f"zoom {z} is outside {self.min_zoom} .. {self.max_zoom}.")
-        if self.geographic:
-            nx, ny = 2 ** (z + 1), 2**z
-        else:
-            cells = TILE * 2.0 ** -z
-            ny, nx = (int(np.ceil(n / cells)) for n in self.shape)
+        ny, nx = self._tiles_at(z)
         if not (0 <= x < nx and 0 <= y < ny):
             raise TileRange(f"tile ({x}, {y}) is outside the {nx} x {ny} tiles of zoom {z}.")
+
+    def _tiles_at(self, z: int) -> tuple[int, int]:
+        """Tile rows and columns of zoom ``z`` (see :meth:`check_tile`)."""
+        if self.geographic:
+            return 2**z, 2 ** (z + 1)
+        cells = TILE * 2.0**-z
+        ny, nx = (int(np.ceil(n / cells)) for n in self.shape)
+        return ny, nx
 
     def pixel_cells(self, z: int, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
         """Cell row of each pixel row and cell column of each pixel column of a tile.
