@@ -28,13 +28,15 @@ plain xbatcher
     at a few hundred patches per second, so only ``--xbatcher-samples`` patches are
     timed (after the first batch) and patches per second are extrapolated from them.
 raw floor
-    What no loader going through zarr can beat on this cube without skipping work (esdc
-    reads the chunk files of a local unsharded cube itself, without zarr's per-chunk
-    overhead, and can beat it): every Zarr chunk read
-    once with ``zarr.open_array(...)[chunk slice]`` for each variable and cut into
-    contiguous ``(N, C, 64, 64)`` patches with one NumPy reshape / transpose copy; no
-    shuffle, no normalisation, no NaN mask, no torch. Also run in 2 processes (the
-    chunks split in two) as the floor of the 2-worker loader.
+    What no loader can beat on this cube without skipping work: every chunk file of
+    each variable read once (``Path.read_bytes``) and decompressed with numcodecs' Blosc
+    straight into a ``(C, 6, 256, 256)`` block, which is cut into contiguous ``(N, C,
+    64, 64)`` patches with one NumPy reshape / transpose copy; no zarr, no shuffle, no
+    normalisation, no NaN mask, no torch. Also run in 2 processes (the chunks split in
+    two) as the floor of the 2-worker loader. ``raw_floor_zarr`` is the same through
+    ``zarr.open_array(...)[chunk slice]`` (one process): the floor before session 7,
+    which pays zarr's per-chunk overhead that esdc's direct chunk reads
+    (:func:`esdc.ml.units.read_into`) skip, so esdc could beat it.
 
 Main ratios: ``speedup_vs_xbatcher = esdc / xbatcher`` and ``fraction_of_floor = esdc /
 raw_floor``, all three in one process (the ``*_2_workers`` variants compare the
@@ -361,21 +363,52 @@ def _chunk_slices(shape: tuple[int, int, int]) -> list[tuple[slice, slice, slice
             for t in range(0, nt, ct) for y in range(0, ny, cy) for x in range(0, nx, cx)]
 
 
-def floor_read(path: str, chunks: list[tuple[slice, slice, slice]]) -> tuple[int, float]:
-    """Read each chunk of every variable once and cut it into patches; (patches, checksum)."""
-    arrays = [zarr.open_array(f"{path}/{v}", mode="r") for v in VARIABLES]
+def _cut_patches(block: np.ndarray) -> np.ndarray:
+    """``(C, t, y, x)`` block -> contiguous ``(N, C, ph, pw)`` patches (the one copy)."""
+    nc, nt, ny, nx = block.shape
     ph, pw = PATCH
+    gy, gx = ny // ph, nx // pw
+    return (block[:, :, : gy * ph, : gx * pw]
+            .reshape(nc, nt, gy, ph, gx, pw)
+            .transpose(1, 2, 4, 0, 3, 5)
+            .reshape(-1, nc, ph, pw))
+
+
+def floor_read(path: str, chunks: list[tuple[slice, slice, slice]]) -> tuple[int, float]:
+    """Decode each chunk file of every variable once and cut it; (patches, checksum).
+
+    The files are read and decompressed with numcodecs' Blosc directly (the cube is an
+    unsharded local Zarr v3 store: ``bytes`` + ``blosc`` codecs, C order), each chunk
+    straight into its channel of the block.
+    """
+    import numcodecs.blosc
+
+    arrays = [zarr.open_array(f"{path}/{v}", mode="r") for v in VARIABLES]
+    ct, cy, cx = CHUNKS["time"], CHUNKS["lat"], CHUNKS["lon"]
+    block = np.empty((len(arrays), ct, cy, cx), dtype="float32")
     n, check = 0, 0.0
     for ts, ys, xs in chunks:
-        nt, ny, nx = ts.stop - ts.start, ys.stop - ys.start, xs.stop - xs.start
-        block = np.empty((nt, len(arrays), ny, nx), dtype="float32")
+        coords = (ts.start // ct, ys.start // cy, xs.start // cx)
+        for c, (v, a) in enumerate(zip(VARIABLES, arrays, strict=True)):
+            data = Path(path, v, a.metadata.encode_chunk_key(coords)).read_bytes()
+            numcodecs.blosc.decompress(data, block[c])
+        patches = _cut_patches(block[:, : ts.stop - ts.start, : ys.stop - ys.start,
+                                     : xs.stop - xs.start])
+        n += len(patches)
+        check += float(patches[-1, 0, 0, 0])
+    return n, check
+
+
+def floor_read_zarr(path: str, chunks: list[tuple[slice, slice, slice]]) -> tuple[int, float]:
+    """:func:`floor_read` through ``zarr.open_array(...)[chunk slice]`` (the old floor)."""
+    arrays = [zarr.open_array(f"{path}/{v}", mode="r") for v in VARIABLES]
+    n, check = 0, 0.0
+    for ts, ys, xs in chunks:
+        block = np.empty((len(arrays), ts.stop - ts.start, ys.stop - ys.start,
+                          xs.stop - xs.start), dtype="float32")
         for c, a in enumerate(arrays):
-            block[:, c] = a[ts, ys, xs]
-        gy, gx = ny // ph, nx // pw
-        patches = (block[:, :, : gy * ph, : gx * pw]
-                   .reshape(nt, len(arrays), gy, ph, gx, pw)
-                   .transpose(0, 2, 4, 1, 3, 5)
-                   .reshape(-1, len(arrays), ph, pw))  # the copy: contiguous patches
+            block[c] = a[ts, ys, xs]
+        patches = _cut_patches(block)
         n += len(patches)
         check += float(patches[-1, 0, 0, 0])
     return n, check
@@ -394,6 +427,17 @@ def run_floor(path: Path, shape: tuple[int, int, int], repeats: int) -> dict[str
                 n, _check = floor_read(str(path), chunks)
             runs.append(c.result(n))
     out = {**best_of(runs), "peak_rss_mb": rss.peak_mb, "rss_before_mb": rss.start_mb}
+    runs, checks = [], []
+    for read in (floor_read, floor_read_zarr):  # both floors cut the same patches
+        checks.append(read(str(path), chunks[:4]))
+    if checks[0] != checks[1]:
+        raise AssertionError(f"the two raw floors cut different patches: {checks}")
+    with RssSampler() as rss_z:
+        for _ in range(repeats):
+            with Clock() as c:
+                n, _check = floor_read_zarr(str(path), chunks)
+            runs.append(c.result(n))
+    out["zarr"] = {**best_of(runs), "peak_rss_mb": rss_z.peak_mb}
     # Two processes, the chunks split in two (the floor of a 2-worker loader).
     halves = [chunks[0::2], chunks[1::2]]
     runs = []
@@ -686,7 +730,8 @@ def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int,
         workers: int = 2, prefetch_factor: int | None = None) -> dict[str, Any]:
     info, first_nostats = prepare(cube, shape)
 
-    log("raw floor: whole Zarr chunks + NumPy reshape (1 and 2 processes)")
+    log("raw floor: chunk files + numcodecs + NumPy reshape (1 and 2 processes; and "
+        "through zarr)")
     floor = run_floor(cube, shape, repeats)
     log(f"  {floor['samples_per_s']:,.0f} / {floor['two_processes']['samples_per_s']:,.0f} "
         "patches/s")
@@ -712,14 +757,17 @@ def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int,
     r: dict[str, Any] = {
         "case": cube.stem.removeprefix("bench_batches_"),
         "samples_per_s": {"esdc": esdc0["samples_per_s"], "xbatcher": xb[0]["samples_per_s"],
-                          "raw_floor": floor["samples_per_s"]},
+                          "raw_floor": floor["samples_per_s"],
+                          "raw_floor_zarr": floor["zarr"]["samples_per_s"]},
         "speedup_vs_xbatcher": esdc0["samples_per_s"] / xb[0]["samples_per_s"],
         "fraction_of_floor": esdc0["samples_per_s"] / floor["samples_per_s"],
+        "fraction_of_zarr_floor": esdc0["samples_per_s"] / floor["zarr"]["samples_per_s"],
         "first_batch_s": esdc0["first_batch_s"],
         # The same per CPU second used (process tree): independent of the other jobs.
         "samples_per_cpu_s": {"esdc": esdc0["samples_per_cpu_s"],
                               "xbatcher": xb[0]["samples_per_cpu_s"],
-                              "raw_floor": floor["samples_per_cpu_s"]},
+                              "raw_floor": floor["samples_per_cpu_s"],
+                              "raw_floor_zarr": floor["zarr"]["samples_per_cpu_s"]},
         "speedup_vs_xbatcher_cpu": esdc0["samples_per_cpu_s"] / xb[0]["samples_per_cpu_s"],
         "fraction_of_floor_cpu": esdc0["samples_per_cpu_s"] / floor["samples_per_cpu_s"],
         "peak_rss_mb": {"esdc": esdc0["peak_rss_mb"],
@@ -798,8 +846,9 @@ def print_table(r: dict[str, Any]) -> None:
         ("esdc DataLoader, 2 workers", p["esdc_loader_2_workers"]),
         ("xbatcher MapDataset, DataLoader 0 w.", p["xbatcher"]),
         ("xbatcher MapDataset, DataLoader 2 w.", p["xbatcher_2_workers"]),
-        ("raw floor (zarr chunks + NumPy)", p["raw_floor"]),
+        ("raw floor (chunk files + NumPy)", p["raw_floor"]),
         ("raw floor, 2 processes", p["raw_floor"]["two_processes"]),
+        ("raw floor through zarr (before s7)", p["raw_floor"]["zarr"]),
         *((f"esdc DataLoader, {k.split('_')[2]} workers", d) for k, d in p.items()
           if k.startswith("esdc_loader_") and k.split("_")[2] not in ("1", "2")),
     ]
@@ -832,6 +881,8 @@ def print_table(r: dict[str, Any]) -> None:
           f"{mark('first_batch_s')})")
     print(f"per CPU second: esdc / xbatcher {r['speedup_vs_xbatcher_cpu']:.1f}x, esdc / "
           f"raw floor {r['fraction_of_floor_cpu']:.1%}")
+    print(f"esdc / raw floor through zarr (the floor before session 7): "
+          f"{r['fraction_of_zarr_floor']:.1%}")
     print(f"2 workers: esdc / xbatcher {r['speedup_vs_xbatcher_2_workers']:.1f}x, esdc / "
           f"2-process floor {r['fraction_of_floor_2_workers']:.1%}")
     print(f"esdc 2 workers / 1 worker per CPU second: {r['workers_2_vs_1_cpu']:.2f}x; per "

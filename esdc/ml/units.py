@@ -18,24 +18,16 @@ release the GIL.
 from __future__ import annotations
 
 import collections
-import itertools
 import queue
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-import numcodecs.blosc
-import numcodecs.zstd
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
-from zarr.codecs.bytes import Endian
 from zarr.core.buffer import default_buffer_prototype
-from zarr.storage import LocalStore
 
-from esdc.storage.codecs import decode_error
+from esdc.storage.chunkfiles import chunk_reader
 
 __all__ = ["Batch", "Out", "Recycler", "ShufflePool", "cut", "finish", "put_until",
            "read_ahead", "read_into", "scratch"]
@@ -93,18 +85,17 @@ def scratch(buffers: MutableMapping[str, np.ndarray], name: str, shape: tuple[in
 def read_into(array: zarr.Array, selection: tuple[slice, ...], dest: np.ndarray) -> None:
     """Read ``array[selection]`` into ``dest``, decoding each stored chunk straight into it.
 
-    An unsharded Zarr v3 array on a local disk whose chunks are plain bytes compressed
-    with Blosc or Zstd (what esdc writes) is read in this thread: each chunk file is
-    read, decompressed into a reused chunk buffer and copied into ``dest`` while hot in
-    the cache, without zarr's event loop and thread hops (a third of the CPU of a read:
-    15-17 against 10-11 ms for a 2 x 6 x 256 x 1536 band of 6 x 256 x 256 chunks). Any
-    other array (sharded, remote, Icechunk, other codecs) is read by zarr.
+    A Zarr v3 array on a local disk whose chunks are plain bytes compressed with Blosc or
+    Zstd (what esdc writes), unsharded or sharded, is read in this thread by
+    :func:`esdc.storage.chunkfiles.chunk_reader`: each chunk (or shard) file read once,
+    each chunk decompressed into a reused buffer and copied into ``dest`` while hot in the
+    cache, without zarr's event loop and thread hops. Any other array (remote, Icechunk,
+    other codecs) is read by zarr.
 
     Parameters
     ----------
     array : zarr.Array
-        A Zarr array, sharded or not (a selection of whole shards reads each shard file
-        with one read).
+        A Zarr array, sharded or not.
     selection : tuple of slice
         One slice per dim of ``array`` (steps of 1).
     dest : numpy.ndarray
@@ -114,71 +105,18 @@ def read_into(array: zarr.Array, selection: tuple[slice, ...], dest: np.ndarray)
     Raises
     ------
     esdc.errors.ChunkDecodeError
-        When a chunk is damaged: from the direct read, or from the array's codec
-        pipeline when it is esdc's checked pipeline.
+        When a chunk or a shard index is damaged: from the direct read, or from the
+        array's codec pipeline when it is esdc's checked pipeline.
     """
     if dest.dtype != array.dtype:
         dest[...] = array.get_basic_selection(selection)
         return
-    decompress = _direct_codec(array)
-    if decompress is not None:
-        _read_chunks(array, selection, dest, decompress)
+    reader = chunk_reader(array)
+    if reader is not None:
+        reader.read(selection, dest)
         return
     out = default_buffer_prototype().nd_buffer.from_numpy_array(dest)
     array.get_basic_selection(selection, out=out)
-
-
-#: Per thread: the buffer a chunk is decompressed into.
-_CHUNK = threading.local()
-
-
-def _direct_codec(array: zarr.Array) -> Callable[[bytes, np.ndarray], Any] | None:
-    """The decompressor of an array whose chunk files this module may read itself."""
-    meta = array.metadata
-    if (getattr(meta, "zarr_format", 2) != 3 or array.shards is not None
-            or not isinstance(array.store, LocalStore) or array.order != "C"
-            or array.dtype.byteorder not in ("=", "|", "<") or sys.byteorder != "little"):
-        return None
-    codecs = tuple(meta.codecs)
-    if len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) or \
-            codecs[0].endian not in (None, Endian.little):
-        return None
-    if isinstance(codecs[1], BloscCodec):
-        return numcodecs.blosc.decompress
-    if isinstance(codecs[1], ZstdCodec):
-        return numcodecs.zstd.Zstd().decode
-    return None
-
-
-def _read_chunks(array: zarr.Array, selection: tuple[slice, ...], dest: np.ndarray,
-                 decompress: Callable[[bytes, np.ndarray], Any]) -> None:
-    """``array[selection]`` into ``dest``, chunk file by chunk file, in this thread."""
-    chunks, shape = tuple(array.chunks), tuple(array.shape)
-    bounds = [sl.indices(n)[:2] for sl, n in zip(selection, shape, strict=True)]
-    size = int(np.prod(chunks)) * array.dtype.itemsize
-    buf = getattr(_CHUNK, "buf", None)
-    if buf is None or buf.nbytes < size:
-        buf = _CHUNK.buf = np.empty(size, dtype=np.uint8)
-    chunk = buf[:size].view(array.dtype).reshape(chunks)
-    root = Path(str(array.store.root), array.path)
-    ranges = [range(a // c, -(-b // c)) for (a, b), c in zip(bounds, chunks, strict=True)]
-    for coords in itertools.product(*ranges):
-        key = array.metadata.encode_chunk_key(coords)
-        into = tuple(slice(max(a, i * c) - a, min(b, (i + 1) * c) - a)
-                     for (a, b), c, i in zip(bounds, chunks, coords, strict=True))
-        part = tuple(slice(max(a, i * c) - i * c, min(b, (i + 1) * c) - i * c)
-                     for (a, b), c, i in zip(bounds, chunks, coords, strict=True))
-        try:
-            data = (root / key).read_bytes()
-        except FileNotFoundError:  # never written: all fill value
-            dest[into] = array.fill_value
-            continue
-        try:
-            decompress(data, chunk)
-        except Exception as exc:  # noqa: BLE001 - any codec failure names its chunk
-            where = f"{array.path}/{key}" if array.path else key
-            raise decode_error(where, exc) from exc
-        dest[into] = chunk[part]
 
 
 def cut(block: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: tuple[int, int],

@@ -249,8 +249,8 @@ def test_buffers_kept_between_epochs_never_leak_values(cube):
 
 
 def test_chunks_read_in_this_thread_equal_zarrs_reads(cube, tmp_path):
-    """Chunk files decoded directly (Zstd and Blosc, edge chunks, a missing chunk) give
-    what zarr gives; a sharded array is read by zarr."""
+    """Chunk files decoded directly (Zstd and Blosc, edge chunks, a missing chunk; shard
+    files with edge shards, a missing shard and empty inner chunks) give what zarr gives."""
     import shutil
 
     import zarr
@@ -258,6 +258,7 @@ def test_chunks_read_in_this_thread_equal_zarrs_reads(cube, tmp_path):
     from esdc.ml.units import read_into
     from esdc.recipe import CompressorSpec
     from esdc.storage import encoding
+    from esdc.storage.chunkfiles import chunk_reader
 
     copy = tmp_path / "copy.zarr"
     shutil.copytree(cube, copy)
@@ -267,10 +268,20 @@ def test_chunks_read_in_this_thread_equal_zarrs_reads(cube, tmp_path):
         v.encoding = {}
     blosc = tmp_path / "blosc.zarr"  # Blosc zstd + shuffle, as esdc writes cubes
     ds[["a", "b"]].to_zarr(blosc, zarr_format=3, consolidated=False, encoding=encoding(
-        ds[["a", "b"]], {"time": 2, "y": 16, "x": 32}, CompressorSpec()))
+        ds[["a", "b"]], {"time": 2, "lat": 16, "lon": 32}, CompressorSpec()))
+    sharded = tmp_path / "sharded.zarr"  # shards of 2 x 2 x 2 chunks, edges partial
+    part = ds[["a", "b"]].copy()
+    part["b"][:, 32:, :] = np.nan  # whole inner chunks of the fill value: left empty
+    part.to_zarr(sharded, zarr_format=3, consolidated=False, encoding=encoding(
+        part, {"time": 2, "lat": 16, "lon": 32}, CompressorSpec(),
+        shards={"time": 4, "lat": 32, "lon": 64}))
+    (sharded / "a" / "c" / "1" / "0" / "1").unlink()  # a whole shard never written
     rng = np.random.default_rng(0)
-    for path, name in [(copy, "a"), (copy, "b"), (copy, "s"), (blosc, "a"), (blosc, "b")]:
+    cases = [(copy, "a"), (copy, "b"), (copy, "s"), (blosc, "a"), (blosc, "b"),
+             (sharded, "a"), (sharded, "b")]
+    for path, name in cases:
         arr = zarr.open_array(path / name, mode="r")
+        assert chunk_reader(arr) is not None  # read here, not by zarr
         for _ in range(12):
             sel = []
             for n in arr.shape:
@@ -284,3 +295,35 @@ def test_chunks_read_in_this_thread_equal_zarrs_reads(cube, tmp_path):
         read_into(arr, tuple(slice(None) for _ in arr.shape), whole)
         np.testing.assert_array_equal(whole, arr[...])
     assert np.isnan(zarr.open_array(copy / "b", mode="r")[2:4, 32:48, 0:32]).all()
+    assert np.isnan(zarr.open_array(sharded / "a", mode="r")[4:5, 0:32, 64:70]).all()
+
+
+def test_damaged_shard_index_names_the_shard(cube, tmp_path):
+    """A shard file whose index fails its CRC-32C, or that is cut short, raises
+    ChunkDecodeError naming the shard, from the direct read."""
+    import zarr
+
+    from esdc.errors import ChunkDecodeError
+    from esdc.ml.units import read_into
+    from esdc.recipe import CompressorSpec
+    from esdc.storage import encoding
+
+    ds = xr.open_zarr(cube).load()[["a"]]
+    for v in ds.variables.values():
+        v.encoding = {}
+    path = tmp_path / "sharded.zarr"
+    ds.to_zarr(path, zarr_format=3, consolidated=False, encoding=encoding(
+        ds, {"time": 2, "lat": 16, "lon": 32}, CompressorSpec(), shards={"time": 2, "lat": 32,
+                                                                     "lon": 64}))
+    shard = path / "a" / "c" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # inside the index: its checksum no longer matches
+    shard.write_bytes(bytes(data))
+    arr = zarr.open_array(path / "a", mode="r")
+    out = np.empty((2, 16, 32), "float32")
+    with pytest.raises(ChunkDecodeError, match="c/0/0/0") as err:
+        read_into(arr, (slice(0, 2), slice(0, 16), slice(0, 32)), out)
+    assert "CRC-32C" in str(err.value)
+    shard.write_bytes(bytes(data[:20]))  # truncated: no room for the index
+    with pytest.raises(ChunkDecodeError, match="c/0/0/0"):
+        read_into(arr, (slice(0, 2), slice(0, 16), slice(0, 32)), out)
