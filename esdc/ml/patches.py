@@ -43,6 +43,7 @@ from esdc.ml.units import (
     Recycler,
     ShufflePool,
     cut,
+    cut_chunks,
     finish,
     put_until,
     read_ahead,
@@ -397,6 +398,20 @@ class PatchStream:
                 block[1:, c] = block[0, c]
         return block
 
+    def _cut(self, names: list[str], times: range, r0: int, r1: int, ys: np.ndarray,
+             xs: np.ndarray, buffers: dict[str, np.ndarray], buffer: str,
+             out: np.ndarray | None) -> np.ndarray:
+        """``(T * n, C, ph, pw)`` patches of ``names``, chunk by chunk or from a block."""
+        if out is None:
+            out = np.empty((len(times) * len(ys), len(names), *self.patch), "float32")
+        done = cut_chunks([self._arrays[v] for v in names], times if self.has_time else None,
+                          r0, ys, xs, self.patch, buffers, out)
+        if done is not None:
+            return done
+        shape = (len(times), len(names), r1 - r0, self.nx)
+        block = self._read(names, times, r0, r1, scratch(buffers, buffer, shape, "float32"))
+        return cut(block, ys, xs, self.patch, out)
+
     def _unit(self, tc: int, band: int, buffers: dict[str, np.ndarray] | None = None,
               recycler: Recycler | None = None) -> Batch:
         """Every patch of one unit, raw (``valid`` None), read through reused ``buffers``."""
@@ -406,20 +421,15 @@ class PatchStream:
         r1 = min(self.ny, int(mine[:, 0].max()) + self.patch[0])  # no rows no patch needs
         times = range(max(tc * self.tchunk, self._steps[0]),
                       min(self._steps[1], (tc + 1) * self.tchunk))
-        shape = (len(times), len(self.variables), r1 - r0, self.nx)
-        block = self._read(self.variables, times, r0, r1, scratch(buffers, "x", shape,
-                                                                  "float32"))
         ys, xs = mine[:, 0] - r0, mine[:, 1]
         recycler = recycler or Recycler(0)
         n = len(times) * len(mine)
-        x = cut(block, ys, xs, self.patch, recycler.get(  # raw: masked, normalised per batch
-            (n, len(self.variables), *self.patch), "float32"))
+        x = self._cut(self.variables, times, r0, r1, ys, xs, buffers, "x",  # raw: masked,
+                      recycler.get((n, len(self.variables), *self.patch), "float32"))
         target = None
         if self.targets:
-            tshape = (len(times), len(self.targets), r1 - r0, self.nx)
-            target = cut(self._read(self.targets, times, r0, r1, scratch(
-                buffers, "target", tshape, "float32")), ys, xs, self.patch, recycler.get(
-                (n, len(self.targets), *self.patch), "float32"))
+            target = self._cut(self.targets, times, r0, r1, ys, xs, buffers, "target",
+                               recycler.get((n, len(self.targets), *self.patch), "float32"))
         t = np.repeat(np.asarray(times) if self.has_time else np.full(len(times), -1), len(mine))
         index = np.column_stack([t, np.tile(mine, (len(times), 1))]).astype(np.int64)
         if self.min_valid_fraction > 0:

@@ -29,7 +29,7 @@ from zarr.core.buffer import default_buffer_prototype
 
 from esdc.storage.chunkfiles import chunk_reader
 
-__all__ = ["Batch", "Out", "Recycler", "ShufflePool", "cut", "finish", "put_until",
+__all__ = ["Batch", "Out", "Recycler", "ShufflePool", "cut", "cut_chunks", "finish", "put_until",
            "read_ahead", "read_into", "scratch"]
 
 T = TypeVar("T")
@@ -120,7 +120,8 @@ def read_into(array: zarr.Array, selection: tuple[slice, ...], dest: np.ndarray)
 
 
 def cut(block: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: tuple[int, int],
-        out: np.ndarray | None = None) -> np.ndarray:
+        out: np.ndarray | None = None, at: np.ndarray | None = None,
+        total: int | None = None) -> np.ndarray:
     """Every patch of a unit block, copied once (into ``out`` when given).
 
     Patches of one row whose columns are evenly spaced (every row of a grid without a
@@ -130,38 +131,124 @@ def cut(block: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: tuple[int, int
     Parameters
     ----------
     block : numpy.ndarray
-        ``(T, C, rows, nx)`` unit block.
+        ``(T, C, rows, cols)`` unit block (any strides).
     ys, xs : numpy.ndarray
         ``(n,)`` patch origins in the block (row, column); consecutive patches of one
         row are copied together.
     patch : (int, int)
         ``(ph, pw)``.
     out : numpy.ndarray, optional
-        ``(T * n, C, ph, pw)`` array of ``block``'s dtype to write into.
+        ``(T * total, C, ph, pw)`` C-contiguous array of ``block``'s dtype to write into.
+    at, total : numpy.ndarray and int, optional
+        The patches' positions among the ``total`` patches of one time step in ``out``
+        (default ``0 .. n - 1`` of ``n``): patch ``i`` of step ``t`` goes to row
+        ``t * total + at[i]``. Used to cut a unit chunk by chunk.
 
     Returns
     -------
     numpy.ndarray
-        ``(T * n, C, ph, pw)`` C-contiguous, time-major (all patches of ``t = 0`` first).
+        ``(T * total, C, ph, pw)`` C-contiguous, time-major (all patches of ``t = 0``
+        first).
     """
     nt, c = block.shape[:2]
     n = len(ys)
+    total = n if total is None else total
+    at = np.arange(n) if at is None else at
     if out is None:
-        out = np.empty((nt * n, c, *patch), dtype=block.dtype)
+        out = np.empty((nt * total, c, *patch), dtype=block.dtype)
     starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
     win = np.lib.stride_tricks.sliding_window_view(block, patch, axis=(2, 3))
+    by_step = out.view()
+    by_step.shape = (nt, total, c, *patch)  # a view of out (raises if it would copy)
     for s0, s1 in zip(starts, [*starts[1:], n], strict=True):
-        y, cols = int(ys[s0]), xs[s0:s1]
+        y, cols, rows = int(ys[s0]), xs[s0:s1], at[s0:s1]
         step = int(cols[1] - cols[0]) if len(cols) > 1 else 1
-        even = step > 0 and np.all(np.diff(cols) == step)
-        for t in range(nt):
-            into = out[t * n + s0: t * n + s1]
-            if even:  # (k, C, ph, pw) view: k evenly spaced windows of row y
-                x0 = int(cols[0])
-                src = win[t, :, y, x0:x0 + step * (len(cols) - 1) + 1:step]
-                np.copyto(into, src.transpose(1, 0, 2, 3))
+        if step > 0 and np.all(np.diff(cols) == step) and np.all(np.diff(rows) == 1):
+            # (T, C, k, ph, pw) view: k evenly spaced windows of row y, every step at once
+            x0, r0 = int(cols[0]), int(rows[0])
+            src = win[:, :, y, x0:x0 + step * (len(cols) - 1) + 1:step]
+            np.copyto(by_step[:, r0:r0 + len(cols)], src.transpose(0, 2, 1, 3, 4))
+        else:
+            by_step[:, rows] = win[:, :, y, cols].transpose(0, 2, 1, 3, 4)
+    return out
+
+
+def cut_chunks(arrays: list[zarr.Array], times: range | None, r0: int, ys: np.ndarray,
+               xs: np.ndarray, patch: tuple[int, int], buffers: MutableMapping[str, np.ndarray],
+               out: np.ndarray) -> np.ndarray | None:
+    """Cut a unit's patches chunk by chunk, each chunk decompressed in place, if possible.
+
+    When every patch lies inside one stored chunk and the arrays are unsharded local
+    chunk files of one chunk shape (what esdc writes, :func:`esdc.storage.chunkfiles
+    .chunk_reader`), each chunk of each channel is decompressed straight into a
+    ``(C, T, cy, cx)`` buffer and its patches are cut from there while it is hot in the
+    cache: the unit is never assembled into one block (one copy fewer than
+    :func:`read_into` + :func:`cut`).
+
+    Parameters
+    ----------
+    arrays : list of zarr.Array
+        One per channel, ``(time, y, x)`` or static ``(y, x)`` (repeated over time).
+    times : range or None
+        The unit's time steps, inside one time chunk (None: a static unit of one step).
+    r0 : int
+        The unit's first row; ``ys`` are relative to it.
+    ys, xs : numpy.ndarray
+        ``(n,)`` patch origins, sorted by row then column.
+    patch : (int, int)
+        ``(ph, pw)``.
+    buffers : dict
+        Reused buffers (:func:`scratch`).
+    out : numpy.ndarray
+        ``(T * n, C, ph, pw)`` float32, written as :func:`cut` writes it.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``out``; None when the fast path does not apply (nothing was written).
+
+    Raises
+    ------
+    esdc.errors.ChunkDecodeError
+        When a chunk file is damaged.
+    """
+    readers = [chunk_reader(a) for a in arrays]
+    if any(r is None or r.sharding is not None for r in readers) or out.dtype != np.float32:
+        return None
+    if any(a.dtype != np.float32 for a in arrays):
+        return None
+    grids = {tuple(a.chunks[-2:]) for a in arrays}
+    tch = {a.chunks[0] for a in arrays if a.ndim == 3}
+    if len(grids) != 1 or len(tch) > 1:
+        return None
+    (cy, cx), ph, pw = next(iter(grids)), *patch
+    yabs = ys + r0
+    if np.any(yabs // cy != (yabs + ph - 1) // cy) or np.any(xs // cx != (xs + pw - 1) // cx):
+        return None
+    nt = 1 if times is None else len(times)
+    if times is not None and tch and times.start // next(iter(tch)) != (
+            times.stop - 1) // next(iter(tch)):
+        return None
+    ny, nx = arrays[0].shape[-2:]
+    tsel = () if times is None else (slice(times.start, times.stop),)
+    block = scratch(buffers, "chunk", (len(arrays), nt, cy, cx), "float32")
+    key = (yabs // cy) * (-(-nx // cx)) + xs // cx
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0, True])
+    for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True):
+        idx = order[b0:b1]
+        by, bx = int(yabs[idx[0]] // cy), int(xs[idx[0]] // cx)
+        h, w = min(cy, ny - by * cy), min(cx, nx - bx * cx)
+        rows, cols = slice(by * cy, by * cy + h), slice(bx * cx, bx * cx + w)
+        for c, (a, reader) in enumerate(zip(arrays, readers, strict=True)):
+            assert reader is not None
+            if a.ndim == 3:
+                reader.read((*tsel, rows, cols), block[c, :, :h, :w])
             else:
-                into[...] = win[t, :, y, cols]  # advanced indices first: (k, C, ph, pw)
+                reader.read((rows, cols), block[c, 0, :h, :w])
+                block[c, 1:, :h, :w] = block[c, 0, :h, :w]
+        view = block[:, :, :h, :w].transpose(1, 0, 2, 3)
+        cut(view, yabs[idx] - by * cy, xs[idx] - bx * cx, patch, out, at=idx, total=len(ys))
     return out
 
 
@@ -190,10 +277,21 @@ def finish(x: np.ndarray, valid: np.ndarray | None, mean: np.ndarray, scale: np.
     """
     nan = np.isnan(x)
     valid = np.logical_not(nan, out=valid)
-    if normalize:
-        np.subtract(x, mean[None, :, None, None], out=x)
-        np.divide(x, scale[None, :, None, None], out=x)
-    np.copyto(x, np.float32(fill), where=nan)
+    if normalize:  # channel by channel with scalars: twice as fast as a broadcast (1, C, 1, 1)
+        for c in range(x.shape[1]):
+            xc = x[:, c]
+            np.subtract(xc, mean[c], out=xc)
+            np.divide(xc, scale[c], out=xc)
+    if x.dtype == np.float32 and x.flags.c_contiguous and valid.flags.c_contiguous:
+        # NaN cells set by bit masks: a masked copyto runs a scalar loop, 4-5x slower
+        bits = x.view(np.int32)
+        keep = np.negative(valid.view(np.int8), dtype=np.int32)  # -1 (all bits) where valid
+        np.bitwise_and(bits, keep, out=bits)  # NaN cells -> +0.0
+        fill_bits = int(np.float32(fill).view(np.int32))
+        if fill_bits:
+            np.bitwise_or(bits, np.bitwise_and(np.invert(keep, out=keep), fill_bits), out=bits)
+    else:
+        np.copyto(x, np.float32(fill), where=nan)
     return valid
 
 

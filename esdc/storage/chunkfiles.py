@@ -132,13 +132,16 @@ class ChunkReader:
                             f"the shard index points to bytes {offset}-{offset + nbytes} of "
                             f"a {len(data)}-byte file"), chunk=local)
                     blob = memoryview(data)[offset:offset + nbytes]
-                try:
-                    self.decompress(blob, chunk)
+                target = dest[into]
+                whole = target.shape == inner and target.flags.c_contiguous
+                try:  # a whole chunk landing contiguously is decompressed in place
+                    self.decompress(blob, target if whole else chunk)
                 except Exception as exc:  # noqa: BLE001 - any codec failure names its chunk
                     raise decode_error(self._where(key), exc, chunk=local) from exc
-                part = tuple(slice(max(lo, c * i) - c * i, min(hi, (c + 1) * i) - c * i)
-                             for (lo, hi), i, c in zip(bounds, inner, coords, strict=True))
-                dest[into] = chunk[part]
+                if not whole:
+                    part = tuple(slice(max(lo, c * i) - c * i, min(hi, (c + 1) * i) - c * i)
+                                 for (lo, hi), i, c in zip(bounds, inner, coords, strict=True))
+                    target[...] = chunk[part]
 
     def _where(self, key: str) -> str:
         return f"{self.array.path}/{key}" if self.array.path else key

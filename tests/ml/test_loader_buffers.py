@@ -327,3 +327,32 @@ def test_damaged_shard_index_names_the_shard(cube, tmp_path):
     shard.write_bytes(bytes(data[:20]))  # truncated: no room for the index
     with pytest.raises(ChunkDecodeError, match="c/0/0/0"):
         read_into(arr, (slice(0, 2), slice(0, 16), slice(0, 32)), out)
+
+
+def test_chunk_by_chunk_cut_equals_the_block_cut(cube):
+    """Patches cut chunk by chunk (each chunk decompressed in place) equal those cut from
+    the unit's assembled block: time and static channels, NaNs; a patch across a chunk
+    boundary makes the chunk path decline (the caller then reads the block)."""
+    import zarr
+
+    from esdc.ml.units import cut, cut_chunks, read_into
+
+    arrays = [zarr.open_array(cube / v, mode="r") for v in ("a", "s", "b")]
+    times, r0, r1 = range(0, 2), 0, 16  # one time chunk, one chunk row; NaNs in a at t 1
+    ys, xs = (g.ravel() for g in np.meshgrid(np.arange(0, 16, 8), np.arange(0, 57, 8),
+                                             indexing="ij"))
+    block = np.empty((2, 3, r1 - r0, 70), "float32")
+    for c, a in enumerate(arrays):
+        if a.ndim == 3:
+            read_into(a, (slice(0, 2), slice(r0, r1), slice(None)), block[:, c])
+        else:
+            read_into(a, (slice(r0, r1), slice(None)), block[0, c])
+            block[1, c] = block[0, c]
+    want = cut(block, ys, xs, (8, 8))
+    assert np.isnan(want).any() and not np.isnan(want).all()
+    got = np.full_like(want, 7.0)
+    assert cut_chunks(arrays, times, r0, ys, xs, (8, 8), {}, got) is got
+    np.testing.assert_array_equal(got, want)
+    across = np.full_like(want, 7.0)
+    assert cut_chunks(arrays, times, r0, ys, xs + 4, (8, 8), {}, across) is None
+    assert (across == 7.0).all()
