@@ -178,9 +178,10 @@ def cut_chunks(arrays: list[zarr.Array], times: range | None, r0: int, ys: np.nd
                out: np.ndarray) -> np.ndarray | None:
     """Cut a unit's patches chunk by chunk, each chunk decompressed in place, if possible.
 
-    When every patch lies inside one stored chunk and the arrays are unsharded local
-    chunk files of one chunk shape (what esdc writes, :func:`esdc.storage.chunkfiles
-    .chunk_reader`), each chunk of each channel is decompressed straight into a
+    When every patch lies inside one stored chunk and the arrays are local chunk (or
+    shard) files of one chunk shape (what esdc writes, :func:`esdc.storage.chunkfiles
+    .chunk_reader`; a shard file is read once per unit), each chunk of each channel is
+    decompressed straight into a
     ``(C, T, cy, cx)`` buffer and its patches are cut from there while it is hot in the
     cache: the unit is never assembled into one block (one copy fewer than
     :func:`read_into` + :func:`cut`).
@@ -213,7 +214,7 @@ def cut_chunks(arrays: list[zarr.Array], times: range | None, r0: int, ys: np.nd
         When a chunk file is damaged.
     """
     readers = [chunk_reader(a) for a in arrays]
-    if any(r is None or r.sharding is not None for r in readers) or out.dtype != np.float32:
+    if any(r is None for r in readers) or out.dtype != np.float32:
         return None
     if any(a.dtype != np.float32 for a in arrays):
         return None
@@ -232,6 +233,7 @@ def cut_chunks(arrays: list[zarr.Array], times: range | None, r0: int, ys: np.nd
     ny, nx = arrays[0].shape[-2:]
     tsel = () if times is None else (slice(times.start, times.stop),)
     block = scratch(buffers, "chunk", (len(arrays), nt, cy, cx), "float32")
+    files: dict[Any, Any] = {}  # the unit's shard files, each read once
     key = (yabs // cy) * (-(-nx // cx)) + xs // cx
     order = np.argsort(key, kind="stable")
     bounds = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0, True])
@@ -243,9 +245,9 @@ def cut_chunks(arrays: list[zarr.Array], times: range | None, r0: int, ys: np.nd
         for c, (a, reader) in enumerate(zip(arrays, readers, strict=True)):
             assert reader is not None
             if a.ndim == 3:
-                reader.read((*tsel, rows, cols), block[c, :, :h, :w])
+                reader.read((*tsel, rows, cols), block[c, :, :h, :w], files)
             else:
-                reader.read((rows, cols), block[c, 0, :h, :w])
+                reader.read((rows, cols), block[c, 0, :h, :w], files)
                 block[c, 1:, :h, :w] = block[c, 0, :h, :w]
         view = block[:, :, :h, :w].transpose(1, 0, 2, 3)
         cut(view, yabs[idx] - by * cy, xs[idx] - bx * cx, patch, out, at=idx, total=len(ys))

@@ -79,7 +79,8 @@ class ChunkReader:
     root: Path
     sharding: ShardingCodec | None
 
-    def read(self, selection: tuple[slice, ...], dest: np.ndarray) -> None:
+    def read(self, selection: tuple[slice, ...], dest: np.ndarray,
+             files: dict[Path, Any] | None = None) -> None:
         """Read ``array[selection]`` into ``dest``, each file once, chunk by chunk.
 
         Parameters
@@ -89,6 +90,10 @@ class ChunkReader:
         dest : numpy.ndarray
             Writable, the selection's shape and the array's dtype (it may be a strided
             view).
+        files : dict, optional
+            Shard files already read (bytes and index by path), kept for the caller's
+            next reads: a caller reading a shard's chunks one call at a time reads its
+            file once.
 
         Raises
         ------
@@ -109,12 +114,18 @@ class ChunkReader:
         shards = [range(lo // o, -(-hi // o)) for (lo, hi), o in zip(bounds, outer, strict=True)]
         for scoords in itertools.product(*shards):
             key = a.metadata.encode_chunk_key(scoords)
-            try:
-                data = (self.root / key).read_bytes()
-            except FileNotFoundError:  # never written: all fill value
-                dest[_into(bounds, outer, scoords)] = a.fill_value
-                continue
-            index = None if self.sharding is None else self._index(data, per, key)
+            path = self.root / key
+            if files is not None and path in files:
+                data, index = files[path]
+            else:
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:  # never written: all fill value
+                    dest[_into(bounds, outer, scoords)] = a.fill_value
+                    continue
+                index = None if self.sharding is None else self._index(data, per, key)
+                if files is not None and index is not None:
+                    files[path] = (data, index)
             ranges = [range(max(lo // i, s * p), min(-(-hi // i), (s + 1) * p))
                       for (lo, hi), i, s, p in zip(bounds, inner, scoords, per, strict=True)]
             for coords in itertools.product(*ranges):

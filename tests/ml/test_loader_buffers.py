@@ -329,30 +329,41 @@ def test_damaged_shard_index_names_the_shard(cube, tmp_path):
         read_into(arr, (slice(0, 2), slice(0, 16), slice(0, 32)), out)
 
 
-def test_chunk_by_chunk_cut_equals_the_block_cut(cube):
-    """Patches cut chunk by chunk (each chunk decompressed in place) equal those cut from
-    the unit's assembled block: time and static channels, NaNs; a patch across a chunk
-    boundary makes the chunk path decline (the caller then reads the block)."""
+def test_chunk_by_chunk_cut_equals_the_block_cut(cube, tmp_path):
+    """Patches cut chunk by chunk (each chunk decompressed in place; of a sharded cube,
+    each shard file read once per unit) equal those cut from the unit's assembled block:
+    time and static channels, NaNs; a patch across a chunk boundary makes the chunk path
+    decline (the caller then reads the block)."""
     import zarr
 
     from esdc.ml.units import cut, cut_chunks, read_into
+    from esdc.recipe import CompressorSpec
+    from esdc.storage import encoding
 
-    arrays = [zarr.open_array(cube / v, mode="r") for v in ("a", "s", "b")]
-    times, r0, r1 = range(0, 2), 0, 16  # one time chunk, one chunk row; NaNs in a at t 1
-    ys, xs = (g.ravel() for g in np.meshgrid(np.arange(0, 16, 8), np.arange(0, 57, 8),
-                                             indexing="ij"))
-    block = np.empty((2, 3, r1 - r0, 70), "float32")
-    for c, a in enumerate(arrays):
-        if a.ndim == 3:
-            read_into(a, (slice(0, 2), slice(r0, r1), slice(None)), block[:, c])
-        else:
-            read_into(a, (slice(r0, r1), slice(None)), block[0, c])
-            block[1, c] = block[0, c]
-    want = cut(block, ys, xs, (8, 8))
-    assert np.isnan(want).any() and not np.isnan(want).all()
-    got = np.full_like(want, 7.0)
-    assert cut_chunks(arrays, times, r0, ys, xs, (8, 8), {}, got) is got
-    np.testing.assert_array_equal(got, want)
-    across = np.full_like(want, 7.0)
-    assert cut_chunks(arrays, times, r0, ys, xs + 4, (8, 8), {}, across) is None
-    assert (across == 7.0).all()
+    ds = xr.open_zarr(cube).load()
+    for v in ds.variables.values():
+        v.encoding = {}
+    sharded = tmp_path / "sharded.zarr"
+    ds[["a", "s", "b"]].to_zarr(sharded, zarr_format=3, consolidated=False, encoding=encoding(
+        ds[["a", "s", "b"]], {"time": 2, "lat": 16, "lon": 32}, CompressorSpec(),
+        shards={"time": 2, "lat": 32, "lon": 64}))
+    for path in (cube, sharded):
+        arrays = [zarr.open_array(path / v, mode="r") for v in ("a", "s", "b")]
+        times, r0, r1 = range(0, 2), 0, 32  # one time chunk, two chunk rows; NaNs in a
+        ys, xs = (g.ravel() for g in np.meshgrid(np.arange(0, 32, 8), np.arange(0, 57, 8),
+                                                 indexing="ij"))
+        block = np.empty((2, 3, r1 - r0, 70), "float32")
+        for c, a in enumerate(arrays):
+            if a.ndim == 3:
+                read_into(a, (slice(0, 2), slice(r0, r1), slice(None)), block[:, c])
+            else:
+                read_into(a, (slice(r0, r1), slice(None)), block[0, c])
+                block[1, c] = block[0, c]
+        want = cut(block, ys, xs, (8, 8))
+        assert np.isnan(want).any() and not np.isnan(want).all()
+        got = np.full_like(want, 7.0)
+        assert cut_chunks(arrays, times, r0, ys, xs, (8, 8), {}, got) is got
+        np.testing.assert_array_equal(got, want)
+        across = np.full_like(want, 7.0)
+        assert cut_chunks(arrays, times, r0, ys, xs + 4, (8, 8), {}, across) is None
+        assert (across == 7.0).all()
