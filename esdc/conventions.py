@@ -25,6 +25,7 @@ __all__ = [
     "ATTR_COVERAGE",
     "ATTR_DERIVED",
     "ATTR_GRID",
+    "ATTR_CONTEXT",
     "ATTR_INPUTS",
     "ATTR_INPUT_SIZE",
     "ATTR_INTEGRITY_GROUP",
@@ -125,6 +126,8 @@ ATTR_INPUTS = "esdc_inputs"
 """Input variables of an embedding's encoder."""
 ATTR_INPUT_SIZE = "esdc_input_size"
 """Cells per side the encoder saw: each tile was area-averaged to it (absent: as is)."""
+ATTR_CONTEXT = "esdc_context"
+"""Cells of context on every side of a tile that its embedding was made from (absent: 0)."""
 ATTR_MODEL = "esdc_model"
 """Encoder that made an embedding."""
 ATTR_MODEL_RUN = "esdc_model_run"

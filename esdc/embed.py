@@ -38,6 +38,7 @@ import xarray as xr
 import zarr
 
 from esdc.conventions import (
+    ATTR_CONTEXT,
     ATTR_INPUT_SIZE,
     ATTR_INPUTS,
     ATTR_MIN_VALID_FRACTION,
@@ -58,6 +59,7 @@ from esdc.ml.patches import PatchStream
 from esdc.ml.stats import cube_statistics, normalisation, read_statistics
 from esdc.ml.tensorboard import log_tensorboard, write_projector
 from esdc.ml.tracking import default_tracking_uri
+from esdc.ml.windows import tile_windows
 from esdc.storage import resolve
 
 __all__ = ["DEFAULT_TILES", "AppendStep", "EncoderBundle", "append_plan", "area_mean",
@@ -99,6 +101,15 @@ class EncoderBundle:
     def inputs(self) -> list[str]:
         """Cube variables the encoder reads, in channel order."""
         return list(self.meta["inputs"])
+
+    @property
+    def context(self) -> int:
+        """Cells of context around each tile the encoder embeds (``encoder.json``, 0: none).
+
+        Counted at the encoder's input size; the config's ``context``
+        (:class:`esdc.ml.config.TrainConfig`).
+        """
+        return int(self.meta.get("context", 0))
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Embeddings ``(B, dim)`` float32 of normalised tiles ``(B, C, H, W)``."""
@@ -192,7 +203,8 @@ def compute_embeddings(cube: str, bundle: EncoderBundle, tile: int, batch_size: 
                        min_valid_fraction: float = 0.5, *,
                        time_steps: tuple[int, int] | None = None,
                        normalised_with: dict[str, dict[str, float]] | None = None,
-                       input_size: int | None = None) -> xr.Dataset:
+                       input_size: int | None = None,
+                       context: int | None = None) -> xr.Dataset:
     """One vector per tile of ``tile x tile`` cells (and per time step if inputs vary).
 
     Parameters
@@ -218,6 +230,14 @@ def compute_embeddings(cube: str, bundle: EncoderBundle, tile: int, batch_size: 
         Cells per side the encoder sees: each tile is area-averaged to it
         (:func:`area_mean`) and the size recorded (``esdc_input_size``), so that every
         scale is embedded alike; default: the tile as it is (nothing recorded).
+    context : int, optional
+        Cells of context on every side of the tile at the encoder's input size
+        (default: the encoder's, :attr:`EncoderBundle.context`): each tile is embedded
+        from the window of ``tile + 2 * margin`` cells centred on it
+        (:func:`esdc.ml.windows.tile_windows`; mirrored at the grid's edge), ``margin =
+        round(context * tile / input_size)`` (``context`` itself without an
+        ``input_size``), recorded as ``esdc_context`` when > 0. Whether a tile gets a
+        vector still depends on its own cells only.
 
     Returns
     -------
@@ -229,11 +249,13 @@ def compute_embeddings(cube: str, bundle: EncoderBundle, tile: int, batch_size: 
     Raises
     ------
     TrainConfigError
-        If an input is not in the cube, the tile does not fit the grid, or
-        ``time_steps`` are not the cube's.
+        If an input is not in the cube, the tile does not fit the grid, ``time_steps``
+        are not the cube's, or the context window does not fit the grid.
     """
     stream = PatchStream(cube, bundle.inputs, patch=(tile, tile), shuffle=False,
                          normalize=False, time_steps=time_steps)
+    ctx = bundle.context if context is None else int(context)
+    margin = ctx if input_size is None else round(ctx * tile / input_size)
     ds = stream.dataset
     if normalised_with is None:
         stats = read_statistics(ds, bundle.inputs) or cube_statistics(ds, bundle.inputs)
@@ -246,12 +268,10 @@ def compute_embeddings(cube: str, bundle: EncoderBundle, tile: int, batch_size: 
     t0, t1 = (time_steps or (0, stream.nt)) if stream.has_time else (0, 1)
     dim = bundle.model.dim
     out = np.full((t1 - t0, nty, ntx, dim), np.nan, dtype="float32")
-    for b in stream.batches(batch_size):
-        x = b.x - mean[None, :, None, None]  # as PatchStream normalises, in float32
-        x /= scale[None, :, None, None]
-        x[~b.valid] = 0.0
-        vec = bundle.encode(x if input_size is None else area_mean(x, b.valid, input_size)[0])
-        ok = b.valid.mean(axis=(1, 2, 3)) >= min_valid_fraction
+    for b in tile_windows(stream, tile, margin, batch_size, mean, scale):
+        vec = bundle.encode(b.x if input_size is None else
+                            area_mean(b.x, b.valid, input_size + 2 * ctx)[0])
+        ok = b.tile_valid >= min_valid_fraction
         t = np.maximum(b.index[:, 0], 0) - t0
         out[t[ok], b.index[ok, 1] // tile, b.index[ok, 2] // tile] = vec[ok]
     s = f"_t{tile}"
@@ -290,6 +310,8 @@ def compute_embeddings(cube: str, bundle: EncoderBundle, tile: int, batch_size: 
         attrs[ATTR_TIME_STEPS] = t1
     if input_size is not None:
         attrs[ATTR_INPUT_SIZE] = int(input_size)
+    if margin:
+        attrs[ATTR_CONTEXT] = int(margin)
     emb = xr.Dataset({f"embedding{s}": (dims, data, attrs)}, coords=coords)
     emb[f"embedding{s}"].encoding["chunks"] = _chunks(dims, data.shape)
     return emb

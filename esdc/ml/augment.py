@@ -9,6 +9,10 @@ means, so the augmentations here only move, turn or hide cells and channels:
   neighbouring tiles (neighbouring places share climate or geology: Tobler's first law;
   Jean et al. 2019, "Tile2Vec", AAAI, arXiv:1805.02855, use spatial neighbours as
   positives);
+- **coarse views** (multi-scale): the second view of a pair a window of ``coarse``
+  cells, larger than the crop, averaged down to the crop's size (each cell the mean of
+  the block it covers), so that a tile is asked to look like its wider surroundings seen
+  at a coarser resolution, while it is still embedded alone;
 - **flips** and **90° rotations** per tile (a map tile has no preferred orientation for
   texture);
 - **channel dropout**: a channel set to 0, its normalised mean, per tile with
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Views", "channel_dropout", "flip_rotate", "random_crop"]
+__all__ = ["Views", "channel_dropout", "coarse_window", "flip_rotate", "random_crop"]
 
 
 def random_crop(x: torch.Tensor, size: tuple[int, int],
@@ -67,6 +71,38 @@ def random_crop(x: torch.Tensor, size: tuple[int, int],
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, w)
     batch = torch.arange(b, device=x.device)[:, None, None]
     return x.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def coarse_window(x: torch.Tensor, window: tuple[int, int], size: tuple[int, int],
+                  generator: torch.Generator) -> torch.Tensor:
+    """A random ``window`` of every tile, averaged down to ``size`` cells.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, C, H, W)`` tiles.
+    window : (int, int)
+        Cells of the window (:func:`random_crop`), ``<= (H, W)``.
+    size : (int, int)
+        Cells of the result, ``<= window``; each is the mean of the block of the window
+        it covers (``torch.nn.functional.adaptive_avg_pool2d``: the block mean when the
+        window is a multiple of the size).
+    generator : torch.Generator
+        Random source (CPU) of the window's places.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, C, size[0], size[1])`` in the same units.
+
+    Raises
+    ------
+    ValueError
+        If the window is larger than the tiles or smaller than ``size``.
+    """
+    if window[0] < size[0] or window[1] < size[1]:
+        raise ValueError(f"coarse window {window} is smaller than the view {size}.")
+    return torch.nn.functional.adaptive_avg_pool2d(random_crop(x, window, generator), size)
 
 
 def flip_rotate(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -143,16 +179,39 @@ class Views:
         Probability of dropping a channel (set to 0, the normalised mean).
     noise : float
         Standard deviation of added Gaussian noise, in normalised units (0: none).
+    coarse : (int, int), optional
+        The second view of a pair (:meth:`pair`) is a window of this many cells
+        averaged down to ``crop`` (:func:`coarse_window`); None: both views alike.
     """
 
     crop: tuple[int, int] | None = None
     flip_rotate: bool = True
     channel_drop: float = 0.2
     noise: float = 0.0
+    coarse: tuple[int, int] | None = None
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """A random view ``(B, C, h, w)`` of tiles ``(B, C, H, W)`` (``h, w`` = ``crop``)."""
-        if self.crop is not None:
+    def pair(self, x: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two random views ``(B, C, h, w)`` of tiles ``(B, C, H, W)``.
+
+        The first a crop, the second a crop too or (with ``coarse``) a coarse window
+        (:func:`coarse_window`), each then flipped, noised and dropped as configured.
+        """
+        first = self(x, generator)
+        if self.coarse is None:
+            return first, self(x, generator)
+        size = self.crop or (x.shape[2], x.shape[3])
+        return first, self(coarse_window(x, self.coarse, size, generator), generator,
+                           cropped=True)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator,
+                 cropped: bool = False) -> torch.Tensor:
+        """A random view ``(B, C, h, w)`` of tiles ``(B, C, H, W)`` (``h, w`` = ``crop``).
+
+        With ``cropped`` the tiles are already the view's window: they are only flipped,
+        noised and dropped.
+        """
+        if self.crop is not None and not cropped:
             x = random_crop(x, self.crop, generator)
         if self.flip_rotate:
             x = flip_rotate(x, generator)

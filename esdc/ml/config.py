@@ -25,7 +25,7 @@ MODEL_KINDS: dict[str, tuple[str, ...]] = {
     "sklearn": ("random_forest", "sgd"),
     "torch": ("cnn",),
     "keras": ("cnn",),
-    "simsiam": ("simsiam", "vicreg"),
+    "simsiam": ("simsiam", "vicreg", "mae"),
 }
 
 
@@ -60,6 +60,11 @@ class AugmentSpec(_Model):
     noise : float
         Standard deviation of Gaussian noise added, in normalised units (0: none; no
         colour jitter, which would change what a physical value means).
+    coarse : (int, int), optional
+        Multi-scale views: the second view of each pair is a random window of this many
+        cells of the patch (at least the crop), averaged down to the crop's size: the
+        tile and its wider surroundings at a coarser resolution. Default: both views
+        crops.
     """
 
     stride: tuple[PositiveInt, PositiveInt] | None = None
@@ -67,6 +72,7 @@ class AugmentSpec(_Model):
     flip_rotate: bool = True
     channel_drop: Annotated[float, Field(ge=0, lt=1)] = 0.2
     noise: Annotated[float, Field(ge=0)] = 0.1
+    coarse: tuple[PositiveInt, PositiveInt] | None = None
 
 
 class Distribution(_Model):
@@ -167,7 +173,7 @@ class TrainConfig(_Model):
     task : {"classification", "regression", "embedding"}
         Per-pixel task; classes of a classification come from the target's
         ``flag_values`` unless given. ``embedding`` trains a self-supervised tile
-        encoder (``model.kind`` ``simsiam`` or ``vicreg``, :mod:`esdc.ml.ssl`) on
+        encoder (``model.kind`` ``simsiam``, ``vicreg`` or ``mae``, :mod:`esdc.ml.ssl`) on
         patches of size ``patch`` (no target).
     inputs : list of str
         Cube variables used as input channels.
@@ -175,7 +181,8 @@ class TrainConfig(_Model):
         Cube variable to predict (none for ``embedding``).
     model : dict
         ``kind`` (``random_forest`` | ``sgd`` for sklearn; ``cnn`` for torch/keras;
-        ``simsiam`` | ``vicreg`` for ``task: embedding``) and its keyword parameters.
+        ``simsiam`` | ``vicreg`` | ``mae`` for ``task: embedding``) and its keyword
+        parameters.
     patch : (int, int)
         Patch size in cells.
     epochs, batch_size, learning_rate : int, int, float
@@ -190,6 +197,12 @@ class TrainConfig(_Model):
     augment : AugmentSpec, optional
         Training patches and views of ``task: embedding`` (default: non-overlapping
         patches, flips and quarter turns, channel dropout 0.2, noise 0.1).
+    context : int
+        ``task: embedding``: cells of context on every side of a search tile; the
+        encoder embeds each tile from the window of ``tile + 2 * context`` cells
+        centred on it (:mod:`esdc.ml.windows`; recorded in ``encoder.json``, used by
+        ``esdc embed``, and the PCA baseline of ``esdc evaluate-search`` reads the same
+        windows). Train on views of that size (``augment.crop``). Default 0: the tile.
     """
 
     name: Identifier
@@ -209,26 +222,33 @@ class TrainConfig(_Model):
     seed: int = 0
     search: SearchSpec | None = None
     augment: AugmentSpec | None = None
+    context: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.search is not None and self.framework != "sklearn":
             raise _search_error(("search",), "hyperparameter search is for framework "
                                 "sklearn", self.framework)
-        if self.augment is not None and self.task != "embedding":
-            raise ValueError("`augment` is for task embedding (a self-supervised encoder)")
+        for what, given in (("augment", self.augment is not None), ("context", self.context)):
+            if given and self.task != "embedding":
+                raise ValueError(f"`{what}` is for task embedding (a self-supervised encoder)")
         if self.task == "embedding":
             kinds = MODEL_KINDS["simsiam"]
             if self.framework != "torch" or self.model.get("kind", kinds[0]) not in kinds:
-                raise ValueError("task embedding trains a torch SimSiam or VICReg encoder: "
-                                 "use framework torch and model.kind simsiam or vicreg")
+                raise ValueError("task embedding trains a torch SimSiam, VICReg or MAE encoder: "
+                                 "use framework torch and model.kind mae, simsiam or vicreg")
             if self.target is not None:
                 raise ValueError("task embedding is self-supervised: remove `target`")
             aug = self.augment or AugmentSpec()
-            for what, size in (("crop", aug.crop), ("stride", aug.stride)):
+            for what, size in (("crop", aug.crop), ("stride", aug.stride),
+                               ("coarse", aug.coarse)):
                 if size is not None and (size[0] > self.patch[0] or size[1] > self.patch[1]):
                     raise ValueError(f"augment.{what} {list(size)} is larger than the patch "
                                      f"{list(self.patch)}")
+            view = aug.crop or self.patch
+            if aug.coarse is not None and (aug.coarse[0] < view[0] or aug.coarse[1] < view[1]):
+                raise ValueError(f"augment.coarse {list(aug.coarse)} is smaller than the view "
+                                 f"{list(view)}")
             return self
         if self.target is None:
             raise ValueError(f"task {self.task} needs a `target` variable")

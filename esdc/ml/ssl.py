@@ -1,8 +1,9 @@
-"""Self-supervised tile encoders trained from scratch on cube tiles: SimSiam and VICReg.
+"""Self-supervised tile encoders trained from scratch on cube tiles: SimSiam, VICReg, MAE.
 
 Two augmented views of a tile (:mod:`esdc.ml.augment`) go through the same encoder and
 a head; the loss asks the views to agree without letting every tile collapse onto one
-vector. No pretrained weights (none can be downloaded here).
+vector (``simsiam``, ``vicreg``), or to rebuild each view's hidden cells (``mae``). No
+pretrained weights (none can be downloaded here).
 
 ``simsiam``
     Chen and He 2021, "Exploring Simple Siamese Representation Learning", CVPR,
@@ -15,6 +16,14 @@ vector. No pretrained weights (none can be downloaded here).
     keeps every dimension's standard deviation over the batch at 1 (variance) plus the
     squared off-diagonal covariances (decorrelation). Collapse is prevented by the
     loss itself, with no predictor or stop-gradient.
+``mae``
+    a masked autoencoder for convolutional encoders: a random share ``mask`` of each
+    view's cells is hidden (set to 0, the normalised mean, in every channel), the
+    encoder embeds what is left and a small MLP decoder rebuilds every cell of the view
+    from the embedding alone; the loss is the squared error, mostly of the hidden cells
+    (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners", CVPR,
+    arXiv:2111.06377; for convolutional encoders, which cannot drop hidden cells, they
+    are masked in place as in Xie et al. 2022, "SimMIM", CVPR, arXiv:2111.09886).
 
 :data:`OBJECTIVES` maps ``model.kind`` to the network and loss.
 """
@@ -26,8 +35,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["ENCODER_PARAMS", "OBJECTIVES", "Encoder", "Objective", "SimSiam", "VICReg",
-           "simsiam_loss", "vicreg_loss"]
+from esdc.errors import TrainConfigError
+
+__all__ = ["ENCODER_PARAMS", "OBJECTIVES", "Encoder", "MaskedAutoencoder", "Objective",
+           "SimSiam", "VICReg", "mae_loss", "simsiam_loss", "vicreg_loss"]
 
 #: Keyword parameters of :class:`Encoder` (what ``encoder.json`` records as ``params``).
 ENCODER_PARAMS = ("dim", "width", "pooled")
@@ -141,6 +152,81 @@ class VICReg(nn.Module):
         return self.expander(self.encoder(x1)), self.expander(self.encoder(x2))
 
 
+class MaskedAutoencoder(nn.Module):
+    """Encoder + decoder of a masked autoencoder (``model.kind: mae``).
+
+    Parameters
+    ----------
+    in_channels : int
+        Input channels C.
+    mask : float
+        Share of each view's cells hidden, in ``(0, 1)`` (drawn anew per cell and view;
+        all channels of a cell together).
+    decoder : int
+        Hidden width of the two-layer decoder.
+    grid : int
+        Cells per side the decoder rebuilds; views of another size are compared with
+        its output resized to theirs (bilinear).
+    **encoder
+        :class:`Encoder` parameters (``dim``, ``width``, ``pooled``).
+
+    Raises
+    ------
+    TrainConfigError
+        If ``mask`` is not in ``(0, 1)``.
+    """
+
+    def __init__(self, in_channels: int, mask: float = 0.5, decoder: int = 256, grid: int = 8,
+                 **encoder: Any) -> None:
+        super().__init__()
+        if not 0 < mask < 1:
+            raise TrainConfigError(f"model.mask {mask} must be between 0 and 1 (the share of "
+                                   "cells hidden).")
+        self.encoder = Encoder(in_channels, **encoder)
+        self.mask, self.grid, self.channels = float(mask), int(grid), in_channels
+        self.decoder = nn.Sequential(nn.Linear(self.encoder.dim, decoder), nn.ReLU(),
+                                     nn.Linear(decoder, in_channels * grid * grid))
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> Any:
+        """Rebuilt views ``(2B, C, H, W)``, the views and the hidden cells ``(2B, 1, H, W)``."""
+        x = torch.cat([x1, x2])
+        b, _, h, w = x.shape
+        hidden = (torch.rand(b, 1, h, w, device=x.device) < self.mask).to(x.dtype)
+        rebuilt = self.decoder(self.encoder(x * (1 - hidden)))
+        rebuilt = rebuilt.view(b, self.channels, self.grid, self.grid)
+        if (h, w) != (self.grid, self.grid):
+            rebuilt = nn.functional.interpolate(rebuilt, size=(h, w), mode="bilinear",
+                                                align_corners=False)
+        return rebuilt, x, hidden
+
+
+def mae_loss(rebuilt: torch.Tensor, x: torch.Tensor, hidden: torch.Tensor,
+             visible: float = 0.1) -> torch.Tensor:
+    r"""Squared error of a masked autoencoder, weighted towards the hidden cells.
+
+    .. math::
+
+        \frac{\sum_{b,c,i,j} w_{bij} (\hat x_{bcij} - x_{bcij})^2}{C \sum_{b,i,j} w_{bij}},
+        \quad w = 1 \text{ (hidden)}, \; w = \text{visible} \text{ (shown)}
+
+    Parameters
+    ----------
+    rebuilt, x : torch.Tensor
+        ``(B, C, H, W)`` decoder output and the views (normalised units).
+    hidden : torch.Tensor
+        ``(B, 1, H, W)`` 1 where a cell was hidden, else 0.
+    visible : float
+        Weight of the cells the encoder saw.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar, >= 0 (0: every cell rebuilt exactly), in squared normalised units.
+    """
+    weight = visible + (1 - visible) * hidden
+    return ((rebuilt - x) ** 2 * weight).sum() / (weight.sum() * x.shape[1])
+
+
 def simsiam_loss(z1: torch.Tensor, z2: torch.Tensor, p1: torch.Tensor,
                  p2: torch.Tensor) -> torch.Tensor:
     """Symmetric negative cosine similarity with stop-gradient (in [-1, 1]; -1 is perfect).
@@ -218,4 +304,5 @@ class Objective(NamedTuple):
 OBJECTIVES: dict[str, Objective] = {
     "simsiam": Objective(SimSiam, simsiam_loss, ("projector",)),
     "vicreg": Objective(VICReg, vicreg_loss, ("expander",)),
+    "mae": Objective(MaskedAutoencoder, mae_loss, ("mask", "decoder", "grid")),
 }

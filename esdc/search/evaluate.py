@@ -19,7 +19,8 @@ and :math:`\ell` the tile label. The same is measured for two baselines:
     labelled indexed tiles (reported as ``random_expected``).
 ``pca_pixels``
     the tiles' raw input pixels (the embedding's ``esdc_inputs``, normalised with the
-    cube's statistics as the encoder saw them, flattened) reduced by PCA to the
+    cube's statistics as the encoder saw them, flattened; the same context window
+    when the embedding was made from one, ``esdc_context``) reduced by PCA to the
     embedding's dimension and searched the same way (exact FAISS index of centred,
     L2-normalised vectors). An embedding worth its training beats this.
 
@@ -42,6 +43,7 @@ import numpy as np
 import xarray as xr
 
 from esdc.conventions import (
+    ATTR_CONTEXT,
     ATTR_INPUTS,
     ATTR_ROLE,
     ATTR_TILE_DIMS,
@@ -52,6 +54,7 @@ from esdc.conventions import (
 from esdc.errors import SearchIndexError
 from esdc.ml.config import SplitSpec
 from esdc.ml.patches import PatchStream, block_splits
+from esdc.ml.windows import tile_windows
 from esdc.search.feedback import NEGATIVE_WEIGHT, rocchio
 from esdc.search.index import (
     embedding_variables,
@@ -266,17 +269,22 @@ def _random_precision(labels: np.ndarray, queries: np.ndarray, k: int,
 
 def _tile_pixels(cube: str | Path, ds: xr.Dataset, variable: str,
                  ids: np.ndarray, version: str | None = None) -> np.ndarray:
-    """``(len(ids), C * T * T)`` normalised input pixels of the tiles ``ids`` (flat ids)."""
+    """``(len(ids), C * W * W)`` normalised input pixels of the tiles ``ids`` (flat ids).
+
+    ``W`` is the tile, or its context window (``tile + 2 * esdc_context``,
+    :func:`esdc.ml.windows.tile_windows`) when the embedding was made from one.
+    """
     emb = ds[variable]
     tile = int(emb.attrs[ATTR_TILE_SIZE])
+    margin = int(emb.attrs.get(ATTR_CONTEXT, 0))
     inputs = [str(v) for v in emb.attrs[ATTR_INPUTS]]
     stream = PatchStream(str(cube), inputs, patch=(tile, tile), shuffle=False,
                          version=version)
     shape = tuple(int(s) for s in emb.shape[:-1])
     pos = np.full(int(np.prod(shape)), -1, dtype="int64")
     pos[ids] = np.arange(len(ids))
-    out = np.zeros((len(ids), len(inputs) * tile * tile), dtype="float32")
-    for b in stream.batches(512):
+    out = np.zeros((len(ids), len(inputs) * (tile + 2 * margin) ** 2), dtype="float32")
+    for b in tile_windows(stream, tile, margin, 512):
         ty, tx = b.index[:, 1] // tile, b.index[:, 2] // tile
         inside = (ty < shape[0]) & (tx < shape[1])
         if len(shape) == 3:

@@ -450,7 +450,8 @@ class SearchEngine:
         Parameters
         ----------
         image : numpy.ndarray
-            ``(C, H, W)`` float32, channels in the order of the encoder's inputs.
+            ``(C, H, W)`` float32, channels in the order of the encoder's inputs (for an
+            encoder with ``context``, the tile with that many cells around it).
         encoder : esdc.embed.EncoderBundle
             The encoder (its ``sha256`` must be the manifest's ``model_sha256``).
         k : int

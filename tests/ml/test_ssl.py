@@ -63,7 +63,7 @@ def test_vicreg_network_and_loss_train():
         loss.backward()
         opt.step()
     assert loss.item() < first
-    assert set(OBJECTIVES) == {"simsiam", "vicreg"}
+    assert set(OBJECTIVES) == {"simsiam", "vicreg", "mae"}
 
 
 def test_pooled_encoder_sees_channel_means():

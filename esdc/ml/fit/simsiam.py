@@ -1,13 +1,14 @@
-"""Self-supervised encoder fitter (``task: embedding``): SimSiam or VICReg, from scratch.
+"""Self-supervised encoder fitter (``task: embedding``): SimSiam, VICReg or MAE, from scratch.
 
 The networks and losses are :mod:`esdc.ml.ssl` (``model.kind``: ``simsiam``, Chen and
-He 2021; ``vicreg``, Bardes, Ponce and LeCun 2022), the random views
-:mod:`esdc.ml.augment` (the config's ``augment``: overlapping training patches, random
-crops, flips and quarter turns, channel dropout). The learning rate decays along a
-half cosine to zero over the run (Loshchilov and Hutter 2017, "SGDR", ICLR). The
-encoder is saved as ``encoder.pt`` (``state_dict`` of :class:`esdc.ml.ssl.Encoder`,
-loads with ``torch.load(weights_only=True)``) with ``encoder.json`` (architecture,
-inputs, tile size); :func:`esdc.embed.load_encoder` reads both back to embed a cube.
+He 2021; ``vicreg``, Bardes, Ponce and LeCun 2022; ``mae``, a masked autoencoder), the
+random views :mod:`esdc.ml.augment` (the config's ``augment``: overlapping training
+patches, random crops, coarse views, flips and quarter turns, channel dropout). The
+learning rate decays along a half cosine to zero over the run (Loshchilov and Hutter
+2017, "SGDR", ICLR). The encoder is saved as ``encoder.pt`` (``state_dict`` of
+:class:`esdc.ml.ssl.Encoder`, loads with ``torch.load(weights_only=True)``) with
+``encoder.json`` (architecture, inputs, tile size, context);
+:func:`esdc.embed.load_encoder` reads both back to embed a cube.
 
 PyTorch is an optional extra: ``pip install 'esdc[ml]'``.
 """
@@ -62,11 +63,12 @@ def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
     Parameters
     ----------
     cfg : TrainConfig
-        ``task: embedding``; ``model.kind`` ``simsiam`` or ``vicreg`` with the
+        ``task: embedding``; ``model.kind`` ``simsiam``, ``vicreg`` or ``mae`` with the
         encoder's ``dim``, ``width``, ``pooled`` and the head's ``projector``
-        (SimSiam) or ``expander`` (VICReg) width; patches of ``patch`` cells, views as
+        (SimSiam) or ``expander`` (VICReg) width, or the MAE's ``mask``, ``decoder`` and
+        ``grid``; patches of ``patch`` cells, views as
         ``augment`` says; ``epochs``, ``batch_size``, ``learning_rate`` (the start of
-        the cosine decay).
+        the cosine decay); ``context``, recorded in ``encoder.json`` for ``esdc embed``.
     ctx : FitContext
         Splits, output folder, device and epoch logger (``train_loss``, ``val_loss``).
 
@@ -74,8 +76,8 @@ def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
     -------
     FitResult
         ``{kind}_loss`` of the validation split after training (``simsiam_loss``:
-        negative cosine similarity, -1 is perfect; ``vicreg_loss``: >= 0, 0 is
-        perfect); as baseline the same loss before training, so ``test < baseline``
+        negative cosine similarity, -1 is perfect; ``vicreg_loss``, ``mae_loss``: >= 0,
+        0 is perfect); as baseline the same loss before training, so ``test < baseline``
         shows that the encoder learned; ``encoder.pt``.
 
     Raises
@@ -96,11 +98,12 @@ def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
     gen = torch.Generator().manual_seed(cfg.seed)
     model = objective.network(len(cfg.inputs), **params).to(device)
     aug = cfg.augment or AugmentSpec()
-    views = Views(aug.crop, aug.flip_rotate, aug.channel_drop, aug.noise)
+    views = Views(aug.crop, aug.flip_rotate, aug.channel_drop, aug.noise, aug.coarse)
     train = training_stream(cfg, ctx.streams["train"])
 
     def loss_of(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return objective.loss(*model(views(x, g).to(device), views(x, g).to(device)))
+        v1, v2 = views.pair(x, g)
+        return objective.loss(*model(v1.to(device), v2.to(device)))
 
     def val_loss() -> float:
         model.eval()
@@ -138,7 +141,8 @@ def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
     (ctx.out / "encoder.json").write_text(json.dumps({
         "class": "esdc.ml.ssl.Encoder", "in_channels": len(cfg.inputs),
         "params": {k: v for k, v in params.items() if k in ENCODER_PARAMS},
-        "objective": kind, "inputs": list(cfg.inputs), "tile": list(cfg.patch)}))
+        "objective": kind, "inputs": list(cfg.inputs), "tile": list(cfg.patch),
+        "context": cfg.context}))
     return FitResult(f"{kind}_loss", after, before, model_file=path)
 
 
