@@ -8,10 +8,10 @@ compressor) from the same source files, in one run on the same machine:
 esdc
     The way ``esdc build`` runs: :func:`esdc.build.plan` (open the sources lazily,
     decode, regrid, harmonize) then :meth:`esdc.storage.Target.write` on a
-    ``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``.
-    The cluster's start-up time is measured and reported, but left out of the
-    ratios. Peak memory is the RSS summed over the process tree (this process, the
-    nannies and the dask workers), sampled every 50 ms in a background thread.
+    ``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``
+    with the CLI's worker environment (``esdc.cluster.worker_env``); its start-up time
+    is reported but left out of the ratios. Peak memory: the RSS summed over the process
+    tree (this process, the nannies and the workers), sampled every 50 ms in a thread.
 I/O floor
     What no builder can beat without skipping work: read and decode the source
     pixels that cover the grid (the esdc readers, ``esdc.sources.open_source``,
@@ -86,6 +86,7 @@ import scipy.stats
 import xarray as xr
 
 from esdc.build import plan
+from esdc.cluster import worker_env
 from esdc.grid import Grid
 from esdc.harmonize import align_series, cf_attrs, decode, place_climatology
 from esdc.recipe import GridSpec, Recipe, SourceSpec, VariableSpec, load_recipe
@@ -244,7 +245,7 @@ def start_cluster() -> tuple[Any, float]:
     t0 = time.perf_counter()
     cluster = LocalCluster(n_workers=N_WORKERS, threads_per_worker=1, processes=True,
                            dashboard_address="127.0.0.1:0", host="127.0.0.1",
-                           silence_logs=logging.ERROR)
+                           silence_logs=logging.ERROR, env=worker_env())
     client = Client(cluster)
     client.wait_for_workers(N_WORKERS)
     return client, time.perf_counter() - t0

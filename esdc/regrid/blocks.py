@@ -194,22 +194,22 @@ def _reduce_block(block: np.ndarray, row_idx: np.ndarray, col_starts: np.ndarray
     """Bucket average of one block of source rows.
 
     Sums and counts of the finite values, columns then rows reduced with
-    ``np.add.reduceat`` (float64 accumulators); cells without a value are NaN.
+    ``np.add.reduceat`` (float64 accumulators); cells without a value are NaN. One
+    leading plane at a time: the float64 accumulators of all 12 months of a 16 M pixel
+    block took 0.87 GB at once (0.1 degree Linke turbidity), one plane 1/12 of it.
     """
-    valid = np.isfinite(block)
-    vals = np.where(valid, block, 0)
     rs, _ = _segments(row_idx)
-    out_shape = (*block.shape[:-2], len(rs), nx)
-    sums = np.full(out_shape, 0.0)
-    counts = np.zeros(out_shape)
-    s = np.add.reduceat(np.add.reduceat(vals, col_starts, axis=-1, dtype=np.float64),
-                        rs, axis=-2)
-    c = np.add.reduceat(np.add.reduceat(valid, col_starts, axis=-1, dtype=np.float64),
-                        rs, axis=-2)
-    sums[..., col_cells] = s
-    counts[..., col_cells] = c
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / counts, np.nan).astype(np.float32)
+    out = np.full((*block.shape[:-2], len(rs), nx), np.nan, dtype=np.float32)
+    planes = block.reshape(-1, *block.shape[-2:])
+    for plane, dst in zip(planes, out.reshape(-1, len(rs), nx), strict=True):
+        valid = np.isfinite(plane)
+        s = np.add.reduceat(np.add.reduceat(np.where(valid, plane, 0), col_starts, axis=-1,
+                                            dtype=np.float64), rs, axis=-2)
+        c = np.add.reduceat(np.add.reduceat(valid, col_starts, axis=-1, dtype=np.float64),
+                            rs, axis=-2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dst[:, col_cells] = np.where(c > 0, s / c, np.nan)
+    return out
 
 
 def _separable(data: xr.DataArray, source: Geolocated, grid: Grid,

@@ -43,7 +43,7 @@ from esdc.regrid.extent import ProjResampler, same_plane
 from esdc.regrid.nearest import nearest
 from esdc.sources.base import Geolocated
 
-__all__ = ["RegularResampler", "bilinear", "wrap_globe"]
+__all__ = ["RegularResampler", "bilinear", "reached_bands", "unreached_as_views", "wrap_globe"]
 
 _TOL = 1e-6
 
@@ -107,6 +107,8 @@ def bilinear(data: xr.DataArray, source: Geolocated, grid: Grid) -> xr.DataArray
     resamplers give them, so that the cube's regions, written row after row, each wait
     for a few bands: pyresample's default block of 4096 x 4096 cells holds a 0.1 degree
     global grid, 54 time steps of it 1.4 GB, in one task that every region waits for.
+    Bands the source does not reach are NaN chunks that hold no memory
+    (:func:`unreached_as_views`).
 
     Parameters
     ----------
@@ -137,7 +139,97 @@ def bilinear(data: xr.DataArray, source: Geolocated, grid: Grid) -> xr.DataArray
     out = resample_blocks(block_bilinear_interpolator, src_area, [arr], dst_area,
                           dst_arrays=[indices], chunk_size=(*lead, rows, nx),
                           dtype=np.float32, fill_value=np.nan)
-    return xr.DataArray(out, dims=data.dims)
+    return xr.DataArray(unreached_as_views(out, reached_bands(src_area, dst_area, rows)),
+                        dims=data.dims)
+
+
+def reached_bands(src_area: Any, dst_area: Any, rows: int) -> list[bool]:
+    """Which bands of ``rows`` whole grid rows pyresample finds source data for.
+
+    The test :func:`pyresample.resampler.resample_blocks` makes per destination chunk
+    (:func:`pyresample.resampler.crop_source_area`, cached): a band it finds no source
+    pixel for is a task ``numpy.full(shape, fill_value)`` there.
+
+    Parameters
+    ----------
+    src_area : pyresample.geometry.AreaDefinition
+        The source.
+    dst_area : pyresample.geometry.AreaDefinition
+        The grid, shape ``(ny, nx)``.
+    rows : int
+        Grid rows per band (the last band may be shorter).
+
+    Returns
+    -------
+    list of bool
+        One per band, north (first row) first.
+    """
+    from pyresample.geometry import IncompatibleAreas
+    from pyresample.resampler import crop_source_area
+
+    ny, nx = dst_area.shape
+    hits = []
+    for y0 in range(0, ny, rows):
+        try:
+            crop_source_area(src_area, dst_area[slice(y0, min(ny, y0 + rows)), slice(0, nx)])
+        except IncompatibleAreas:
+            hits.append(False)
+        else:
+            hits.append(True)
+    return hits
+
+
+def unreached_as_views(out: Any, hits: list[bool]) -> Any:
+    """``out`` with the bands no source pixel reaches as NaN chunks that hold no memory.
+
+    pyresample computes such a band as a dense ``numpy.full`` array: 31 MB for 20 rows of
+    a 0.05 degree grid over 54 time steps, with no input, so a worker may compute the
+    bands of every region far ahead of the regions that store them and hold them all
+    (the OSTIA sample covers 10 of 180 bands). :func:`dask.array.full` gives each chunk
+    as a broadcast view of one value instead (8 bytes, and as small through
+    ``distributed``'s serialisation); the bands pyresample does interpolate keep their
+    tasks, so values are unchanged.
+
+    Parameters
+    ----------
+    out : dask.array.Array
+        Shape ``(..., ny, nx)``, chunked in bands of whole rows along axis -2, float.
+    hits : list of bool
+        Per band of ``out``: whether it holds source data (:func:`reached_bands`).
+
+    Returns
+    -------
+    dask.array.Array
+        Same shape, chunks, dtype and values; its graph holds only the tasks of the
+        reached bands (and what they need).
+    """
+    import dask
+    import dask.array as da
+
+    if all(hits):
+        return out
+    bands = out.chunks[-2]
+    starts = np.concatenate([[0], np.cumsum(bands)])
+    pieces, i = [], 0
+    while i < len(bands):  # runs of bands alike
+        j = i
+        while j < len(bands) and hits[j] == hits[i]:
+            j += 1
+        if hits[i]:
+            pieces.append(out[..., int(starts[i]):int(starts[j]), :])
+        else:
+            pieces.append(da.full((*out.shape[:-2], int(starts[j] - starts[i]), out.shape[-1]),
+                                  np.nan, dtype=out.dtype,
+                                  chunks=(*out.chunks[:-2], bands[i:j], out.chunks[-1])))
+        i = j
+    res = da.concatenate(pieces, axis=-2) if len(pieces) > 1 else pieces[0]
+    # without the unreached bands' numpy.full tasks (regions are computed unoptimised)
+    from dask.highlevelgraph import HighLevelGraph
+    from dask.optimization import cull
+
+    dsk, _ = cull(dict(res.__dask_graph__()), list(dask.core.flatten(res.__dask_keys__())))
+    return da.Array(HighLevelGraph.from_collections(res.name, dsk), res.name, res.chunks,
+                    res.dtype)
 
 
 class RegularResampler(ProjResampler):

@@ -123,25 +123,26 @@ def _apply_block(block: np.ndarray, wy: sp.csr_matrix, wx: sp.csr_matrix,
     """
     *lead, r, c = block.shape
     k, nx = wy.shape[0], wx.shape[0]
-    v = block.reshape(-1, r, c).astype("float64")
-    nplanes = v.shape[0]
-    m = np.isfinite(v)
-    v = np.where(m, v, 0.0)
-
-    def both(a: np.ndarray) -> np.ndarray:
-        t = (wx @ a.reshape(nplanes * r, c).T).T  # (planes * r, nx)
-        t = t.reshape(nplanes, r, nx).transpose(1, 0, 2).reshape(r, nplanes * nx)
-        return np.asarray(wy @ t).reshape(k, nplanes, nx).transpose(1, 0, 2)
-
-    num, den = both(v), both(m.astype("float64"))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(den > 0, num / den, np.nan)
-    if area is not None:
-        out[den < (min_fraction - 1e-9) * np.outer(*area)] = np.nan
+    out = np.empty((*lead, k, nx), dtype=np.float32)
+    least = None if area is None else (min_fraction - 1e-9) * np.outer(*area)
     if complete:
         full = np.outer(np.asarray(wy.sum(axis=1)).ravel(), np.asarray(wx.sum(axis=1)).ravel())
-        out[den < full * (1 - 1e-9)] = np.nan
-    return out.astype("float32").reshape(*lead, k, nx)
+    # one leading plane at a time: the float64 products of all planes at once held
+    # several times the block (12 months of a band: hundreds of MB)
+    for plane, dst in zip(block.reshape(-1, r, c), out.reshape(-1, k, nx), strict=True):
+        v = plane.astype("float64")
+        m = np.isfinite(v)
+        v = np.where(m, v, 0.0)
+        num = np.asarray(wy @ (wx @ v.T).T)  # (k, nx)
+        den = np.asarray(wy @ (wx @ m.astype("float64").T).T)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            res = np.where(den > 0, num / den, np.nan)
+        if least is not None:
+            res[den < least] = np.nan
+        if complete:
+            res[den < full * (1 - 1e-9)] = np.nan
+        dst[...] = res
+    return out
 
 
 def _bands(wy: sp.csr_matrix, width: int, planes: int,

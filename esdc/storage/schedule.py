@@ -6,7 +6,9 @@ are computed together with ``optimize_graph=False``, so a source read or a whole
 regrid that several regions share keeps one key and runs once. (A ``Delayed`` of
 ``to_zarr(region=...)`` gives every upstream task a key of its own per region: dask's
 ``ProhibitReuse``.) The caller journals (Zarr) or commits (Icechunk) each region as its
-result arrives, so a build killed half way keeps the regions that ended.
+result arrives, so a build killed half way keeps the regions that ended. Tasks run in
+region order (:func:`region_priorities`), with a bounded number of regions in flight
+(:func:`gate_regions`).
 
 Used by :mod:`esdc.storage.write` (Zarr folders) and :mod:`esdc.storage.icechunk`.
 """
@@ -19,7 +21,12 @@ from typing import Any
 import dask
 import xarray as xr
 
-__all__ = ["finish_region", "region_arrays", "region_priorities", "run_regions"]
+__all__ = ["REGIONS_AHEAD", "finish_region", "gate_regions", "region_arrays",
+           "region_priorities", "run_regions"]
+
+#: Regions in flight per worker thread: the first tasks of region ``i`` wait for the write
+#: of region ``i - REGIONS_AHEAD x threads`` (:func:`gate_regions`).
+REGIONS_AHEAD = 2
 
 
 def region_arrays(ds: xr.Dataset, names: list[str], dtypes: dict[str, Any],
@@ -133,12 +140,64 @@ def region_priorities(writes: list[Any]) -> dict[Any, int]:
     return defaultdict(int, {k: -i for k, i in first.items()})
 
 
+def _after(value: Any, _gate: Any) -> Any:
+    """``value``, computed once the gate's task has run."""
+    return value
+
+
+def gate_regions(writes: list[Any], ahead: int) -> tuple[dict[Any, Any], dict[Any, int]]:
+    """The writes' graph with the work of region ``i`` held back until write ``i - ahead`` ends.
+
+    Priorities (:func:`region_priorities`) order the ready tasks of a worker, but a worker
+    with nothing of the current regions to do still starts any ready task: the row bands
+    of later regions (a regrid of whole grid rows over all time steps, its pieces for
+    each store chunk), which then wait in memory for the regions that store them; at
+    0.05 degree they grew to GBs. Here every task first needed by region ``i`` whose
+    inputs all belong to earlier regions (where region ``i``'s own work starts: a source
+    read, a regrid of rows no earlier region needed) also waits for the write of region
+    ``i - ahead``, so at most ``ahead`` regions are in flight. Values are unchanged
+    (the task runs as before; the write's result only orders it). The graph is not
+    optimised (as ``optimize_graph=False``): shared upstream keys stay shared.
+
+    Parameters
+    ----------
+    writes : list of dask.delayed.Delayed
+        The region writes, in the order they should finish.
+    ahead : int
+        Regions in flight, at least 1.
+
+    Returns
+    -------
+    graph : dict
+        The writes' tasks, gated, as one graph (``Client.get(graph, keys)`` computes it:
+        one graph, where 400 collections sharing it cost minutes to merge at 0.05 degree).
+    first : dict
+        ``{key: i}``, the first region that needs each task.
+    """
+    from dask.task_spec import GraphNode, Task, TaskRef
+
+    dsk = _merged_graph(writes)
+    first: dict[Any, int] = {}
+    _reach(dsk, writes, range(len(writes)), first)
+    for key, node in list(dsk.items()):
+        i = first.get(key, 0)
+        if i < ahead or any(first.get(d, 0) >= i
+                            for d in dask.core.get_dependencies(dsk, key)):
+            continue
+        gate = writes[i - ahead].key
+        dsk[key] = (Task(key, _after, node, TaskRef(gate)) if isinstance(node, GraphNode)
+                    else (_after, node, gate))  # a legacy tuple task (or alias)
+    return dsk, first
+
+
 def run_regions(writes: list[Any], todo: list[list[int]], client: Any,
                 finished: Callable[[list[int], Any], bool]) -> list[list[int]]:
     """Compute the region writes together; ``finished(tile, result)`` on each as it ends.
 
     With a client every task's priority is its first region's
-    (:func:`region_priorities`), so the workers finish the regions in tile order.
+    (:func:`region_priorities`), so the workers finish the regions in tile order, and at
+    most :data:`REGIONS_AHEAD` regions per worker thread are in flight
+    (:func:`gate_regions`).
 
     Parameters
     ----------
@@ -164,14 +223,20 @@ def run_regions(writes: list[Any], todo: list[list[int]], client: Any,
     if client is None:
         results = dask.compute(*writes)
         return [t for t, r in zip(todo, results, strict=True) if not finished(t, r)]
+    from collections import defaultdict
+
     from distributed import as_completed
 
     # Unoptimised graphs keep the upstream keys (read, regrid) identical across the
     # tiles, so the scheduler computes shared work once instead of once per tile.
     # (Submitting the regions a few at a time instead, with the shared tasks held by
-    # futures, doubled the peak memory at 0.25 degree: 4.4 against 2.4 GB.)
-    with dask.annotate(priority=region_priorities(writes).__getitem__):
-        futures = client.compute(writes, optimize_graph=False)
+    # futures, doubled the peak memory at 0.25 degree: 4.4 against 2.4 GB; gating keeps
+    # them in one graph.)
+    threads = sum(client.nthreads().values()) or 1
+    graph, first = gate_regions(writes, REGIONS_AHEAD * threads)
+    priority = defaultdict(int, {k: -i for k, i in first.items()})
+    with dask.annotate(priority=priority.__getitem__):
+        futures = client.get(graph, [w.key for w in writes], sync=False)
     index = {f.key: i for i, f in enumerate(futures)}
     for fut in as_completed(futures):
         result = fut.result()
