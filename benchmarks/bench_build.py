@@ -28,8 +28,9 @@ naive
     image and bilinear variables, nearest ``interp`` for non-aligned categorical
     ones) and append it to the store with ``to_zarr``; dask scheduler
     ``"synchronous"``, no cluster. Sources are read with the esdc readers and
-    values decoded / time-aligned with :mod:`esdc.harmonize`, so the paths differ
-    only in how they regrid, schedule and write.
+    values decoded / time-aligned with :mod:`esdc.harmonize` (and the recipe's derived
+    layers computed with :data:`esdc.derive.FUNCTIONS` from the written layers), so the
+    paths differ only in how they regrid, schedule and write.
 regrid fast path
     Separately, :func:`esdc.regrid.regrid` with ``fast_path=True`` (block reductions
     of aligned integer-factor grids) against ``fast_path=False`` (pyresample
@@ -87,6 +88,7 @@ import xarray as xr
 
 from esdc.build import plan
 from esdc.cluster import worker_env
+from esdc.derive import FUNCTIONS
 from esdc.grid import Grid
 from esdc.harmonize import align_series, cf_attrs, decode, place_climatology
 from esdc.recipe import GridSpec, Recipe, SourceSpec, VariableSpec, load_recipe
@@ -393,6 +395,18 @@ def run_naive(recipe: Recipe, target: Path) -> dict[str, float]:
                 written.update(map(str, ds.variables))
                 del da, ds
             del loaded
+        # derived layers (e.g. the Linke climatology) with esdc's functions, as the build
+        done = xr.open_zarr(target, consolidated=False)
+        layers = {str(n): done[n] for n in done.data_vars}
+        for d in recipe.derived:
+            da = FUNCTIONS[d.function]([layers[n] for n in d.inputs], grid, **d.params)
+            da = da.astype("float32").load()
+            ds = da.drop_vars([c for c in da.coords if c not in da.dims]).to_dataset(name=d.name)
+            enc = {k: v for k, v in encoding(ds, chunks, recipe.output.compressor).items()
+                   if k not in written}
+            ds.to_zarr(target, mode="a", zarr_format=3, consolidated=False, encoding=enc)
+            written.update(map(str, ds.variables))
+            layers[d.name] = da
         seconds = time.perf_counter() - t0
     return {"seconds": seconds, "cpu_seconds": mon.cpu_seconds, "peak_rss_mb": mon.peak_mb,
             "rss_before_mb": mon.start_mb}
