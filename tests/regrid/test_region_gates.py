@@ -10,33 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dask.array as da
 import dask.threaded
 import numpy as np
-import zarr
 
-from esdc.storage.regions import prepare, tiles
-from esdc.storage.schedule import finish_region, gate_regions, region_arrays
-from tests.storage.conftest import CHUNKS, synthetic
+from esdc.storage.schedule import gate_regions
+from tests.storage.conftest import region_writes
 
 
 def test_a_region_starts_after_the_write_ahead_of_it_ends(tmp_path: Path) -> None:
     from distributed import Client, LocalCluster, get_task_stream
 
-    ds = synthetic(nt=8, ny=12, nx=24)
-    ds = ds.assign(anom=ds.sst - ds.sst.mean("time"))  # a regrid-like band per row
-    ds = prepare(ds, CHUNKS)
-    expected = ds.anom.values
-    arr = zarr.create_array(str(tmp_path / "anom"), shape=ds.anom.shape,
-                            chunks=tuple(CHUNKS[d] for d in ds.anom.dims), dtype="float32")
-    writes = []
-    for t in tiles(ds, "lat", "lon", CHUNKS):
-        sel = {"lat": slice(t[0], t[1]), "lon": slice(t[2], t[3])}
-        sources, regions = region_arrays(ds, ["anom"], {"anom": arr.dtype}, sel)
-        stored = da.store(sources, [arr], regions=regions, lock=False, compute=False,
-                          return_stored=False)
-        stored = list(stored) if isinstance(stored, tuple) else [stored]
-        writes.append(finish_region(stored, len, "test-region"))
+    writes, _todo, arr, expected = region_writes(tmp_path, "time")  # row bands
     assert len(writes) == 6
     graph, first = gate_regions(writes, ahead=1)
     keys = [w.key for w in writes]

@@ -54,6 +54,37 @@ def synthetic(nt: int = 10, ny: int = 12, nx: int = 16, label: str = "synthetic"
     return ds
 
 
+def region_writes(tmp_path: Path, mean_over: str | None = None) -> tuple[
+        list[Any], list[list[int]], Any, np.ndarray]:
+    """One store write per region of ``anom = sst - sst.mean(mean_over)`` (a whole-cube
+    mean when None: every region needs it) into a real Zarr array, not yet computed.
+
+    Returns the writes (one per tile, each ends with ``len`` of its stored parts), the
+    tiles, the array and the expected values.
+    """
+    import zarr
+
+    from esdc.storage.regions import prepare, tiles
+    from esdc.storage.schedule import finish_region, region_arrays
+
+    ds = synthetic(nt=8, ny=12, nx=24)
+    ds = ds.assign(anom=ds.sst - ds.sst.mean(mean_over))
+    ds = prepare(ds, CHUNKS)
+    expected = ds.anom.values
+    arr = zarr.create_array(str(tmp_path / "anom"), shape=ds.anom.shape,
+                            chunks=tuple(CHUNKS[d] for d in ds.anom.dims), dtype="float32")
+    todo = tiles(ds, "lat", "lon", CHUNKS)
+    writes = []
+    for t in todo:
+        sel = {"lat": slice(t[0], t[1]), "lon": slice(t[2], t[3])}
+        sources, regions = region_arrays(ds, ["anom"], {"anom": arr.dtype}, sel)
+        stored = da.store(sources, [arr], regions=regions, lock=False, compute=False,
+                          return_stored=False)
+        stored = list(stored) if isinstance(stored, tuple) else [stored]
+        writes.append(finish_region(stored, len, "test-region"))
+    return writes, todo, arr, expected
+
+
 def write(ds: xr.Dataset, target: Path | str | Target, **kwargs: Any) -> Path | str:
     """Build ``ds`` at ``target`` (a path, URL or target) with :data:`CHUNKS`, default Blosc."""
     return resolve(target).write(ds, chunks=CHUNKS, compressor=CompressorSpec(), **kwargs)

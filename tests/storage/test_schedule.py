@@ -10,33 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import dask
-import dask.array as da
 import numpy as np
-import zarr
 from dask.utils import key_split
 
-from esdc.storage.regions import prepare, tiles
-from esdc.storage.schedule import finish_region, region_arrays, region_priorities, run_regions
-from tests.storage.conftest import CHUNKS, synthetic
+from esdc.storage.schedule import region_priorities, run_regions
+from tests.storage.conftest import region_writes
 
 
 def _writes(tmp_path: Path) -> tuple[list, list[list[int]], object, np.ndarray]:
-    ds = synthetic(nt=8, ny=12, nx=24)
-    ds = ds.assign(anom=ds.sst - ds.sst.mean())  # every region needs the whole-cube mean
-    ds = prepare(ds, CHUNKS)
-    expected = ds.anom.values
-    arr = zarr.create_array(str(tmp_path / "anom"), shape=ds.anom.shape,
-                            chunks=tuple(CHUNKS[d] for d in ds.anom.dims), dtype="float32")
-    todo = tiles(ds, "lat", "lon", CHUNKS)
-    writes = []
-    for t in todo:
-        sel = {"lat": slice(t[0], t[1]), "lon": slice(t[2], t[3])}
-        sources, regions = region_arrays(ds, ["anom"], {"anom": arr.dtype}, sel)
-        stored = da.store(sources, [arr], regions=regions, lock=False, compute=False,
-                          return_stored=False)
-        stored = list(stored) if isinstance(stored, tuple) else [stored]
-        writes.append(finish_region(stored, len, "test-region"))
-    return writes, todo, arr, expected
+    return region_writes(tmp_path)  # every region needs the whole-cube mean
 
 
 def test_priorities_follow_the_first_region_that_needs_a_task(tmp_path: Path) -> None:
