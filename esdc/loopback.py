@@ -149,6 +149,7 @@ class LoopbackServer:
         self._in_flight = 0
         self._rng = random.Random(seed)  # nosec B311 - seeded fault injection, not security
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when no request is in flight
         self._faults: dict[tuple[str, str], deque[Fault]] = defaultdict(deque)
         self._stop = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
@@ -214,9 +215,16 @@ class LoopbackServer:
         with self._lock:
             self._faults[(method.upper(), _url_path(path))].extend([fault] * times)
 
-    def requests(self, method: str | None = None, path: str | None = None) -> list[Request]:
-        """The logged requests, of one method and/or one path when given."""
-        with self._lock:
+    def requests(self, method: str | None = None, path: str | None = None,
+                 settle: float = 2.0) -> list[Request]:
+        """The logged requests, of one method and/or one path when given.
+
+        A request is logged after its answer is sent, so a client may have its answer
+        before the server logged it; this waits up to ``settle`` seconds for the requests
+        in flight to end (a stalled one may stay in flight: it is then not waited for).
+        """
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=settle)
             log = list(self.log)
         return [r for r in log if (method is None or r.method == method.upper())
                 and (path is None or r.path == _url_path(path))]
@@ -241,9 +249,11 @@ class LoopbackServer:
         return None
 
     def _leave(self, record: Request) -> None:
-        with self._lock:
+        with self._idle:
             self._in_flight -= 1
             self.log.append(record)
+            if self._in_flight == 0:
+                self._idle.notify_all()
 
 
 def _check_kind(kind: str) -> None:
