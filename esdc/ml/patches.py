@@ -9,10 +9,10 @@ shuffled with a seed and split disjointly across shards (DataLoader workers ×
 Dask workers / ranks); patches go through a seeded shuffle buffer. Memory is
 bounded by a few units plus the buffer, never by the cube.
 
-The fast path (:mod:`esdc.ml.units`): a unit is decoded into a reused buffer (chunk files
-read and decompressed in the calling thread on a local unsharded cube, else ``zarr``'s
-``out=``; a sharded cube's unit is whole shards, one read each), normalised
-and NaN-filled in place, cut with one fancy index, copied once into the shuffle pool and
+The fast path (:mod:`esdc.ml.units`): a unit's chunks are decompressed into reused
+buffers (chunk or shard files read in the calling thread on a local cube, one read per
+shard file, else ``zarr``'s ``out=``), its patches cut from them chunk by chunk, masked,
+normalised and NaN-filled per batch, copied once into the shuffle pool and
 once out of it (``numpy.take``, into fresh arrays or into buffers the caller hands in
 with ``out=``), while a thread reads and cuts the next unit (``units_ahead``).
 

@@ -3,16 +3,18 @@
 :class:`esdc.ml.patches.PatchStream` reads a unit into reused buffers, cuts its
 patches, pools them for shuffling and reads the next unit ahead in a thread.
 
-A unit (one band of stored chunk or shard rows, all columns, one time chunk) is read into
-a buffer that is reused from unit to unit (no fresh allocation, no page faults; on a
-local unsharded cube chunk file by chunk file in the calling thread, else by zarr), and
-its patches are cut into contiguous ``(N, C, ph, pw)`` arrays; masks and normalisation
-are applied per batch. The shuffle pool holds patches in
-preallocated arrays; a batch is one ``numpy.take`` of its rows, written into fresh arrays
-or into buffers the caller hands in (shared-memory slots of a DataLoader worker,
-:mod:`esdc.ml.torch`). Reading ahead (:func:`read_ahead`) decodes the next unit in a
-thread while the caller cuts and draws from this one: zarr's decoding and NumPy's copies
-release the GIL.
+A unit (one band of stored chunk or shard rows, all columns, one time chunk) is read
+through buffers reused from unit to unit (no fresh allocation, no page faults; on a
+local cube chunk (or shard) file by file in the calling thread,
+:mod:`esdc.storage.chunkfiles`, else by zarr): when its patches lie inside chunks, each
+chunk is decompressed in place and its patches cut from it (:func:`cut_chunks`), else
+the unit is read into one block and cut (:func:`read_into`, :func:`cut`), into
+contiguous ``(N, C, ph, pw)`` arrays; masks and normalisation are applied per batch.
+The shuffle pool holds patches in preallocated arrays; a batch is one ``numpy.take`` of
+its rows, written into fresh arrays or into buffers the caller hands in (shared-memory
+slots of a DataLoader worker, :mod:`esdc.ml.torch`). Reading ahead (:func:`read_ahead`)
+decodes the next unit in a thread while the caller draws from this one: decompression
+and NumPy's copies release the GIL.
 """
 
 from __future__ import annotations

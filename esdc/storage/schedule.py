@@ -101,17 +101,25 @@ def _merged_graph(writes: list[Any]) -> dict[Any, Any]:
     return dict(HighLevelGraph.merge(*(w.__dask_graph__() for w in writes)))
 
 
-def _reach(dsk: dict[Any, Any], writes: list[Any], order: range,
-           seen: dict[Any, int]) -> None:
-    """``seen[key] = i`` for each task first reached from write ``i`` in ``order``."""
-    for i in order:
-        stack = [writes[i].key]
+def _first_regions(dsk: dict[Any, Any], writes: list[Any]) -> dict[Any, int]:
+    """``{key: i}``: the first region write (in order) that needs each task of ``dsk``."""
+    seen: dict[Any, int] = {}
+    for i, write in enumerate(writes):
+        stack = [write.key]
         while stack:
             key = stack.pop()
             if key in seen or key not in dsk:
                 continue
             seen[key] = i
             stack.extend(dask.core.get_dependencies(dsk, key))
+    return seen
+
+
+def _priorities(first: dict[Any, int]) -> dict[Any, int]:
+    """``{key: -i}`` from :func:`_first_regions` (0 for a key not in it)."""
+    from collections import defaultdict
+
+    return defaultdict(int, {k: -i for k, i in first.items()})
 
 
 def region_priorities(writes: list[Any]) -> dict[Any, int]:
@@ -133,11 +141,7 @@ def region_priorities(writes: list[Any]) -> dict[Any, int]:
     collections.defaultdict
         ``{key: -i}`` for every task of the writes' graph (0 for a key not in it).
     """
-    from collections import defaultdict
-
-    first: dict[Any, int] = {}
-    _reach(_merged_graph(writes), writes, range(len(writes)), first)
-    return defaultdict(int, {k: -i for k, i in first.items()})
+    return _priorities(_first_regions(_merged_graph(writes), writes))
 
 
 def _after(value: Any, _gate: Any) -> Any:
@@ -177,8 +181,7 @@ def gate_regions(writes: list[Any], ahead: int) -> tuple[dict[Any, Any], dict[An
     from dask.task_spec import GraphNode, Task, TaskRef
 
     dsk = _merged_graph(writes)
-    first: dict[Any, int] = {}
-    _reach(dsk, writes, range(len(writes)), first)
+    first = _first_regions(dsk, writes)
     for key, node in list(dsk.items()):
         i = first.get(key, 0)
         if i < ahead or any(first.get(d, 0) >= i
@@ -223,8 +226,6 @@ def run_regions(writes: list[Any], todo: list[list[int]], client: Any,
     if client is None:
         results = dask.compute(*writes)
         return [t for t, r in zip(todo, results, strict=True) if not finished(t, r)]
-    from collections import defaultdict
-
     from distributed import as_completed
 
     # Unoptimised graphs keep the upstream keys (read, regrid) identical across the
@@ -234,8 +235,7 @@ def run_regions(writes: list[Any], todo: list[list[int]], client: Any,
     # them in one graph.)
     threads = sum(client.nthreads().values()) or 1
     graph, first = gate_regions(writes, REGIONS_AHEAD * threads)
-    priority = defaultdict(int, {k: -i for k, i in first.items()})
-    with dask.annotate(priority=priority.__getitem__):
+    with dask.annotate(priority=_priorities(first).__getitem__):
         futures = client.get(graph, [w.key for w in writes], sync=False)
     index = {f.key: i for i, f in enumerate(futures)}
     for fut in as_completed(futures):
