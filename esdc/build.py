@@ -9,6 +9,7 @@ masks, derive layers, attach the conventions (CF/ACDD and esdc's provenance).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -295,9 +296,17 @@ def _open_sources(recipe: Recipe, base_dir: Path | None,
 
 
 def _grid(recipe: Recipe, opened: list[tuple[SourceSpec, Geolocated]]) -> Grid:
-    """Step 2: the grid; ``grid.time`` ``observed: true`` is made of the series' time steps."""
-    return recipe.grid.to_grid(observed=[
+    """Step 2: the grid; ``grid.time`` ``observed: true`` is made of the series' time steps.
+
+    Its ``tile`` is the spatial shape of the build's regions: the store's shard, else
+    chunk, per spatial dim (a dim without one: whole).
+    """
+    grid = recipe.grid.to_grid(observed=[
         t for spec, geo in opened if spec.time == "series" for t in geo.data[TIME_DIM].values])
+    out = recipe.output
+    tile = tuple(int(out.shards.get(d) or out.chunks.get(d) or n)
+                 for d, n in zip(grid.dims, grid.shape, strict=True))
+    return dataclasses.replace(grid, tile=tile)
 
 
 def _check_bodies(opened: list[tuple[SourceSpec, Geolocated]], grid: Grid,

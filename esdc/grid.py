@@ -104,6 +104,12 @@ class Grid:
     time_bounds : tuple of (numpy.datetime64, numpy.datetime64), optional
         Half-open ``[start, end)`` of each time cell; defaults to consecutive labels,
         the last cell as long as the one before it.
+    tile : tuple of 2 int, optional
+        ``(rows, columns)`` of the cube's regions (the store's spatial chunk, or shard,
+        :mod:`esdc.storage.regions`), a hint for the resamplers: their bands of target
+        rows never cross a multiple of ``rows`` (:meth:`band_rows`), so that a band is
+        released once its row of regions is written instead of being held across two.
+        Values do not depend on it; it is not part of the grid's identity.
 
     Raises
     ------
@@ -128,6 +134,7 @@ class Grid:
     time_bounds: tuple[tuple[np.datetime64, np.datetime64], ...] | None = field(
         default=None, compare=False
     )
+    tile: tuple[int, int] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.body not in ("earth", "moon", "sun"):
@@ -139,6 +146,10 @@ class Grid:
                 "resolution must give at least one cell in each direction."
             )
         object.__setattr__(self, "shape", (ny, nx))
+        if self.tile is not None:
+            if len(self.tile) != 2 or min(int(n) for n in self.tile) <= 0:
+                raise GridError(f"grid tile {self.tile}: give (rows, columns), both positive.")
+            object.__setattr__(self, "tile", (int(self.tile[0]), int(self.tile[1])))
         a, b, c, d, e, f = (float(v) for v in self.transform)
         if b != 0 or d != 0 or a <= 0 or e >= 0:
             raise GridError(
@@ -246,6 +257,59 @@ class Grid:
     def dims(self) -> tuple[str, str]:
         """Spatial dims: ``("lat", "lon")`` for geographic grids, else ``("y", "x")``."""
         return SPATIAL_DIMS[0] if self.is_geographic else SPATIAL_DIMS[1]
+
+    def band_rows(self, limit: int) -> int:
+        """Height of bands of target rows of at most ``limit`` rows, aligned to :attr:`tile`.
+
+        Parameters
+        ----------
+        limit : int
+            The most rows a band may hold (a resampler's memory budget), at least 1.
+
+        Returns
+        -------
+        int
+            All the grid's rows where ``limit`` reaches them, else ``limit`` without a
+            tile; else, with ``r`` the tile's rows, the largest multiple of ``r`` not
+            above ``limit``, or where ``limit < r`` the largest divisor of ``r`` not above
+            it: bands that start at row 0 then never cross a multiple of ``r``.
+        """
+        limit = max(1, int(limit))
+        if limit >= self.shape[0] or self.tile is None:
+            return min(limit, self.shape[0])
+        r = self.tile[0]
+        if limit >= r:
+            return limit - limit % r
+        return max(d for d in range(1, limit + 1) if r % d == 0)
+
+    def block_shape(self, planes: int, values: int) -> tuple[int, int]:
+        """``(rows, columns)`` of a resampler's output blocks of at most ``values`` values.
+
+        A layer with ``planes`` leading values per cell (time steps, months) comes whole
+        where it fits, else in bands of whole rows (:meth:`band_rows`) where one row of
+        regions fits, else in the regions' column tiles, at most one row of regions high:
+        a band of whole rows is held from the first region of its row to the last, a
+        column tile only by its own regions. Without a :attr:`tile`, bands of whole rows.
+
+        Parameters
+        ----------
+        planes : int
+            Values per cell, at least 1.
+        values : int
+            The most values (planes times cells) one block may hold.
+
+        Returns
+        -------
+        tuple of 2 int
+            Block rows (at least 1) and columns.
+        """
+        ny, nx = self.shape
+        planes = max(1, int(planes))
+        fit = values // (planes * nx)
+        if fit >= ny or self.tile is None or fit >= self.tile[0]:
+            return self.band_rows(fit), nx
+        cols = min(nx, self.tile[1])
+        return self.band_rows(min(self.tile[0], values // (planes * cols))), cols
 
     @property
     def resolution(self) -> tuple[float, float]:

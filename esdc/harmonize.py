@@ -15,7 +15,7 @@ from esdc.errors import SourceError
 from esdc.grid import Grid
 from esdc.recipe import VariableSpec
 
-__all__ = ["align_series", "cf_attrs", "combine_first_valid", "decode", "place_climatology",
+__all__ = ["PLACED_BLOCK", "align_series", "cf_attrs", "combine_first_valid", "decode", "place_climatology",
            "validity_mask"]
 
 
@@ -72,15 +72,26 @@ def decode(raw: xr.DataArray, var: VariableSpec) -> xr.DataArray:
     return out.astype("float32")
 
 
+#: Values (time steps times cells) of one block of a placed climatology at most.
+PLACED_BLOCK = 8_000_000
+
+
 def place_climatology(data: xr.DataArray, grid: Grid) -> xr.DataArray:
     """Place a monthly climatology (dim ``month``, 12) on the grid's time axis.
 
-    Each time step takes the climatology month of its month of year.
+    Each time step takes the climatology month of its month of year. With a
+    :attr:`~esdc.grid.Grid.tile` the placed layer comes in blocks of at most
+    :data:`PLACED_BLOCK` values (:meth:`~esdc.grid.Grid.block_shape`: the regions'
+    column tiles on a large grid), so that a region computes the time steps of its own
+    tile when it is written: placed on bands of whole rows, each band of all time steps
+    (4.5x the 12 months for the Earth cube's 54 steps) was held from the first region of
+    its row to the last.
 
     Parameters
     ----------
     data : xarray.DataArray
-        Dims ``(month, ...)`` with ``month`` of length 12 (January first); lazy.
+        Dims ``(month, y, x)`` (or ``(month, ...)`` without a tile) with ``month`` of
+        length 12 (January first); lazy.
     grid : Grid
         Target with a time axis.
 
@@ -98,6 +109,10 @@ def place_climatology(data: xr.DataArray, grid: Grid) -> xr.DataArray:
         raise SourceError(
             f"a monthly climatology needs a `month` dim of 12, got {dict(data.sizes)}")
     assert grid.time is not None
+    if grid.tile is not None and data.chunks is not None and data.dims[-2:] == grid.dims:
+        rows, cols = grid.block_shape(len(grid.time), PLACED_BLOCK)
+        if (rows, cols) != grid.shape:
+            data = data.chunk(dict(zip(grid.dims, (rows, cols), strict=True)))
     months = pd.DatetimeIndex(np.array(grid.time)).month.to_numpy() - 1
     out = data.isel(month=xr.DataArray(months, dims=TIME_DIM)).drop_vars("month",
                                                                         errors="ignore")

@@ -58,3 +58,28 @@ def test_time_axis_must_increase():
     with pytest.raises(GridError, match="increasing"):
         Grid.from_bbox("earth", "EPSG:4326", (0, 0, 1, 1), 1.0,
                        time=["2020-02-01", "2020-01-01"])
+
+
+def test_band_rows_align_to_the_region_tile():
+    """Bands of target rows never cross a multiple of the regions' rows (Grid.tile), so a
+    resampler's band is released when its row of regions is written."""
+    import dataclasses
+
+    g = Grid.from_bbox("earth", "EPSG:4326", (-180, -90, 180, 90), 0.1)
+    assert g.tile is None and g.band_rows(1234) == 1234 and g.band_rows(0) == 1
+    t = dataclasses.replace(g, tile=(180, 360))
+    assert t == g and hash(t) == hash(g)  # a hint, not part of the grid's identity
+    assert [t.band_rows(n) for n in (1234, 400, 180, 179, 100, 7, 1)] == [
+        1080, 360, 180, 90, 90, 6, 1]
+    for limit in range(1, 500):
+        rows = t.band_rows(limit)
+        assert rows <= limit and (rows % 180 == 0 or 180 % rows == 0)
+    assert t.band_rows(5000) == 1800 and g.band_rows(5000) == 1800  # the whole grid fits
+    # blocks: whole where they fit, whole rows while a row of regions fits, else tiles
+    assert t.block_shape(1, 8_000_000) == (1800, 3600)
+    assert t.block_shape(12, 8_000_000) == (180, 3600)
+    assert t.block_shape(54, 8_000_000) == (180, 360)
+    assert t.block_shape(54, 1_000_000) == (45, 360)
+    assert g.block_shape(54, 8_000_000) == (41, 3600)
+    with pytest.raises(GridError, match="tile"):
+        dataclasses.replace(g, tile=(0, 360))

@@ -149,6 +149,29 @@ def test_place_climatology_takes_the_month_of_year():
         place_climatology(clim.isel(month=slice(0, 6)), grid)
 
 
+def test_place_climatology_in_region_tiles(monkeypatch):
+    """With the regions' tile on the grid, a placed layer too large for whole bands of a
+    row of regions comes in tiles, so each region computes the months of its own tile
+    (not a band of whole rows times every step)."""
+    import dataclasses
+
+    import esdc.harmonize
+
+    months = xr.DataArray(np.arange(12 * 6 * 8, dtype="float32").reshape(12, 6, 8),
+                          dims=("month", "lat", "lon")).chunk({"month": -1, "lat": 6, "lon": 8})
+    grid = GridSpec(body="earth", bbox=(0, 0, 8, 6), resolution=1.0,
+                    time={"start": "2020-01-01", "end": "2021-06-01", "freq": "MS"}).to_grid()
+    assert grid.shape == (6, 8)
+    grid = dataclasses.replace(grid, tile=(3, 4))
+    assert place_climatology(months, grid).chunks[1:] == ((6,), (8,))  # fits whole
+    monkeypatch.setattr(esdc.harmonize, "PLACED_BLOCK", 18 * 3 * 4)  # one tile of 18 steps
+    with raise_if_dask_computes():
+        out = place_climatology(months, grid)
+    assert out.chunks[1:] == ((3, 3), (4, 4))
+    assert out.sizes["time"] == 18
+    np.testing.assert_array_equal(out.values[13], months.values[1])  # 2021-02: February
+
+
 # ----------------------------------------------------------------------------- attributes
 def test_validity_mask_flags_where_a_value_is():
     data = xr.DataArray(np.array([[1.0, np.nan], [np.nan, 0.0]], "float32"), dims=("y", "x"),

@@ -122,7 +122,7 @@ def conservative(data: xr.DataArray, source: Geolocated, grid: Grid,
     """
     wy, wx, area_y, area_x = conservative_weights(source, grid)
     return apply_separable(data, source.ydim, source.xdim, wy, wx, area=(area_y, area_x),
-                           min_fraction=min_valid_fraction)
+                           min_fraction=min_valid_fraction, tile=grid.tile)
 
 
 def rectilinear_bilinear(data: xr.DataArray, source: Geolocated, grid: Grid) -> xr.DataArray:
@@ -156,9 +156,11 @@ def rectilinear_bilinear(data: xr.DataArray, source: Geolocated, grid: Grid) -> 
             x = np.concatenate([[x[-1] - 360.0], x, [x[0] + 360.0]])
             wx = linear_weights((gx - x[0]) % 360.0 + x[0], x)
             wx = _fold_seam(wx)
-            return apply_separable(data, source.ydim, source.xdim, wy, wx, complete=True)
+            return apply_separable(data, source.ydim, source.xdim, wy, wx, complete=True,
+                                   tile=grid.tile)
     wx = linear_weights(gx, x)
-    return apply_separable(data, source.ydim, source.xdim, wy, wx, complete=True)
+    return apply_separable(data, source.ydim, source.xdim, wy, wx, complete=True,
+                                   tile=grid.tile)
 
 
 def _fold_seam(w: sp.csr_matrix) -> sp.csr_matrix:

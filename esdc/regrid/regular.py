@@ -43,7 +43,7 @@ from esdc.regrid.extent import ProjResampler, same_plane
 from esdc.regrid.nearest import nearest
 from esdc.sources.base import Geolocated
 
-__all__ = ["RegularResampler", "bilinear", "reached_bands", "unreached_as_views", "wrap_globe"]
+__all__ = ["RegularResampler", "bilinear", "reached_blocks", "unreached_as_views", "wrap_globe"]
 
 _TOL = 1e-6
 
@@ -102,13 +102,14 @@ BILINEAR_BLOCK = 8_000_000
 def bilinear(data: xr.DataArray, source: Geolocated, grid: Grid) -> xr.DataArray:
     """Bilinear interpolation of a regular source (module docstring), lazily.
 
-    pyresample's gradient search, run on bands of whole target rows of at most
-    :data:`BILINEAR_BLOCK` values (all leading planes of a band together), as the other
-    resamplers give them, so that the cube's regions, written row after row, each wait
-    for a few bands: pyresample's default block of 4096 x 4096 cells holds a 0.1 degree
-    global grid, 54 time steps of it 1.4 GB, in one task that every region waits for.
-    Bands the source does not reach are NaN chunks that hold no memory
-    (:func:`unreached_as_views`).
+    pyresample's gradient search, run on blocks of at most :data:`BILINEAR_BLOCK` values
+    (all leading planes of a block together): pyresample's default block of 4096 x 4096
+    cells holds a 0.1 degree global grid, 54 time steps of it 1.4 GB, in one task that
+    every region waits for. Where one row of the cube's regions is more than that, the
+    blocks are the regions' column tiles (:meth:`~esdc.grid.Grid.block_shape`), so that
+    each region computes its own: bands of whole rows were held from the first region of
+    their row to the last (140 MB for 180 rows of a 0.1 degree grid over 54 steps). Blocks the source does not reach are NaN chunks that hold no
+    memory (:func:`unreached_as_views`).
 
     Parameters
     ----------
@@ -133,21 +134,21 @@ def bilinear(data: xr.DataArray, source: Geolocated, grid: Grid) -> xr.DataArray
     arr = data.transpose(..., source.ydim, source.xdim).astype("float32").data
     lead = arr.shape[:-2]
     ny, nx = grid.shape
-    rows = min(ny, max(8, BILINEAR_BLOCK // max(1, int(np.prod(lead)) * nx)))
+    rows, cols = grid.block_shape(int(np.prod(lead)), BILINEAR_BLOCK)
     indices = resample_blocks(gradient_resampler_indices_block, src_area, [], dst_area,
-                              chunk_size=(2, rows, nx), dtype=float)
+                              chunk_size=(2, rows, cols), dtype=float)
     out = resample_blocks(block_bilinear_interpolator, src_area, [arr], dst_area,
-                          dst_arrays=[indices], chunk_size=(*lead, rows, nx),
+                          dst_arrays=[indices], chunk_size=(*lead, rows, cols),
                           dtype=np.float32, fill_value=np.nan)
-    return xr.DataArray(unreached_as_views(out, reached_bands(src_area, dst_area, rows)),
+    return xr.DataArray(unreached_as_views(out, reached_blocks(src_area, dst_area, rows, cols)),
                         dims=data.dims)
 
 
-def reached_bands(src_area: Any, dst_area: Any, rows: int) -> list[bool]:
-    """Which bands of ``rows`` whole grid rows pyresample finds source data for.
+def reached_blocks(src_area: Any, dst_area: Any, rows: int, cols: int) -> np.ndarray:
+    """Which blocks of ``rows x cols`` grid cells pyresample finds source data for.
 
     The test :func:`pyresample.resampler.resample_blocks` makes per destination chunk
-    (:func:`pyresample.resampler.crop_source_area`, cached): a band it finds no source
+    (:func:`pyresample.resampler.crop_source_area`, cached): a block it finds no source
     pixel for is a task ``numpy.full(shape, fill_value)`` there.
 
     Parameters
@@ -156,74 +157,86 @@ def reached_bands(src_area: Any, dst_area: Any, rows: int) -> list[bool]:
         The source.
     dst_area : pyresample.geometry.AreaDefinition
         The grid, shape ``(ny, nx)``.
-    rows : int
-        Grid rows per band (the last band may be shorter).
+    rows, cols : int
+        Grid rows and columns per block (the last ones may be smaller).
 
     Returns
     -------
-    list of bool
-        One per band, north (first row) first.
+    numpy.ndarray
+        bool, shape ``(ceil(ny / rows), ceil(nx / cols))``: row of blocks (north first),
+        then column (west first).
     """
     from pyresample.geometry import IncompatibleAreas
     from pyresample.resampler import crop_source_area
 
     ny, nx = dst_area.shape
-    hits = []
-    for y0 in range(0, ny, rows):
-        try:
-            crop_source_area(src_area, dst_area[slice(y0, min(ny, y0 + rows)), slice(0, nx)])
-        except IncompatibleAreas:
-            hits.append(False)
-        else:
-            hits.append(True)
+    hits = np.zeros((-(-ny // rows), -(-nx // cols)), dtype=bool)
+    for i, y0 in enumerate(range(0, ny, rows)):
+        for j, x0 in enumerate(range(0, nx, cols)):
+            try:
+                crop_source_area(src_area, dst_area[slice(y0, min(ny, y0 + rows)),
+                                                    slice(x0, min(nx, x0 + cols))])
+            except IncompatibleAreas:
+                continue
+            hits[i, j] = True
     return hits
 
 
-def unreached_as_views(out: Any, hits: list[bool]) -> Any:
-    """``out`` with the bands no source pixel reaches as NaN chunks that hold no memory.
+def unreached_as_views(out: Any, hits: np.ndarray) -> Any:
+    """``out`` with the blocks no source pixel reaches as NaN chunks that hold no memory.
 
-    pyresample computes such a band as a dense ``numpy.full`` array: 31 MB for 20 rows of
+    pyresample computes such a block as a dense ``numpy.full`` array: 31 MB for 20 rows of
     a 0.05 degree grid over 54 time steps, with no input, so a worker may compute the
-    bands of every region far ahead of the regions that store them and hold them all
+    blocks of every region far ahead of the regions that store them and hold them all
     (the OSTIA sample covers 10 of 180 bands). :func:`dask.array.full` gives each chunk
     as a broadcast view of one value instead (8 bytes, and as small through
-    ``distributed``'s serialisation); the bands pyresample does interpolate keep their
+    ``distributed``'s serialisation); the blocks pyresample does interpolate keep their
     tasks, so values are unchanged.
 
     Parameters
     ----------
     out : dask.array.Array
-        Shape ``(..., ny, nx)``, chunked in bands of whole rows along axis -2, float.
-    hits : list of bool
-        Per band of ``out``: whether it holds source data (:func:`reached_bands`).
+        Shape ``(..., ny, nx)``, float, one chunk along the leading axes.
+    hits : numpy.ndarray
+        bool, one per spatial block of ``out`` (rows of blocks, then columns): whether
+        it holds source data (:func:`reached_blocks`).
 
     Returns
     -------
     dask.array.Array
         Same shape, chunks, dtype and values; its graph holds only the tasks of the
-        reached bands (and what they need).
+        reached blocks (and what they need).
     """
     import dask
     import dask.array as da
 
-    if all(hits):
+    if hits.all():
         return out
-    bands = out.chunks[-2]
-    starts = np.concatenate([[0], np.cumsum(bands)])
+    bands, widths = out.chunks[-2], out.chunks[-1]
+    ys = np.concatenate([[0], np.cumsum(bands)]).astype(int)
+    xs = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+
+    def nan(i: int, j: int, cols: tuple[int, ...]) -> Any:
+        return da.full((*out.shape[:-2], int(ys[j] - ys[i]), sum(cols)), np.nan,
+                       dtype=out.dtype, chunks=(*out.chunks[:-2], bands[i:j], cols))
+
+    state = ["all" if h.all() else "none" if not h.any() else "mixed" for h in hits]
     pieces, i = [], 0
-    while i < len(bands):  # runs of bands alike
-        j = i
-        while j < len(bands) and hits[j] == hits[i]:
+    while i < len(bands):  # runs of rows of blocks alike; a mixed row block by block
+        j = i + 1
+        while state[i] != "mixed" and j < len(bands) and state[j] == state[i]:
             j += 1
-        if hits[i]:
-            pieces.append(out[..., int(starts[i]):int(starts[j]), :])
+        if state[i] == "all":
+            pieces.append(out[..., ys[i]:ys[j], :])
+        elif state[i] == "none":
+            pieces.append(nan(i, j, widths))
         else:
-            pieces.append(da.full((*out.shape[:-2], int(starts[j] - starts[i]), out.shape[-1]),
-                                  np.nan, dtype=out.dtype,
-                                  chunks=(*out.chunks[:-2], bands[i:j], out.chunks[-1])))
+            pieces.append(da.concatenate(
+                [out[..., ys[i]:ys[j], xs[k]:xs[k + 1]] if hits[i, k] else nan(i, j, (w,))
+                 for k, w in enumerate(widths)], axis=-1))
         i = j
     res = da.concatenate(pieces, axis=-2) if len(pieces) > 1 else pieces[0]
-    # without the unreached bands' numpy.full tasks (regions are computed unoptimised)
+    # without the unreached blocks' numpy.full tasks (regions are computed unoptimised)
     from dask.highlevelgraph import HighLevelGraph
     from dask.optimization import cull
 

@@ -146,12 +146,13 @@ def _apply_block(block: np.ndarray, wy: sp.csr_matrix, wx: sp.csr_matrix,
 
 
 def _bands(wy: sp.csr_matrix, width: int, planes: int,
-           nx: int = 1) -> list[tuple[int, int, int, int]]:
+           nx: int = 1, tile_rows: int | None = None) -> list[tuple[int, int, int, int]]:
     """``(k0, k1, r0, r1)``: target rows ``k0:k1`` read source rows ``r0:r1`` (-1: none).
 
     Consecutive target rows join a band while its source rows times ``width`` times
     ``planes``, and its target rows times ``nx`` times ``planes`` (an upsampled band
-    holds more cells than it reads pixels), stay within :data:`BAND_PIXELS`.
+    holds more cells than it reads pixels), stay within :data:`BAND_PIXELS`, and (with
+    ``tile_rows``) while no multiple of ``tile_rows`` falls inside it.
     """
     budget = max(1, BAND_PIXELS // max(1, width * planes))
     rows_out = max(1, BAND_PIXELS // max(1, nx * planes))
@@ -164,7 +165,8 @@ def _bands(wy: sp.csr_matrix, width: int, planes: int,
         lo, hi = int(cols.min()), int(cols.max()) + 1
         if r0 < 0:
             r0, r1 = lo, hi
-        elif (max(r1, hi) - min(r0, lo) > budget or k - k0 >= rows_out) and k > k0:
+        elif (max(r1, hi) - min(r0, lo) > budget or k - k0 >= rows_out
+              or (tile_rows and k % tile_rows == 0)) and k > k0:
             out.append((k0, k, r0, r1))
             k0, r0, r1 = k, lo, hi
         else:
@@ -175,7 +177,8 @@ def _bands(wy: sp.csr_matrix, width: int, planes: int,
 
 def apply_separable(data: xr.DataArray, ydim: str, xdim: str, wy: sp.csr_matrix,
                     wx: sp.csr_matrix, *, area: tuple[np.ndarray, np.ndarray] | None = None,
-                    min_fraction: float = 0.0, complete: bool = False) -> xr.DataArray:
+                    min_fraction: float = 0.0, complete: bool = False,
+                    tile: tuple[int, int] | None = None) -> xr.DataArray:
     """Resample with separable weights, lazily, one task per band of target rows.
 
     Parameters
@@ -196,6 +199,9 @@ def apply_separable(data: xr.DataArray, ydim: str, xdim: str, wy: sp.csr_matrix,
         their area are NaN.
     complete : bool
         Cells any contributing source pixel of which is NaN are NaN (interpolation).
+    tile : tuple of 2 int, optional
+        The grid's :attr:`~esdc.grid.Grid.tile`: where the grid takes more than one band,
+        no band crosses a multiple of its rows.
 
     Returns
     -------
@@ -216,7 +222,10 @@ def apply_separable(data: xr.DataArray, ydim: str, xdim: str, wy: sp.csr_matrix,
     lead_chunks = arr.chunks[:-2]
     planes = max((max(c) for c in lead_chunks), default=1)
     pieces = []
-    for k0, k1, r0, r1 in _bands(wy, c1 - c0, planes, nx):
+    bands = _bands(wy, c1 - c0, planes, nx)
+    if len(bands) > 1 and tile is not None:  # split anyway: along the rows of regions
+        bands = _bands(wy, c1 - c0, planes, nx, tile[0])
+    for k0, k1, r0, r1 in bands:
         if r0 < 0:
             pieces.append(da.full((*lead_shape, k1 - k0, nx), np.nan, dtype="float32",
                                   chunks=(*lead_chunks, (k1 - k0,), (nx,))))

@@ -13,6 +13,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 import zarr
@@ -102,8 +103,13 @@ def prepare(ds: xr.Dataset, chunks: dict[str, int]) -> xr.Dataset:
     of a sharded cube), so that no two Dask tasks write into one stored file.
 
     The metadata write then stores the time bounds; the region writes leave them alone.
+    The rechunk is made of tasks, never of ``distributed``'s P2P rechunk (Dask's choice
+    for large rechunks with a client): P2P moves every input through a shuffle before
+    any output exists, which would hold the cube back from being written region by
+    region.
     """
-    ds = ds.chunk({d: chunks.get(str(d), -1) for d in ds.dims if d != "nv"})
+    with dask.config.set({"array.rechunk.method": "tasks"}):
+        ds = ds.chunk({d: chunks.get(str(d), -1) for d in ds.dims if d != "nv"})
     return ds.assign_coords({c: ds[c].load() for c in ds.coords
                              if ds[c].chunks is not None and not _SPATIAL & set(ds[c].dims)})
 

@@ -18,7 +18,7 @@ from esdc.grid import Grid
 from esdc.harmonize import decode
 from esdc.recipe import GridSpec, SourceSpec
 from esdc.regrid import regrid
-from esdc.regrid.regular import reached_bands, wrap_globe
+from esdc.regrid.regular import reached_blocks, wrap_globe
 from esdc.sources import open_source
 from tests.conftest import earth_source
 
@@ -67,7 +67,8 @@ def test_unreached_bands_are_views_and_reached_bands_unchanged(res):
     raw = _raw_pyresample(data, geo, grid, rows)
     assert ours.chunks == raw.chunks
     padded, src = wrap_globe(data, geo)
-    hits = reached_bands(src.area_definition(), grid.area_definition(), rows)
+    hits = reached_blocks(src.area_definition(), grid.area_definition(), rows,
+                          grid.shape[1])[:, 0].tolist()
     assert 0 < sum(hits) < len(hits)  # the sample is a band of latitudes
     graph = dict(ours.__dask_graph__())
     # pyresample's dense NaN bands are gone from the graph ...
@@ -90,6 +91,33 @@ def test_unreached_bands_are_views_and_reached_bands_unchanged(res):
             np.testing.assert_array_equal(a, raw.blocks[(*lead, band, 0)].compute())
             finite += int(np.isfinite(a).sum())
     assert finite > 0
+
+
+def test_bilinear_in_region_tiles_equals_whole_rows(monkeypatch):
+    """With the cube's region tile on the grid, where a row of regions is more than one
+    block each region's column tile is a block of its own (no band of whole rows held
+    across a row of regions); values unchanged, blocks beyond the source still views."""
+    import dataclasses
+
+    import esdc.regrid.regular
+
+    monkeypatch.setattr(esdc.regrid.regular, "BILINEAR_BLOCK", 500_000)  # 57 rows x 6 steps
+
+    geo, data = _ostia()
+    data = data.isel(time=slice(0, 6))
+    rows_grid = _grid(0.25)
+    tiled = dataclasses.replace(rows_grid, tile=(180, 360))
+    ours = regrid(data, geo, tiled, "bilinear", allow_upsampling=True).data
+    assert ours.chunks[-2:] == ((180,) * 4, (360,) * 4)
+    whole = regrid(data, geo, rows_grid, "bilinear", allow_upsampling=True).data
+    assert whole.chunks[-1] == (1440,) and whole.chunks[-2][0] == 57
+    with dask.config.set(scheduler="threads"):
+        a, b = ours.compute(), whole.compute()
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    np.testing.assert_allclose(a, b, rtol=1e-6, equal_nan=True)
+    assert np.isfinite(a).sum() > 0
+    graph = dict(ours.__dask_graph__())
+    assert not any(_func(t) is np.full for t in graph.values())
 
 
 def test_bucket_average_of_many_planes_equals_pyresample_plane_by_plane():

@@ -144,3 +144,22 @@ def test_a_damaged_chunk_read_on_a_dask_worker(damaged: Path, client: Any) -> No
     with pytest.raises(ChunkDecodeError, match="sst/c/1/1/0"):
         client.compute(ds["sst"].data).result()
     assert client.compute(ds["sst"][:4].data).result().shape == (4, 12, 16)
+
+
+def test_prepare_rechunks_with_tasks_under_a_client(client: Any) -> None:
+    """With a ``distributed`` client Dask may pick its P2P rechunk (for large rechunks, or
+    by configuration); a build must not: P2P shuffles every input before any region can
+    be written."""
+    import dask
+    import dask.array as da
+
+    from esdc.storage.regions import prepare
+
+    data = da.ones((54, 360, 720), dtype="float32", chunks=(12, 308, 360))
+    ds = xr.Dataset({"v": (("time", "lat", "lon"), data)})
+    with dask.config.set({"array.rechunk.method": "p2p"}):
+        assert any("p2p" in n for n in da.rechunk(data, (6, 180, 360)).__dask_graph__().layers)
+        out = prepare(ds, {"time": 6, "lat": 180, "lon": 360})
+    assert out["v"].chunks == ((6,) * 9, (180,) * 2, (360,) * 2)
+    assert not any("p2p" in name for name in out["v"].data.__dask_graph__().layers)
+    assert float(out["v"].sum().compute()) == 54 * 360 * 720
