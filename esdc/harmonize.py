@@ -15,8 +15,8 @@ from esdc.errors import SourceError
 from esdc.grid import Grid
 from esdc.recipe import VariableSpec
 
-__all__ = ["PLACED_BLOCK", "align_series", "cf_attrs", "combine_first_valid", "decode", "place_climatology",
-           "validity_mask"]
+__all__ = ["PLACED_BLOCK", "align_series", "cf_attrs", "combine_first_valid", "decode",
+           "place_climatology", "validity_mask"]
 
 
 def decode(raw: xr.DataArray, var: VariableSpec) -> xr.DataArray:

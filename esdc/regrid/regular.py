@@ -108,8 +108,9 @@ def bilinear(data: xr.DataArray, source: Geolocated, grid: Grid) -> xr.DataArray
     every region waits for. Where one row of the cube's regions is more than that, the
     blocks are the regions' column tiles (:meth:`~esdc.grid.Grid.block_shape`), so that
     each region computes its own: bands of whole rows were held from the first region of
-    their row to the last (140 MB for 180 rows of a 0.1 degree grid over 54 steps). Blocks the source does not reach are NaN chunks that hold no
-    memory (:func:`unreached_as_views`).
+    their row to the last (140 MB for 180 rows of a 0.1 degree grid over 54 steps).
+    Blocks the source does not reach are NaN chunks that hold no memory
+    (:func:`unreached_as_views`).
 
     Parameters
     ----------
