@@ -299,14 +299,15 @@ def _grid(recipe: Recipe, opened: list[tuple[SourceSpec, Geolocated]]) -> Grid:
     """Step 2: the grid; ``grid.time`` ``observed: true`` is made of the series' time steps.
 
     Its ``tile`` is the spatial shape of the build's regions: the store's shard, else
-    chunk, per spatial dim (a dim without one: whole).
+    chunk, per spatial dim (a dim without one: whole); none where one region is the
+    whole grid.
     """
     grid = recipe.grid.to_grid(observed=[
         t for spec, geo in opened if spec.time == "series" for t in geo.data[TIME_DIM].values])
     out = recipe.output
-    tile = tuple(int(out.shards.get(d) or out.chunks.get(d) or n)
+    tile = tuple(min(n, int(out.shards.get(d) or out.chunks.get(d) or n))
                  for d, n in zip(grid.dims, grid.shape, strict=True))
-    return dataclasses.replace(grid, tile=tile)
+    return grid if tile == grid.shape else dataclasses.replace(grid, tile=tile)
 
 
 def _check_bodies(opened: list[tuple[SourceSpec, Geolocated]], grid: Grid,

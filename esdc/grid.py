@@ -272,7 +272,9 @@ class Grid:
             All the grid's rows where ``limit`` reaches them, else ``limit`` without a
             tile; else, with ``r`` the tile's rows, the largest multiple of ``r`` not
             above ``limit``, or where ``limit < r`` the largest divisor of ``r`` not above
-            it: bands that start at row 0 then never cross a multiple of ``r``.
+            it: bands that start at row 0 then never cross a multiple of ``r``. Where
+            that divisor is under half of ``limit`` (``r`` prime, say), ``limit``: bands
+            may cross, rather than more than twice as many tasks.
         """
         limit = max(1, int(limit))
         if limit >= self.shape[0] or self.tile is None:
@@ -280,7 +282,8 @@ class Grid:
         r = self.tile[0]
         if limit >= r:
             return limit - limit % r
-        return max(d for d in range(1, limit + 1) if r % d == 0)
+        d = max(d for d in range(1, limit + 1) if r % d == 0)
+        return d if 2 * d >= limit else limit
 
     def block_shape(self, planes: int, values: int) -> tuple[int, int]:
         """``(rows, columns)`` of a resampler's output blocks of at most ``values`` values.

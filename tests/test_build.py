@@ -152,3 +152,33 @@ def test_default_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.chdir(tmp_path)
     assert build(stageiv_recipe(), fetch=False) == tmp_path / "cubes" / "build_test.zarr"
     assert os.path.isdir(tmp_path / "cubes" / "build_test.zarr")
+
+
+def test_planned_layers_are_cut_to_the_regions(samples: dict[str, Any]) -> None:
+    """The build puts its regions' tile (the store's chunk) on the grid: on a 0.1 degree
+    Earth grid no planned chunk crosses a row of regions, and the layers too large for
+    whole rows (the SST's 54 steps, the placed Linke months) come in the regions' column
+    tiles, so a region needs only its own pieces (memory bounded by the tile, not the
+    grid). Nothing is computed."""
+    from esdc.build import plan
+    from esdc.recipe import load_recipe
+    from esdc.testing import raise_if_dask_computes
+
+    d = load_recipe(Path(__file__).parents[1] / "recipes" / "earth.yaml").to_dict()
+    d["grid"]["resolution"] = 0.1
+    recipe = Recipe.from_dict(d)
+    rows, cols = recipe.output.chunks["lat"], recipe.output.chunks["lon"]
+    with raise_if_dask_computes():
+        ds = plan(recipe)
+    assert ds.sizes["lat"] == 1800 and ds.sizes["lon"] == 3600
+    for name, var in ds.data_vars.items():
+        if var.chunks is None or "lat" not in var.dims:
+            continue
+        edges = [0]
+        for n in var.chunks[var.dims.index("lat")]:
+            edges.append(edges[-1] + n)
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            assert a // rows == (b - 1) // rows or (a % rows == 0 and b % rows == 0), name
+    for name in ("sst", "linke_turbidity"):
+        assert set(ds[name].chunks[-1]) == {cols}, name
+        assert set(ds[name].chunks[-2]) == {rows}, name

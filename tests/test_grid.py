@@ -73,7 +73,9 @@ def test_band_rows_align_to_the_region_tile():
         1080, 360, 180, 90, 90, 6, 1]
     for limit in range(1, 500):
         rows = t.band_rows(limit)
-        assert rows <= limit and (rows % 180 == 0 or 180 % rows == 0)
+        assert limit / 2 <= rows <= limit and (rows % 180 == 0 or 180 % rows == 0)
+    prime = dataclasses.replace(g, tile=(179, 360))  # no divisor near the budget
+    assert prime.band_rows(100) == 100 and prime.band_rows(179) == 179
     assert t.band_rows(5000) == 1800 and g.band_rows(5000) == 1800  # the whole grid fits
     # blocks: whole where they fit, whole rows while a row of regions fits, else tiles
     assert t.block_shape(1, 8_000_000) == (1800, 3600)
