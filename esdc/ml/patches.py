@@ -279,7 +279,8 @@ class PatchStream:
         state["_spare"] = []
         return state
 
-    def subshard(self, index: int, count: int, units_ahead: int | None = None) -> PatchStream:
+    def subshard(self, index: int, count: int, units_ahead: int | None = None,
+                 time_steps: tuple[int, int] | None = None) -> PatchStream:
         """Sub-shard ``index`` of ``count`` of this stream's shard, sharing the opened cube.
 
         A DataLoader worker or a reading thread uses it: sub-shard ``shard * count +
@@ -294,6 +295,8 @@ class PatchStream:
             copy of this stream.
         units_ahead : int, optional
             The copy's ``units_ahead``; None keeps this stream's.
+        time_steps : (int, int), optional
+            The copy's ``time_steps``, within this stream's; None keeps this stream's.
 
         Returns
         -------
@@ -311,6 +314,8 @@ class PatchStream:
         sub.shard, sub.num_shards = self.shard * count + index, self.num_shards * count
         if units_ahead is not None:
             sub.units_ahead = units_ahead
+        if time_steps is not None and self.has_time:
+            sub.time_steps = sub._steps = (int(time_steps[0]), int(time_steps[1]))
         return sub
 
     @property

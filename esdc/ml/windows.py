@@ -16,7 +16,6 @@ fills them.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -72,7 +71,7 @@ def _fields(stream: PatchStream, tile: int) -> Iterator[tuple[int, np.ndarray, n
     c = len(stream.variables)
     nty, ntx = stream.ny // tile, stream.nx // tile
     for t in steps:
-        one = stream if t is None else dataclasses.replace(stream, time_steps=(t, t + 1))
+        one = stream if t is None else stream.subshard(0, 1, time_steps=(t, t + 1))
         x = np.zeros((c, nty * tile, ntx * tile), "float32")
         valid = np.zeros(x.shape, bool)
         for b in one.batches(256):
