@@ -39,12 +39,16 @@ from esdc.errors import TrainConfigError
 from esdc.ml.stats import cube_statistics, normalisation, read_statistics
 from esdc.ml.units import (
     Batch,
+    EpochStart,
     Out,
     Recycler,
     ShufflePool,
+    batch_rows,
+    concat_batches,
     cut,
     cut_chunks,
     finish,
+    owned,
     put_until,
     read_ahead,
     read_into,
@@ -185,6 +189,9 @@ class PatchStream:
         batches from the current one (zarr's decoding and NumPy's copies release the
         GIL); 0 reads in the caller's thread. A DataLoader worker of
         :class:`esdc.ml.torch.PatchDataset` uses 0 (the workers are the parallelism).
+    epoch_ahead : bool
+        With ``units_ahead > 0``, read the next epoch's first units (one pool's fill) while
+        a shuffled epoch drains (:class:`~esdc.ml.units.EpochStart`).
 
     Raises
     ------
@@ -215,10 +222,13 @@ class PatchStream:
     version: str | None = None
     time_steps: tuple[int, int] | None = None
     units_ahead: int = 1
+    epoch_ahead: bool = True
     _ds: xr.Dataset = field(init=False, repr=False)
     #: read buffers and recycled unit arrays of a finished epoch, for the next one
     _spare: list[tuple[dict[str, np.ndarray], Recycler]] = field(
         init=False, repr=False, compare=False, default_factory=list)
+    #: the next epoch's first units, read while a shuffled epoch drains (EpochStart)
+    _ahead: EpochStart | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         self.variables = list(self.variables)
@@ -276,7 +286,7 @@ class PatchStream:
     def __getstate__(self) -> dict[str, Any]:
         """The stream, pickled (to a DataLoader worker) without its spare read buffers."""
         state = self.__dict__.copy()
-        state["_spare"] = []
+        state["_spare"], state["_ahead"] = [], None
         return state
 
     def subshard(self, index: int, count: int, units_ahead: int | None = None,
@@ -450,10 +460,12 @@ class PatchStream:
         return Batch(b.x, valid, b.index, b.target)
 
     def _units(self, epoch: int, recycler: Recycler | None = None,
-               buffers: dict[str, np.ndarray] | None = None) -> Iterator[Batch]:
-        """The units of this shard and ``epoch`` in order, read ``units_ahead`` units ahead."""
+               buffers: dict[str, np.ndarray] | None = None,
+               ready: dict[Any, Batch] | None = None) -> Iterator[Batch]:
+        """The units of ``epoch`` in order, ``units_ahead`` ahead (``ready``: read already)."""
         buffers = {} if buffers is None else buffers  # the reading thread's own
-        return read_ahead(lambda u: self._unit(u[0], u[1], buffers, recycler),
+        ready = {} if ready is None else ready
+        return read_ahead(lambda u: ready.pop(u, None) or self._unit(*u, buffers, recycler),
                           self._shard_units(epoch), depth=self.units_ahead,
                           name=f"esdc-units-{self.shard}")
 
@@ -483,7 +495,8 @@ class PatchStream:
         each batch is a seeded random draw from the pool, whose holes are filled from
         its end. Without shuffling, patches come in unit order. After a complete epoch
         the stream keeps its read buffer and two released unit arrays (about three units
-        of memory) for its next epoch, which then faults in no fresh pages.
+        of memory) for its next epoch, which then faults in no fresh pages; and while the
+        pool drains, the next epoch's first units are read (``epoch_ahead``).
 
         Parameters
         ----------
@@ -507,13 +520,18 @@ class PatchStream:
             yield from self._ordered_batches(batch_size, epoch, drop_last, out)
             return
         rng = np.random.default_rng([self.seed, epoch, self.shard, 1])
+        ahead, self._ahead = self._ahead, None
+        ready = {} if ahead is None else ahead.take(epoch)  # joined: its buffers are free
         # an earlier epoch's read buffer and unit arrays: no fresh pages to fault in
         buffers, recycler = self._spare.pop() if self._spare else ({}, Recycler())
         pool = ShufflePool(self.buffer_size, recycler)
-        for unit in self._units(epoch, recycler, buffers):
+        for unit in self._units(epoch, recycler, buffers, ready):
             pool.add(unit)
             while pool.size - batch_size >= self.buffer_size:
                 yield self._finish(pool.draw(rng, batch_size, out))
+        if self.epoch_ahead and self.units_ahead > 0:
+            self._ahead = EpochStart(epoch + 1, lambda u: self._unit(*u, buffers, recycler),
+                                     self._shard_units(epoch + 1), self.buffer_size + batch_size)
         for b in pool.drain(rng, batch_size, drop_last, out):
             yield self._finish(b)
         # kept only after a whole epoch: an abandoned one may still be reading into them
@@ -552,6 +570,8 @@ class PatchStream:
             yield from self.batches(batch_size, epoch, drop_last, out)
             return
         subs = [self.subshard(i, threads) for i in range(threads)]
+        for sub in subs:  # made per call: a next epoch read ahead would go unused
+            sub.epoch_ahead = False
         queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=prefetch) for _ in subs]
         stop = threading.Event()
         done = object()
@@ -595,12 +615,12 @@ class PatchStream:
             carry.append(unit)
             count += len(unit.x)
             while count >= batch_size:
-                merged = _concat(carry)
-                yield self._finish(_written(_rows(merged, slice(0, batch_size)), out))
-                rest = _rows(merged, slice(batch_size, None))
+                merged = concat_batches(carry)
+                yield self._finish(owned(batch_rows(merged, slice(0, batch_size)), out))
+                rest = batch_rows(merged, slice(batch_size, None))
                 carry, count = [rest], len(rest.x)
         if count and not drop_last:
-            yield self._finish(_written(_concat(carry), out))
+            yield self._finish(owned(concat_batches(carry), out))
 
 
 def batch_pixels(b: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -674,25 +694,3 @@ def valid_pixels(stream: PatchStream, limit: int, seed: int,
         pick = np.random.default_rng(seed).choice(len(out[1]), limit, replace=False)
         out = [a[pick] for a in out]
     return tuple(out)
-
-
-def _concat(parts: list[Batch]) -> Batch:
-    if len(parts) == 1:
-        return parts[0]
-    return Batch(*(None if parts[0][i] is None else np.concatenate([p[i] for p in parts])
-                   for i in range(4)))
-
-
-def _rows(b: Batch, sel: slice) -> Batch:
-    return Batch(*(None if a is None else a[sel] for a in b))
-
-
-def _written(b: Batch, out: Out | None) -> Batch:
-    """Raw batch ``b`` with fresh arrays, or copied into ``out``'s (``valid`` to come)."""
-    dest = out(len(b.x)) if out is not None else None
-    if dest is None:  # a batch owns its arrays (a view of a unit could be finished twice)
-        return Batch(*(None if a is None else np.array(a) for a in b))
-    for arr, into in zip((b.x, b.target), (dest[0], dest[2]), strict=True):
-        if arr is not None:
-            np.copyto(into, arr)
-    return Batch(dest[0], dest[1], b.index, dest[2] if b.target is not None else None)

@@ -31,8 +31,9 @@ from zarr.core.buffer import default_buffer_prototype
 
 from esdc.storage.chunkfiles import chunk_reader
 
-__all__ = ["Batch", "Out", "Recycler", "ShufflePool", "cut", "cut_chunks", "finish", "put_until",
-           "read_ahead", "read_into", "scratch"]
+__all__ = ["Batch", "EpochStart", "Out", "Recycler", "ShufflePool", "batch_rows", "concat_batches",
+           "cut", "cut_chunks", "finish", "owned", "put_until", "read_ahead", "read_into",
+           "scratch"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -463,6 +464,80 @@ class ShufflePool:
             if len(order) - s0 < batch_size and drop_last:
                 break
             yield self._take(units[s0:s0 + batch_size], rows[s0:s0 + batch_size], out)
+
+
+class EpochStart:
+    """The first units of a stream's next epoch, read in a thread while an epoch drains.
+
+    A shuffled epoch ends by drawing the last ``buffer_size`` patches from its pool with
+    no unit left to read, and the next one starts by filling its pool before its first
+    batch: the reading thread is idle in the first phase and the consumer in the second
+    (a fifth of an epoch of the ``bench_batches.py --quick`` cube). The thread starts when
+    this is made, reads units in the next epoch's order until they hold ``patches``
+    patches (one pool's fill), then ends: nothing outlives it, and the units it read are
+    held (at most one pool of memory more, at the turn of the epoch) until the stream
+    asks for an epoch.
+
+    Parameters
+    ----------
+    epoch : int
+        The epoch whose first units these are.
+    produce : callable
+        ``produce(unit) -> Batch``: one unit read (in the thread).
+    units : list
+        The epoch's units, in its order.
+    patches : int
+        Read units until they hold this many patches.
+    """
+
+    def __init__(self, epoch: int, produce: Callable[[Any], Batch], units: list[Any],
+                 patches: int) -> None:
+        self.epoch = epoch
+        self._ready: dict[Any, Batch] = {}
+        self._thread = threading.Thread(target=self._read, args=(produce, units, patches),
+                                        daemon=True, name=f"esdc-epoch-{epoch}-start")
+        self._thread.start()
+
+    def _read(self, produce: Callable[[Any], Batch], units: list[Any], patches: int) -> None:
+        n = 0
+        try:
+            for u in units:
+                if n >= patches:
+                    return
+                self._ready[u] = b = produce(u)
+                n += len(b.x)
+        except Exception:  # noqa: BLE001 - the epoch reads that unit again and raises there
+            return
+
+    def take(self, epoch: int) -> dict[Any, Batch]:
+        """``{unit: Batch}`` read for ``epoch`` (none for another), the thread ended."""
+        self._thread.join()
+        ready, self._ready = self._ready, {}
+        return ready if epoch == self.epoch else {}
+
+
+def concat_batches(parts: list[Batch]) -> Batch:
+    """One batch of the rows of ``parts`` in order (``parts[0]`` itself if alone)."""
+    if len(parts) == 1:
+        return parts[0]
+    return Batch(*(None if parts[0][i] is None else np.concatenate([p[i] for p in parts])
+                   for i in range(4)))
+
+
+def batch_rows(b: Batch, sel: slice) -> Batch:
+    """Rows ``sel`` of every array of ``b`` (views)."""
+    return Batch(*(None if a is None else a[sel] for a in b))
+
+
+def owned(b: Batch, out: Out | None) -> Batch:
+    """Raw batch ``b`` with fresh arrays, or copied into ``out``'s (``valid`` to come)."""
+    dest = out(len(b.x)) if out is not None else None
+    if dest is None:  # a batch owns its arrays (a view of a unit could be finished twice)
+        return Batch(*(None if a is None else np.array(a) for a in b))
+    for arr, into in zip((b.x, b.target), (dest[0], dest[2]), strict=True):
+        if arr is not None:
+            np.copyto(into, arr)
+    return Batch(dest[0], dest[1], b.index, dest[2] if b.target is not None else None)
 
 
 def put_until(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:

@@ -367,3 +367,38 @@ def test_chunk_by_chunk_cut_equals_the_block_cut(cube, tmp_path):
         across = np.full_like(want, 7.0)
         assert cut_chunks(arrays, times, r0, ys, xs + 4, (8, 8), {}, across) is None
         assert (across == 7.0).all()
+
+
+def test_next_epoch_read_while_an_epoch_drains(cube, monkeypatch):
+    """While a shuffled epoch drains its pool, the next epoch's first units (one pool's
+    fill) are read in a thread that then ends; that epoch equals a fresh stream's. Asking
+    for another epoch discards them; ``epoch_ahead=False`` and threaded sub-streams (made
+    per call) read nothing ahead."""
+    kw = {"patch": (8, 8), "seed": 3, "buffer_size": 20, "targets": ["s"]}
+    stream = PatchStream(cube, ["a", "b"], **kw)
+    list(stream.batches(4, epoch=0))
+    ahead = stream._ahead
+    assert ahead is not None and ahead.epoch == 1
+    ahead._thread.join(timeout=30)
+    assert not ahead._thread.is_alive()  # it ends once one pool's fill is read
+    assert 24 <= sum(len(b.x) for b in ahead._ready.values()) < len(stream)
+    for epoch in (1, 2, 4):  # 1 and 2 read ahead, 4 after 3 was read ahead
+        fresh = list(PatchStream(cube, ["a", "b"], **kw).batches(4, epoch=epoch))
+        got = list(stream.batches(4, epoch=epoch))
+        assert len(got) == len(fresh)
+        for b, f in zip(got, fresh, strict=True):
+            for name in ("x", "valid", "index", "target"):
+                np.testing.assert_array_equal(getattr(b, name), getattr(f, name))
+    off = PatchStream(cube, ["a", "b"], epoch_ahead=False, **kw)
+    list(off.batches(4, epoch=0))
+    assert off._ahead is None
+    import esdc.ml.patches
+    from esdc.ml.units import EpochStart
+
+    made = []
+    monkeypatch.setattr(esdc.ml.patches, "EpochStart",
+                        lambda *a, **k: made.append(a[0]) or EpochStart(*a, **k))
+    assert len(list(stream.threaded_batches(4, epoch=0, threads=2))) > 0
+    assert made == []  # the sub-streams read no next epoch
+    list(stream.batches(4, epoch=5))
+    assert made == [6]
