@@ -226,6 +226,17 @@ def test_subshards_share_the_opened_cube_and_split_it_like_replace(cube):
         stream.subshard(3, 3)
 
 
+def _epochs_equal_fresh(stream, cube, kw, epochs) -> None:
+    """Each of ``epochs`` of ``stream``, in turn, equals that epoch of a fresh stream."""
+    for epoch in epochs:
+        fresh = list(PatchStream(cube, ["a", "b"], **kw).batches(4, epoch=epoch))
+        got = list(stream.batches(4, epoch=epoch))
+        assert len(got) == len(fresh)
+        for b, f in zip(got, fresh, strict=True):
+            for name in ("x", "valid", "index", "target"):
+                np.testing.assert_array_equal(getattr(b, name), getattr(f, name))
+
+
 def test_buffers_kept_between_epochs_never_leak_values(cube):
     """A stream reuses its read buffers epoch after epoch (an abandoned epoch's are not
     reused): every epoch equals the same epoch of a fresh stream."""
@@ -237,13 +248,7 @@ def test_buffers_kept_between_epochs_never_leak_values(cube):
     import pickle
 
     size = len(pickle.dumps(stream))
-    for epoch in (1, 2, 1):
-        fresh = list(PatchStream(cube, ["a", "b"], **kw).batches(4, epoch=epoch))
-        got = list(stream.batches(4, epoch=epoch))
-        assert len(got) == len(fresh)
-        for b, f in zip(got, fresh, strict=True):
-            for name in ("x", "valid", "index", "target"):
-                np.testing.assert_array_equal(getattr(b, name), getattr(f, name))
+    _epochs_equal_fresh(stream, cube, kw, (1, 2, 1))
     # the buffers kept for the next epoch are not sent to a DataLoader worker
     assert len(pickle.dumps(stream)) == size
 
@@ -382,13 +387,7 @@ def test_next_epoch_read_while_an_epoch_drains(cube, monkeypatch):
     ahead._thread.join(timeout=30)
     assert not ahead._thread.is_alive()  # it ends once one pool's fill is read
     assert 24 <= sum(len(b.x) for b in ahead._ready.values()) < len(stream)
-    for epoch in (1, 2, 4):  # 1 and 2 read ahead, 4 after 3 was read ahead
-        fresh = list(PatchStream(cube, ["a", "b"], **kw).batches(4, epoch=epoch))
-        got = list(stream.batches(4, epoch=epoch))
-        assert len(got) == len(fresh)
-        for b, f in zip(got, fresh, strict=True):
-            for name in ("x", "valid", "index", "target"):
-                np.testing.assert_array_equal(getattr(b, name), getattr(f, name))
+    _epochs_equal_fresh(stream, cube, kw, (1, 2, 4))  # 1, 2 read ahead; 4 after 3 was
     off = PatchStream(cube, ["a", "b"], epoch_ahead=False, **kw)
     list(off.batches(4, epoch=0))
     assert off._ahead is None
