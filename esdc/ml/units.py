@@ -517,7 +517,12 @@ class EpochStart:
 
 
 def concat_batches(parts: list[Batch]) -> Batch:
-    """One batch of the rows of ``parts`` in order (``parts[0]`` itself if alone)."""
+    """One batch of the rows of ``parts`` in order (``parts[0]`` itself if alone).
+
+    Each array of a part has its patches on axis 0 (``x`` ``(B, C, ph, pw)``, ``index``
+    ``(B, 3)``); ``None`` arrays stay ``None``. Raises ``ValueError`` (NumPy) where the
+    parts' other axes differ.
+    """
     if len(parts) == 1:
         return parts[0]
     return Batch(*(None if parts[0][i] is None else np.concatenate([p[i] for p in parts])
@@ -525,12 +530,16 @@ def concat_batches(parts: list[Batch]) -> Batch:
 
 
 def batch_rows(b: Batch, sel: slice) -> Batch:
-    """Rows ``sel`` of every array of ``b`` (views)."""
+    """Rows ``sel`` (axis 0: patches) of every array of ``b``, as views; no copy."""
     return Batch(*(None if a is None else a[sel] for a in b))
 
 
 def owned(b: Batch, out: Out | None) -> Batch:
-    """Raw batch ``b`` with fresh arrays, or copied into ``out``'s (``valid`` to come)."""
+    """Raw batch ``b`` with fresh arrays, or copied into ``out``'s (``valid`` to come).
+
+    ``out(n)`` gives ``(x, valid, target)`` arrays of ``n`` rows, the shapes of ``b``'s
+    (``x`` float32 ``(n, C, ph, pw)``); ``index`` ``(n, 3)`` is ``b``'s own.
+    """
     dest = out(len(b.x)) if out is not None else None
     if dest is None:  # a batch owns its arrays (a view of a unit could be finished twice)
         return Batch(*(None if a is None else np.array(a) for a in b))
