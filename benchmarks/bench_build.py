@@ -10,8 +10,16 @@ esdc
     decode, regrid, harmonize) then :meth:`esdc.storage.Target.write` on a
     ``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``
     with the CLI's worker environment (``esdc.cluster.worker_env``); its start-up time
-    is reported but left out of the ratios. Peak memory: the RSS summed over the process
-    tree (this process, the nannies and the workers), sampled every 50 ms in a thread.
+    is reported but left out of the ratios. The build runs twice: first on the fresh
+    workers (``esdc_first_seconds``: what one ``esdc build`` on a new cluster costs,
+    imports and first-touch memory of the worker processes included), then again on the
+    same, now warm, workers (``esdc_seconds``, as in a notebook session that builds on a
+    running cluster). The I/O floor is measured on those warm workers afterwards, so the
+    ratios compare the second build with it (``ratio_to_io_floor``); the first build's
+    ratio is reported beside (``ratio_to_io_floor_first_build``). With ``--esdc-only``
+    the build runs once. Peak memory: the RSS summed over the process tree (this
+    process, the nannies and the workers), sampled every 50 ms in a thread; the larger
+    of the two builds' peaks.
 I/O floor
     What no builder can beat without skipping work: read and decode the source
     pixels that cover the grid (the esdc readers, ``esdc.sources.open_source``,
@@ -517,9 +525,14 @@ def run(recipe: Recipe, workdir: Path, step: Callable[[str], None] = log,
     step(f"starting the LocalCluster ({N_WORKERS} workers)")
     client, startup = start_cluster()
     try:
-        step("esdc build")
-        esdc = run_esdc(recipe, stores["esdc"], client)
+        step("esdc build" + ("" if esdc_only else " (first, on the fresh workers)"))
+        esdc = first = run_esdc(recipe, stores["esdc"], client)
         gc.collect()
+        if not esdc_only:  # the floor below runs on warm workers: so does the timed build
+            first.pop("ds")
+            step("esdc build (again, on the warm workers: timed against the floor)")
+            esdc = run_esdc(recipe, stores["esdc"], client)
+            gc.collect()
         layers = None
         if profile:
             step("per-layer profile")
@@ -544,7 +557,9 @@ def run(recipe: Recipe, workdir: Path, step: Callable[[str], None] = log,
         "esdc_seconds": esdc["seconds"],
         "esdc_plan_seconds": esdc["plan_seconds"],
         "esdc_write_seconds": esdc["write_seconds"],
-        "peak_rss_mb": esdc["peak_rss_mb"],
+        "peak_rss_mb": max(esdc["peak_rss_mb"], first["peak_rss_mb"]),
+        "esdc_first_seconds": first["seconds"],
+        "esdc_first_cpu_seconds": first["cpu_seconds"],
         "rss_before_build_mb": esdc["rss_before_mb"],
         **_profile_keys(esdc, layers),
         "throughput_per_worker_mb_s": out_mb / esdc["seconds"] / N_WORKERS,
@@ -584,6 +599,7 @@ def run(recipe: Recipe, workdir: Path, step: Callable[[str], None] = log,
         "cpu_seconds": {"esdc": esdc["cpu_seconds"], "io_floor": read_cpu + write_cpu,
                         "naive": naive["cpu_seconds"]},
         "ratio_to_io_floor": esdc["seconds"] / floor_s,
+        "ratio_to_io_floor_first_build": first["seconds"] / floor_s,
         "ratio_to_naive": esdc["seconds"] / naive["seconds"],
         "ratio_to_io_floor_cpu": esdc["cpu_seconds"] / (read_cpu + write_cpu),
         "throughput_mb_s": {"esdc": out_mb / esdc["seconds"], "io_floor": out_mb / floor_s,
@@ -635,7 +651,9 @@ def print_table(r: dict[str, Any]) -> None:
     rows = [
         ("esdc (plan + write)", r["esdc_seconds"], cpu["esdc"], tp["esdc"], disk["esdc"],
          1.0),
-        (f"  plan {r['esdc_plan_seconds']:.2f} s, write {r['esdc_write_seconds']:.2f} s",),
+        (f"  plan {r['esdc_plan_seconds']:.2f} s, write {r['esdc_write_seconds']:.2f} s; the "
+         f"first build, on fresh workers: {r['esdc_first_seconds']:.2f} s "
+         f"({r['ratio_to_io_floor_first_build']:.2f}x the floor)",),
         ("I/O floor (read + write)", r["io_floor_seconds"], cpu["io_floor"], tp["io_floor"],
          disk["io_floor"], r["ratio_to_io_floor"]),
         (f"  read {r['io_floor_read_seconds']:.2f} s, write "

@@ -57,7 +57,7 @@ from esdc.harmonize import (
 from esdc.hashing import file_sha256
 from esdc.recipe import DerivedSpec, ObservedTimeSpec, Recipe, SourceSpec, VariableSpec
 from esdc.regrid import coverage, overlaps, regrid, resampler_for
-from esdc.regrid.extent import grid_extent, missed_message, partial_message, source_extent
+from esdc.regrid.extent import crop, grid_extent, missed_message, partial_message, source_extent
 from esdc.samples import SAMPLES
 from esdc.samples import fetch as fetch_samples
 from esdc.sources import Geolocated, open_source
@@ -74,6 +74,10 @@ from esdc.storage import Target, resolve
 from esdc.storage.fetch import FetchedGranule, SkippedGranule, fetch_granules
 
 __all__ = ["FetchedSource", "build", "default_output", "fetch_sources", "granule_table", "plan"]
+
+#: Source pixels kept beyond the grid's box before decoding (every resampler's
+#: neighbours: bilinear needs one, nearest crops with two again).
+CROP_MARGIN = 2
 
 _LIBS = ("esdc", "numpy", "xarray", "dask", "distributed", "zarr", "pyresample", "pyproj",
          "rioxarray", "h5netcdf", "netCDF4", "pillow", "astropy", "sunpy", "reproject")
@@ -360,11 +364,14 @@ def _harmonize(spec: SourceSpec, var: VariableSpec, geo: Geolocated,
     the source lands on the grid is recorded (``esdc_coverage``, for ``esdc verify``).
     """
     what = f"sources.{spec.name}"
-    da = decode(geo.data[var.source], var)
+    # Decoding (scale, offset, fill values, dtype) costs per pixel: the pixels beyond the
+    # grid's box are cut first (a regional cube from a global source decodes its region).
+    raw, cut = crop(geo.data[var.source], geo, grid, margin=CROP_MARGIN)
+    da = decode(raw, var)
     per_observation = resampler_for(geo).per_observation
     if spec.time == "series" and not per_observation:
         da = align_series(da, grid, what)
-    da = regrid(da, geo, grid, var.resampling, flag_values=var.flag_values,
+    da = regrid(da, cut, grid, var.resampling, flag_values=var.flag_values,
                 min_valid_fraction=var.min_valid_fraction,
                 allow_upsampling=var.allow_upsampling, what=f"{what} variable {var.name}")
     if spec.time == "series" and per_observation:

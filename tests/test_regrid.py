@@ -187,17 +187,29 @@ def test_nearest_graph_can_move_between_worker_processes(client):
     assert np.isfinite(got).all() and got.shape == (2, 40, 40)
 
 
-def test_block_mode_matches_per_block_count_with_leading_dims():
+@pytest.mark.parametrize("fy, fx", [
+    (4, 5),     # 20 pixels a block: one uint8 run
+    (30, 30),   # 900 pixels (the Koppen blocks at 0.25 degree): 4 runs of 225
+    (1, 257),   # a prime over 255: runs of one pixel
+])
+def test_block_mode_matches_per_block_count_with_leading_dims(fy, fx):
     """The vectorised block mode equals counting each block by hand (ties: first class)."""
     rng = np.random.default_rng(3)
     cats = np.array([4, 0, 7])
-    block = rng.choice(np.array([0, 4, 7, 9], dtype=np.uint8), size=(2, 3, 12, 15))
-    block[0, 0, :4, :5] = 9  # a block holding no class
-    out = block_mode(block, 4, 5, cats, 255)
+    block = rng.choice(np.array([0, 4, 7, 9], dtype=np.uint8), size=(2, 3, 3 * fy, 3 * fx))
+    block[0, 0, :fy, :fx] = 9  # a block holding no class
+    block[1, 2, :fy, :fx] = 7  # a block of one class
+    if fy * fx > 510:  # 260 pixels of class 4 beat 250 of class 0 (no uint8 wrap-around)
+        cell = np.full(fy * fx, 9, dtype=np.uint8)
+        cell[:260], cell[260:510] = 4, 0
+        block[1, 1, :fy, :fx] = rng.permutation(cell).reshape(fy, fx)
+    out = block_mode(block, fy, fx, cats, 255)
     assert out.shape == (2, 3, 3, 3)
+    assert out[0, 0, 0, 0] == 255 and out[1, 2, 0, 0] == 7
+    assert fy * fx <= 510 or out[1, 1, 0, 0] == 4
     for idx in np.ndindex(out.shape):
         *lead, i, j = idx
-        cell = block[(*lead, slice(4 * i, 4 * i + 4), slice(5 * j, 5 * j + 5))]
+        cell = block[(*lead, slice(fy * i, fy * i + fy), slice(fx * j, fx * j + fx))]
         counts = [(cell == c).sum() for c in cats]
         want = 255 if max(counts) == 0 else cats[int(np.argmax(counts))]
         assert out[idx] == want, idx

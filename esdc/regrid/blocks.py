@@ -2,8 +2,8 @@
 
 When source and grid share the CRS and the grid's cells are whole blocks of ``fy x fx``
 source pixels (aligned edges, integer factors), the two bucket methods are *exactly*
-block reductions, done with ``xarray.coarsen`` / ``dask.array.map_blocks`` without
-computing per-pixel coordinates (:func:`aligned`).
+block reductions (:func:`block_mean`, :func:`block_mode`, one ``dask.array.map_blocks``
+task per band of whole blocks) without computing per-pixel coordinates (:func:`aligned`).
 
 ``bucket_average`` between regular grids of one geographic CRS with non-integer factors
 (Blue Marble 1/15 degree onto 0.25 degree) bins pixel rows and columns separately and
@@ -26,7 +26,7 @@ from esdc.grid import Grid
 from esdc.regrid.methods import mode_fill
 from esdc.sources.base import Geolocated
 
-__all__ = ["aligned", "aligned_blocks", "block_mode", "regular_bucket_average",
+__all__ = ["aligned", "aligned_blocks", "block_mean", "block_mode", "regular_bucket_average",
            "regular_bucket_mode"]
 
 _TOL = 1e-6
@@ -78,7 +78,10 @@ def block_mode(block: np.ndarray, fy: int, fx: int, cats: np.ndarray, fill: int)
 
     Ties go to the class listed first; blocks holding no class get ``fill``. The
     blocks are first gathered into contiguous rows (one copy), which makes the per-class
-    counts 2-3x faster than summing over strided axes (measured on 31 M pixels).
+    counts 2-3x faster than summing over strided axes (measured on 31 M pixels), and each
+    class is counted in uint8 over runs of at most 255 pixels of a block before the runs
+    are added up in int32 (uint8 sums vectorise: 1.4-1.9x faster on Koppen strips of
+    1,800 x 14,400 pixels in 30 x 30 blocks).
 
     Parameters
     ----------
@@ -98,11 +101,58 @@ def block_mode(block: np.ndarray, fy: int, fx: int, cats: np.ndarray, fill: int)
     """
     *lead, h, w = block.shape
     ny, nx = h // fy, w // fx
-    rows = block.reshape(-1, ny, fy, nx, fx).transpose(0, 1, 3, 2, 4).reshape(-1, fy * fx)
-    counts = np.stack([(rows == c).sum(axis=1, dtype=np.int32) for c in cats])
+    n = fy * fx
+    rows = block.reshape(-1, ny, fy, nx, fx).transpose(0, 1, 3, 2, 4).reshape(-1, n)
+    run = next(d for d in range(min(n, 255), 0, -1) if n % d == 0)  # uint8 cannot overflow
+    counts = np.stack([(rows == c).view(np.uint8).reshape(-1, n // run, run)
+                       .sum(axis=2, dtype=np.uint8).sum(axis=1, dtype=np.int32) for c in cats])
     out = cats[np.argmax(counts, axis=0)].astype(block.dtype).reshape(*lead, ny, nx)
     out[counts.max(axis=0).reshape(out.shape) == 0] = fill
     return out
+
+
+def _block_sums(a: np.ndarray, fy: int, fx: int, dtype: Any) -> np.ndarray:
+    """Sums of every ``fy x fx`` block of the last two axes, in ``dtype``.
+
+    Added slice by slice (``fx`` column offsets, then ``fy`` row offsets): numpy's
+    reduction over a short strided axis is 4-13x slower (measured on 12 x 1440 x 1440
+    float32, 3 x 3 blocks).
+    """
+    *lead, h, w = a.shape
+    a5 = a.reshape(-1, h // fy, fy, w // fx, fx)
+    rows = a5[..., 0].astype(dtype)
+    for k in range(1, fx):
+        rows += a5[..., k]
+    out = rows[:, :, 0].copy()
+    for j in range(1, fy):
+        out += rows[:, :, j]
+    return out.reshape(*lead, h // fy, w // fx)
+
+
+def block_mean(block: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """Mean of every ``fy x fx`` block of the last two axes, NaN skipped.
+
+    Parameters
+    ----------
+    block : numpy.ndarray
+        Float values, shape ``(..., h, w)`` with ``h`` and ``w`` multiples of ``fy``, ``fx``.
+    fy, fx : int
+        Block height and width, pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(..., h // fy, w // fx)``, dtype of ``block`` (sums in it too); NaN
+        where a block holds no value. Equals ``xarray``'s ``coarsen(...).mean()``
+        within the float rounding of the summation order.
+    """
+    nan = np.isnan(block)
+    if not nan.any():
+        return _block_sums(block, fy, fx, block.dtype) / block.dtype.type(fy * fx)
+    sums = _block_sums(np.where(nan, block.dtype.type(0), block), fy, fx, block.dtype)
+    counts = _block_sums(~nan, fy, fx, np.int32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums / counts).astype(block.dtype)
 
 
 def aligned(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
@@ -144,14 +194,15 @@ def aligned(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
     lead = int(np.prod(sub.shape[:-2])) if sub.ndim > 2 else 1
     cy = fy * grid.band_rows(min(ny, 32_000_000 // (fy * cx * lead)))
     sub = sub.chunk({**{d: -1 for d in sub.dims[:-2]}, source.ydim: cy, source.xdim: cx})
-    if method == "bucket_average":
-        return sub.coarsen({source.ydim: fy, source.xdim: fx}).mean()  # NaN skipped (float data)
-    assert cats is not None
     arr = sub.data
-    fill = mode_fill(arr.dtype)
-    out = arr.map_blocks(block_mode, fy, fx, cats, fill, dtype=arr.dtype,
-                         chunks=(*arr.chunks[:-2], tuple(c // fy for c in arr.chunks[-2]),
-                                 tuple(c // fx for c in arr.chunks[-1])))
+    chunks = (*arr.chunks[:-2], tuple(c // fy for c in arr.chunks[-2]),
+              tuple(c // fx for c in arr.chunks[-1]))
+    if method == "bucket_average":  # NaN skipped (float data)
+        out = arr.map_blocks(block_mean, fy, fx, dtype=arr.dtype, chunks=chunks)
+    else:
+        assert cats is not None
+        out = arr.map_blocks(block_mode, fy, fx, cats, mode_fill(arr.dtype), dtype=arr.dtype,
+                             chunks=chunks)
     return xr.DataArray(out, dims=sub.dims)
 
 

@@ -9,6 +9,7 @@ time, with the source's own extent and the grid's, both ``[west, south, east, no
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,7 +23,8 @@ from esdc.sources.base import Geolocated
 
 __all__ = ["ProjResampler", "box_overlap", "box_text", "covered_box", "crop",
            "footprint_overlaps", "grid_extent", "missed_message", "partial_message",
-           "pixel_scale", "rectilinear_lonlats", "same_plane", "source_extent", "transformed"]
+           "pixel_scale", "rectilinear_lonlats", "same_plane", "source_extent", "transformed",
+           "transformer"]
 
 
 def box_overlap(a: Sequence[float], b: Sequence[float], geographic: bool) -> bool:
@@ -50,6 +52,22 @@ def box_overlap(a: Sequence[float], b: Sequence[float], geographic: bool) -> boo
     return bool(aw < be and ae > bw and as_ < bn and an > bs)
 
 
+@functools.lru_cache(maxsize=64)
+def transformer(src: pyproj.CRS, dst: pyproj.CRS) -> pyproj.Transformer:
+    """``pyproj.Transformer.from_crs(src, dst, always_xy=True)``, made once per pair.
+
+    Making one costs about 9 ms (PROJ searches its database for the operation), and a
+    plan asks for the same few pairs for every variable; pyproj's transformers are
+    thread-safe (pyproj >= 3.1).
+
+    Raises
+    ------
+    pyproj.exceptions.ProjError
+        When PROJ has no operation between the two.
+    """
+    return pyproj.Transformer.from_crs(src, dst, always_xy=True)
+
+
 def transformed(box: Sequence[float], src: pyproj.CRS,
                 dst: pyproj.CRS) -> tuple[float, float, float, float] | None:
     """``box`` in ``src`` as an envelope in ``dst``, or None when it cannot be told.
@@ -66,9 +84,10 @@ def transformed(box: Sequence[float], src: pyproj.CRS,
     tuple of 4 float or None
         The envelope (21 points per edge), ``None`` if PROJ fails or it is not finite.
     """
+    if src == dst:
+        return (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
     try:
-        tr = pyproj.Transformer.from_crs(src, dst, always_xy=True)
-        out = tr.transform_bounds(*box, densify_pts=21)
+        out = transformer(src, dst).transform_bounds(*box, densify_pts=21)
     except pyproj.exceptions.ProjError:
         return None
     return out if np.all(np.isfinite(out)) else None
@@ -144,7 +163,7 @@ def crop(data: xr.DataArray, source: Geolocated, grid: Grid,
     y = source.data[source.ydim].values
     cols = np.flatnonzero((x >= box[0] - margin * dx) & (x <= box[2] + margin * dx))
     rows = np.flatnonzero((y >= box[1] - margin * dy) & (y <= box[3] + margin * dy))
-    if cols.size == 0 or rows.size == 0:
+    if cols.size == 0 or rows.size == 0 or (cols.size == x.size and rows.size == y.size):
         return data, source
     ys, xs = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
     sel = {source.ydim: ys, source.xdim: xs}
@@ -238,7 +257,7 @@ def pixel_scale(source: Geolocated, grid: Grid) -> tuple[float, float] | None:
         return dx / gdx, dy / gdy
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     try:
-        to_src = pyproj.Transformer.from_crs(grid.pyproj_crs, source.crs, always_xy=True)
+        to_src = transformer(grid.pyproj_crs, source.crs)
         sx, sy = to_src.transform(cx, cy)
         xs, ys = to_src.transform([sx - dx / 2, sx + dx / 2, sx - dx / 2, sx + dx / 2],
                                   [sy - dy / 2, sy - dy / 2, sy + dy / 2, sy + dy / 2],

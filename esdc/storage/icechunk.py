@@ -45,7 +45,7 @@ from esdc.storage.fingerprint import digest, fingerprint
 from esdc.storage.icechunk_format import SPEC_VERSION, format_error, format_version, is_repository
 from esdc.storage.integrity import ALGORITHM, MANIFEST_GROUP
 from esdc.storage.regions import encoding, prepare, tiles
-from esdc.storage.schedule import finish_region, region_arrays, run_regions
+from esdc.storage.schedule import finish_region, region_arrays, run_regions, store_regions
 from esdc.storage.shards import block_lengths, inner_checksums, open_by_shards, shard_layout
 from esdc.storage.tables import write_tables
 from esdc.storage.target import Target, is_url, local_path
@@ -94,9 +94,7 @@ def _region_write(base: Any, ds: xr.Dataset, names: list[str], tile: list[int],
     targets = [group[n] for n in names]
     sources, regions = region_arrays(ds, names, {n: t.dtype for n, t in zip(
         names, targets, strict=True)}, sel)
-    stored = da.store(sources, targets, regions=regions, lock=False, compute=False,
-                      return_stored=True, load_stored=False)
-    stored = list(stored) if isinstance(stored, tuple) else [stored]
+    stored = store_regions(sources, targets, regions, return_stored=True)
     forks = [da.reduction(a, name="ice-changeset", chunk=computing_meta(extract_session),
                           aggregate=computing_meta(merge_sessions_array_kwargs),
                           concatenate=False, keepdims=False, dtype=object,

@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import xarray as xr
 import zarr
 
@@ -54,7 +53,7 @@ from esdc.storage.integrity import (
     write_manifest,
 )
 from esdc.storage.regions import check_not_empty, encoding, prepare, tile_keys, tiles
-from esdc.storage.schedule import finish_region, region_arrays, run_regions
+from esdc.storage.schedule import finish_region, region_arrays, run_regions, store_regions
 from esdc.storage.shards import block_lengths, inner_checksums
 from esdc.storage.tables import write_tables
 
@@ -344,9 +343,7 @@ def _store_region(ds: xr.Dataset, names: list[str], targets: dict[str, Any],
     by the regions keeps its keys (:mod:`esdc.storage.schedule`).
     """
     sources, regions = region_arrays(ds, names, {n: targets[n].dtype for n in names}, sel)
-    stored = da.store(sources, [targets[n] for n in names], regions=regions, lock=False,
-                      compute=False, return_stored=False)
-    stored = list(stored) if isinstance(stored, tuple) else [stored]
+    stored = store_regions(sources, [targets[n] for n in names], regions)
     return finish_region(stored, _stored, "esdc-region")
 
 
