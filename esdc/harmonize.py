@@ -49,27 +49,36 @@ def decode(raw: xr.DataArray, var: VariableSpec) -> xr.DataArray:
     # The recipe's values win; otherwise the file's own CF attributes apply.
     fills = [var.fill_value] if var.fill_value is not None else [
         raw.attrs[k] for k in ("_FillValue", "missing_value") if k in raw.attrs]
-    missing = None
-    for f in fills:
-        for value in np.atleast_1d(f):
-            hit = raw == value
-            missing = hit if missing is None else missing | hit
     scale = var.scale_factor if var.scale_factor != 1.0 else float(raw.attrs.get(
         "scale_factor", 1.0))
     offset = var.add_offset if var.add_offset != 0.0 else float(raw.attrs.get("add_offset", 0.0))
-    if var.select_values is not None:
-        out = raw.isin(var.select_values).astype("float32")
+    kwargs = {"fills": [v for f in fills for v in np.atleast_1d(f).tolist()],
+              "scale": scale, "offset": offset, "valid_min": var.valid_min,
+              "valid_max": var.valid_max,
+              "select": None if var.select_values is None else list(var.select_values)}
+    # One task per chunk (the build's graph is not fused: one per step otherwise).
+    return xr.apply_ufunc(_decode_block, raw, kwargs=kwargs, dask="parallelized",
+                          output_dtypes=[np.float32])
+
+
+def _decode_block(raw: np.ndarray, fills: list[float], scale: float, offset: float,
+                  valid_min: float | None, valid_max: float | None,
+                  select: list[int] | None) -> np.ndarray:
+    """:func:`decode` of one block of stored values: float32, same shape."""
+    if select is not None:
+        out = np.isin(raw, select).astype(np.float32)
     else:
-        out = raw.astype("float32")
+        out = raw.astype(np.float32)  # a copy: changed in place below
         if scale != 1.0 or offset != 0.0:
-            out = out * np.float32(scale) + np.float32(offset)
-        if var.valid_min is not None:
-            out = out.where(out >= var.valid_min)
-        if var.valid_max is not None:
-            out = out.where(out <= var.valid_max)
-    if missing is not None:
-        out = out.where(~missing)
-    return out.astype("float32")
+            out *= np.float32(scale)
+            out += np.float32(offset)
+        if valid_min is not None:
+            out[out < valid_min] = np.nan
+        if valid_max is not None:
+            out[out > valid_max] = np.nan
+    for value in fills:
+        out[raw == value] = np.nan
+    return out
 
 
 #: Values (time steps times cells) of one block of a placed climatology at most.

@@ -155,6 +155,21 @@ def block_mean(block: np.ndarray, fy: int, fx: int) -> np.ndarray:
         return (sums / counts).astype(block.dtype)
 
 
+#: Source values (time steps x pixels) of one band of :func:`aligned` at most.
+BAND_PIXELS = 32_000_000
+
+
+def _whole_blocks(sub: xr.DataArray, fy: int, fx: int, limit: int) -> bool:
+    """Whether ``sub``'s chunks hold whole ``fy x fx`` blocks, ``limit`` values at most each."""
+    chunks = sub.chunks
+    if chunks is None:
+        return False
+    *lead, ys, xs = chunks
+    biggest = int(np.prod([max(c) for c in lead])) * max(ys) * max(xs)
+    return (biggest <= limit and all(c % fy == 0 for c in ys)
+            and all(c % fx == 0 for c in xs))
+
+
 def aligned(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
             blocks: tuple[int, int, int, int], cats: np.ndarray | None) -> xr.DataArray:
     """Bucket average or mode of whole ``fy x fx`` blocks of source pixels, lazily.
@@ -189,11 +204,14 @@ def aligned(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
     # Source chunks of whole blocks, about 32 M pixels each, in bands of whole rows (as
     # the other resamplers give them): the cube's regions, written row after row, then
     # free each source strip soon after reading it, instead of holding every strip that
-    # a column of narrower chunks crosses.
-    cx = fx * nx
+    # a column of narrower chunks crosses. Source chunks that already hold whole blocks
+    # (the Linke climatology's 810 x 1620 pixels in 3 x 3 blocks) are reduced as they
+    # are: merging them into bands copied and moved every decoded pixel between workers.
     lead = int(np.prod(sub.shape[:-2])) if sub.ndim > 2 else 1
-    cy = fy * grid.band_rows(min(ny, 32_000_000 // (fy * cx * lead)))
-    sub = sub.chunk({**{d: -1 for d in sub.dims[:-2]}, source.ydim: cy, source.xdim: cx})
+    if not _whole_blocks(sub, fy, fx, BAND_PIXELS):
+        cx = fx * nx
+        cy = fy * grid.band_rows(min(ny, BAND_PIXELS // (fy * cx * lead)))
+        sub = sub.chunk({**{d: -1 for d in sub.dims[:-2]}, source.ydim: cy, source.xdim: cx})
     arr = sub.data
     chunks = (*arr.chunks[:-2], tuple(c // fy for c in arr.chunks[-2]),
               tuple(c // fx for c in arr.chunks[-1]))
