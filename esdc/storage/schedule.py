@@ -264,6 +264,23 @@ def gate_regions(writes: list[Any], ahead: int) -> tuple[dict[Any, Any], dict[An
     return dsk, first
 
 
+def _named_graph(graph: dict[Any, Any]) -> Any:
+    """The graph as Dask's low-level graph expression, named by a random token.
+
+    ``Client.get`` otherwise names a plain dict by a token of every task in it: 0.1 s
+    for the ``--quick`` Earth build's 470 tasks, 0.3 s for the full cube's 1,150, spent
+    in the client before the first task starts. (``dask._expr.LLGExpr`` is what
+    ``Client.get`` makes of a dict; dask is pinned.)
+    """
+    import uuid
+
+    try:
+        from dask._expr import LLGExpr
+    except ImportError:  # pragma: no cover - another dask: tokenized as before
+        return graph
+    return LLGExpr(graph, _determ_token=uuid.uuid4().hex)
+
+
 def run_regions(writes: list[Any], todo: list[list[int]], client: Any,
                 finished: Callable[[list[int], Any], bool]) -> list[list[int]]:
     """Compute the region writes together; ``finished(tile, result)`` on each as it ends.
@@ -307,7 +324,7 @@ def run_regions(writes: list[Any], todo: list[list[int]], client: Any,
     threads = sum(client.nthreads().values()) or 1
     graph, first = gate_regions(writes, REGIONS_AHEAD * threads)
     with dask.annotate(priority=_priorities(first).__getitem__):
-        futures = client.get(graph, [w.key for w in writes], sync=False)
+        futures = client.get(_named_graph(graph), [w.key for w in writes], sync=False)
     index = {f.key: i for i, f in enumerate(futures)}
     for fut in as_completed(futures):
         result = fut.result()

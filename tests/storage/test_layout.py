@@ -160,6 +160,27 @@ def test_prepare_rechunks_with_tasks_under_a_client(client: Any) -> None:
     with dask.config.set({"array.rechunk.method": "p2p"}):
         assert any("p2p" in n for n in da.rechunk(data, (6, 180, 360)).__dask_graph__().layers)
         out = prepare(ds, {"time": 6, "lat": 180, "lon": 360})
-    assert out["v"].chunks == ((6,) * 9, (180,) * 2, (360,) * 2)
+    # 12 steps are 2 whole write units of 6: kept; 308 rows end inside a unit of 180
+    assert out["v"].chunks == ((12,) * 4 + (6,), (180,) * 2, (360,) * 2)
     assert not any("p2p" in name for name in out["v"].data.__dask_graph__().layers)
     assert float(out["v"].sum().compute()) == 54 * 360 * 720
+
+
+def test_prepare_keeps_chunks_made_of_whole_write_units() -> None:
+    """Chunks that are unions of write units are written as they are (no split tasks);
+    a dim whose chunk ends inside a unit is rechunked to the units; one chunk over a
+    whole dim shorter than its unit stays whole."""
+    import dask.array as da
+
+    from esdc.storage.regions import prepare
+
+    big = da.ones((54, 360, 720), dtype="float32", chunks=(54, 360, 720))
+    odd = da.ones((54, 360, 720), dtype="float32", chunks=(54, 100, 720))
+    two = da.ones((4, 360, 720), dtype="float32", chunks=(2, 360, 720))
+    ds = xr.Dataset({"big": (("time", "lat", "lon"), big), "odd": (("time", "lat", "lon"), odd),
+                     "two": (("t4", "lat", "lon"), two)})
+    out = prepare(ds, {"time": 6, "lat": 180, "lon": 360, "t4": 8})
+    assert out["big"].chunks == ((54,), (360,), (720,))
+    assert out["big"].data.name == big.name  # nothing added to its graph
+    assert out["odd"].chunks == ((54,), (180, 180), (720,))
+    assert out["two"].chunks == ((4,), (360,), (720,))  # a unit longer than the dim
