@@ -81,7 +81,9 @@ def block_mode(block: np.ndarray, fy: int, fx: int, cats: np.ndarray, fill: int)
     counts 2-3x faster than summing over strided axes (measured on 31 M pixels), and each
     class is counted in uint8 over runs of at most 255 pixels of a block before the runs
     are added up in int32 (uint8 sums vectorise: 1.4-1.9x faster on Koppen strips of
-    1,800 x 14,400 pixels in 30 x 30 blocks).
+    1,800 x 14,400 pixels in 30 x 30 blocks). Only blocks holding more than one value are
+    counted at all (a block's minimum and maximum tell): 21 % of the blocks of such a
+    Koppen strip, 2.1x faster again.
 
     Parameters
     ----------
@@ -103,12 +105,19 @@ def block_mode(block: np.ndarray, fy: int, fx: int, cats: np.ndarray, fill: int)
     ny, nx = h // fy, w // fx
     n = fy * fx
     rows = block.reshape(-1, ny, fy, nx, fx).transpose(0, 1, 3, 2, 4).reshape(-1, n)
-    run = next(d for d in range(min(n, 255), 0, -1) if n % d == 0)  # uint8 cannot overflow
-    counts = np.stack([(rows == c).view(np.uint8).reshape(-1, n // run, run)
-                       .sum(axis=2, dtype=np.uint8).sum(axis=1, dtype=np.int32) for c in cats])
-    out = cats[np.argmax(counts, axis=0)].astype(block.dtype).reshape(*lead, ny, nx)
-    out[counts.max(axis=0).reshape(out.shape) == 0] = fill
-    return out
+    lo, hi = rows.min(axis=1), rows.max(axis=1)
+    out = np.where(np.isin(lo, cats), lo, fill).astype(block.dtype)  # blocks of one value
+    mixed = np.flatnonzero(lo != hi)
+    if mixed.size:
+        sub = rows[mixed]
+        run = next(d for d in range(min(n, 255), 0, -1) if n % d == 0)  # no uint8 overflow
+        counts = np.stack([(sub == c).view(np.uint8).reshape(-1, n // run, run)
+                           .sum(axis=2, dtype=np.uint8).sum(axis=1, dtype=np.int32)
+                           for c in cats])
+        modes = cats[np.argmax(counts, axis=0)].astype(block.dtype)
+        modes[counts.max(axis=0) == 0] = fill
+        out[mixed] = modes
+    return out.reshape(*lead, ny, nx)
 
 
 def _block_sums(a: np.ndarray, fy: int, fx: int, dtype: Any) -> np.ndarray:
@@ -262,7 +271,7 @@ def _reduce_block(block: np.ndarray, row_idx: np.ndarray, col_starts: np.ndarray
                   col_cells: np.ndarray, nx: int) -> np.ndarray:
     """Bucket average of one block of source rows.
 
-    Sums and counts of the finite values, columns then rows reduced with
+    Sums and counts of the finite values, rows then columns reduced with
     ``np.add.reduceat`` (float64 accumulators); cells without a value are NaN. One
     leading plane at a time: the float64 accumulators of all 12 months of a 16 M pixel
     block took 0.87 GB at once (0.1 degree Linke turbidity), one plane 1/12 of it.
@@ -270,12 +279,18 @@ def _reduce_block(block: np.ndarray, row_idx: np.ndarray, col_starts: np.ndarray
     rs, _ = _segments(row_idx)
     out = np.full((*block.shape[:-2], len(rs), nx), np.nan, dtype=np.float32)
     planes = block.reshape(-1, *block.shape[-2:])
+    # pixels per cell of a plane without NaN (an image): its counts need no pass
+    whole = np.multiply.outer(np.diff(rs, append=block.shape[-2]),
+                              np.diff(col_starts, append=block.shape[-1]))
     for plane, dst in zip(planes, out.reshape(-1, len(rs), nx), strict=True):
         valid = np.isfinite(plane)
-        s = np.add.reduceat(np.add.reduceat(np.where(valid, plane, 0), col_starts, axis=-1,
-                                            dtype=np.float64), rs, axis=-2)
-        c = np.add.reduceat(np.add.reduceat(valid, col_starts, axis=-1, dtype=np.float64),
-                            rs, axis=-2)
+        full = bool(valid.all())
+        # rows first: adding whole pixel rows vectorises, and leaves the slower reduction
+        # along a row a third or less of the pixels (2x faster than columns first)
+        s = np.add.reduceat(np.add.reduceat(plane if full else np.where(valid, plane, 0), rs,
+                                            axis=-2, dtype=np.float64), col_starts, axis=-1)
+        c = whole if full else np.add.reduceat(
+            np.add.reduceat(valid, rs, axis=-2, dtype=np.int32), col_starts, axis=-1)
         with np.errstate(invalid="ignore", divide="ignore"):
             dst[:, col_cells] = np.where(c > 0, s / c, np.nan)
     return out
