@@ -45,7 +45,13 @@ from esdc.storage.fingerprint import digest, fingerprint
 from esdc.storage.icechunk_format import SPEC_VERSION, format_error, format_version, is_repository
 from esdc.storage.integrity import ALGORITHM, MANIFEST_GROUP
 from esdc.storage.regions import encoding, prepare, tiles
-from esdc.storage.schedule import finish_region, region_arrays, run_regions, store_regions
+from esdc.storage.schedule import (
+    encoded_variables,
+    finish_region,
+    region_arrays,
+    run_regions,
+    store_regions,
+)
 from esdc.storage.shards import block_lengths, inner_checksums, open_by_shards, shard_layout
 from esdc.storage.tables import write_tables
 from esdc.storage.target import Target, is_url, local_path
@@ -73,14 +79,15 @@ def _icechunk() -> Any:
     return icechunk
 
 
-def _region_write(base: Any, ds: xr.Dataset, names: list[str], tile: list[int],
+def _region_write(base: Any, encoded: dict[str, xr.Variable], tile: list[int],
                   dims: tuple[str, str], trange: tuple[int, int] | None) -> Any:
     """One region stored into a fork of ``base`` on the workers: a ``Delayed`` of the fork.
 
     The region's chunks are stored with ``dask.array.store`` and the forks holding their
     changes merged (Icechunk's ``store_dask`` graph), without computing: all regions are
     computed together, so upstream work they share runs once
-    (:mod:`esdc.storage.schedule`).
+    (:mod:`esdc.storage.schedule`). ``encoded``: the variables as stored
+    (:func:`~esdc.storage.schedule.encoded_variables`).
     """
     import dask.array as da
     import numpy as np
@@ -91,9 +98,8 @@ def _region_write(base: Any, ds: xr.Dataset, names: list[str], tile: list[int],
     if trange is not None:
         sel[TIME_DIM] = slice(*trange)
     group = zarr.open_group(base.fork().store, mode="r+")
-    targets = [group[n] for n in names]
-    sources, regions = region_arrays(ds, names, {n: t.dtype for n, t in zip(
-        names, targets, strict=True)}, sel)
+    targets = [group[n] for n in encoded]
+    sources, regions = region_arrays(encoded, sel)
     stored = store_regions(sources, targets, regions, return_stored=True)
     forks = [da.reduction(a, name="ice-changeset", chunk=computing_meta(extract_session),
                           aggregate=computing_meta(merge_sessions_array_kwargs),
@@ -515,7 +521,11 @@ class IcechunkTarget(Target):
             return True
 
         base = repo.writable_session(branch)  # every region forks the same snapshot
-        run_regions([_region_write(base, ds, names, tile, (ydim, xdim), trange)
+        import zarr
+
+        group = zarr.open_group(base.store, mode="r")
+        encoded = encoded_variables(ds, names, {n: group[n].dtype for n in names})
+        run_regions([_region_write(base, encoded, tile, (ydim, xdim), trange)
                      for tile in todo], todo, client, committed)
         if tables:
             session = repo.writable_session(branch)

@@ -21,17 +21,21 @@ from typing import Any
 import dask
 import xarray as xr
 
-__all__ = ["REGIONS_AHEAD", "StoreTarget", "finish_region", "gate_regions",
-           "region_arrays", "region_priorities", "run_regions", "store_regions"]
+__all__ = ["REGIONS_AHEAD", "StoreTarget", "encoded_variables", "finish_region",
+           "gate_regions", "region_arrays", "region_priorities", "run_regions",
+           "store_regions"]
 
 #: Regions in flight per worker thread: the first tasks of region ``i`` wait for the write
 #: of region ``i - REGIONS_AHEAD x threads`` (:func:`gate_regions`).
 REGIONS_AHEAD = 2
 
 
-def region_arrays(ds: xr.Dataset, names: list[str], dtypes: dict[str, Any],
-                  sel: dict[str, slice]) -> tuple[list[Any], list[tuple[slice, ...]]]:
-    """One region of each variable, CF-encoded as the store holds it, and where it goes.
+def encoded_variables(ds: xr.Dataset, names: list[str],
+                      dtypes: dict[str, Any]) -> dict[str, xr.Variable]:
+    """Each variable CF-encoded as the store holds it and cast to its stored dtype, lazily.
+
+    Done once per write, not once per region (xarray's encoding of 14 variables x 16
+    regions took 0.12 s of the client before the first task of the Earth cube).
 
     Parameters
     ----------
@@ -42,6 +46,29 @@ def region_arrays(ds: xr.Dataset, names: list[str], dtypes: dict[str, Any],
         The variables written by region.
     dtypes : dict
         ``{variable: numpy dtype}`` of the stored arrays.
+
+    Returns
+    -------
+    dict
+        ``{variable: xarray.Variable}``, Dask-backed, dims of ``ds[variable]``.
+    """
+    out = {}
+    for n in names:
+        var = xr.conventions.encode_cf_variable(ds[n].variable, name=n)
+        if var.dtype != dtypes[n]:
+            var = var.astype(dtypes[n])
+        out[n] = var
+    return out
+
+
+def region_arrays(variables: dict[str, xr.Variable],
+                  sel: dict[str, slice]) -> tuple[list[Any], list[tuple[slice, ...]]]:
+    """One region of each variable, and where it goes in its stored array.
+
+    Parameters
+    ----------
+    variables : dict
+        From :func:`encoded_variables`, in the order written.
     sel : dict
         ``{dim: slice}`` of the region (spatial dims, and ``time`` for an append); dims
         not named are written whole.
@@ -49,19 +76,13 @@ def region_arrays(ds: xr.Dataset, names: list[str], dtypes: dict[str, Any],
     Returns
     -------
     sources : list of dask.array.Array
-        The region of each variable, in the variable's dim order, cast to its stored dtype.
+        The region of each variable, in the variable's dim order.
     regions : list of tuple of slice
         Where each source goes in its stored array.
     """
     sources, regions = [], []
-    for n in names:
-        var = ds[n].variable
-        var = xr.conventions.encode_cf_variable(
-            var.isel({d: s for d, s in sel.items() if d in var.dims}), name=n)
-        data = var.data
-        if data.dtype != dtypes[n]:
-            data = data.astype(dtypes[n])
-        sources.append(data)
+    for var in variables.values():
+        sources.append(var.isel({d: s for d, s in sel.items() if d in var.dims}).data)
         regions.append(tuple(sel.get(str(d), slice(None)) for d in var.dims))
     return sources, regions
 

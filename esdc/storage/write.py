@@ -53,7 +53,13 @@ from esdc.storage.integrity import (
     write_manifest,
 )
 from esdc.storage.regions import check_not_empty, encoding, prepare, tile_keys, tiles
-from esdc.storage.schedule import finish_region, region_arrays, run_regions, store_regions
+from esdc.storage.schedule import (
+    encoded_variables,
+    finish_region,
+    region_arrays,
+    run_regions,
+    store_regions,
+)
 from esdc.storage.shards import block_lengths, inner_checksums
 from esdc.storage.tables import write_tables
 
@@ -302,13 +308,15 @@ def _write_regions(ds: xr.Dataset, part: journal.PartialBuild, head: dict[str, A
     targets = {n: zarr.open_array(store=str(store), path=n, mode="r+").with_config(
         {"write_empty_chunks": True}) for n in names}
 
+    encoded = encoded_variables(ds, names, {n: targets[n].dtype for n in names})
+
     def region_write(tile: list[int]) -> Any:
         sel = {ydim: slice(tile[0], tile[1]), xdim: slice(tile[2], tile[3])}
         if trange:
             sel[TIME_DIM] = slice(*trange)
         # Every chunk is stored, even all-fill ones, so a missing chunk file always
         # means a lost write and is detected below.
-        return _store_region(ds, names, targets, sel)
+        return _store_region(encoded, [targets[n] for n in names], sel)
 
     def finished(tile: list[int], _result: Any = None) -> bool:
         """Hash and flush the tile's chunk files, then journal it; False if one is lost."""
@@ -335,15 +343,16 @@ def _write_regions(ds: xr.Dataset, part: journal.PartialBuild, head: dict[str, A
                           f"not committed: {lost[:3]}")
 
 
-def _store_region(ds: xr.Dataset, names: list[str], targets: dict[str, Any],
-                  sel: dict[str, slice]) -> Any:
+def _store_region(encoded: dict[str, Any], targets: list[Any], sel: dict[str, slice]) -> Any:
     """One region of every variable stored into its Zarr array: one Dask key when done.
 
     The chunks go straight to the arrays (``dask.array.store``), so upstream work shared
-    by the regions keeps its keys (:mod:`esdc.storage.schedule`).
+    by the regions keeps its keys (:mod:`esdc.storage.schedule`). ``encoded`` are the
+    variables as stored (:func:`~esdc.storage.schedule.encoded_variables`), ``targets``
+    their arrays in that order.
     """
-    sources, regions = region_arrays(ds, names, {n: targets[n].dtype for n in names}, sel)
-    stored = store_regions(sources, [targets[n] for n in names], regions)
+    sources, regions = region_arrays(encoded, sel)
+    stored = store_regions(sources, targets, regions)
     return finish_region(stored, _stored, "esdc-region")
 
 

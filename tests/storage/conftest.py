@@ -65,7 +65,7 @@ def region_writes(tmp_path: Path, mean_over: str | None = None) -> tuple[
     import zarr
 
     from esdc.storage.regions import prepare, tiles
-    from esdc.storage.schedule import finish_region, region_arrays
+    from esdc.storage.schedule import encoded_variables, finish_region, region_arrays
 
     ds = synthetic(nt=8, ny=12, nx=24)
     ds = ds.assign(anom=ds.sst - ds.sst.mean(mean_over))
@@ -74,10 +74,11 @@ def region_writes(tmp_path: Path, mean_over: str | None = None) -> tuple[
     arr = zarr.create_array(str(tmp_path / "anom"), shape=ds.anom.shape,
                             chunks=tuple(CHUNKS[d] for d in ds.anom.dims), dtype="float32")
     todo = tiles(ds, "lat", "lon", CHUNKS)
+    encoded = encoded_variables(ds, ["anom"], {"anom": arr.dtype})
     writes = []
     for t in todo:
         sel = {"lat": slice(t[0], t[1]), "lon": slice(t[2], t[3])}
-        sources, regions = region_arrays(ds, ["anom"], {"anom": arr.dtype}, sel)
+        sources, regions = region_arrays(encoded, sel)
         stored = da.store(sources, [arr], regions=regions, lock=False, compute=False,
                           return_stored=False)
         stored = list(stored) if isinstance(stored, tuple) else [stored]
