@@ -530,6 +530,7 @@ def run(recipe: Recipe, workdir: Path, step: Callable[[str], None] = log,
         gc.collect()
         if not esdc_only:  # the floor below runs on warm workers: so does the timed build
             first.pop("ds")
+            fresh(stores["esdc"])  # a new store, as the floor's (no old cube to replace)
             step("esdc build (again, on the warm workers: timed against the floor)")
             esdc = run_esdc(recipe, stores["esdc"], client)
             gc.collect()

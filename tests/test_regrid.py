@@ -249,3 +249,36 @@ def test_regular_bucket_average_declines_other_cases():
         "earth", "EPSG:4326", (0, 0, 8, 4), 0.3)) is None  # source coarser than the grid
     assert regular_bucket_average(src.data["v"], src, Grid.from_bbox(
         "earth", "EPSG:3857", (0, 0, 800_000, 400_000), 100_000)) is None  # another CRS
+
+
+@pytest.mark.parametrize("cells", [1, 2, 50])
+def test_strips_reduced_where_they_lie_equal_whole_blocks(cells):
+    """Source strips whose edges fall inside blocks (77-row chunks, 10-row blocks) are
+    reduced in place, block rows across two strips apart: the same cells as the kernel
+    over the whole source, the strips' keys kept (nothing rechunked)."""
+    import dask
+    import dask.array as da
+
+    from esdc.regrid.blocks import _strip_reduce, block_mean
+
+    rng = np.random.default_rng(7)
+    codes = rng.choice(np.array([0, 1, 2, 5], dtype=np.uint8), size=(300, 120))
+    cats = np.array([5, 0, 1, 2], dtype=np.uint8)
+    src = da.from_array(codes, chunks=(77, 120))
+    with raise_if_dask_computes():
+        out = _strip_reduce(src, 10, 6, cells, block_mode, (10, 6, cats, 255))
+    assert out is not None and out.shape == (30, 20)
+    assert all(k in dict(out.__dask_graph__()) for k in dask.core.flatten(src.__dask_keys__()))
+    edges = np.cumsum((0, *out.chunks[0]))  # pieces within one band of `cells` rows
+    assert all(a // cells == (b - 1) // cells for a, b in zip(edges[:-1], edges[1:], strict=True))
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_array_equal(out.compute(), block_mode(codes, 10, 6, cats, 255))
+    vals = rng.random((3, 300, 120)).astype("float32")
+    vals[0, 5:40] = np.nan
+    mean = _strip_reduce(da.from_array(vals, chunks=(3, 77, 120)), 10, 6, cells, block_mean,
+                         (10, 6))
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_allclose(mean.compute(), block_mean(vals, 10, 6), rtol=1e-6)
+    # not strips (the columns in two chunks): the caller rechunks instead
+    assert _strip_reduce(da.from_array(codes, chunks=(77, 60)), 10, 6, cells, block_mode,
+                         (10, 6, cats, 255)) is None

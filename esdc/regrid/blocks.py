@@ -216,21 +216,78 @@ def aligned(data: xr.DataArray, source: Geolocated, grid: Grid, method: str,
     # a column of narrower chunks crosses. Source chunks that already hold whole blocks
     # (the Linke climatology's 810 x 1620 pixels in 3 x 3 blocks) are reduced as they
     # are: merging them into bands copied and moved every decoded pixel between workers.
+    # Strips of whole source rows whose edges fall inside blocks (the Koppen GeoTIFF's
+    # 3,106-row chunks, 30-row blocks) are reduced where they lie, a band of block rows
+    # per task plus one task per block row across two strips: rechunking them into bands
+    # copied every pixel (Dask's getitem copies a slice under half its chunk).
     lead = int(np.prod(sub.shape[:-2])) if sub.ndim > 2 else 1
+    kernel, args = ((block_mean, (fy, fx)) if method == "bucket_average"  # NaN skipped
+                    else (block_mode, (fy, fx, cats, mode_fill(sub.dtype))))
+    cells = grid.band_rows(min(ny, BAND_PIXELS // (fy * fx * nx * lead)))
     if not _whole_blocks(sub, fy, fx, BAND_PIXELS):
-        cx = fx * nx
-        cy = fy * grid.band_rows(min(ny, BAND_PIXELS // (fy * cx * lead)))
-        sub = sub.chunk({**{d: -1 for d in sub.dims[:-2]}, source.ydim: cy, source.xdim: cx})
+        out = _strip_reduce(sub.data, fy, fx, cells, kernel, args)
+        if out is not None:
+            return xr.DataArray(out, dims=sub.dims)
+        sub = sub.chunk({**{d: -1 for d in sub.dims[:-2]}, source.ydim: fy * cells,
+                         source.xdim: fx * nx})
     arr = sub.data
     chunks = (*arr.chunks[:-2], tuple(c // fy for c in arr.chunks[-2]),
               tuple(c // fx for c in arr.chunks[-1]))
-    if method == "bucket_average":  # NaN skipped (float data)
-        out = arr.map_blocks(block_mean, fy, fx, dtype=arr.dtype, chunks=chunks)
-    else:
-        assert cats is not None
-        out = arr.map_blocks(block_mode, fy, fx, cats, mode_fill(arr.dtype), dtype=arr.dtype,
-                             chunks=chunks)
+    out = arr.map_blocks(kernel, *args, dtype=arr.dtype, chunks=chunks)
     return xr.DataArray(out, dims=sub.dims)
+
+
+def _rows_of(strip: np.ndarray, r0: int, r1: int, kernel: Any, args: tuple[Any, ...]) -> Any:
+    """``kernel`` over rows ``r0:r1`` of a strip (a view: nothing copied)."""
+    return kernel(strip[..., r0:r1, :], *args)
+
+
+def _across(upper: np.ndarray, lower: np.ndarray, n_upper: int, n_lower: int, kernel: Any,
+            args: tuple[Any, ...]) -> Any:
+    """``kernel`` over one block row made of the last and first rows of two strips."""
+    rows = np.concatenate([upper[..., upper.shape[-2] - n_upper:, :], lower[..., :n_lower, :]],
+                          axis=-2)
+    return kernel(rows, *args)
+
+
+def _strip_reduce(arr: da.Array, fy: int, fx: int, cells: int, kernel: Any,
+                  args: tuple[Any, ...]) -> da.Array | None:
+    """``kernel`` of whole blocks over strips of full source rows, or None if not strips.
+
+    ``arr``: shape ``(..., h, w)``, ``h`` and ``w`` multiples of ``fy``, ``fx``; strips
+    are its chunks when the leading dims and ``w`` are one chunk each and every chunk
+    holds ``fy`` rows or more. Tasks: the block rows of a strip within one band of
+    ``cells`` block rows (bands counted from the first row: aligned to the cube's regions,
+    :meth:`esdc.grid.Grid.band_rows`), and one per block row across two strips; the
+    strips keep their keys (shared with any other user of the source).
+    """
+    import dask
+    from dask.base import tokenize
+
+    *lead, ys, xs = arr.chunks
+    if len(xs) != 1 or any(len(c) != 1 for c in lead) or min(ys) < fy:
+        return None
+    strips = arr.to_delayed(optimize_graph=False).reshape(-1)
+    head, ncols = arr.shape[:-2], arr.shape[-1] // fx
+    bounds = np.cumsum((0, *ys)).tolist()
+    pieces = []
+
+    def piece(func: Any, i: int, rows: int, *inputs: Any) -> da.Array:
+        name = f"{kernel.__name__}-{tokenize(arr.name, func.__name__, i, *inputs[-2:], fy, fx)}"
+        task = dask.delayed(func, pure=True)(*inputs, kernel, args, dask_key_name=name)
+        return da.from_delayed(task, (*head, rows, ncols), dtype=arr.dtype)
+
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        start, end = -(-lo // fy) * fy, hi // fy * fy
+        if start > lo:  # the block row from start - fy: the end of strip i - 1, then strip i
+            pieces.append(piece(_across, i, 1, strips[i - 1], strips[i], lo - (start - fy),
+                                start - lo))
+        r, band = start, fy * cells
+        while r < end:  # cut at the bands of ``cells`` block rows of the whole source too
+            r1 = min(end, (r // band + 1) * band)
+            pieces.append(piece(_rows_of, i, (r1 - r) // fy, strips[i], r - lo, r1 - lo))
+            r = r1
+    return da.concatenate(pieces, axis=-2)
 
 
 def _bucket_bins(source: Geolocated, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
