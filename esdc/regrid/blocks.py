@@ -261,33 +261,35 @@ def _strip_reduce(arr: da.Array, fy: int, fx: int, cells: int, kernel: Any,
     :meth:`esdc.grid.Grid.band_rows`), and one per block row across two strips; the
     strips keep their keys (shared with any other user of the source).
     """
-    import dask
     from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
 
     *lead, ys, xs = arr.chunks
     if len(xs) != 1 or any(len(c) != 1 for c in lead) or min(ys) < fy:
         return None
-    strips = arr.to_delayed(optimize_graph=False).reshape(-1)
-    head, ncols = arr.shape[:-2], arr.shape[-1] // fx
+    zeros = (0,) * len(lead)
+    name = f"{kernel.__name__}-{tokenize(arr.name, fy, fx, cells, kernel.__name__, args)}"
     bounds = np.cumsum((0, *ys)).tolist()
-    pieces = []
+    dsk: dict[Any, Any] = {}
+    rows: list[int] = []
 
-    def piece(func: Any, i: int, rows: int, *inputs: Any) -> da.Array:
-        name = f"{kernel.__name__}-{tokenize(arr.name, func.__name__, i, *inputs[-2:], fy, fx)}"
-        task = dask.delayed(func, pure=True)(*inputs, kernel, args, dask_key_name=name)
-        return da.from_delayed(task, (*head, rows, ncols), dtype=arr.dtype)
+    def piece(n_rows: int, func: Any, *inputs: Any) -> None:
+        dsk[(name, *zeros, len(rows), 0)] = (func, *inputs, kernel, args)
+        rows.append(n_rows)
 
     for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        strip = (arr.name, *zeros, i, 0)
         start, end = -(-lo // fy) * fy, hi // fy * fy
         if start > lo:  # the block row from start - fy: the end of strip i - 1, then strip i
-            pieces.append(piece(_across, i, 1, strips[i - 1], strips[i], lo - (start - fy),
-                                start - lo))
+            piece(1, _across, (arr.name, *zeros, i - 1, 0), strip, lo - (start - fy),
+                  start - lo)
         r, band = start, fy * cells
         while r < end:  # cut at the bands of ``cells`` block rows of the whole source too
             r1 = min(end, (r // band + 1) * band)
-            pieces.append(piece(_rows_of, i, (r1 - r) // fy, strips[i], r - lo, r1 - lo))
+            piece((r1 - r) // fy, _rows_of, strip, r - lo, r1 - lo)
             r = r1
-    return da.concatenate(pieces, axis=-2)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[arr])
+    return da.Array(graph, name, chunks=(*lead, tuple(rows), (xs[0] // fx,)), dtype=arr.dtype)
 
 
 def _bucket_bins(source: Geolocated, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
