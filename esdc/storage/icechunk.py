@@ -45,13 +45,7 @@ from esdc.storage.fingerprint import digest, fingerprint
 from esdc.storage.icechunk_format import SPEC_VERSION, format_error, format_version, is_repository
 from esdc.storage.integrity import ALGORITHM, MANIFEST_GROUP
 from esdc.storage.regions import encoding, prepare, tiles
-from esdc.storage.schedule import (
-    encoded_variables,
-    finish_region,
-    region_arrays,
-    run_regions,
-    store_regions,
-)
+from esdc.storage.schedule import encoded_variables, finish_region, run_regions, store_region
 from esdc.storage.shards import block_lengths, inner_checksums, open_by_shards, shard_layout
 from esdc.storage.tables import write_tables
 from esdc.storage.target import Target, is_url, local_path
@@ -98,9 +92,7 @@ def _region_write(base: Any, encoded: dict[str, xr.Variable], tile: list[int],
     if trange is not None:
         sel[TIME_DIM] = slice(*trange)
     group = zarr.open_group(base.fork().store, mode="r+")
-    targets = [group[n] for n in encoded]
-    sources, regions = region_arrays(encoded, sel)
-    stored = store_regions(sources, targets, regions, return_stored=True)
+    stored = store_region(encoded, [group[n] for n in encoded], sel, return_stored=True)
     forks = [da.reduction(a, name="ice-changeset", chunk=computing_meta(extract_session),
                           aggregate=computing_meta(merge_sessions_array_kwargs),
                           concatenate=False, keepdims=False, dtype=object,

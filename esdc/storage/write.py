@@ -53,13 +53,7 @@ from esdc.storage.integrity import (
     write_manifest,
 )
 from esdc.storage.regions import check_not_empty, encoding, prepare, tile_keys, tiles
-from esdc.storage.schedule import (
-    encoded_variables,
-    finish_region,
-    region_arrays,
-    run_regions,
-    store_regions,
-)
+from esdc.storage.schedule import encoded_variables, finish_region, run_regions, store_region
 from esdc.storage.shards import block_lengths, inner_checksums
 from esdc.storage.tables import write_tables
 
@@ -346,13 +340,13 @@ def _write_regions(ds: xr.Dataset, part: journal.PartialBuild, head: dict[str, A
 def _store_region(encoded: dict[str, Any], targets: list[Any], sel: dict[str, slice]) -> Any:
     """One region of every variable stored into its Zarr array: one Dask key when done.
 
-    The chunks go straight to the arrays (``dask.array.store``), so upstream work shared
-    by the regions keeps its keys (:mod:`esdc.storage.schedule`). ``encoded`` are the
-    variables as stored (:func:`~esdc.storage.schedule.encoded_variables`), ``targets``
-    their arrays in that order.
+    The chunks go straight to the arrays (:func:`~esdc.storage.schedule.store_region`),
+    so upstream work shared by the regions keeps its keys (:mod:`esdc.storage.schedule`).
+    ``encoded`` are the variables as stored
+    (:func:`~esdc.storage.schedule.encoded_variables`), ``targets`` their arrays in that
+    order.
     """
-    sources, regions = region_arrays(encoded, sel)
-    stored = store_regions(sources, targets, regions)
+    stored = store_region(encoded, targets, sel)
     return finish_region(stored, _stored, "esdc-region")
 
 

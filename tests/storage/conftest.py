@@ -65,7 +65,7 @@ def region_writes(tmp_path: Path, mean_over: str | None = None) -> tuple[
     import zarr
 
     from esdc.storage.regions import prepare, tiles
-    from esdc.storage.schedule import encoded_variables, finish_region, region_arrays
+    from esdc.storage.schedule import encoded_variables, finish_region, store_region
 
     ds = synthetic(nt=8, ny=12, nx=24)
     ds = ds.assign(anom=ds.sst - ds.sst.mean(mean_over))
@@ -78,10 +78,7 @@ def region_writes(tmp_path: Path, mean_over: str | None = None) -> tuple[
     writes = []
     for t in todo:
         sel = {"lat": slice(t[0], t[1]), "lon": slice(t[2], t[3])}
-        sources, regions = region_arrays(encoded, sel)
-        stored = da.store(sources, [arr], regions=regions, lock=False, compute=False,
-                          return_stored=False)
-        stored = list(stored) if isinstance(stored, tuple) else [stored]
+        stored = store_region(encoded, [arr], sel)
         writes.append(finish_region(stored, len, "test-region"))
     return writes, todo, arr, expected
 
