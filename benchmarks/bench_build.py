@@ -63,7 +63,8 @@ With the samples cached (``esdc samples fetch --all``)::
 
 ``--quick`` builds a reduced recipe (120 x 120 degree bbox, 12 months) instead of the
 full one. ``--resolution R`` builds on an R degree grid (:func:`recipe_at`),
-``--workers N`` on N worker processes, ``--esdc-only`` skips the baselines and
+``--workers N`` on N worker processes, ``--store icechunk`` builds into an Icechunk
+repository (the floor still writes a Zarr folder), ``--esdc-only`` skips the baselines and
 ``--no-naive`` the naive one; ``layer_seconds`` and ``phase_seconds`` profile the build
 (:mod:`_build_profile`; ``--no-profile`` skips the per-layer runs). Stores are written
 to a temporary folder that is removed at the end, or under ``--out-dir`` (kept).
@@ -107,6 +108,7 @@ from esdc.storage import encoding, open_cube, resolve
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "recipes" / "earth.yaml"
 N_WORKERS = 2  # LocalCluster workers (processes x 1 thread); --workers N
+STORE = "zarr"  # the esdc build's target kind (--store): "zarr" or "icechunk"
 #: The reduced case of ``--quick``: a 120 x 120 degree box (Africa, Europe, the
 #: Atlantic and the western Indian Ocean; it crosses the OSTIA band) over 12 months.
 QUICK_BBOX = [-60.0, -60.0, 60.0, 60.0]
@@ -282,7 +284,7 @@ def run_esdc(recipe: Recipe, target: Path, client: Any) -> dict[str, Any]:
         with timer(t, "plan"):
             ds = plan(recipe)
         with timer(t, "write"), get_task_stream(client) as ts:
-            resolve(target).write(ds, chunks=dict(recipe.output.chunks),
+            resolve(target, store=STORE).write(ds, chunks=dict(recipe.output.chunks),
                                   compressor=recipe.output.compressor, overwrite=True,
                                   client=client)
     task_s, transfer_s = _build_profile.stream_seconds(ts.data)
@@ -550,6 +552,7 @@ def run(recipe: Recipe, workdir: Path, step: Callable[[str], None] = log,
         "recipe": recipe.name,
         "resolution": recipe.grid.resolution,
         "recipe_changes": list(CHANGES),
+        "store": STORE,
         "dims": esdc["dims"],
         "variables": esdc["variables"],
         "output_mb": out_mb,
@@ -703,9 +706,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the naive baseline (it needs 13 GB for the full cube)")
     p.add_argument("--esdc-only", action="store_true",
                    help="only the esdc build (no I/O floor, naive baseline or fast path)")
+    p.add_argument("--store", choices=("zarr", "icechunk"), default="zarr",
+                   help="the esdc build's target: a Zarr folder (default) or an Icechunk "
+                        "repository (needs esdc[icechunk]); the floor writes Zarr")
     args = p.parse_args(argv)
 
     globals()["N_WORKERS"] = args.workers
+    globals()["STORE"] = args.store
     recipe = load_recipe(args.recipe)
     if args.resolution is not None:
         recipe = recipe_at(recipe, args.resolution)
