@@ -77,11 +77,10 @@ def _region_write(base: Any, encoded: dict[str, xr.Variable], tile: list[int],
                   dims: tuple[str, str], trange: tuple[int, int] | None) -> Any:
     """One region stored into a fork of ``base`` on the workers: a ``Delayed`` of the fork.
 
-    The region's chunks are stored with ``dask.array.store`` and the forks holding their
-    changes merged (Icechunk's ``store_dask`` graph), without computing: all regions are
-    computed together, so upstream work they share runs once
-    (:mod:`esdc.storage.schedule`). ``encoded``: the variables as stored
-    (:func:`~esdc.storage.schedule.encoded_variables`).
+    The region's chunks are stored (:func:`~esdc.storage.schedule.store_region`) and the
+    forks holding their changes merged (as ``store_dask`` does), not computed: all regions
+    are computed together, so upstream work they share runs once. ``encoded``: the
+    variables as stored (:func:`~esdc.storage.schedule.encoded_variables`), all of them.
     """
     import dask.array as da
     import numpy as np

@@ -15,6 +15,8 @@ Used by :mod:`esdc.storage.write` (Zarr folders) and :mod:`esdc.storage.icechunk
 
 from __future__ import annotations
 
+import itertools
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +24,8 @@ import dask
 import numpy as np
 import xarray as xr
 
-__all__ = ["REGIONS_AHEAD", "StoreTarget", "encoded_variables", "finish_region",
-           "gate_regions", "region_priorities", "run_regions", "store_region"]
+__all__ = ["REGIONS_AHEAD", "encoded_variables", "finish_region", "gate_regions",
+           "region_priorities", "run_regions", "store_region"]
 
 #: Regions in flight per worker thread: the first tasks of region ``i`` wait for the write
 #: of region ``i - REGIONS_AHEAD x threads`` (:func:`gate_regions`).
@@ -61,48 +63,6 @@ def encoded_variables(ds: xr.Dataset, names: list[str],
     return out
 
 
-class StoreTarget:
-    """A Zarr array as a ``dask.array.store`` target, with a token of its own.
-
-    Dask names each store task by a token of its arguments, and its default token of a
-    Zarr array walks the array's metadata (a dataclass) field by field: 2-3 ms per
-    array, 14 arrays x every region of a build, all in the client before the first task
-    starts (a quarter of a second of the 3 s ``--quick`` Earth build). A target is
-    written by one build, so a random token names it uniquely at no cost.
-
-    Parameters
-    ----------
-    array : zarr.Array
-        The stored array; item assignment and attributes (``store``, ``dtype``) are the
-        array's.
-    """
-
-    __slots__ = ("array", "token")
-
-    def __init__(self, array: Any) -> None:
-        import uuid
-
-        self.array = array
-        self.token = uuid.uuid4().hex
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.array[key] = value
-
-    def __getattr__(self, name: str) -> Any:
-        if name in StoreTarget.__slots__ or name.startswith("__"):  # unpickling
-            raise AttributeError(name)
-        return getattr(self.array, name)
-
-    def __getstate__(self) -> tuple[Any, str]:
-        return self.array, self.token
-
-    def __setstate__(self, state: tuple[Any, str]) -> None:
-        self.array, self.token = state
-
-    def __dask_tokenize__(self) -> str:
-        return self.token
-
-
 def store_region(variables: dict[str, xr.Variable], targets: list[Any],
                  sel: dict[str, slice], return_stored: bool = False) -> list[Any]:
     """One region of each variable stored into its array, lazily (nothing computed).
@@ -111,14 +71,16 @@ def store_region(variables: dict[str, xr.Variable], targets: list[Any],
     straight into the target. (``dask.array.store`` of the region's slice added a
     ``getitem`` task per piece, which copies a slice under half its chunk: 28 % of a
     build's tasks.) With :func:`esdc.storage.regions.prepare`'s chunks no two tasks
-    write into one stored chunk.
+    write into one stored chunk. The tasks are named by a random token: Dask's token of
+    a Zarr array walks its metadata field by field (2-3 ms per array and region, all in
+    the client before the first task starts), and a target is written by one build.
 
     Parameters
     ----------
     variables : dict
         ``{name: xarray.Variable}`` from :func:`encoded_variables`, Dask-backed.
     targets : list of zarr.Array
-        Their stored arrays, in that order (each wrapped in :class:`StoreTarget`).
+        Their stored arrays, in that order.
     sel : dict
         ``{dim: slice}`` of the region (spatial dims, and ``time`` for an append); dims
         not named are written whole.
@@ -131,15 +93,14 @@ def store_region(variables: dict[str, xr.Variable], targets: list[Any],
     list of dask.array.Array
         One per variable, shaped as its region; computing them writes the chunks.
     """
-    import itertools
-
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
+    token = uuid.uuid4().hex
     out = []
-    for var, target in zip(variables.values(), targets, strict=True):
-        arr, into = var.data, StoreTarget(target)
+    for var, into in zip(variables.values(), targets, strict=True):
+        arr = var.data
         parts, chunks = [], []
         for d, cs in zip(var.dims, arr.chunks, strict=True):
             start, stop, _ = sel.get(str(d), slice(None)).indices(var.sizes[d])
@@ -149,7 +110,7 @@ def store_region(variables: dict[str, xr.Variable], targets: list[Any],
                    if lo < stop and hi > start]
             parts.append(dim)
             chunks.append(tuple(b - a for _, a, b, _ in dim))
-        name = f"store-map-{tokenize(arr.name, into, sorted(sel.items(), key=str))}"
+        name = f"store-map-{tokenize(arr.name, token, sorted(sel.items(), key=str))}"
         dsk = {}
         for pos, combo in zip(itertools.product(*(range(len(p)) for p in parts)),
                               itertools.product(*parts), strict=True):
@@ -300,12 +261,10 @@ def _named_graph(graph: dict[Any, Any]) -> Any:
     """The graph as Dask's low-level graph expression, named by a random token.
 
     ``Client.get`` otherwise names a plain dict by a token of every task in it: 0.1 s
-    for the ``--quick`` Earth build's 470 tasks, 0.3 s for the full cube's 1,150, spent
-    in the client before the first task starts. (``dask._expr.LLGExpr`` is what
-    ``Client.get`` makes of a dict; dask is pinned.)
+    for the ``--quick`` Earth build's 470 tasks, 0.3 s for the full cube's 1,150 (before
+    :func:`store_region`), spent in the client before the first task starts.
+    (``dask._expr.LLGExpr`` is what ``Client.get`` makes of a dict; dask is pinned.)
     """
-    import uuid
-
     try:
         from dask._expr import LLGExpr
     except ImportError:  # pragma: no cover - another dask: tokenized as before
