@@ -50,9 +50,9 @@ forkserver included; pages shared between processes are counted once per process
 sampled every 20 ms in a thread, one figure per path.
 
 Every path reads a warm page cache (the cube was just written); cold reads from disk
-are not measured. Timings are the best of ``--repeats`` epochs; they depend on the
-machine and on what else runs on it (the load average is reported): compare runs on
-the same machine. Each path also reports the CPU seconds of the process tree
+are not measured. Timings are the best of ``--repeats`` epochs (3; 8 with ``--quick``);
+they depend on the machine and on what else runs on it (the load average is reported):
+compare runs on the same machine. Each path also reports the CPU seconds of the process tree
 (``samples_per_cpu_s``, ``fraction_of_floor_cpu``, ``speedup_vs_xbatcher_cpu``) and
 ``cpus_busy`` (CPU seconds / wall seconds): the work per patch does not depend on how
 many CPUs other jobs leave free, the wall-clock rates and ``workers_2_vs_1`` do.
@@ -907,8 +907,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="write the cube here and keep it; an existing cube of the same case "
                          "is reused (default: a temporary folder, removed at the end)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary cube")
-    ap.add_argument("--repeats", type=int, default=3,
-                    help="epochs timed per path, the best is reported (default 3)")
+    ap.add_argument("--repeats", type=int,
+                    help="epochs timed per path, the best is reported (default 3; quick 8: "
+                         "its epochs take a tenth of a second, 3 of them are noise)")
     ap.add_argument("--xbatcher-samples", type=int,
                     help="patches timed for xbatcher (default 640, quick 320)")
     ap.add_argument("--forkserver-preload", action="store_true",
@@ -932,6 +933,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.shape:
         case, shape = "custom", args.shape
     xb_samples = args.xbatcher_samples or (320 if args.quick else 640)
+    repeats = args.repeats or (8 if args.quick else 3)
     mach = machine()
     if args.forkserver_preload:
         multiprocessing.get_context(CTX).set_forkserver_preload(
@@ -946,7 +948,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.shards:
         shards = dict(zip(CHUNKS, (int(v) for v in args.shards.split(",")), strict=True))
         try:
-            result = run_shards(cube, shape, shards, max(1, args.repeats))
+            result = run_shards(cube, shape, shards, max(1, repeats))
         finally:
             if args.out_dir is None and not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -958,7 +960,7 @@ def main(argv: list[str] | None = None) -> int:
             print_shards(result)
         return 0
     try:
-        result = run(cube, shape, max(1, args.repeats), xb_samples, args.workers,
+        result = run(cube, shape, max(1, repeats), xb_samples, args.workers,
                      args.prefetch_factor)
     finally:
         if args.out_dir is None and not args.keep:

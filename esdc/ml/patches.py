@@ -57,7 +57,7 @@ from esdc.ml.units import (
 from esdc.storage import resolve
 from esdc.storage.codecs import checked_reads
 
-__all__ = ["Batch", "Patch", "PatchStream", "batch_pixels", "block_splits", "valid_pixels"]
+__all__ = ["Batch", "Patch", "PatchStream", "block_splits"]
 
 Split = Literal["train", "validation", "test"]
 
@@ -192,6 +192,12 @@ class PatchStream:
     epoch_ahead : bool
         With ``units_ahead > 0``, read the next epoch's first units (one pool's fill) while
         a shuffled epoch drains (:class:`~esdc.ml.units.EpochStart`).
+    read_threads : int
+        With ``units_ahead > 0``, threads reading units (unit ``k`` by thread ``k %
+        read_threads``, each with its own buffers and ``units_ahead`` units ahead), in
+        the same order as one: on two cores two readers keep up with the consumer's
+        shuffling and normalisation where one could not. Memory: one unit and one read
+        buffer more per thread.
 
     Raises
     ------
@@ -223,9 +229,10 @@ class PatchStream:
     time_steps: tuple[int, int] | None = None
     units_ahead: int = 1
     epoch_ahead: bool = True
+    read_threads: int = 2
     _ds: xr.Dataset = field(init=False, repr=False)
     #: read buffers and recycled unit arrays of a finished epoch, for the next one
-    _spare: list[tuple[dict[str, np.ndarray], Recycler]] = field(
+    _spare: list[tuple[list[dict[str, np.ndarray]], Recycler]] = field(
         init=False, repr=False, compare=False, default_factory=list)
     #: the next epoch's first units, read while a shuffled epoch drains (EpochStart)
     _ahead: EpochStart | None = field(init=False, repr=False, compare=False, default=None)
@@ -460,14 +467,19 @@ class PatchStream:
         return Batch(b.x, valid, b.index, b.target)
 
     def _units(self, epoch: int, recycler: Recycler | None = None,
-               buffers: dict[str, np.ndarray] | None = None,
+               buffers: list[dict[str, np.ndarray]] | None = None,
                ready: dict[Any, Batch] | None = None) -> Iterator[Batch]:
-        """The units of ``epoch`` in order, ``units_ahead`` ahead (``ready``: read already)."""
-        buffers = {} if buffers is None else buffers  # the reading thread's own
+        """The units of ``epoch`` in order, read ahead (``ready``: read already).
+
+        ``buffers``: one dict per reading thread (``read_threads``), grown if short.
+        """
+        buffers = [] if buffers is None else buffers
+        threads = max(1, self.read_threads)
+        buffers += [{} for _ in range(threads - len(buffers))]
         ready = {} if ready is None else ready
-        return read_ahead(lambda u: ready.pop(u, None) or self._unit(*u, buffers, recycler),
+        return read_ahead(lambda u, i: ready.pop(u, None) or self._unit(*u, buffers[i], recycler),
                           self._shard_units(epoch), depth=self.units_ahead,
-                          name=f"esdc-units-{self.shard}")
+                          name=f"esdc-units-{self.shard}", threads=threads)
 
     def __iter__(self) -> Iterator[Patch]:
         return self.patches(epoch=0)
@@ -523,14 +535,14 @@ class PatchStream:
         ahead, self._ahead = self._ahead, None
         ready = {} if ahead is None else ahead.take(epoch)  # joined: its buffers are free
         # an earlier epoch's read buffer and unit arrays: no fresh pages to fault in
-        buffers, recycler = self._spare.pop() if self._spare else ({}, Recycler())
+        buffers, recycler = self._spare.pop() if self._spare else ([], Recycler())
         pool = ShufflePool(self.buffer_size, recycler)
         for unit in self._units(epoch, recycler, buffers, ready):
             pool.add(unit)
             while pool.size - batch_size >= self.buffer_size:
                 yield self._finish(pool.draw(rng, batch_size, out))
         if self.epoch_ahead and self.units_ahead > 0:
-            self._ahead = EpochStart(epoch + 1, lambda u: self._unit(*u, buffers, recycler),
+            self._ahead = EpochStart(epoch + 1, lambda u: self._unit(*u, buffers[0], recycler),
                                      self._shard_units(epoch + 1), self.buffer_size + batch_size)
         for b in pool.drain(rng, batch_size, drop_last, out):
             yield self._finish(b)
@@ -571,7 +583,7 @@ class PatchStream:
             return
         subs = [self.subshard(i, threads) for i in range(threads)]
         for sub in subs:  # made per call: a next epoch read ahead would go unused
-            sub.epoch_ahead = False
+            sub.epoch_ahead, sub.read_threads = False, 1
         queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=prefetch) for _ in subs]
         stop = threading.Event()
         done = object()
@@ -621,76 +633,3 @@ class PatchStream:
                 carry, count = [rest], len(rest.x)
         if count and not drop_last:
             yield self._finish(owned(concat_batches(carry), out))
-
-
-def batch_pixels(b: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The pixels of a batch with one target, as rows.
-
-    Parameters
-    ----------
-    b : Batch
-        ``x`` ``(B, C, ph, pw)``, ``valid`` like it, ``target`` ``(B, 1, ph, pw)``.
-
-    Returns
-    -------
-    x : numpy.ndarray
-        ``(B * ph * pw, C)`` float32 input values, patch by patch in row-major order.
-    y : numpy.ndarray
-        ``(B * ph * pw,)`` float32 target values.
-    keep : numpy.ndarray
-        ``(B * ph * pw,)`` bool: every channel valid and the target finite.
-    """
-    c = b.x.shape[1]
-    x = b.x.transpose(0, 2, 3, 1).reshape(-1, c)
-    valid = b.valid.transpose(0, 2, 3, 1).reshape(-1, c).all(axis=1)
-    y = b.target[:, 0].reshape(-1)  # type: ignore[index]
-    return x, y, valid & np.isfinite(y)
-
-
-def valid_pixels(stream: PatchStream, limit: int, seed: int,
-                 coords: bool = False) -> tuple[np.ndarray, ...]:
-    """The valid pixels of a stream with one target, at most ``limit`` (uniform sample).
-
-    Parameters
-    ----------
-    stream : PatchStream
-        Inputs and one target (usually one spatial split).
-    limit : int
-        Most pixels returned; a larger set is sampled without replacement.
-    seed : int
-        Seed of that sample.
-    coords : bool
-        Also return each pixel's grid row and column.
-
-    Returns
-    -------
-    tuple of numpy.ndarray
-        ``X (N, C)`` float32 (normalised like the stream), ``y (N,)`` float32; with
-        ``coords``, also ``rows (N,)`` and ``cols (N,)`` int64 grid indices.
-
-    Raises
-    ------
-    TrainConfigError
-        If the stream has no valid pixel (check the variables or the split settings).
-    """
-    xs, ys, rs, cs = [], [], [], []
-    for b in stream.batches(256):
-        x, y, keep = batch_pixels(b)
-        xs.append(x[keep])
-        ys.append(y[keep])
-        if coords:
-            n, _, ph, pw = b.x.shape
-            r = b.index[:, 1, None, None] + np.arange(ph)[None, :, None]
-            c = b.index[:, 2, None, None] + np.arange(pw)[None, None, :]
-            rs.append(np.broadcast_to(r, (n, ph, pw)).reshape(-1)[keep])
-            cs.append(np.broadcast_to(c, (n, ph, pw)).reshape(-1)[keep])
-    if not xs or sum(len(a) for a in ys) == 0:
-        raise TrainConfigError("no valid pixels in this split of the cube; check the "
-                               "variables or the split settings.")
-    out = [np.concatenate(xs), np.concatenate(ys)]
-    if coords:
-        out += [np.concatenate(rs).astype(np.int64), np.concatenate(cs).astype(np.int64)]
-    if len(out[1]) > limit:
-        pick = np.random.default_rng(seed).choice(len(out[1]), limit, replace=False)
-        out = [a[pick] for a in out]
-    return tuple(out)

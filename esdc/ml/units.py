@@ -309,26 +309,30 @@ class Recycler:
     """
 
     def __init__(self, keep: int = 2) -> None:
-        self._bin: collections.deque[np.ndarray] = collections.deque(maxlen=keep)
+        self.keep = keep
+        self._bins: dict[np.dtype[Any], collections.deque[np.ndarray]] = {}
 
     def give(self, arr: np.ndarray | None) -> None:
-        """Recycle ``arr`` (no one may read it any more)."""
+        """Recycle ``arr`` (no one may read it any more), binned by its dtype."""
         if arr is None:
             return
         owner = arr if arr.base is None else arr.base
         if isinstance(owner, np.ndarray) and owner.flags.c_contiguous:
-            self._bin.append(owner)
+            self._bins.setdefault(arr.dtype, collections.deque(maxlen=self.keep)).append(owner)
 
     def get(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray | None:
         """A recycled ``shape`` array of ``dtype`` (old values), or None if none is big enough."""
-        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        while True:
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape)) * dtype.itemsize
+        bin_ = self._bins.get(dtype)
+        while bin_:
             try:
-                owner = self._bin.pop()
+                owner = bin_.pop()
             except IndexError:
                 return None
             if owner.nbytes >= size:
                 return owner.reshape(-1).view(np.uint8)[:size].view(dtype).reshape(shape)
+        return None
 
 
 class ShufflePool:
@@ -338,9 +342,12 @@ class ShufflePool:
     ``(unit, row)`` of the patches not yet drawn, and a batch is one ``numpy.take`` per
     unit it draws from, written into consecutive rows of the batch (a batch's rows are
     grouped by unit; which patches it holds is the seeded random draw). A unit is
-    released when its last patch is drawn; when more than ``max_units`` units are held,
-    the patches left in the emptiest ones (together at most one unit's worth) are
-    gathered into one, so memory stays bounded by about ``max_units`` units.
+    released when its last patch is drawn. Drawn uniformly, a unit empties slowly (about
+    half of what is left goes with each unit added), so when more than ``max_units``
+    units are held, the patches left in the emptiest one move to the pool's spill arrays
+    (slots reused as they are drawn, at most one unit's worth) and that unit is released:
+    a patch is copied into the spill at most once, and memory stays bounded by about
+    ``max_units + 1`` units.
 
     Parameters
     ----------
@@ -350,11 +357,15 @@ class ShufflePool:
         Where the arrays of released units go.
     """
 
+    #: the unit id of the spill arrays
+    SPILL = -1
+
     def __init__(self, buffer_size: int, recycler: Recycler | None = None) -> None:
         self.buffer_size = buffer_size
         self.recycler = recycler
-        self._units: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
-        self._left: dict[int, int] = {}
+        self._units: dict[int, Batch] = {}  # arrays of None stay None
+        self._left: dict[int, int] = {}  # patches left per unit (not the spill)
+        self._free = np.empty(0, dtype=np.intp)  # free slots of the spill arrays
         self._ids = 0
         self._unit = np.empty(0, dtype=np.intp)  # per pooled patch: its unit ...
         self._row = np.empty(0, dtype=np.intp)  # ... and its row there
@@ -366,77 +377,87 @@ class ShufflePool:
         return len(self._unit)
 
     def add(self, unit: Batch) -> None:
-        """Hold a unit's patches (``x``, ``index``, ``target``; ``valid`` is not pooled)."""
+        """Hold a unit's patches (its arrays, referenced)."""
         n = len(unit.x)
         if n == 0:
             return
         self._unit_size = max(self._unit_size, n)
-        self._hold((unit.x, unit.index, unit.target), np.arange(n))
-        if len(self._units) > self.max_units:
-            self._compact()
+        uid = self._ids
+        self._ids += 1
+        self._units[uid] = unit
+        self._left[uid] = n
+        self._unit = np.concatenate([self._unit, np.full(n, uid)])
+        self._row = np.concatenate([self._row, np.arange(n)])
+        while len(self._left) > self.max_units and self._spill():
+            pass
 
     @property
     def max_units(self) -> int:
-        """Units held at most before the emptiest are compacted."""
+        """Units held at most (besides the spill) before the emptiest is spilled."""
         return -(-self.buffer_size // self._unit_size) + 4
 
-    def _hold(self, arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None],
-              rows: np.ndarray) -> None:
-        uid = self._ids
-        self._ids += 1
-        self._units[uid] = arrays
-        self._left[uid] = len(rows)
-        self._unit = np.concatenate([self._unit, np.full(len(rows), uid)])
-        self._row = np.concatenate([self._row, rows])
+    def _spill(self) -> bool:
+        """Move the patches left in the emptiest unit to the spill; False if they do not fit."""
+        u = min(self._left, key=lambda k: (self._left[k], k))
+        n = self._left[u]
+        if len(self._free) < n and not self._grow_spill(n):
+            return False  # the spill is full: hold one more unit
+        where = np.flatnonzero(self._unit == u)
+        slots, self._free = self._free[-n:], self._free[:-n]
+        spill, rows = self._units[self.SPILL], self._row[where]
+        for src, into in zip(self._units[u], spill, strict=True):
+            if src is not None:
+                into[slots] = src[rows]
+        self._unit[where], self._row[where] = self.SPILL, slots
+        self._release(u)
+        return True
 
-    def _compact(self) -> None:
-        """Gather the patches left in the emptiest units (one unit's worth) into one."""
-        by_left = sorted(self._left, key=lambda u: (self._left[u], u))
-        total = np.cumsum([self._left[u] for u in by_left])
-        merge = by_left[: int(np.searchsorted(total, self._unit_size, side="right"))]
-        if len(merge) < 2:  # nothing nearly empty: hold one more unit
-            return
-        where = np.isin(self._unit, merge)
-        units, rows = self._unit[where], self._row[where]
-        parts = [tuple(None if a is None else np.take(a, rows[units == u], axis=0)
-                       for a in self._units[u]) for u in merge]
-        merged = tuple(None if parts[0][i] is None else np.concatenate([p[i] for p in parts])
-                       for i in range(3))
-        for u in merge:
-            self._release(u)
-        self._unit, self._row = self._unit[~where], self._row[~where]
-        self._hold(merged, np.arange(len(merged[0])))  # type: ignore[arg-type]
+    def _grow_spill(self, n: int) -> bool:
+        """Make room for ``n`` more patches in the spill (at most one unit's worth)."""
+        old = self._units.get(self.SPILL)
+        cap = 0 if old is None else len(old[0])
+        new_cap = min(self._unit_size, max(2 * cap, cap + n - len(self._free)))
+        if new_cap - cap < n - len(self._free):
+            return False
+        ref = next(a for k, a in self._units.items() if k != self.SPILL)
+        arrays = Batch(*(None if a is None else np.empty((new_cap, *a.shape[1:]), a.dtype)
+                         for a in ref))
+        if old is not None:
+            for a, b in zip(old, arrays, strict=True):
+                if a is not None:
+                    b[:cap] = a
+        self._units[self.SPILL] = arrays
+        self._free = np.concatenate([self._free, np.arange(cap, new_cap)])
+        return True
 
     def _release(self, u: int) -> None:
-        arrays = self._units.pop(u)
+        unit = self._units.pop(u)
         del self._left[u]
         if self.recycler is not None:
-            self.recycler.give(arrays[0])
-            self.recycler.give(arrays[2])
+            for a in (unit.x, unit.valid, unit.target):
+                self.recycler.give(a)
 
     def _take(self, units: np.ndarray, rows: np.ndarray, out: Out | None) -> Batch:
-        """The patches ``(units, rows)`` as a batch of raw ``x`` (``valid`` still None)."""
+        """The patches ``(units, rows)`` as a batch (into ``out``'s arrays if given)."""
         order = np.lexsort((rows, units))
         units, rows = units[order], rows[order]
         n = len(rows)
         dest = out(n) if out is not None else None
-        x0, idx0, t0 = next(iter(self._units.values()))
-        x = np.empty((n, *x0.shape[1:]), x0.dtype) if dest is None else dest[0]
-        index = np.empty((n, *idx0.shape[1:]), idx0.dtype)
-        target = None
-        if t0 is not None:
-            target = np.empty((n, *t0.shape[1:]), t0.dtype) if dest is None else dest[2]
+        into = _destination(next(iter(self._units.values())), n, dest)
         bounds = np.flatnonzero(np.diff(units)) + 1
         for s0, s1 in zip([0, *bounds], [*bounds, n], strict=True):
             u = int(units[s0])
-            arrays, r = self._units[u], rows[s0:s1]
-            for src, into in zip(arrays, (x, index, target), strict=True):
+            r = rows[s0:s1]
+            for src, dst in zip(self._units[u], into, strict=True):
                 if src is not None:
-                    np.take(src, r, axis=0, out=into[s0:s1], mode="clip")
+                    np.take(src, r, axis=0, out=dst[s0:s1], mode="clip")
+            if u == self.SPILL:
+                self._free = np.concatenate([self._free, r])
+                continue
             self._left[u] -= s1 - s0
             if not self._left[u]:
                 self._release(u)
-        return Batch(x, None if dest is None else dest[1], index, target)  # type: ignore[arg-type]
+        return into
 
     def draw(self, rng: np.random.Generator, batch_size: int, out: Out | None = None) -> Batch:
         """A seeded random batch of raw patches; they leave the pool."""
@@ -534,19 +555,38 @@ def batch_rows(b: Batch, sel: slice) -> Batch:
     return Batch(*(None if a is None else a[sel] for a in b))
 
 
+def _destination(like: Batch, n: int,
+                 dest: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None) -> Batch:
+    """Arrays for ``n`` patches shaped like ``like``'s (None where ``like`` has None).
+
+    ``dest``'s ``(x, valid, target)`` where given (``index`` always fresh; ``valid`` even
+    where ``like``'s is None: it is written later), else fresh ones.
+    """
+
+    def fresh(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.empty((n, *a.shape[1:]), a.dtype)
+
+    if dest is None:
+        return Batch(*(fresh(a) for a in like))  # type: ignore[arg-type]
+    return Batch(dest[0], dest[1], fresh(like.index),  # type: ignore[arg-type]
+                 None if like.target is None else dest[2])
+
+
 def owned(b: Batch, out: Out | None) -> Batch:
-    """Raw batch ``b`` with fresh arrays, or copied into ``out``'s (``valid`` to come).
+    """Batch ``b`` with fresh arrays, or copied into ``out``'s.
 
     ``out(n)`` gives ``(x, valid, target)`` arrays of ``n`` rows, the shapes of ``b``'s
     (``x`` float32 ``(n, C, ph, pw)``); ``index`` ``(n, 3)`` is ``b``'s own.
     """
     dest = out(len(b.x)) if out is not None else None
-    if dest is None:  # a batch owns its arrays (a view of a unit could be finished twice)
+    if dest is None:  # a batch owns its arrays (not a view of a unit's, which is recycled)
         return Batch(*(None if a is None else np.array(a) for a in b))
-    for arr, into in zip((b.x, b.target), (dest[0], dest[2]), strict=True):
+    into = _destination(b, len(b.x), dest)
+    for arr, to in zip((b.x, b.valid, b.target), (into.x, into.valid, into.target),
+                       strict=True):
         if arr is not None:
-            np.copyto(into, arr)
-    return Batch(dest[0], dest[1], b.index, dest[2] if b.target is not None else None)
+            np.copyto(to, arr)
+    return Batch(into.x, into.valid, b.index, into.target)
 
 
 def put_until(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
@@ -560,25 +600,33 @@ def put_until(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
     return False
 
 
-def read_ahead(produce: Callable[[T], R], items: Iterable[T], depth: int = 1,
-               name: str = "esdc-read-ahead") -> Iterator[R]:
-    """``produce(item)`` for each item, computed ``depth`` items ahead in a thread.
+def read_ahead(produce: Callable[[T, int], R], items: Iterable[T], depth: int = 1,
+               name: str = "esdc-read-ahead", threads: int = 1) -> Iterator[R]:
+    """``produce(item, i)`` for each item, computed ``depth`` items ahead in threads.
+
+    With ``threads`` threads, item ``k`` is produced by thread ``i = k % threads`` (each
+    up to ``depth`` items ahead of the consumer) and the results are yielded in the order
+    of ``items``: the same sequence as one thread gives, made by several cores.
 
     Parameters
     ----------
     produce : callable
-        Run in the thread (its NumPy and zarr work releases the GIL).
+        ``produce(item, i)``, run in thread ``i`` (its NumPy and zarr work releases the
+        GIL); ``i`` picks that thread's own buffers.
     items : iterable
         Its inputs, in order.
     depth : int
-        Results ready ahead of the consumer; 0 runs ``produce`` in the caller's thread.
+        Results each thread holds ready ahead of the consumer; 0 runs ``produce(item,
+        0)`` in the caller's thread.
     name : str
-        The thread's name.
+        The threads' name (``-i`` appended for more than one).
+    threads : int
+        Producing threads (at least 1).
 
     Yields
     ------
     object
-        ``produce(item)`` in the order of ``items``.
+        ``produce(item, i)`` in the order of ``items``.
 
     Raises
     ------
@@ -587,31 +635,33 @@ def read_ahead(produce: Callable[[T], R], items: Iterable[T], depth: int = 1,
     """
     if depth < 1:
         for item in items:
-            yield produce(item)
+            yield produce(item, 0)
         return
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    threads = max(1, threads)
+    todo = list(items)
+    queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=depth) for _ in range(threads)]
     stop = threading.Event()
-    done = object()
 
-    def work() -> None:
+    def work(i: int) -> None:
         try:
-            for item in items:
-                if not put_until(q, (produce(item),), stop):
+            for item in todo[i::threads]:
+                if not put_until(queues[i], (produce(item, i),), stop):
                     return
-            put_until(q, done, stop)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            put_until(q, exc, stop)
+            put_until(queues[i], exc, stop)
 
-    thread = threading.Thread(target=work, daemon=True, name=name)
-    thread.start()
+    pool = [threading.Thread(target=work, args=(i,), daemon=True,
+                             name=name if threads == 1 else f"{name}-{i}")
+            for i in range(threads)]
+    for t in pool:
+        t.start()
     try:
-        while True:
-            got = q.get()
-            if got is done:
-                return
+        for k in range(len(todo)):
+            got = queues[k % threads].get()
             if isinstance(got, BaseException):
                 raise got
             yield got[0]
     finally:
         stop.set()
-        thread.join(timeout=5)
+        for t in pool:
+            t.join(timeout=5)

@@ -156,7 +156,43 @@ def test_shuffle_pool_bounds_held_units_and_gives_every_patch_once():
     idx = np.concatenate([b.index for b in out])
     assert sorted(idx[:, 0]) == list(range(480))  # every patch once
     np.testing.assert_array_equal(x[:, 0, 0, 0], idx[:, 0])  # with its own values
-    assert max(held) <= pool.max_units + 1  # compaction bounds what is held
+    assert max(held) <= pool.max_units + 1  # the spill bounds what is held
+
+
+def test_shuffle_pool_spills_a_patch_at_most_once(monkeypatch):
+    """Units left nearly empty are released by moving their last patches to the spill;
+    no patch is copied there twice, and the spill holds at most one unit's worth."""
+    from esdc.ml.units import Batch, ShufflePool
+
+    pool = ShufflePool(buffer_size=40)
+    spilled: list[np.ndarray] = []
+    spill = ShufflePool._spill
+
+    def watch(self):
+        u = min(self._left, key=lambda k: (self._left[k], k))
+        moving = self._units[u].index[self._row[self._unit == u], 0]
+        ok = spill(self)
+        if ok:
+            spilled.append(moving)
+        return ok
+
+    monkeypatch.setattr(ShufflePool, "_spill", watch)
+    rng, out = np.random.default_rng(1), []
+    for u in range(60):
+        ids = np.arange(u * 10, u * 10 + 10)
+        pool.add(Batch(ids.astype("float32")[:, None, None, None], None,
+                       np.column_stack([ids, ids, ids]), None))
+        while pool.size - 5 >= 40:
+            out.append(pool.draw(rng, 5))
+        if pool.SPILL in pool._units:
+            assert len(pool._units[pool.SPILL].x) <= 10  # one unit's worth
+    out += list(pool.drain(rng, 5, False))
+    idx = np.concatenate([b.index for b in out])[:, 0]
+    assert sorted(idx) == list(range(600))
+    np.testing.assert_array_equal(np.concatenate([b.x for b in out])[:, 0, 0, 0], idx)
+    moved = np.concatenate(spilled)
+    assert len(moved) and len(np.unique(moved)) == len(moved)  # each moved at most once
+    assert len(moved) < 600 // 2  # the stragglers only
 
 
 def _slot_mappings() -> set[str]:
@@ -401,3 +437,18 @@ def test_next_epoch_read_while_an_epoch_drains(cube, monkeypatch):
     assert made == []  # the sub-streams read no next epoch
     list(stream.batches(4, epoch=5))
     assert made == [6]
+
+
+def test_reading_threads_give_the_same_epochs_as_one(cube):
+    """Units read by several threads come in the order one thread reads them: the same
+    seed gives the same batches, values and valid masks, epoch after epoch."""
+    kw = {"patch": (8, 8), "seed": 7, "buffer_size": 24, "targets": ["s"]}
+    one = PatchStream(cube, ["a", "b"], read_threads=1, **kw)
+    three = PatchStream(cube, ["a", "b"], read_threads=3, **kw)
+    for epoch in (0, 1, 2):  # 1 and 2 start from units read while the last drained
+        a, b = list(one.batches(5, epoch=epoch)), list(three.batches(5, epoch=epoch))
+        assert len(a) == len(b) and sum(len(x.x) for x in a) == len(one)
+        for p, q in zip(a, b, strict=True):
+            for u, v in zip(p, q, strict=True):
+                np.testing.assert_array_equal(u, v)
+    assert len(three._spare[0][0]) == 3  # each thread kept its own read buffers

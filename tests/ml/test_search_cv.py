@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from esdc.cli import app
 from esdc.errors import EsdcError
 from esdc.ml.config import TrainConfig
-from esdc.ml.patches import PatchStream, block_splits, valid_pixels
+from esdc.ml.patches import PatchStream, block_splits
+from esdc.ml.pixels import valid_pixels
 from esdc.ml.train import submit
 from esdc.ml.tuning import block_ids, spatial_folds
 

@@ -20,7 +20,8 @@ from esdc.ml.config import SearchSpec, TrainConfig
 from esdc.ml.estimators import make_estimator
 from esdc.ml.fit import FitContext, FitResult, Fitter
 from esdc.ml.metrics import baseline, metric_name, score
-from esdc.ml.patches import PatchStream, batch_pixels, valid_pixels
+from esdc.ml.patches import PatchStream
+from esdc.ml.pixels import batch_pixels, valid_pixels
 from esdc.ml.tracking import log_search
 from esdc.ml.tuning import block_ids, run_search
 
