@@ -77,33 +77,28 @@ def _region_write(base: Any, encoded: dict[str, xr.Variable], tile: list[int],
                   dims: tuple[str, str], trange: tuple[int, int] | None) -> Any:
     """One region stored into a fork of ``base`` on the workers: a ``Delayed`` of the fork.
 
-    The region's chunks are stored (:func:`~esdc.storage.schedule.store_region`) and the
-    forks holding their changes merged (as ``store_dask`` does), not computed: all regions
-    are computed together, so upstream work they share runs once. ``encoded``: the
-    variables as stored (:func:`~esdc.storage.schedule.encoded_variables`), all of them.
+    The region's chunks are stored (:func:`~esdc.storage.schedule.store_region`), each
+    task returning its array, whose fork session holds its changes; one task merges them
+    all (``store_dask`` reduces them in a tree of extract and merge tasks per variable:
+    two to three times the tasks for the same merges). Not computed: all regions are
+    computed together, so upstream work they share runs once. ``encoded``: the variables
+    as stored (:func:`~esdc.storage.schedule.encoded_variables`), all of them.
     """
-    import dask.array as da
-    import numpy as np
     import zarr
-    from icechunk.dask import computing_meta, extract_session, merge_sessions_array_kwargs
 
     sel = {dims[0]: slice(tile[0], tile[1]), dims[1]: slice(tile[2], tile[3])}
     if trange is not None:
         sel[TIME_DIM] = slice(*trange)
     group = zarr.open_group(base.fork().store, mode="r+")
     stored = store_region(encoded, [group[n] for n in encoded], sel, return_stored=True)
-    forks = [da.reduction(a, name="ice-changeset", chunk=computing_meta(extract_session),
-                          aggregate=computing_meta(merge_sessions_array_kwargs),
-                          concatenate=False, keepdims=False, dtype=object,
-                          meta=np.array([object()], dtype=object)) for a in stored]
-    return finish_region(forks, _merge_forks, "esdc-icechunk-region")
+    return finish_region(stored, _merge_forks, "esdc-icechunk-region")
 
 
-def _merge_forks(forks: list[Any]) -> Any:
-    """The region's variables' forks merged into one (on a worker)."""
-    from icechunk.distributed import merge_sessions
+def _merge_forks(arrays: list[Any]) -> Any:
+    """The forks of a region's stored chunks merged into one (on a worker)."""
+    from icechunk.distributed import extract_session, merge_sessions
 
-    return merge_sessions(*forks)
+    return merge_sessions(*(extract_session(a) for a in arrays))
 
 
 def _commit_region(repo: Any, fork: Any, tile: list[int], branch: str, fp_sha: str) -> None:
