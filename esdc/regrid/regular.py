@@ -39,7 +39,7 @@ from esdc.regrid.blocks import (
 )
 from esdc.regrid.bucket import bucket
 from esdc.regrid.conservative import conservative, rectilinear_bilinear
-from esdc.regrid.extent import ProjResampler, same_plane
+from esdc.regrid.extent import ProjResampler, same_plane, shared_transformers
 from esdc.regrid.nearest import nearest
 from esdc.sources.base import Geolocated
 
@@ -136,13 +136,14 @@ def bilinear(data: xr.DataArray, source: Geolocated, grid: Grid) -> xr.DataArray
     lead = arr.shape[:-2]
     ny, nx = grid.shape
     rows, cols = grid.block_shape(int(np.prod(lead)), BILINEAR_BLOCK)
-    indices = resample_blocks(gradient_resampler_indices_block, src_area, [], dst_area,
-                              chunk_size=(2, rows, cols), dtype=float)
-    out = resample_blocks(block_bilinear_interpolator, src_area, [arr], dst_area,
-                          dst_arrays=[indices], chunk_size=(*lead, rows, cols),
-                          dtype=np.float32, fill_value=np.nan)
-    return xr.DataArray(unreached_as_views(out, reached_blocks(src_area, dst_area, rows, cols)),
-                        dims=data.dims)
+    with shared_transformers():  # each block's crop makes two transformers otherwise
+        indices = resample_blocks(gradient_resampler_indices_block, src_area, [], dst_area,
+                                  chunk_size=(2, rows, cols), dtype=float)
+        out = resample_blocks(block_bilinear_interpolator, src_area, [arr], dst_area,
+                              dst_arrays=[indices], chunk_size=(*lead, rows, cols),
+                              dtype=np.float32, fill_value=np.nan)
+        hits = reached_blocks(src_area, dst_area, rows, cols)
+    return xr.DataArray(unreached_as_views(out, hits), dims=data.dims)
 
 
 def reached_blocks(src_area: Any, dst_area: Any, rows: int, cols: int) -> np.ndarray:

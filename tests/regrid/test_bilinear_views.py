@@ -137,3 +137,27 @@ def test_bucket_average_of_many_planes_equals_pyresample_plane_by_plane():
             theirs = regrid(data[month], geo, grid, "bucket_average", fast_path=False).values
             np.testing.assert_allclose(ours[month], theirs, rtol=1e-6)
     assert ours.shape == (12, *grid.shape) and np.isfinite(ours).mean() > 0.99
+
+
+def test_slicers_share_transformers_and_crop_the_same():
+    """Within ``shared_transformers`` pyresample's slicers reuse one transformer per CRS
+    pair (re-entrant, restored after) and crop the source exactly as with their own."""
+    import pyproj
+    import pyresample.slicer
+    from pyresample.slicer import create_slicer
+
+    from esdc.regrid.extent import shared_transformers
+
+    geo, _ = _ostia()
+    src, dst = geo.area_definition(), _grid(1.0).area_definition()
+    block = dst[slice(80, 100), slice(0, 360)]
+    own = create_slicer(src, block).get_slices()
+    with shared_transformers():
+        with shared_transformers():
+            a = create_slicer(src, block)
+        assert pyresample.slicer.Transformer is not pyproj.Transformer
+        b = create_slicer(src, block)
+        assert a._source_transformer is b._source_transformer  # made once, shared
+        assert a._target_transformer is b._target_transformer
+        assert b.get_slices() == own
+    assert pyresample.slicer.Transformer is pyproj.Transformer  # restored
