@@ -9,7 +9,8 @@ esdc
     The way ``esdc build`` runs: :func:`esdc.build.plan` (open the sources lazily,
     decode, regrid, harmonize) then :meth:`esdc.storage.Target.write` on a
     ``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``
-    with the CLI's worker environment (``esdc.cluster.worker_env``); its start-up time
+    with the CLI's worker environment and allocator (``esdc.cluster.worker_env``,
+    ``spawn_environ``); its start-up time
     is reported but left out of the ratios. The build runs twice: first on the fresh
     workers (``esdc_first_seconds``: what one ``esdc build`` on a new cluster costs,
     imports and first-touch memory of the worker processes included), then again on the
@@ -96,7 +97,7 @@ import scipy.stats
 import xarray as xr
 
 from esdc.build import plan
-from esdc.cluster import worker_env
+from esdc.cluster import spawn_environ, worker_env
 from esdc.derive import FUNCTIONS
 from esdc.grid import Grid
 from esdc.harmonize import align_series, cf_attrs, decode, place_climatology
@@ -255,9 +256,10 @@ def start_cluster() -> tuple[Any, float]:
     from distributed import Client, LocalCluster
 
     t0 = time.perf_counter()
-    cluster = LocalCluster(n_workers=N_WORKERS, threads_per_worker=1, processes=True,
-                           dashboard_address="127.0.0.1:0", host="127.0.0.1",
-                           silence_logs=logging.ERROR, env=worker_env())
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_environ()}):
+        cluster = LocalCluster(n_workers=N_WORKERS, threads_per_worker=1, processes=True,
+                               dashboard_address="127.0.0.1:0", host="127.0.0.1",
+                               silence_logs=logging.ERROR, env=worker_env())
     client = Client(cluster)
     client.wait_for_workers(N_WORKERS)
     return client, time.perf_counter() - t0

@@ -43,13 +43,36 @@ def test_a_region_starts_after_the_write_ahead_of_it_ends(tmp_path: Path) -> Non
     assert list(dask.threaded.get(graph, keys)) == [2] * 6
 
 
-def test_the_cli_cluster_workers_keep_a_small_gdal_cache() -> None:
+def test_the_cli_cluster_workers_keep_a_small_gdal_cache(monkeypatch) -> None:
     """GDAL's default block cache (5 % of memory per process) held 0.95 GB of decoded
     Köppen strips per worker that read them, although a build reads each strip once."""
     import os
 
-    from esdc.cluster import dask_client
+    from esdc.cluster import WORKER_MALLOC, dask_client
 
+    names = ["GDAL_CACHEMAX", *WORKER_MALLOC]
+    for k in names:  # as in a fresh shell (an earlier nanny here set distributed's default)
+        monkeypatch.delenv(k, raising=False)
     with dask_client() as client:
-        seen = client.run(lambda: os.environ.get("GDAL_CACHEMAX"))
-    assert len(seen) == 2 and set(seen.values()) == {os.environ.get("GDAL_CACHEMAX", "64")}
+        seen = client.run(lambda: tuple(os.environ.get(k) for k in names))
+    want = ("64", *WORKER_MALLOC.values())
+    assert len(seen) == 2 and set(seen.values()) == {want}  # allocator set before spawning
+
+
+def test_worker_allocator_settings_yield_to_the_users(monkeypatch) -> None:
+    """distributed's default trim threshold is replaced (it pins the mmap threshold at
+    128 KiB: every chunk a fresh mapping); a pre-spawn setting of the user's is kept."""
+    import dask
+
+    from esdc.cluster import WORKER_MALLOC, spawn_environ
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # left here by a default nanny
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    env = spawn_environ()
+    assert {k: env[k] for k in WORKER_MALLOC} == WORKER_MALLOC
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4096")  # the user's own
+    assert spawn_environ()["MALLOC_MMAP_THRESHOLD_"] == "4096"
+    assert env.get("OMP_NUM_THREADS") == "1"  # distributed's other settings kept
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {
+            "MALLOC_TRIM_THRESHOLD_": 1 << 20}}):
+        assert spawn_environ() == {"MALLOC_TRIM_THRESHOLD_": str(1 << 20)}
