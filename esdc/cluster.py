@@ -23,12 +23,13 @@ WORKER_ENV = {"GDAL_CACHEMAX": "64"}
 #: array above it (a chunk, a decoded strip, an encode buffer) is a fresh ``mmap``
 #: whose pages are faulted in and zeroed, and unmapped when freed. Read + encode + store of
 #: the Earth cube then costs 7.8 CPU s on 2 workers against 3.9 in threads of one
-#: process (``benchmarks/README.md``, session 10). Here arrays under 32 MiB are reused from
-#: the heap and larger ones mapped and returned when freed; the heap is trimmed above 64
-#: MiB free: 4.8 CPU s for that work, the same build 1.5x faster, peak RSS 10-20 % higher
-#: at 0.25 and 0.1 degree.
-WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-                 "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
+#: process (``benchmarks/README.md``, session 10). Here arrays under 8 MiB (a chunk of
+#: the Earth recipe holds up to 14 MB) are reused from the heap, larger ones mapped and
+#: returned when freed, and the heap is trimmed above 16 MiB free: the Earth build 1.3-1.5x
+#: faster at every resolution, its peak RSS within the noise (32 / 64 MiB was as fast
+#: but held 2.75 GB at 0.05 degree against 2.37).
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(8 << 20),
+                 "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}
 
 #: distributed's default ``MALLOC_TRIM_THRESHOLD_`` (a different value is the user's own).
 _DISTRIBUTED_TRIM = "65536"
