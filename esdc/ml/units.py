@@ -309,30 +309,26 @@ class Recycler:
     """
 
     def __init__(self, keep: int = 2) -> None:
-        self.keep = keep
-        self._bins: dict[np.dtype[Any], collections.deque[np.ndarray]] = {}
+        self._bin: collections.deque[np.ndarray] = collections.deque(maxlen=keep)
 
     def give(self, arr: np.ndarray | None) -> None:
-        """Recycle ``arr`` (no one may read it any more), binned by its dtype."""
+        """Recycle ``arr`` (no one may read it any more)."""
         if arr is None:
             return
         owner = arr if arr.base is None else arr.base
         if isinstance(owner, np.ndarray) and owner.flags.c_contiguous:
-            self._bins.setdefault(arr.dtype, collections.deque(maxlen=self.keep)).append(owner)
+            self._bin.append(owner)
 
     def get(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray | None:
         """A recycled ``shape`` array of ``dtype`` (old values), or None if none is big enough."""
-        dtype = np.dtype(dtype)
-        size = int(np.prod(shape)) * dtype.itemsize
-        bin_ = self._bins.get(dtype)
-        while bin_:
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        while True:
             try:
-                owner = bin_.pop()
+                owner = self._bin.pop()
             except IndexError:
                 return None
             if owner.nbytes >= size:
                 return owner.reshape(-1).view(np.uint8)[:size].view(dtype).reshape(shape)
-        return None
 
 
 class ShufflePool:
@@ -434,8 +430,8 @@ class ShufflePool:
         unit = self._units.pop(u)
         del self._left[u]
         if self.recycler is not None:
-            for a in (unit.x, unit.valid, unit.target):
-                self.recycler.give(a)
+            self.recycler.give(unit.x)  # (a unit's valid is None: masks are made per batch)
+            self.recycler.give(unit.target)
 
     def _take(self, units: np.ndarray, rows: np.ndarray, out: Out | None) -> Batch:
         """The patches ``(units, rows)`` as a batch (into ``out``'s arrays if given)."""

@@ -99,6 +99,11 @@ def shared_transformers() -> Iterator[None]:
     one bilinear variable); the pairs are always the same. The results are the same
     transformations; pyproj's transformers are thread-safe. Re-entrant; the slicer's own
     ``Transformer`` is back when the outermost one ends.
+
+    Yields
+    ------
+    None
+        While inside, ``pyresample.slicer.Transformer`` is the sharing stand-in.
     """
     import pyresample.slicer
 
