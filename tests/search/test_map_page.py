@@ -285,6 +285,9 @@ def test_map_box_search_outline_refine(browser, geo, tmp_path):  # noqa: F811
     page.select_option("#layer", "bmng_red")
     page.wait_for_function("""() => [...document.querySelectorAll('#map .leaflet-tile')]
         .some(i => i.src.includes('/map/bmng_red/') && i.complete && i.naturalWidth === 256)""")
+    # the legend comes from its own request (legend.json), not with the tiles: wait for it
+    page.wait_for_function("""() => document.querySelector('#legend').textContent
+        .includes('bmng_red')""")
     assert "viridis" in page.locator("#legend").inner_text()
 
     # draw a box (Draw box, then drag): the bbox filter in lon/lat

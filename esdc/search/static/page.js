@@ -68,11 +68,12 @@
   function showLegend() {
     const name = $("layer").value;
     fetch("map/" + encodeURIComponent(name) + "/legend.json").then((r) => r.json()).then((g) => {
+      if ($("layer").value !== name) return;  // a later layer was chosen meanwhile: its legend wins
       let text = g.long_name + (g.units && g.units !== "1" ? " (" + g.units + ")" : "");
       if (g.kind === "continuous") text += ": " + g.cmap + " from " + fmt(g.vmin) + " to " + fmt(g.vmax);
       if (g.kind === "flags") text += ": flags " + g.flags.join(", ");
       $("legend").textContent = "Layer " + name + " \u2014 " + text + ".";
-    }).catch(() => { $("legend").textContent = ""; });
+    }).catch(() => { if ($("layer").value === name) $("legend").textContent = ""; });
   }
 
   function setupMap() {
