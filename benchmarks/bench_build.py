@@ -6,21 +6,19 @@ All paths produce the same cube (same grid, variables, dtypes, chunks and Blosc
 compressor) from the same source files, in one run on the same machine:
 
 esdc
-    The way ``esdc build`` runs: :func:`esdc.build.plan` (open the sources lazily,
-    decode, regrid, harmonize) then :meth:`esdc.storage.Target.write` on a
-    ``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``
-    with the CLI's worker environment and allocator (``esdc.cluster.worker_env``,
-    ``spawn_environ``); its start-up time
-    is reported but left out of the ratios. The build runs twice: first on the fresh
-    workers (``esdc_first_seconds``: what one ``esdc build`` on a new cluster costs,
+    The way ``esdc build`` runs: :func:`esdc.build.plan` (open the sources lazily, decode,
+    regrid, harmonize) then :meth:`esdc.storage.Target.write` on a
+    ``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` as the
+    CLI starts it (``esdc.cluster.local_cluster``: worker environment and allocator); its
+    start-up time is reported but left out of the ratios. The build runs twice: first on the
+    fresh workers (``esdc_first_seconds``: what one ``esdc build`` on a new cluster costs,
     imports and first-touch memory of the worker processes included), then again on the
     same, now warm, workers (``esdc_seconds``, as in a notebook session that builds on a
     running cluster). The I/O floor is measured on those warm workers afterwards, so the
-    ratios compare the second build with it (``ratio_to_io_floor``); the first build's
-    ratio is reported beside (``ratio_to_io_floor_first_build``). With ``--esdc-only``
-    the build runs once. Peak memory: the RSS summed over the process tree (this
-    process, the nannies and the workers), sampled every 50 ms in a thread; the larger
-    of the two builds' peaks.
+    ratios compare the second build with it (``ratio_to_io_floor``); the first build's ratio
+    is reported beside (``ratio_to_io_floor_first_build``). With ``--esdc-only`` the build
+    runs once. Peak memory: the RSS summed over the process tree (this process, the nannies
+    and the workers), sampled every 50 ms in a thread; the larger of the two builds' peaks.
 I/O floor
     What no builder can beat without skipping work: read and decode the source
     pixels that cover the grid (the esdc readers, ``esdc.sources.open_source``,
@@ -97,7 +95,7 @@ import scipy.stats
 import xarray as xr
 
 from esdc.build import plan
-from esdc.cluster import spawn_environ, worker_env
+from esdc.cluster import local_cluster
 from esdc.derive import FUNCTIONS
 from esdc.grid import Grid
 from esdc.harmonize import align_series, cf_attrs, decode, place_climatology
@@ -253,14 +251,10 @@ def versions() -> dict[str, str]:
 
 def start_cluster() -> tuple[Any, float]:
     """A client on the CLI's LocalCluster (``N_WORKERS`` processes), and its start seconds."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     t0 = time.perf_counter()
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_environ()}):
-        cluster = LocalCluster(n_workers=N_WORKERS, threads_per_worker=1, processes=True,
-                               dashboard_address="127.0.0.1:0", host="127.0.0.1",
-                               silence_logs=logging.ERROR, env=worker_env())
-    client = Client(cluster)
+    client = Client(local_cluster(N_WORKERS, silence_logs=logging.ERROR))
     client.wait_for_workers(N_WORKERS)
     return client, time.perf_counter() - t0
 

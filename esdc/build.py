@@ -62,7 +62,6 @@ from esdc.regrid.extent import (
     grid_extent,
     missed_message,
     partial_message,
-    same_plane,
     source_extent,
 )
 from esdc.samples import SAMPLES
@@ -362,26 +361,6 @@ def _check_bodies(opened: list[tuple[SourceSpec, Geolocated]], grid: Grid,
                 say(note)
 
 
-def _cut_to_grid(raw: xr.DataArray, geo: Geolocated,
-                 grid: Grid) -> tuple[xr.DataArray, Geolocated]:
-    """The source's rows and columns near the grid's box, before decoding them.
-
-    Decoding (scale, offset, fill values, dtype) costs per pixel: a regional cube from a
-    global source decodes its region only. Only for a source in the grid's own plane
-    (:func:`~esdc.regrid.extent.same_plane`) with longitudes within [-180, 180]: across
-    CRSs the grid's box is an envelope that can miss what the source holds (a global
-    box in a polar stereographic CRS is a sliver along one axis), and a 0-360 source
-    would lose the half the resampler wraps around.
-    """
-    if not same_plane(geo, grid) or geo.is_swath:
-        return raw, geo
-    if geo.crs is not None and geo.crs.is_geographic:
-        lon = geo.data[geo.xdim].values
-        if lon.size == 0 or lon.min() < -180.0 or lon.max() > 180.0:
-            return raw, geo
-    return crop(raw, geo, grid, margin=CROP_MARGIN)
-
-
 def _harmonize(spec: SourceSpec, var: VariableSpec, geo: Geolocated,
                grid: Grid) -> xr.DataArray:
     """Step 4: one variable decoded, put on the time axis and the grid, with CF attributes.
@@ -391,7 +370,8 @@ def _harmonize(spec: SourceSpec, var: VariableSpec, geo: Geolocated,
     the source lands on the grid is recorded (``esdc_coverage``, for ``esdc verify``).
     """
     what = f"sources.{spec.name}"
-    raw, cut = _cut_to_grid(geo.data[var.source], geo, grid)
+    # decoding (scale, offset, fill values, dtype) costs per pixel: the grid's part only
+    raw, cut = crop(geo.data[var.source], geo, grid, margin=CROP_MARGIN)
     da = decode(raw, var)
     per_observation = resampler_for(geo).per_observation
     if spec.time == "series" and not per_observation:

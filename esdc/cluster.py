@@ -9,7 +9,8 @@ from typing import Any
 
 from esdc.errors import EsdcError
 
-__all__ = ["WORKER_ENV", "WORKER_MALLOC", "dask_client", "spawn_environ", "worker_env"]
+__all__ = ["WORKER_ENV", "WORKER_MALLOC", "dask_client", "local_cluster", "spawn_environ",
+           "worker_env"]
 
 #: Environment of the LocalCluster's worker processes (a variable set by the user wins).
 #: GDAL's raster block cache (default: 5 % of the machine's memory) kept the decoded
@@ -71,6 +72,33 @@ def spawn_environ() -> dict[str, str]:
     return env
 
 
+def local_cluster(n_workers: int = 2, **kwargs: Any) -> Any:
+    """The LocalCluster esdc starts: single-threaded worker processes on 127.0.0.1.
+
+    Each worker gets :func:`worker_env` and the allocator of :func:`spawn_environ`; the
+    dashboard listens on a free port (``cluster.dashboard_link``).
+
+    Parameters
+    ----------
+    n_workers : int, default 2
+        Worker processes, one thread each.
+    **kwargs
+        Further ``distributed.LocalCluster`` arguments (``silence_logs=...``).
+
+    Returns
+    -------
+    distributed.LocalCluster
+        Started; the caller closes it.
+    """
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_environ()}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                            dashboard_address="127.0.0.1:0", host="127.0.0.1",
+                            env=worker_env(), **kwargs)
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None) -> Iterator[Any]:
     """A ``distributed.Client`` for the block; closed (with its LocalCluster) afterwards.
@@ -81,8 +109,7 @@ def dask_client(scheduler: str | None = None) -> Iterator[Any]:
         Address of a running scheduler (``tcp://HOST:PORT``; dask-jobqueue,
         dask-kubernetes and dask-gateway clusters give one). Without it a LocalCluster
         of 2 single-threaded worker processes is started on 127.0.0.1 with its
-        dashboard on a free port (``client.dashboard_link``), their environment
-        :func:`worker_env` and their allocator :func:`spawn_environ`.
+        dashboard on a free port (``client.dashboard_link``): :func:`local_cluster`.
 
     Yields
     ------
@@ -93,7 +120,7 @@ def dask_client(scheduler: str | None = None) -> Iterator[Any]:
     EsdcError
         If the scheduler does not answer within 10 s.
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     cluster = None
     if scheduler:
@@ -103,12 +130,7 @@ def dask_client(scheduler: str | None = None) -> Iterator[Any]:
             raise EsdcError(f"scheduler={scheduler}: cannot connect ({exc}); check the "
                             "address (tcp://HOST:PORT) and that the scheduler runs.") from None
     else:
-        import dask
-
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_environ()}):
-            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                   dashboard_address="127.0.0.1:0", host="127.0.0.1",
-                                   env=worker_env())
+        cluster = local_cluster()
         client = Client(cluster)
     try:
         yield client

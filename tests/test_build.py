@@ -187,13 +187,15 @@ def test_planned_layers_are_cut_to_the_regions(samples: dict[str, Any]) -> None:
 def test_sources_cut_to_the_grid_before_decoding_only_in_its_own_plane() -> None:
     """A source in the grid's CRS is cut to the grid's box (2 pixels of margin) before it
     is decoded; a polar stereographic source under a global grid (whose box is a sliver
-    in that CRS) and a 0-360 longitude source are left whole."""
+    in that CRS) and a 0-360 longitude source are left whole (``crop``, which the
+    nearest resampler uses too)."""
     import numpy as np
     import pyproj
     import xarray as xr
 
-    from esdc.build import _cut_to_grid
+    from esdc.build import CROP_MARGIN
     from esdc.grid import Grid
+    from esdc.regrid.extent import crop
     from esdc.sources import Geolocated, open_source
     from tests.conftest import moon_recipe
 
@@ -205,14 +207,14 @@ def test_sources_cut_to_the_grid_before_decoding_only_in_its_own_plane() -> None
 
     grid = Grid.from_bbox("earth", "EPSG:4326", (-10, 20, 30, 40), 0.5)
     geo = geographic(np.arange(-179.5, 180.0))
-    raw, cut = _cut_to_grid(geo.data["v"], geo, grid)
+    raw, cut = crop(geo.data["v"], geo, grid, CROP_MARGIN)
     assert raw.sizes == {"lat": 24, "lon": 44}  # 20 x 40 degrees and 2 pixels each side
     assert cut.bbox == (-12.0, 18.0, 32.0, 42.0)
     east = geographic(np.arange(0.5, 360.0))
-    assert _cut_to_grid(east.data["v"], east, grid)[0].sizes == {"lat": 180, "lon": 360}
+    assert crop(east.data["v"], east, grid, CROP_MARGIN)[0].sizes == {"lat": 180, "lon": 360}
     need_sample("lola-dem-north")
     recipe = moon_recipe(0.25)
     spec = next(s for s in recipe.sources if s.name == "lola_north")
     polar = open_source(spec)
-    raw, _ = _cut_to_grid(polar.data["elevation"], polar, recipe.grid.to_grid())
+    raw, _ = crop(polar.data["elevation"], polar, recipe.grid.to_grid(), CROP_MARGIN)
     assert raw.shape == polar.data["elevation"].shape

@@ -185,8 +185,17 @@ def crop(data: xr.DataArray, source: Geolocated, grid: Grid,
          margin: int) -> tuple[xr.DataArray, Geolocated]:
     """The rows and columns of a regular source within ``margin`` pixels of the grid's box.
 
-    Swaths, sources the grid's box cannot be expressed in (antimeridian, failed
-    transformation) and sources it misses entirely are returned whole.
+    Cutting before decoding and resampling makes a regional cube from a global source
+    cost its region only. The source is returned whole where a cut could lose what the
+    resampler would use:
+
+    - a swath, or a source without a CRS;
+    - a source outside the grid's plane (:func:`same_plane`): across CRSs the grid's
+      box is an envelope that can miss what the source holds (a global box in a polar
+      stereographic CRS is a sliver along one axis);
+    - geographic longitudes beyond [-180, 180] (a 0-360 source): the resamplers wrap
+      them around, a cut to the grid's box would drop that half;
+    - a source the grid's box misses entirely, or holds whole.
 
     Parameters
     ----------
@@ -204,16 +213,16 @@ def crop(data: xr.DataArray, source: Geolocated, grid: Grid,
     tuple of (xarray.DataArray, Geolocated)
         The cut variable and its geolocation (lazy slices).
     """
-    if source.is_swath or source.crs is None:
+    if source.is_swath or source.crs is None or not same_plane(source, grid):
         return data, source
-    gcrs = grid.pyproj_crs
-    box = grid.bbox if source.crs.equals(gcrs, ignore_axis_order=True) else transformed(
-        grid.bbox, gcrs, source.crs)
-    if box is None or box[0] > box[2]:
-        return data, source
-    dx, dy = source.resolution
     x = source.data[source.xdim].values
     y = source.data[source.ydim].values
+    if source.crs.is_geographic and (x.size == 0 or x.min() < -180.0 or x.max() > 180.0):
+        return data, source
+    box = grid.bbox
+    if box[0] > box[2]:
+        return data, source
+    dx, dy = source.resolution
     cols = np.flatnonzero((x >= box[0] - margin * dx) & (x <= box[2] + margin * dx))
     rows = np.flatnonzero((y >= box[1] - margin * dy) & (y <= box[3] + margin * dy))
     if cols.size == 0 or rows.size == 0 or (cols.size == x.size and rows.size == y.size):
