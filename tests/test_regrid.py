@@ -82,6 +82,19 @@ def test_nearest_takes_source_values():
     np.testing.assert_array_equal(out[::2, ::2], vals)
 
 
+def test_nearest_wraps_a_0_360_source_onto_a_grid_across_the_prime_meridian():
+    """West of 0 the cells take the source's 350-360 degree pixels: a cut of the source
+    to the grid's box (-10..10) before resampling left that half NaN."""
+    lon = np.arange(0.5, 360.0)
+    vals = np.broadcast_to(lon, (20, 360)).astype("float32")
+    src = synthetic(vals, bbox=(0, -10, 360, 10))
+    assert src.data.lon.values.max() > 180
+    grid = Grid.from_bbox("earth", "EPSG:4326", (-10, -10, 10, 10), 1.0)
+    out = regrid(src.data["v"], src, grid, "nearest").values
+    expect = np.where(grid.x < 0, grid.x + 360, grid.x)
+    np.testing.assert_array_equal(out, np.broadcast_to(expect, out.shape))
+
+
 def test_leading_dims_kept():
     vals = np.stack([np.full((40, 80), k, "float32") for k in range(3)])
     src = synthetic(vals[0])
