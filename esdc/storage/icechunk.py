@@ -120,6 +120,21 @@ async def _collect(agen: Any) -> list[str]:
     return [k async for k in agen]
 
 
+def _read_chunks(store: Any, keys: list[str]) -> Iterator[tuple[str, bytes | None]]:
+    """``(key, bytes or None if absent)`` of ``keys`` in ``store``: 64 concurrent reads at once."""
+    # one read after another: 0.13-0.20 s against 0.05 s (the 80 chunks of the --quick cube)
+    import asyncio
+
+    from zarr.core.buffer import default_buffer_prototype as proto
+
+    async def some(part: list[str]) -> list[Any]:
+        return await asyncio.gather(*(store.get(k, prototype=proto()) for k in part))
+
+    for i in range(0, len(keys), 64):
+        part = keys[i:i + 64]
+        yield from zip(part, (b and b.to_bytes() for b in _sync(some(part))), strict=True)
+
+
 def _arrays(store: Any) -> list[str]:
     """Paths of the arrays of a zarr ``store`` (the record's group left out), sorted."""
     import zarr
@@ -323,12 +338,7 @@ class IcechunkTarget(Target):
 
     def read_bytes(self, key: str) -> bytes | None:
         """The bytes of ``key`` in the repository at :attr:`snapshot`, None when absent."""
-        from zarr.core.buffer import default_buffer_prototype
-
-        if not self.present():
-            return None
-        buf = _sync(self.session().store.get(key, prototype=default_buffer_prototype()))
-        return None if buf is None else buf.to_bytes()
+        return next(_read_chunks(self.session().store, [key]))[1] if self.present() else None
 
     def _keys(self, prefix: str = "") -> list[str]:
         if not self.present() or (prefix and self.read_bytes(f"{prefix}/zarr.json")
@@ -347,12 +357,8 @@ class IcechunkTarget(Target):
 
     def hash_chunks(self, keys: list[str]) -> Iterator[tuple[str, str | None]]:
         """``(key, SHA-256 hex)`` of each chunk, read in one session; None for one that is gone."""
-        from zarr.core.buffer import default_buffer_prototype
-
-        store = self.session().store
-        for key in keys:
-            buf = _sync(store.get(key, prototype=default_buffer_prototype()))
-            yield key, None if buf is None else hashlib.sha256(buf.to_bytes()).hexdigest()
+        for key, data in _read_chunks(self.session().store, keys):
+            yield key, None if data is None else hashlib.sha256(data).hexdigest()
 
     def current_digest(self) -> str | None:
         """The fingerprint SHA-256 of the cube read (``main`` only ever holds complete builds)."""
@@ -628,18 +634,17 @@ class IcechunkTarget(Target):
                 meta: dict[str, Any]) -> str:
         """Record every chunk's checksum on ``branch``; commit as the version for ``main``."""
         import zarr
-        from zarr.core.buffer import default_buffer_prototype
 
         session = repo.writable_session(branch)
         store = session.store
         keys = sorted(k for k in _sync(_collect(store.list_prefix("")))
                       if "/c/" in k and not k.startswith(f"{MANIFEST_GROUP}/"))
         arrays = _arrays(store)
-        layout = shard_layout({a: json.loads(_sync(store.get(
-            f"{a}/zarr.json", prototype=default_buffer_prototype())).to_bytes()) for a in arrays})
+        layout = shard_layout({k[:-len("/zarr.json")]: json.loads(m) for k, m in _read_chunks(
+            store, [f"{a}/zarr.json" for a in arrays])})
         sums, inner = {}, {}
-        for k in keys:
-            data = _sync(store.get(k, prototype=default_buffer_prototype())).to_bytes()
+        for k, data in _read_chunks(store, keys):
+            assert data is not None  # listed in this session
             sums[k] = hashlib.sha256(data).hexdigest()
             if k.split("/c/")[0] in layout:  # a shard: also the chunks inside it
                 inner[k] = inner_checksums(data, math.prod(layout[k.split("/c/")[0]]))
