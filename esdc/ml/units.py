@@ -259,7 +259,7 @@ def cut_chunks(arrays: list[zarr.Array], times: range | None, r0: int, ys: np.nd
 
 #: Bytes of a batch's values that :func:`finish` masks, normalises and fills at a time:
 #: its passes then run on a slice still in the core's cache (256 KB: 8 patches of 2 x 64 x
-#: 64; a whole 2 MB batch per pass took 1.5x as long on this project's 2-core machine).
+#: 64; a whole 2 MB batch, cold in the cache, per pass took 1.4x as long on a 2-core Xeon).
 FINISH_BLOCK_BYTES = 256 << 10
 
 

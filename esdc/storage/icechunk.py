@@ -132,7 +132,8 @@ def _read_chunks(store: Any, keys: list[str]) -> Iterator[tuple[str, bytes | Non
 
     for i in range(0, len(keys), 64):
         part = keys[i:i + 64]
-        yield from zip(part, (b and b.to_bytes() for b in _sync(some(part))), strict=True)
+        yield from zip(part, (None if b is None else b.to_bytes() for b in _sync(some(part))),
+                       strict=True)
 
 
 def _arrays(store: Any) -> list[str]:

@@ -706,3 +706,27 @@ def test_append_grows_arrays_written_after_the_build(tmp_path: Path) -> None:
     assert grown.sizes["time"] == 14 and grown["embedding_t8"].shape[0] == 14
     np.testing.assert_array_equal(grown["embedding_t8"].values[:10], before)
     assert np.isnan(grown["embedding_t8"].values[10:]).all()
+
+
+def test_stored_bytes_are_read_back_as_they_are_empty_ones_too(tmp_path: Path) -> None:
+    """``read_bytes`` and ``hash_chunks`` read many keys at once: an empty value comes back
+    as ``b""`` (not as zarr's buffer, which is falsy), a missing one as None."""
+    import hashlib
+
+    import zarr
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    target = IcechunkTarget(tmp_path / "repo")
+    session = target.repository(create=True).writable_session("main")
+    zarr.open_group(session.store, mode="w").create_array("v", shape=(70,), chunks=(1,),
+                                                          dtype="uint8")
+    values = {f"v/c/{i}": bytes([i % 251]) * i for i in range(70)}  # two batches of reads
+    for key, data in values.items():  # raw bytes as the chunks' stored values
+        sync(session.store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+    session.commit("raw chunk values")
+    assert target.read_bytes("v/c/0") == b"" and target.read_bytes("v/c/69") == values["v/c/69"]
+    assert target.read_bytes("v/c/99") is None  # never written
+    got = dict(target.hash_chunks([*values, "v/c/99"]))
+    assert got == {**{k: hashlib.sha256(d).hexdigest() for k, d in values.items()},
+                   "v/c/99": None}
