@@ -36,6 +36,7 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import xarray as xr
+from zarr.core.sync import sync as _sync
 
 from esdc.conventions import ATTR_CHECKSUMS, ATTR_MODEL_RUN, SPATIAL_DIMS, TIME_DIM, spatial_dims
 from esdc.errors import BuildConflictError, CubeExistsError, OutputPathError, StorageError
@@ -44,8 +45,14 @@ from esdc.storage.append import append_attrs, grow_derived
 from esdc.storage.fingerprint import digest, fingerprint
 from esdc.storage.icechunk_format import SPEC_VERSION, format_error, format_version, is_repository
 from esdc.storage.integrity import ALGORITHM, MANIFEST_GROUP
-from esdc.storage.regions import encoding, prepare, tiles
-from esdc.storage.schedule import encoded_variables, finish_region, run_regions, store_region
+from esdc.storage.regions import encoding, prepare, tiles, write_metadata
+from esdc.storage.schedule import (
+    bind_arrays,
+    encoded_variables,
+    finish_region,
+    run_regions,
+    store_region,
+)
 from esdc.storage.shards import block_lengths, inner_checksums, open_by_shards, shard_layout
 from esdc.storage.tables import write_tables
 from esdc.storage.target import Target, is_url, local_path
@@ -73,24 +80,20 @@ def _icechunk() -> Any:
     return icechunk
 
 
-def _region_write(base: Any, encoded: dict[str, xr.Variable], tile: list[int],
-                  dims: tuple[str, str], trange: tuple[int, int] | None) -> Any:
+def _region_write(base: Any, encoded: dict[str, xr.Variable], arrays: list[Any],
+                  tile: list[int], dims: tuple[str, str], trange: tuple[int, int] | None) -> Any:
     """One region stored into a fork of ``base`` on the workers: a ``Delayed`` of the fork.
 
-    The region's chunks are stored (:func:`~esdc.storage.schedule.store_region`), each
-    task returning its array, whose fork session holds its changes; one task merges them
-    all (``store_dask`` reduces them in a tree of extract and merge tasks per variable:
-    two to three times the tasks for the same merges). Not computed: all regions are
-    computed together, so upstream work they share runs once. ``encoded``: the variables
-    as stored (:func:`~esdc.storage.schedule.encoded_variables`), all of them.
+    Each task stores its chunk (:func:`~esdc.storage.schedule.store_region`) into
+    ``arrays`` bound to the region's fork and returns it; one task merges the forks
+    (``store_dask``'s tree of extract and merge tasks: two to three times the tasks).
+    Not computed: all regions are computed together, so shared upstream work runs once.
     """
-    import zarr
-
     sel = {dims[0]: slice(tile[0], tile[1]), dims[1]: slice(tile[2], tile[3])}
     if trange is not None:
         sel[TIME_DIM] = slice(*trange)
-    group = zarr.open_group(base.fork().store, mode="r+")
-    stored = store_region(encoded, [group[n] for n in encoded], sel, return_stored=True)
+    into = bind_arrays(arrays, base.fork().store)
+    stored = store_region(encoded, into, sel, return_stored=True)
     return finish_region(stored, _merge_forks, "esdc-icechunk-region")
 
 
@@ -108,12 +111,6 @@ def _commit_region(repo: Any, fork: Any, tile: list[int], branch: str, fp_sha: s
     session.commit(f"esdc: region {tile} of an unfinished build ({branch})",
                    metadata={META_KEY: {"partial": True, "tile": tile,
                                         "fingerprint_sha256": fp_sha}})
-
-
-def _sync(coro: Any) -> Any:
-    from zarr.core.sync import sync
-
-    return sync(coro)
 
 
 async def _collect(agen: Any) -> list[str]:
@@ -517,8 +514,9 @@ class IcechunkTarget(Target):
         import zarr
 
         group = zarr.open_group(base.store, mode="r")
-        encoded = encoded_variables(ds, names, {n: group[n].dtype for n in names})
-        run_regions([_region_write(base, encoded, tile, (ydim, xdim), trange)
+        arrays = {n: group[n] for n in names}
+        encoded = encoded_variables(ds, names, {n: a.dtype for n, a in arrays.items()})
+        run_regions([_region_write(base, encoded, [*arrays.values()], tile, (ydim, xdim), trange)
                      for tile in todo], todo, client, committed)
         if tables:
             session = repo.writable_session(branch)
@@ -603,8 +601,7 @@ class IcechunkTarget(Target):
         session = repo.writable_session(branch)
         fork = session.fork()
         if n_old is None:
-            ds.to_zarr(fork.store, mode="w", compute=False, zarr_format=3, consolidated=False,
-                       encoding=enc)
+            write_metadata(ds, fork.store, enc, clear=True)
         else:  # grow the arrays along time; write the new time coordinates and attributes
             ds.isel({TIME_DIM: slice(n_old, None)}).to_zarr(
                 fork.store, append_dim=TIME_DIM, compute=False, zarr_format=3,

@@ -24,7 +24,8 @@ from esdc.recipe import CompressorSpec
 from esdc.storage.integrity import chunk_index, chunk_key
 from esdc.storage.shards import block_lengths, shard_shape
 
-__all__ = ["check_not_empty", "encoding", "prepare", "regions", "tile_keys", "tiles"]
+__all__ = ["check_not_empty", "encoding", "prepare", "regions", "tile_keys", "tiles",
+           "write_metadata"]
 
 _SPATIAL = {d for pair in SPATIAL_DIMS for d in pair}
 
@@ -114,6 +115,47 @@ def prepare(ds: xr.Dataset, chunks: dict[str, int]) -> xr.Dataset:
                                for c, v in ds.coords.items() if v.chunks is not None})
     return ds.assign_coords({c: ds[c].load() for c in ds.coords
                              if ds[c].chunks is not None and not _SPATIAL & set(ds[c].dims)})
+
+
+def write_metadata(ds: xr.Dataset, store: Any, enc: dict[str, Any], *,
+                   clear: bool = False) -> None:
+    """The cube's metadata and in-memory coordinates written into a zarr ``store``.
+
+    xarray writes them (``to_zarr(compute=False)``: the Dask-backed variables get their
+    metadata, no chunk) into a memory store; its documents and chunks are then set into
+    ``store`` concurrently, level by level (a group before its arrays), so the build's
+    first task is not held back by one store round trip per call of xarray's: 0.13-0.21 s
+    against 0.21-0.42 s on the ``--quick`` Earth cube (a folder; an Icechunk session).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The planned cube (:func:`prepare`).
+    store : zarr.abc.store.Store
+        An empty writable store (a folder's ``LocalStore``, an Icechunk session's store).
+    enc : dict
+        The variables' encoding (:func:`encoding`).
+    clear : bool
+        Delete what ``store`` holds first (a new build on top of an older version).
+    """
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    staged: dict[str, Any] = {}
+    ds.to_zarr(zarr.storage.MemoryStore(staged), mode="w", compute=False, zarr_format=3,
+               consolidated=False, encoding=enc)
+    docs = sorted((k for k in staged if k.rsplit("/", 1)[-1] == "zarr.json"),
+                  key=lambda k: k.count("/"))
+
+    async def put() -> None:
+        if clear:
+            await store.delete_dir("")
+        for _depth, level in itertools.groupby(docs, key=lambda k: k.count("/")):
+            await asyncio.gather(*(store.set(k, staged[k]) for k in level))
+        await asyncio.gather(*(store.set(k, v) for k, v in staged.items() if k not in docs))
+
+    sync(put())
 
 
 def _whole_units(v: xr.DataArray, units: dict[str, int]) -> xr.DataArray:

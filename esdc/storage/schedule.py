@@ -23,8 +23,9 @@ from typing import Any
 import dask
 import numpy as np
 import xarray as xr
+import zarr
 
-__all__ = ["REGIONS_AHEAD", "encoded_variables", "finish_region", "gate_regions",
+__all__ = ["REGIONS_AHEAD", "bind_arrays", "encoded_variables", "finish_region", "gate_regions",
            "region_priorities", "run_regions", "store_region"]
 
 #: Regions in flight per worker thread: the first tasks of region ``i`` wait for the write
@@ -61,6 +62,32 @@ def encoded_variables(ds: xr.Dataset, names: list[str],
             var = var.astype(dtypes[n])
         out[n] = var
     return out
+
+
+def bind_arrays(arrays: list[Any], store: Any) -> list[Any]:
+    """``arrays`` (zarr arrays, their metadata read once) opened on another ``store``.
+
+    Nothing is read: an Icechunk build stores each region into a fork session of its
+    own, and reading a group's arrays again per region took 0.3 s of the client for the
+    ``--quick`` Earth cube's 6 regions x 14 arrays, before the first task.
+
+    Parameters
+    ----------
+    arrays : list of zarr.Array
+        Arrays of a group in another store with the same metadata (same paths).
+    store : zarr.abc.store.Store
+        The store to bind them to.
+
+    Returns
+    -------
+    list of zarr.Array
+        In the order of ``arrays``.
+    """
+    from zarr.core.array import AsyncArray
+    from zarr.storage import StorePath
+
+    return [zarr.Array(AsyncArray(a.metadata, StorePath(store, a.path), a._async_array.config))
+            for a in arrays]
 
 
 def store_region(variables: dict[str, xr.Variable], targets: list[Any],

@@ -52,7 +52,14 @@ from esdc.storage.integrity import (
     remove_temp_files,
     write_manifest,
 )
-from esdc.storage.regions import check_not_empty, encoding, prepare, tile_keys, tiles
+from esdc.storage.regions import (
+    check_not_empty,
+    encoding,
+    prepare,
+    tile_keys,
+    tiles,
+    write_metadata,
+)
 from esdc.storage.schedule import encoded_variables, finish_region, run_regions, store_region
 from esdc.storage.shards import block_lengths, inner_checksums
 from esdc.storage.tables import write_tables
@@ -233,8 +240,7 @@ def _start(ds: xr.Dataset, part: journal.PartialBuild, enc: dict[str, Any], fp: 
 
     ``chunks`` are the write units (shards of a sharded variable).
     """
-    ds.to_zarr(part.store, mode="w-", compute=False, zarr_format=3, consolidated=False,
-               encoding=enc)
+    write_metadata(ds, zarr.storage.LocalStore(part.store), enc)
     carried: dict[str, str] = {}
     derived: list[str] = []
     trange = None

@@ -147,6 +147,23 @@ def test_each_write_is_one_version_on_main(tmp_path: Path) -> None:
     assert target.at("first").checksums().problems == []
 
 
+def test_an_overwrite_leaves_out_the_arrays_the_new_build_lacks(tmp_path: Path) -> None:
+    # the metadata of a build is written into a fork of main's tip, cleared first
+    path = tmp_path / "cube.icechunk"
+    target = resolve(path, store="icechunk")
+    write(synthetic(label="old"), target)
+    first = target.log()[0]["id"]
+    write(synthetic(label="new").drop_vars("mask"), target, overwrite=True)
+    ds = open_cube(path)
+    assert "mask" not in ds and ds.attrs["title"] == "new"
+    assert "mask" not in target.list_arrays() and "mask/zarr.json" not in target._keys()
+    xr.testing.assert_identical(ds["sst"].load().drop_attrs(),
+                                synthetic()["sst"].compute().drop_attrs())
+    assert target.checksums().problems == []
+    assert "mask" in open_cube(path, version=first)  # the version before keeps it
+    assert target.at(first).checksums().problems == []
+
+
 def test_a_killed_build_leaves_main_and_resumes(tmp_path: Path) -> None:
     path = tmp_path / "cube.icechunk"
     target = resolve(path, store="icechunk")
