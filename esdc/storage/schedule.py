@@ -284,6 +284,63 @@ def gate_regions(writes: list[Any], ahead: int) -> tuple[dict[Any, Any], dict[An
     return dsk, first
 
 
+def fuse_chains(graph: dict[Any, Any], keys: list[Any]) -> dict[Any, Any]:
+    """Each linear chain of tasks fused into one task that keeps the chain's last key.
+
+    A chain: tasks each with one dependency and one dependent (a source's ``getitem``,
+    ``transpose``, ``astype``, a rechunk's split), which Dask's optimisation would fuse
+    and ``optimize_graph=False`` keeps apart. Unlike
+    ``dask._task_spec.fuse_linear_task_spec`` the fused task keeps the last key (no
+    alias task under it), so priorities and gates given by key still apply. A task two
+    others need is never fused, so shared upstream work still runs once.
+
+    Parameters
+    ----------
+    graph : dict
+        ``{key: task}`` (legacy tuples are converted).
+    keys : list
+        The keys asked for: kept.
+
+    Returns
+    -------
+    dict
+        The fused graph.
+    """
+    from dask._task_spec import DependenciesMapping, Task, convert_legacy_graph
+    from dask.core import reverse_dict
+
+    dsk = convert_legacy_graph(graph)
+    wanted = set(keys)
+    deps = DependenciesMapping(dsk)
+    users = reverse_dict(deps)
+    out: dict[Any, Any] = {}
+    seen: set[Any] = set()
+    for key in dsk:
+        if key in seen:
+            continue
+        seen.add(key)
+        chain, top = [dsk[key]], key
+        below = deps[key]
+        while len(below) == 1:  # down, to the leaves
+            (k,) = below
+            if k in seen or k not in dsk or len(users[k]) != 1 or k in wanted \
+                    or dsk[k].block_fusion:
+                break
+            seen.add(k)
+            chain.insert(0, dsk[k])
+            below = deps[k]
+        above = users[top]
+        while len(above) == 1 and top not in wanted:  # up, to the root
+            (k,) = above
+            if k in seen or len(deps[k]) != 1 or dsk[k].block_fusion:
+                break
+            seen.add(k)
+            chain.append(dsk[k])
+            top, above = k, users[k]
+        out[top] = chain[0] if len(chain) == 1 else Task.fuse(*chain, key=top)
+    return out
+
+
 def _named_graph(graph: dict[Any, Any]) -> Any:
     """The graph as Dask's low-level graph expression, named by a random token.
 
@@ -341,6 +398,7 @@ def run_regions(writes: list[Any], todo: list[list[int]], client: Any,
     # them in one graph.)
     threads = sum(client.nthreads().values()) or 1
     graph, first = gate_regions(writes, REGIONS_AHEAD * threads)
+    graph = fuse_chains(graph, [w.key for w in writes])
     with dask.annotate(priority=_priorities(first).__getitem__):
         futures = client.get(_named_graph(graph), [w.key for w in writes], sync=False)
     index = {f.key: i for i, f in enumerate(futures)}

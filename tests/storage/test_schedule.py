@@ -54,3 +54,26 @@ def test_regions_finish_in_order_sharing_the_upstream(tmp_path: Path) -> None:
     np.testing.assert_allclose(arr[:], expected, rtol=1e-6)
     with dask.config.set(scheduler="threads"):  # without a client: the same result
         assert run_regions(writes, todo, None, finished) == []
+
+
+def test_linear_chains_are_fused_under_their_last_key(tmp_path: Path) -> None:
+    from dask.core import get_dependencies, reverse_dict
+    from dask.local import get_sync
+
+    from esdc.storage.schedule import fuse_chains, gate_regions
+
+    writes, todo, arr, expected = _writes(tmp_path)
+    graph, _first = gate_regions(writes, 2)
+    keys = [w.key for w in writes]
+    fused = fuse_chains(graph, keys)
+    deps = {k: get_dependencies(graph, k) for k in graph}
+    users = reverse_dict(deps)
+    assert set(fused) < set(graph)  # fewer tasks, none renamed
+    assert set(keys) <= set(fused)
+    shared = [k for k in graph if len(users[k]) > 1]
+    assert shared and set(shared) <= set(fused)  # work two tasks need is kept apart
+    # a task whose one dependent needs nothing else is gone: the chain's last task holds it
+    chained = [k for k in graph if len(users[k]) == 1 and len(deps[next(iter(users[k]))]) == 1]
+    assert chained and not set(chained) & set(fused)
+    assert get_sync(fused, keys) == tuple(get_sync(graph, keys))
+    np.testing.assert_allclose(arr[:], expected, rtol=1e-6)
