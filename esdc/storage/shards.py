@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import xarray as xr
@@ -28,7 +28,8 @@ from esdc.errors import StorageError
 from esdc.storage.integrity import ChecksumReport, chunk_index
 
 __all__ = ["block_lengths", "chunks_per_shard", "inner_checksums", "locate_damage",
-           "open_by_shards", "shard_chunks", "shard_layout", "shard_shape"]
+           "open_by_shards", "read_keys", "shard_chunks", "shard_layout", "shard_shape",
+           "stored_checksums"]
 
 _EMPTY = 2**64 - 1  # offset and length of a chunk that is not stored
 
@@ -113,6 +114,56 @@ def shard_layout(metas: Mapping[str, Mapping[str, Any]]) -> dict[str, list[int]]
         if per is not None:
             out[name] = list(per)
     return out
+
+
+def read_keys(store: Any, keys: list[str]) -> Iterator[tuple[str, bytes | None]]:
+    """``(key, bytes, None if absent)`` of ``keys`` in a zarr ``store``, 64 reads at once.
+
+    One read after another took 0.13-0.20 s against 0.05 s for the 80 chunks of the
+    ``--quick`` Earth cube in an Icechunk session.
+    """
+    import asyncio
+
+    from zarr.core.buffer import default_buffer_prototype as proto
+    from zarr.core.sync import sync
+
+    async def some(part: list[str]) -> list[Any]:
+        return await asyncio.gather(*(store.get(k, prototype=proto()) for k in part))
+
+    for i in range(0, len(keys), 64):
+        part = keys[i:i + 64]
+        yield from zip(part, (None if b is None else b.to_bytes() for b in sync(some(part))),
+                       strict=True)
+
+
+def stored_checksums(store: Any, keys: list[str], layout: Mapping[str, list[int]]
+                     ) -> tuple[dict[str, str], dict[str, list[str | None] | None]]:
+    """SHA-256 of the chunk (shard) ``keys`` stored in a zarr ``store``; absent ones left out.
+
+    Parameters
+    ----------
+    store : zarr.abc.store.Store
+        The store (an Icechunk session's).
+    keys : list of str
+        Chunk keys, ``<array>/c/<i>/<j>..``.
+    layout : mapping
+        :func:`shard_layout` of the sharded arrays.
+
+    Returns
+    -------
+    sums : dict
+        ``{key: SHA-256 hex}`` (FIPS 180-4) of the stored bytes.
+    inner : dict
+        ``{shard key: [SHA-256 of each chunk inside]}`` (:func:`inner_checksums`).
+    """
+    sums, inner = {}, {}
+    for k, data in read_keys(store, keys):
+        if data is None:
+            continue
+        sums[k] = hashlib.sha256(data).hexdigest()
+        if k.split("/c/")[0] in layout:
+            inner[k] = inner_checksums(data, math.prod(layout[k.split("/c/")[0]]))
+    return sums, inner
 
 
 def _index(data: bytes, n: int) -> list[tuple[int, int]] | None:

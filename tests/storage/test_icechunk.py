@@ -164,6 +164,30 @@ def test_an_overwrite_leaves_out_the_arrays_the_new_build_lacks(tmp_path: Path) 
     assert target.at(first).checksums().problems == []
 
 
+def test_region_checksums_are_taken_as_each_region_is_committed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import esdc.storage.icechunk as ice
+
+    calls: list[list[str]] = []
+    real = ice.stored_checksums
+
+    def spy(store: Any, keys: list[str], layout: Any) -> Any:
+        calls.append(list(keys))
+        return real(store, keys, layout)
+
+    monkeypatch.setattr(ice, "stored_checksums", spy)
+    target = resolve(tmp_path / "cube.icechunk", store="icechunk")
+    write(synthetic(), target)
+    *regions, last = calls
+    assert len(regions) == 4  # one per region, as each was committed
+    assert not any(k.startswith(("sst/", "mask/")) for k in last)  # only the rest at the end
+    record = target.manifest()["chunks"]
+    assert sorted(k for r in regions for k in r) == sorted(
+        k for k in record if k.startswith(("sst/", "mask/")))
+    assert record == dict(target.hash_chunks(sorted(record)))
+    assert target.checksums().problems == []
+
+
 def test_a_killed_build_leaves_main_and_resumes(tmp_path: Path) -> None:
     path = tmp_path / "cube.icechunk"
     target = resolve(path, store="icechunk")
