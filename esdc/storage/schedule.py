@@ -8,7 +8,8 @@ regrid that several regions share keeps one key and runs once. (A ``Delayed`` of
 ``ProhibitReuse``.) The caller journals (Zarr) or commits (Icechunk) each region as its
 result arrives, so a build killed half way keeps the regions that ended. Tasks run in
 region order (:func:`region_priorities`), with a bounded number of regions in flight
-(:func:`gate_regions`).
+(:func:`gate_regions`). Linear chains of tasks are fused under their last key
+(:func:`fuse_chains`), as Dask's optimisation would, without touching shared keys.
 
 Used by :mod:`esdc.storage.write` (Zarr folders) and :mod:`esdc.storage.icechunk`.
 """
