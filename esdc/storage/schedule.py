@@ -307,7 +307,10 @@ def fuse_chains(graph: dict[Any, Any], keys: list[Any]) -> dict[Any, Any]:
     dict
         The fused graph.
     """
-    from dask._task_spec import DependenciesMapping, Task, convert_legacy_graph
+    try:  # Dask's task spec (dask is pinned); another dask: the graph as it is
+        from dask._task_spec import DependenciesMapping, Task, convert_legacy_graph
+    except ImportError:  # pragma: no cover
+        return graph
     from dask.core import reverse_dict
 
     dsk = convert_legacy_graph(graph)
