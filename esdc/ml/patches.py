@@ -24,6 +24,7 @@ for whole-chunk reads); ``benchmarks/bench_batches.py`` measures the difference.
 from __future__ import annotations
 
 import copy
+import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -143,6 +144,14 @@ def block_splits(shape: tuple[int, int], patch: tuple[int, int], block: tuple[in
     return labels.reshape(nby, nbx)
 
 
+def _usable_cores() -> int:
+    """CPU cores this process may run on (its affinity; ``os.cpu_count()`` without one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
 @dataclass
 class PatchStream:
     """Stream patches of ``variables`` from a Zarr cube, chunk-aligned and shuffled.
@@ -197,7 +206,8 @@ class PatchStream:
         read_threads``, each with its own buffers and ``units_ahead`` units ahead), in
         the same order as one: on two cores two readers keep up with the consumer's
         shuffling and normalisation where one could not. Memory: one unit and one read
-        buffer more per thread.
+        buffer more per thread. Default: 2, or 1 where the process may use one core
+        (``os.sched_getaffinity``).
 
     Raises
     ------
@@ -229,7 +239,7 @@ class PatchStream:
     time_steps: tuple[int, int] | None = None
     units_ahead: int = 1
     epoch_ahead: bool = True
-    read_threads: int = 2
+    read_threads: int = field(default_factory=lambda: min(2, _usable_cores()))
     _ds: xr.Dataset = field(init=False, repr=False)
     #: read buffers and recycled unit arrays of a finished epoch, for the next one
     _spare: list[tuple[list[dict[str, np.ndarray]], Recycler]] = field(

@@ -452,3 +452,17 @@ def test_reading_threads_give_the_same_epochs_as_one(cube):
             for u, v in zip(p, q, strict=True):
                 np.testing.assert_array_equal(u, v)
     assert len(three._spare[0][0]) == 3  # each thread kept its own read buffers
+
+
+def test_the_default_reading_threads_follow_the_usable_cores(cube, monkeypatch):
+    import os
+
+    def threads(**kw):
+        return PatchStream(cube, ["a", "b"], patch=(8, 8), **kw).read_threads
+
+    assert threads() == min(2, len(os.sched_getaffinity(0)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
+    assert threads() == 1  # one core: one reader
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)))
+    assert threads() == 2
+    assert threads(read_threads=3) == 3
