@@ -114,8 +114,8 @@ def _commit_region(repo: Any, fork: Any, tile: list[int], branch: str, fp_sha: s
     session = repo.writable_session(branch)
     session.merge(fork)
     return session.commit(f"esdc: region {tile} of an unfinished build ({branch})",
-                   metadata={META_KEY: {"partial": True, "tile": tile,
-                                        "fingerprint_sha256": fp_sha}})
+                          metadata={META_KEY: {"partial": True, "tile": tile,
+                                               "fingerprint_sha256": fp_sha}})
 
 
 async def _collect(agen: Any) -> list[str]:

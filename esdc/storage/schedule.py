@@ -26,8 +26,8 @@ import numpy as np
 import xarray as xr
 import zarr
 
-__all__ = ["REGIONS_AHEAD", "bind_arrays", "encoded_variables", "finish_region", "gate_regions",
-           "region_priorities", "run_regions", "store_region"]
+__all__ = ["REGIONS_AHEAD", "bind_arrays", "encoded_variables", "finish_region", "fuse_chains",
+           "gate_regions", "region_priorities", "run_regions", "store_region"]
 
 #: Regions in flight per worker thread: the first tasks of region ``i`` wait for the write
 #: of region ``i - REGIONS_AHEAD x threads`` (:func:`gate_regions`).
