@@ -87,7 +87,7 @@ def bind_arrays(arrays: list[Any], store: Any) -> list[Any]:
     from zarr.core.array import AsyncArray
     from zarr.storage import StorePath
 
-    return [zarr.Array(AsyncArray(a.metadata, StorePath(store, a.path), a._async_array.config))
+    return [zarr.Array(AsyncArray(a.metadata, StorePath(store, a.path), a.config))
             for a in arrays]
 
 
