@@ -286,9 +286,11 @@ def test_map_box_search_outline_refine(browser, geo, tmp_path):  # noqa: F811
     page.wait_for_function("""() => [...document.querySelectorAll('#map .leaflet-tile')]
         .some(i => i.src.includes('/map/bmng_red/') && i.complete && i.naturalWidth === 256)""")
     # the legend comes from its own request (legend.json), not with the tiles: wait for it
+    # (the rgb layer's legend names bmng_red too: wait for the colour map's name)
     page.wait_for_function("""() => document.querySelector('#legend').textContent
-        .includes('bmng_red')""")
-    assert "viridis" in page.locator("#legend").inner_text()
+        .includes('viridis')""")
+    legend = page.locator("#legend").inner_text()
+    assert "bmng_red" in legend and "true colour" not in legend
 
     # draw a box (Draw box, then drag): the bbox filter in lon/lat
     page.click("#draw")
