@@ -137,6 +137,11 @@ def write_metadata(ds: xr.Dataset, store: Any, enc: dict[str, Any], *,
         The variables' encoding (:func:`encoding`).
     clear : bool
         Delete what ``store`` holds first (a new build on top of an older version).
+
+    Raises
+    ------
+    OSError
+        If the store cannot be written (a folder's disk full, no permission).
     """
     import asyncio
 
@@ -147,13 +152,14 @@ def write_metadata(ds: xr.Dataset, store: Any, enc: dict[str, Any], *,
                consolidated=False, encoding=enc)
     docs = sorted((k for k in staged if k.rsplit("/", 1)[-1] == "zarr.json"),
                   key=lambda k: k.count("/"))
+    data = sorted(set(staged) - set(docs))
 
     async def put() -> None:
         if clear:
             await store.delete_dir("")
         for _depth, level in itertools.groupby(docs, key=lambda k: k.count("/")):
             await asyncio.gather(*(store.set(k, staged[k]) for k in level))
-        await asyncio.gather(*(store.set(k, v) for k, v in staged.items() if k not in docs))
+        await asyncio.gather(*(store.set(k, staged[k]) for k in data))
 
     sync(put())
 

@@ -292,7 +292,9 @@ def fuse_chains(graph: dict[Any, Any], keys: list[Any]) -> dict[Any, Any]:
     ``transpose``, ``astype``, a rechunk's split), which Dask's optimisation would fuse
     and ``optimize_graph=False`` keeps apart. Unlike
     ``dask._task_spec.fuse_linear_task_spec`` the fused task keeps the last key (no
-    alias task under it), so priorities and gates given by key still apply. A task two
+    alias task under it), so priorities and gates given by key still apply; re-keying
+    that function's result instead fused less (217 against 209 tasks on the ``--quick``
+    Earth build: it leaves a chain whose walk starts at a task already seen). A task two
     others need is never fused, so shared upstream work still runs once.
 
     Parameters
