@@ -112,6 +112,25 @@ def test_resume_redoes_a_journaled_region_whose_file_is_gone(
     assert chunk_sums(target) == reference
 
 
+def test_a_chunk_file_lost_as_its_region_ends_is_written_again(
+        tmp_path: Path, reference: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The region's end (on the worker) finds a chunk file gone: the region is rewritten."""
+    real = write_mod._hashed
+    lost: list[str] = []
+
+    def lose_once(store: Path, keys: list[str], per_shard: Any, parts: Any) -> Any:
+        if not lost:
+            lost.append(keys[0])
+            (store / keys[0]).unlink()
+        return real(store, keys, per_shard, parts)
+
+    monkeypatch.setattr(write_mod, "_hashed", lose_once)
+    target = tmp_path / "cube.zarr"
+    write(synthetic(), target)
+    assert lost and chunk_sums(target) == reference
+    assert read_manifest(target)["chunks"] == reference
+
+
 def test_without_resume_an_unfinished_build_is_discarded(tmp_path: Path,
                                                          reference: dict[str, str]) -> None:
     target = tmp_path / "cube.zarr"

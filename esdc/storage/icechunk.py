@@ -9,8 +9,9 @@ itself, without a journal of our own:
    (Icechunk refuses ``/`` in names) that starts at ``main``'s tip;
 2. each region (a spatial tile of chunks, :mod:`esdc.storage.regions`) is written on the
    Dask workers into a forked session; all regions are computed together, so upstream
-   work they share runs once (:mod:`esdc.storage.schedule`), and each region's forks
-   are merged and committed to the build branch as it ends;
+   work they share runs once (:mod:`esdc.storage.schedule`), each chunk is hashed as it
+   is written, and each region's forks are merged and committed to the build branch as
+   it ends;
 3. the chunk checksums are recorded, then ``main`` is reset to the build branch's last
    snapshot (only if ``main`` has not moved) and the build branch deleted.
 
@@ -35,6 +36,7 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import xarray as xr
+import zarr
 from zarr.core.sync import sync as _sync
 
 from esdc.conventions import ATTR_CHECKSUMS, ATTR_MODEL_RUN, SPATIAL_DIMS, TIME_DIM, spatial_dims
@@ -44,7 +46,7 @@ from esdc.storage.append import append_attrs, grow_derived
 from esdc.storage.fingerprint import digest, fingerprint
 from esdc.storage.icechunk_format import SPEC_VERSION, format_error, format_version, is_repository
 from esdc.storage.integrity import ALGORITHM, MANIFEST_GROUP
-from esdc.storage.regions import encoding, prepare, tile_keys, tiles, write_metadata
+from esdc.storage.regions import encoding, prepare, tiles, write_metadata
 from esdc.storage.schedule import (
     bind_arrays,
     encoded_variables,
@@ -53,6 +55,7 @@ from esdc.storage.schedule import (
     store_region,
 )
 from esdc.storage.shards import (
+    ChecksumStore,
     block_lengths,
     open_by_shards,
     read_keys,
@@ -86,27 +89,33 @@ def _icechunk() -> Any:
 
 
 def _region_write(base: Any, encoded: dict[str, xr.Variable], arrays: list[Any],
-                  tile: list[int], dims: tuple[str, str], trange: tuple[int, int] | None) -> Any:
-    """One region stored into a fork of ``base`` on the workers: a ``Delayed`` of the fork.
+                  tile: list[int], dims: tuple[str, str], trange: tuple[int, int] | None,
+                  layout: dict[str, list[int]]) -> Any:
+    """One region stored into a fork of ``base`` on the workers: a ``Delayed`` (_merge_forks).
 
     Each task stores its chunk (:func:`~esdc.storage.schedule.store_region`) into
-    ``arrays`` bound to the region's fork and returns it; one task merges the forks
-    (``store_dask``'s tree of extract and merge tasks: two to three times the tasks).
-    Not computed: all regions are computed together, so shared upstream work runs once.
+    ``arrays`` bound to the region's fork through a
+    :class:`~esdc.storage.shards.ChecksumStore` (``layout``: its shard layout) and
+    returns it; one task merges the forks (``store_dask``'s tree of extract and merge
+    tasks: two to three times the tasks). Not computed: all regions are computed
+    together, so shared upstream work runs once.
     """
     sel = {dims[0]: slice(tile[0], tile[1]), dims[1]: slice(tile[2], tile[3])}
     if trange is not None:
         sel[TIME_DIM] = slice(*trange)
-    into = bind_arrays(arrays, base.fork().store)
+    into = bind_arrays(arrays, ChecksumStore(base.fork().store, layout))
     stored = store_region(encoded, into, sel, return_stored=True)
     return finish_region(stored, _merge_forks, "esdc-icechunk-region")
 
 
-def _merge_forks(arrays: list[Any]) -> Any:
-    """The forks of a region's stored chunks merged into one (on a worker)."""
-    from icechunk.distributed import extract_session, merge_sessions
+def _merge_forks(arrays: list[Any]) -> tuple[Any, dict[str, str], dict[str, Any]]:
+    """``(fork, sums, inner)``: a region's forks merged, its checksums (on a worker)."""
+    from icechunk.distributed import merge_sessions
 
-    return merge_sessions(*(extract_session(a) for a in arrays))
+    stores = list({id(a.store): a.store for a in arrays}.values())  # one if not pickled
+    return (merge_sessions(*(st._store.session for st in stores)),
+            {k: v for st in stores for k, v in st.sums.items()},
+            {k: v for st in stores for k, v in st.inner.items()})
 
 
 def _commit_region(repo: Any, fork: Any, tile: list[int], branch: str, fp_sha: str) -> str:
@@ -124,8 +133,6 @@ async def _collect(agen: Any) -> list[str]:
 
 def _arrays(store: Any) -> list[str]:
     """Paths of the arrays of a zarr ``store`` (the record's group left out), sorted."""
-    import zarr
-
     group = zarr.open_group(store, mode="r")
     return sorted(name for name, _ in group.arrays())
 
@@ -492,28 +499,24 @@ class IcechunkTarget(Target):
             on_region(len(done), total)
         todo = [t for t in todo_tiles if tuple(t) not in done]
 
-        def committed(tile: list[int], fork: Any) -> bool:
-            snap = _commit_region(repo, fork, tile, branch, fp_sha)
-            for known, new in zip(sums, stored_checksums(  # while the next regions run
-                    repo.readonly_session(snapshot_id=snap).store, tile_keys(
-                        ds, key_encs, names, enc, tile, ydim, xdim, trange), layout), strict=True):
-                known.update(new)
+        def committed(tile: list[int], result: tuple[Any, dict[str, Any], dict[str, Any]]
+                      ) -> bool:
+            _commit_region(repo, result[0], tile, branch, fp_sha)
+            sums[0].update(result[1])  # hashed on the workers as they wrote the chunks
+            sums[1].update(result[2])
             done.add(tuple(tile))
             if on_region:
                 on_region(len(done), total)
             return True
 
         base = repo.writable_session(branch)  # every region forks the same snapshot
-        import zarr
-
         group = zarr.open_group(base.store, mode="r")
         arrays = {n: group[n] for n in names}
         metas = {n: a.metadata.to_dict() for n, a in arrays.items()}
-        key_encs = {n: m["chunk_key_encoding"] for n, m in metas.items()}
         layout, sums = shard_layout(metas), ({}, {})  # region checksums: sums, inner
         encoded = encoded_variables(ds, names, {n: a.dtype for n, a in arrays.items()})
-        run_regions([_region_write(base, encoded, [*arrays.values()], tile, (ydim, xdim), trange)
-                     for tile in todo], todo, client, committed)
+        run_regions([_region_write(base, encoded, [*arrays.values()], tile, (ydim, xdim), trange,
+                                   layout) for tile in todo], todo, client, committed)
         if tables:
             session = repo.writable_session(branch)
             write_tables(session.store, tables)
@@ -629,11 +632,10 @@ class IcechunkTarget(Target):
                 meta: dict[str, Any], known: tuple[dict[str, Any], dict[str, Any]]) -> str:
         """Record every chunk's checksum on ``branch``; commit as the version for ``main``.
 
-        ``known``: the checksums (sums, inner) taken as the regions were committed; the
-        other chunks (a resumed build's, coordinates, tables) are read here.
+        ``known``: the checksums (sums, inner) of the chunks the region tasks wrote, taken
+        on the workers as they wrote them (:class:`~esdc.storage.shards.ChecksumStore`);
+        the other chunks (a resumed build's, coordinates, tables) are read here.
         """
-        import zarr
-
         session = repo.writable_session(branch)
         store = session.store
         keys = sorted(k for k in _sync(_collect(store.list_prefix("")))
@@ -668,8 +670,6 @@ class IcechunkTarget(Target):
         CubeNotFoundError
             If there is no cube on ``main``.
         """
-        import zarr
-
         self.require("to update")
         repo = self.repository()
         session = repo.writable_session(MAIN)

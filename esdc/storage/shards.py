@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import xarray as xr
+from zarr.storage import WrapperStore
 
 from esdc.errors import StorageError
 from esdc.storage.integrity import ChecksumReport, chunk_index
 
-__all__ = ["block_lengths", "chunks_per_shard", "inner_checksums", "locate_damage",
+__all__ = ["ChecksumStore", "block_lengths", "chunks_per_shard", "inner_checksums", "locate_damage",
            "open_by_shards", "read_keys", "shard_chunks", "shard_layout", "shard_shape",
            "stored_checksums"]
 
@@ -151,6 +152,59 @@ def read_keys(store: Any, keys: list[str]) -> Iterator[tuple[str, bytes | None]]
         part = keys[i:i + 64]
         yield from zip(part, (None if b is None else b.to_bytes() for b in sync(some(part))),
                        strict=True)
+
+
+class ChecksumStore(WrapperStore):  # type: ignore[type-arg]
+    """A zarr store that takes the SHA-256 of each value as it is set (hash on write).
+
+    An Icechunk build's region tasks store their chunks through one of these on the
+    workers, so the checksum record of a region comes back with its write and the
+    chunks are not read again (reading the full Earth cube's 380 chunks, 88 MB, back
+    from an Icechunk snapshot cost the client 0.45-0.5 s of CPU on a 2-core machine,
+    competing with the workers). The bytes hashed are the bytes handed to the wrapped
+    store, which stores them as they are (Icechunk keeps a chunk's bytes unchanged, in
+    a chunk file or inline in the manifest). Every other method is the wrapped store's.
+
+    Parameters
+    ----------
+    store : zarr.abc.store.Store
+        The store written to (an Icechunk fork session's).
+    layout : mapping, optional
+        :func:`shard_layout` of the sharded arrays: their shards' inner chunks are
+        hashed too (:func:`inner_checksums`).
+
+    Attributes
+    ----------
+    sums : dict
+        ``{key: SHA-256 hex}`` (FIPS 180-4) of every value set through this object
+        (a key deleted after is dropped).
+    inner : dict
+        ``{shard key: [SHA-256 of each chunk inside]}`` of the sharded arrays' values.
+    """
+
+    def __init__(self, store: Any, layout: Mapping[str, list[int]] | None = None) -> None:
+        super().__init__(store)
+        self.layout = dict(layout or {})
+        self.sums: dict[str, str] = {}
+        self.inner: dict[str, list[str | None] | None] = {}
+
+    def _with_store(self, store: Any) -> ChecksumStore:
+        return type(self)(store, self.layout)
+
+    async def set(self, key: str, value: Any) -> None:
+        """Set ``key`` in the wrapped store and record the SHA-256 of ``value``'s bytes."""
+        await self._store.set(key, value)
+        data = value.as_buffer_like()
+        self.sums[key] = hashlib.sha256(data).hexdigest()
+        name = key.split("/c/")[0]
+        if name in self.layout:
+            self.inner[key] = inner_checksums(bytes(data), math.prod(self.layout[name]))
+
+    async def delete(self, key: str) -> None:
+        """Delete ``key`` from the wrapped store and from the record."""
+        await self._store.delete(key)
+        self.sums.pop(key, None)
+        self.inner.pop(key, None)
 
 
 def stored_checksums(store: Any, keys: list[str], layout: Mapping[str, list[int]]

@@ -8,8 +8,9 @@ an object-store target runs into its staging folder before the upload):
    header; an append hard-links the old cube's chunk files here
    (:mod:`esdc.storage.append`);
 2. each region (one spatial tile of chunks, :mod:`esdc.storage.regions`) is a region
-   write on the Dask cluster; as one finishes, its chunk files are hashed and flushed and
-   the region is journaled. A missing chunk file means a lost write: written again once;
+   write on the Dask cluster; its last task hashes and flushes its chunk files (on the
+   worker), then the region is journaled. A missing chunk file means a lost write:
+   written again once;
 3. every float layer must hold a finite value; the SHA-256 of every chunk goes into the
    ``esdc_integrity`` record, the metadata are consolidated, the build marked complete;
 4. commit: the store is swapped into place (:func:`~esdc.storage.journal.commit_store`).
@@ -19,6 +20,7 @@ On ``resume`` the regions named in the journal whose files are all there are kep
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -315,17 +317,14 @@ def _write_regions(ds: xr.Dataset, part: journal.PartialBuild, head: dict[str, A
         if trange:
             sel[TIME_DIM] = slice(*trange)
         # Every chunk is stored, even all-fill ones, so a missing chunk file always
-        # means a lost write and is detected below.
-        return _store_region(encoded, [targets[n] for n in names], sel)
+        # means a lost write and is detected as the region ends.
+        return _store_region(encoded, [targets[n] for n in names], sel,
+                             functools.partial(_hashed, store, keys[(tile[0], tile[2])],
+                                               per_shard))
 
-    def finished(tile: list[int], _result: Any = None) -> bool:
-        """Hash and flush the tile's chunk files, then journal it; False if one is lost."""
-        sums: dict[str, list[Any]] = {}
-        try:
-            for k in keys[(tile[0], tile[2])]:
-                p = store / k
-                sums[k] = _hash(p, per_shard.get(k.partition("/")[0]))
-        except FileNotFoundError:
+    def finished(tile: list[int], sums: dict[str, list[Any]] | None) -> bool:
+        """Journal a region whose chunk files were hashed and flushed; False if one is lost."""
+        if sums is None:
             return False
         for d in {(store / k).parent for k in sums}:
             journal.fsync_dir(d)
@@ -343,21 +342,31 @@ def _write_regions(ds: xr.Dataset, part: journal.PartialBuild, head: dict[str, A
                           f"not committed: {lost[:3]}")
 
 
-def _store_region(encoded: dict[str, Any], targets: list[Any], sel: dict[str, slice]) -> Any:
+def _store_region(encoded: dict[str, Any], targets: list[Any], sel: dict[str, slice],
+                  end: Callable[[list[Any]], Any]) -> Any:
     """One region of every variable stored into its Zarr array: one Dask key when done.
 
     The chunks go straight to the arrays (:func:`~esdc.storage.schedule.store_region`),
     so upstream work shared by the regions keeps its keys (:mod:`esdc.storage.schedule`).
     ``encoded`` are the variables as stored
     (:func:`~esdc.storage.schedule.encoded_variables`), ``targets`` their arrays in that
-    order.
+    order; ``end`` runs on the worker once they are stored, its result the key's.
     """
     stored = store_region(encoded, targets, sel)
-    return finish_region(stored, _stored, "esdc-region")
+    return finish_region(stored, end, "esdc-region")
 
 
-def _stored(_parts: list[Any]) -> None:
-    """The end of a region write (its chunk stores return nothing)."""
+def _hashed(store: Path, keys: list[str], per_shard: dict[str, int],
+            _parts: list[Any]) -> dict[str, list[Any]] | None:
+    """The end of a region write, on the worker: :func:`_hash` of each of its chunk files.
+
+    Hashing where the files were written keeps the client (which runs the scheduler of
+    a local cluster) free to hand out tasks. None when a file is missing (a lost write).
+    """
+    try:
+        return {k: _hash(store / k, per_shard.get(k.partition("/")[0])) for k in keys}
+    except FileNotFoundError:
+        return None
 
 
 def _finish(part: journal.PartialBuild, head: dict[str, Any], fp: dict[str, Any],

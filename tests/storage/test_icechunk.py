@@ -164,8 +164,10 @@ def test_an_overwrite_leaves_out_the_arrays_the_new_build_lacks(tmp_path: Path) 
     assert target.at(first).checksums().problems == []
 
 
-def test_region_checksums_are_taken_as_each_region_is_committed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("shards", [None, {"time": 8, "lat": 12, "lon": 16}])
+def test_region_checksums_are_taken_as_the_workers_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: Any,
+        shards: dict[str, int] | None) -> None:
     import esdc.storage.icechunk as ice
 
     calls: list[list[str]] = []
@@ -177,14 +179,16 @@ def test_region_checksums_are_taken_as_each_region_is_committed(
 
     monkeypatch.setattr(ice, "stored_checksums", spy)
     target = resolve(tmp_path / "cube.icechunk", store="icechunk")
-    write(synthetic(), target)
-    *regions, last = calls
-    assert len(regions) == 4  # one per region, as each was committed
-    assert not any(k.startswith(("sst/", "mask/")) for k in last)  # only the rest at the end
+    write(synthetic(), target, client=client, shards=shards)  # pickled to worker processes
+    [last] = calls  # nothing read back as the regions are committed
+    assert last and not any(k.startswith(("sst/", "mask/")) for k in last)  # coordinates
     record = target.manifest()["chunks"]
-    assert sorted(k for r in regions for k in r) == sorted(
-        k for k in record if k.startswith(("sst/", "mask/")))
+    assert any(k.startswith("sst/") for k in record)
     assert record == dict(target.hash_chunks(sorted(record)))
+    if shards:  # and the chunks inside each shard
+        inner = target.manifest()["inner"]
+        assert sorted(inner) == sorted(k for k in record if k.startswith(("sst/", "mask/")))
+        assert {len(v) for k, v in inner.items()} == {2 * 2 * 2, 2 * 2}  # sst's, mask's
     assert target.checksums().problems == []
 
 

@@ -275,3 +275,31 @@ def test_patch_streams_read_whole_shards(tmp_path: Path) -> None:
 
     for got, want in zip(patches(b), patches(a), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_checksum_store_hashes_what_it_stores() -> None:
+    import pickle
+
+    import zarr
+
+    from esdc.storage.shards import ChecksumStore, inner_checksums
+
+    inner_store = zarr.storage.MemoryStore()
+    store = ChecksumStore(inner_store, {"s": [2, 2]})
+    plain = zarr.create_array(store, name="a", shape=(4, 4), chunks=(2, 2), dtype="f4",
+                              fill_value=np.nan)
+    sharded = zarr.create_array(store, name="s", shape=(4, 4), chunks=(2, 2), shards=(4, 4),
+                                dtype="f4", fill_value=np.nan)
+    values = np.arange(16, dtype="f4").reshape(4, 4)
+    plain[:] = values
+    sharded[:] = values
+    stored = {k: v.to_bytes() for k, v in inner_store._store_dict.items()}
+    assert {k for k in store.sums if "/c/" in k} == {k for k in stored if "/c/" in k}
+    assert all(store.sums[k] == hashlib.sha256(stored[k]).hexdigest() for k in store.sums)
+    assert store.inner == {"s/c/0/0": inner_checksums(stored["s/c/0/0"], 4)}
+    # a chunk written empty is deleted from the store (zarr's write_empty_chunks=False)
+    plain[:2, :2] = np.nan
+    assert "a/c/0/0" not in inner_store._store_dict and "a/c/0/0" not in store.sums
+    # a fork sent to a worker takes its own record along, and back
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.sums == store.sums and copy.layout == store.layout
