@@ -726,6 +726,87 @@ def print_shards(r: dict[str, Any]) -> None:
           f"{r['load_avg_1min']}")
 
 
+# --------------------------------------------------------------------------- device
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def run_device(cube: Path, shape: tuple[int, int, int], device: str, workers: int,
+               repeats: int) -> dict[str, Any]:
+    """Batches delivered onto ``device`` against the same loader on the host, one run.
+
+    The loader is what :mod:`esdc.ml.fit.torch` trains with: ``PatchDataset`` through a
+    ``DataLoader`` with ``workers`` persistent workers, ``pin_memory=True`` on CUDA, each
+    batch's ``x`` and ``valid`` copied with ``.to(device, non_blocking=True)``; an epoch
+    ends when the device has finished its copies (``torch.cuda.synchronize``). The host
+    epoch is the same loader, batches left on the host. The copy floor: one pinned batch
+    copied to the device as many times as an epoch has batches (the host-to-device
+    bandwidth, nothing read). Best of ``repeats`` epochs each, after one that starts the
+    workers.
+    """
+    info, _ = prepare(cube, shape)
+    cuda = device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: torch sees no CUDA device on this machine")
+
+    def epochs(to_device: bool) -> dict[str, Any]:
+        stream = PatchStream(cube, VARIABLES, patch=PATCH, seed=0, shuffle=True)
+        loader = torch.utils.data.DataLoader(
+            PatchDataset(stream, batch_size=BATCH), batch_size=None, num_workers=workers,
+            multiprocessing_context=CTX if workers else None,
+            persistent_workers=workers > 0, pin_memory=cuda)
+        runs, complete = [], []
+        for epoch in range(repeats + 1):
+            with Clock() as c:
+                idx = []
+                for x, valid, index in loader:
+                    if to_device:
+                        x = x.to(device, non_blocking=cuda)
+                        valid = valid.to(device, non_blocking=cuda)
+                    idx.append(index.numpy())
+                _sync(device)
+            if epoch:  # the first starts the workers
+                runs.append(c.result(sum(len(i) for i in idx)))
+            complete.append(_complete(np.concatenate(idx), len(stream)))
+        del loader
+        return {**best_of(runs), "complete": all(complete)}
+
+    log(f"esdc loader, {workers} workers, batches left on the host")
+    host = epochs(False)
+    log(f"  {host['samples_per_s']:,.0f} patches/s")
+    log(f"esdc loader, {workers} workers, batches copied to {device}")
+    dev = epochs(True)
+    log(f"  {dev['samples_per_s']:,.0f} patches/s")
+    c, ph, pw = len(VARIABLES), *PATCH
+    n_batches = -(-info["cube"]["patches_per_epoch"] // BATCH)
+    x = torch.empty((BATCH, c, ph, pw), dtype=torch.float32, pin_memory=cuda)
+    valid = torch.empty((BATCH, c, ph, pw), dtype=torch.bool, pin_memory=cuda)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(n_batches):
+            x.to(device, non_blocking=cuda)
+            valid.to(device, non_blocking=cuda)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    batch_bytes = x.nbytes + valid.nbytes
+    copy = {"samples_per_s": n_batches * BATCH / best,
+            "gb_per_s": n_batches * batch_bytes / best / 1e9}
+    log(f"  copy floor {copy['samples_per_s']:,.0f} patches/s ({copy['gb_per_s']:.1f} GB/s)")
+    return {"case": cube.stem.removeprefix("bench_batches_"), "device": device,
+            "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
+            "workers": workers, "pin_memory": cuda, "batch_mb": batch_bytes / 1e6,
+            "samples_per_s": {"host": host["samples_per_s"], "device": dev["samples_per_s"],
+                              "copy_floor": copy["samples_per_s"]},
+            "device_fraction": dev["samples_per_s"] / host["samples_per_s"],
+            "copy_floor_gb_per_s": copy["gb_per_s"],
+            "all_epochs_complete": host["complete"] and dev["complete"],
+            "paths": {"host": host, "device": dev, "copy_floor": copy}}
+
+
 def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int,
         workers: int = 2, prefetch_factor: int | None = None) -> dict[str, Any]:
     info, first_nostats = prepare(cube, shape)
@@ -923,6 +1004,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefetch-factor", type=int, metavar="N",
                     help="DataLoader prefetch_factor of the esdc loaders (default: torch's, "
                          "2 batches in flight per worker)")
+    ap.add_argument("--device", metavar="DEVICE",
+                    help="instead of the full run: the loader's batches copied onto DEVICE "
+                         "(cuda, cuda:1; cpu runs the same code on the host) against the "
+                         "same loader on the host, and the host-to-device copy floor")
     ap.add_argument("--shards", nargs="?", const="6,512,512", metavar="TIME,LAT,LON",
                     help="compare PatchStream on the cube and on a sharded copy (default "
                          "shards 6,512,512: 4 chunks per shard) instead of the full run")
@@ -945,6 +1030,23 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="esdc-bench-batches-"))
     cube = workdir / f"bench_batches_{case}.zarr"
     t0 = time.perf_counter()
+    if args.device:
+        try:
+            result = run_device(cube, shape, args.device, max(1, args.workers),
+                                max(1, repeats))
+        finally:
+            if args.out_dir is None and not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+        mach["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
+        result.update(machine=mach, versions=versions(), total_s=time.perf_counter() - t0)
+        if args.json:
+            print(json.dumps(result, indent=2, default=float))
+        else:
+            print(f"{result['device_name']}: host {result['samples_per_s']['host']:,.0f}, "
+                  f"device {result['samples_per_s']['device']:,.0f} patches/s "
+                  f"(device_fraction {result['device_fraction']:.2f}); copy floor "
+                  f"{result['copy_floor_gb_per_s']:.1f} GB/s")
+        return 0
     if args.shards:
         shards = dict(zip(CHUNKS, (int(v) for v in args.shards.split(",")), strict=True))
         try:
