@@ -241,8 +241,9 @@ class PatchStream:
     epoch_ahead: bool = True
     read_threads: int = field(default_factory=lambda: min(2, _usable_cores()))
     _ds: xr.Dataset = field(init=False, repr=False)
-    #: read buffers and recycled unit arrays of a finished epoch, for the next one
-    _spare: list[tuple[list[dict[str, np.ndarray]], Recycler]] = field(
+    #: read buffers, recycled unit arrays and the pool's spill of a finished epoch, for
+    #: the next one
+    _spare: list[tuple[list[dict[str, np.ndarray]], Recycler, Batch | None]] = field(
         init=False, repr=False, compare=False, default_factory=list)
     #: the next epoch's first units, read while a shuffled epoch drains (EpochStart)
     _ahead: EpochStart | None = field(init=False, repr=False, compare=False, default=None)
@@ -545,8 +546,8 @@ class PatchStream:
         ahead, self._ahead = self._ahead, None
         ready = {} if ahead is None else ahead.take(epoch)  # joined: its buffers are free
         # an earlier epoch's read buffer and unit arrays: no fresh pages to fault in
-        buffers, recycler = self._spare.pop() if self._spare else ([], Recycler())
-        pool = ShufflePool(self.buffer_size, recycler)
+        buffers, recycler, spill = self._spare.pop() if self._spare else ([], Recycler(), None)
+        pool = ShufflePool(self.buffer_size, recycler, spill)
         for unit in self._units(epoch, recycler, buffers, ready):
             pool.add(unit)
             while pool.size - batch_size >= self.buffer_size:
@@ -558,7 +559,7 @@ class PatchStream:
             yield self._finish(b)
         # kept only after a whole epoch: an abandoned one may still be reading into them
         if not self._spare:
-            self._spare.append((buffers, recycler))
+            self._spare.append((buffers, recycler, pool.spill))
 
     def threaded_batches(self, batch_size: int, epoch: int = 0, drop_last: bool = False,
                          threads: int = 2, prefetch: int = 4,

@@ -373,17 +373,24 @@ class ShufflePool:
         Patches kept in the pool before a batch is drawn.
     recycler : Recycler, optional
         Where the arrays of released units go.
+    spill : Batch, optional
+        An earlier pool's :attr:`spill` (of the same stream, emptied): its arrays are
+        reused, so the spill's pages are not faulted in again each epoch.
     """
 
     #: the unit id of the spill arrays
     SPILL = -1
 
-    def __init__(self, buffer_size: int, recycler: Recycler | None = None) -> None:
+    def __init__(self, buffer_size: int, recycler: Recycler | None = None,
+                 spill: Batch | None = None) -> None:
         self.buffer_size = buffer_size
         self.recycler = recycler
         self._units: dict[int, Batch] = {}  # arrays of None stay None
         self._left: dict[int, int] = {}  # patches left per unit (not the spill)
         self._free = np.empty(0, dtype=np.intp)  # free slots of the spill arrays
+        if spill is not None:
+            self._units[self.SPILL] = spill
+            self._free = np.arange(len(spill.x))
         self._ids = 0
         self._unit = np.empty(0, dtype=np.intp)  # per pooled patch: its unit ...
         self._row = np.empty(0, dtype=np.intp)  # ... and its row there
@@ -393,6 +400,11 @@ class ShufflePool:
     def size(self) -> int:
         """Patches in the pool."""
         return len(self._unit)
+
+    @property
+    def spill(self) -> Batch | None:
+        """The spill arrays (None before the first spill); garbage once drawn."""
+        return self._units.get(self.SPILL)
 
     def add(self, unit: Batch) -> None:
         """Hold a unit's patches (its arrays, referenced)."""

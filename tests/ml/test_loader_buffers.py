@@ -289,6 +289,18 @@ def test_buffers_kept_between_epochs_never_leak_values(cube):
     assert len(pickle.dumps(stream)) == size
 
 
+def test_the_pools_spill_is_kept_between_epochs(cube):
+    """The shuffle pool's spill arrays of one epoch are the next epoch's (no fresh pages
+    to fault in), and never leak values: each epoch equals a fresh stream's."""
+    kw = {"patch": (4, 4), "seed": 3, "buffer_size": 100, "targets": ["s"]}
+    stream = PatchStream(cube, ["a", "b"], **kw)
+    _epochs_equal_fresh(stream, cube, kw, (0,))
+    spill = stream._spare[0][2]
+    assert spill is not None  # the pool spilled
+    _epochs_equal_fresh(stream, cube, kw, (1, 2))
+    assert stream._spare[0][2].x.base is spill.x.base or stream._spare[0][2].x is spill.x
+
+
 def test_chunks_read_in_this_thread_equal_zarrs_reads(cube, tmp_path):
     """Chunk files decoded directly (Zstd and Blosc, edge chunks, a missing chunk; shard
     files with edge shards, a missing shard and empty inner chunks) give what zarr gives."""
