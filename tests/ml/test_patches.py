@@ -147,6 +147,31 @@ def test_threaded_batches_complete_deterministic_and_exact(cube, threads):
         np.testing.assert_array_equal(b.x[i], want)
 
 
+def test_threaded_batches_keep_their_sub_streams_between_epochs(cube):
+    """The reading threads' sub-streams (and their buffers) serve the next epoch; they are
+    made again when a parameter of the stream changes; epochs equal a fresh stream's."""
+    kw = {"patch": (8, 8), "seed": 3, "buffer_size": 24}
+
+    def epoch(stream, e):
+        return [b.x for b in stream.threaded_batches(8, epoch=e, threads=2)]
+
+    stream = PatchStream(cube, ["a", "b"], **kw)
+    for e in (0, 1, 2):
+        got, fresh = epoch(stream, e), epoch(PatchStream(cube, ["a", "b"], **kw), e)
+        assert len(got) == len(fresh)
+        for a, b in zip(got, fresh, strict=True):
+            np.testing.assert_array_equal(a, b)
+        if e == 0:
+            subs = stream._subs[1]
+    assert stream._subs[1] is subs and all(s._spare for s in subs)  # kept, with buffers
+    stream.fill_value = -9.0  # the cube's "a" has missing cells
+    changed = np.concatenate(epoch(stream, 1))
+    assert stream._subs[1] is not subs  # a changed parameter: made again
+    assert np.any(changed == -9.0)
+    np.testing.assert_array_equal(
+        changed, np.concatenate(epoch(PatchStream(cube, ["a", "b"], fill_value=-9.0, **kw), 1)))
+
+
 def test_threaded_batches_raise_a_reading_error(cube, tmp_path):
     """An error in a reading thread reaches the consumer (no hang, no silent loss)."""
     import shutil
