@@ -118,13 +118,13 @@ def _merge_forks(arrays: list[Any]) -> tuple[Any, dict[str, str], dict[str, Any]
             {k: v for st in stores for k, v in st.inner.items()})
 
 
-def _commit_region(repo: Any, fork: Any, tile: list[int], branch: str, fp_sha: str) -> str:
-    """Merge a written region's fork into the build branch and commit it: the snapshot id."""
+def _commit_region(repo: Any, fork: Any, tile: list[int], branch: str, fp_sha: str) -> None:
+    """Merge a written region's fork into the build branch and commit it."""
     session = repo.writable_session(branch)
     session.merge(fork)
-    return session.commit(f"esdc: region {tile} of an unfinished build ({branch})",
-                          metadata={META_KEY: {"partial": True, "tile": tile,
-                                               "fingerprint_sha256": fp_sha}})
+    session.commit(f"esdc: region {tile} of an unfinished build ({branch})",
+                   metadata={META_KEY: {"partial": True, "tile": tile,
+                                        "fingerprint_sha256": fp_sha}})
 
 
 async def _collect(agen: Any) -> list[str]:

@@ -163,7 +163,9 @@ class ChecksumStore(WrapperStore):  # type: ignore[type-arg]
     from an Icechunk snapshot cost the client 0.45-0.5 s of CPU on a 2-core machine,
     competing with the workers). The bytes hashed are the bytes handed to the wrapped
     store, which stores them as they are (Icechunk keeps a chunk's bytes unchanged, in
-    a chunk file or inline in the manifest). Every other method is the wrapped store's.
+    a chunk file or inline in the manifest). Every other method is the wrapped store's;
+    errors are the wrapped store's (a key set through another path is not recorded, and
+    the build reads it back at its end: :func:`stored_checksums`).
 
     Parameters
     ----------
@@ -194,11 +196,13 @@ class ChecksumStore(WrapperStore):  # type: ignore[type-arg]
     async def set(self, key: str, value: Any) -> None:
         """Set ``key`` in the wrapped store and record the SHA-256 of ``value``'s bytes."""
         await self._store.set(key, value)
-        data = value.as_buffer_like()
-        self.sums[key] = hashlib.sha256(data).hexdigest()
-        name = key.split("/c/")[0]
-        if name in self.layout:
-            self.inner[key] = inner_checksums(bytes(data), math.prod(self.layout[name]))
+        _record(self.sums, self.inner, key, value.as_buffer_like(), self.layout)
+
+    async def _set_many(self, values: Iterable[tuple[str, Any]]) -> None:
+        """Each value set through :meth:`set` (hashed), not past it."""
+        import asyncio
+
+        await asyncio.gather(*(self.set(k, v) for k, v in values))
 
     async def delete(self, key: str) -> None:
         """Delete ``key`` from the wrapped store and from the record."""
@@ -227,14 +231,25 @@ def stored_checksums(store: Any, keys: list[str], layout: Mapping[str, list[int]
     inner : dict
         ``{shard key: [SHA-256 of each chunk inside]}`` (:func:`inner_checksums`).
     """
-    sums, inner = {}, {}
+    sums: dict[str, str] = {}
+    inner: dict[str, list[str | None] | None] = {}
     for k, data in read_keys(store, keys):
-        if data is None:
-            continue
-        sums[k] = hashlib.sha256(data).hexdigest()
-        if k.split("/c/")[0] in layout:
-            inner[k] = inner_checksums(data, math.prod(layout[k.split("/c/")[0]]))
+        if data is not None:
+            _record(sums, inner, k, data, layout)
     return sums, inner
+
+
+def _record(sums: dict[str, str], inner: dict[str, list[str | None] | None], key: str,
+            data: Any, layout: Mapping[str, list[int]]) -> None:
+    """Record the SHA-256 of ``data`` (bytes-like), stored at ``key``, in ``sums``.
+
+    A sharded array's shard (``key``'s array in ``layout``) also gets its inner chunks'
+    checksums (:func:`inner_checksums`) in ``inner``.
+    """
+    sums[key] = hashlib.sha256(data).hexdigest()
+    name = key.split("/c/")[0]
+    if name in layout:
+        inner[key] = inner_checksums(bytes(data), math.prod(layout[name]))
 
 
 def _index(data: bytes, n: int) -> list[tuple[int, int]] | None:
