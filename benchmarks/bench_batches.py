@@ -36,7 +36,7 @@ raw floor
     two) as the floor of the 2-worker loader. ``raw_floor_zarr`` is the same through
     ``zarr.open_array(...)[chunk slice]`` (one process): the floor before session 7,
     which pays zarr's per-chunk overhead that esdc's direct chunk reads
-    (:func:`esdc.ml.units.read_into`) skip, so esdc could beat it.
+    (:func:`esdc.ml.cutting.read_into`) skip, so esdc could beat it.
 
 Main ratios: ``speedup_vs_xbatcher = esdc / xbatcher`` and ``fraction_of_floor = esdc /
 raw_floor``, all three in one process (the ``*_2_workers`` variants compare the

@@ -9,12 +9,13 @@ shuffled with a seed and split disjointly across shards (DataLoader workers ×
 Dask workers / ranks); patches go through a seeded shuffle buffer. Memory is
 bounded by a few units plus the buffer, never by the cube.
 
-The fast path (:mod:`esdc.ml.units`): a unit's chunks are decompressed into reused
-buffers (chunk or shard files read in the calling thread on a local cube, one read per
-shard file, else ``zarr``'s ``out=``), its patches cut from them chunk by chunk, masked,
-normalised and NaN-filled per batch, copied once into the shuffle pool and
-once out of it (``numpy.take``, into fresh arrays or into buffers the caller hands in
-with ``out=``), while a thread reads and cuts the next unit (``units_ahead``).
+The fast path (:mod:`esdc.ml.cutting`, :mod:`esdc.ml.units`): a unit's chunks are
+decompressed into reused buffers (chunk or shard files read in the calling thread on a
+local cube, one read per shard file, else ``zarr``'s ``out=``), its patches cut from
+them chunk by chunk, masked, normalised and NaN-filled per batch, copied once into the
+shuffle pool and once out of it (``numpy.take``, into fresh arrays or into buffers the
+caller hands in with ``out=``), while threads read and cut the next units
+(``units_ahead``, ``read_threads``).
 
 Reading one patch at a time decompresses a whole chunk per patch — that, not
 Python, makes plain xbatcher slow (../shared/STACK.md: ~156 patches/s vs ~85,000/s
@@ -38,6 +39,7 @@ import xarray as xr
 import zarr
 
 from esdc.errors import TrainConfigError
+from esdc.ml.cutting import cut, cut_chunks, read_into, scratch
 from esdc.ml.stats import cube_statistics, normalisation, read_statistics
 from esdc.ml.units import (
     Batch,
@@ -47,14 +49,10 @@ from esdc.ml.units import (
     ShufflePool,
     batch_rows,
     concat_batches,
-    cut,
-    cut_chunks,
     finish,
     owned,
     put_until,
     read_ahead,
-    read_into,
-    scratch,
 )
 from esdc.storage import resolve
 from esdc.storage.codecs import checked_reads

@@ -1,39 +1,26 @@
-"""Work units, the shuffle pool and reading ahead: the machinery under PatchStream.
+"""The shuffle pool, masks and reading ahead: the machinery under PatchStream.
 
-:class:`esdc.ml.patches.PatchStream` reads a unit into reused buffers, cuts its
-patches, pools them for shuffling and reads the next unit ahead in a thread.
-
-A unit (one band of stored chunk or shard rows, all columns, one time chunk) is read
-through buffers reused from unit to unit (no fresh allocation, no page faults; on a
-local cube chunk (or shard) file by file in the calling thread,
-:mod:`esdc.storage.chunkfiles`, else by zarr): when its patches lie inside chunks, each
-chunk is decompressed in place and its patches cut from it (:func:`cut_chunks`), else
-the unit is read into one block and cut (:func:`read_into`, :func:`cut`), into
-contiguous ``(N, C, ph, pw)`` arrays; masks and normalisation are applied per batch.
-The shuffle pool holds patches in preallocated arrays; a batch is one ``numpy.take`` of
-its rows, written into fresh arrays or into buffers the caller hands in (shared-memory
-slots of a DataLoader worker, :mod:`esdc.ml.torch`). Reading ahead (:func:`read_ahead`)
-decodes the next unit in a thread while the caller draws from this one: decompression
-and NumPy's copies release the GIL.
+:class:`esdc.ml.patches.PatchStream` reads a unit into reused buffers and cuts its
+patches (:mod:`esdc.ml.cutting`) into contiguous ``(N, C, ph, pw)`` arrays, pools them
+for shuffling and reads the next units ahead in threads. Masks and normalisation are
+applied per batch (:func:`finish`). The shuffle pool holds the units' arrays; a batch is
+one ``numpy.take`` of its rows per unit, written into fresh arrays or into buffers the
+caller hands in (shared-memory slots of a DataLoader worker, :mod:`esdc.ml.torch`).
+Reading ahead (:func:`read_ahead`, :class:`EpochStart`) decodes the next units in threads
+while the caller draws from this one: decompression and NumPy's copies release the GIL.
 """
-
 from __future__ import annotations
 
 import collections
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
-import zarr
-from zarr.core.buffer import default_buffer_prototype
-
-from esdc.storage.chunkfiles import chunk_reader
 
 __all__ = ["Batch", "EpochStart", "Out", "Recycler", "ShufflePool", "batch_rows", "concat_batches",
-           "cut", "cut_chunks", "finish", "owned", "put_until", "read_ahead", "read_into",
-           "scratch"]
+           "finish", "owned", "put_until", "read_ahead"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -55,206 +42,6 @@ class Batch(NamedTuple):
     valid: np.ndarray
     index: np.ndarray
     target: np.ndarray | None
-
-
-def scratch(buffers: MutableMapping[str, np.ndarray], name: str, shape: tuple[int, ...],
-            dtype: Any) -> np.ndarray:
-    """A C-contiguous ``shape`` array of ``dtype`` over the reusable buffer ``name``.
-
-    Parameters
-    ----------
-    buffers : dict
-        The caller's buffers (grown when a larger array is asked for).
-    name : str
-        Which buffer.
-    shape : tuple of int
-        The array's shape.
-    dtype : numpy dtype
-        Its element type.
-
-    Returns
-    -------
-    numpy.ndarray
-        A view of the buffer: its values are those of the last use (overwrite them).
-    """
-    dtype = np.dtype(dtype)
-    size = int(np.prod(shape)) * dtype.itemsize
-    buf = buffers.get(name)
-    if buf is None or buf.nbytes < size:
-        buf = buffers[name] = np.empty(size, dtype=np.uint8)
-    return buf[:size].view(dtype).reshape(shape)
-
-
-def read_into(array: zarr.Array, selection: tuple[slice, ...], dest: np.ndarray) -> None:
-    """Read ``array[selection]`` into ``dest``, decoding each stored chunk straight into it.
-
-    A Zarr v3 array on a local disk whose chunks are plain bytes compressed with Blosc or
-    Zstd (what esdc writes), unsharded or sharded, is read in this thread by
-    :func:`esdc.storage.chunkfiles.chunk_reader`: each chunk (or shard) file read once,
-    each chunk decompressed into a reused buffer and copied into ``dest`` while hot in the
-    cache, without zarr's event loop and thread hops. Any other array (remote, Icechunk,
-    other codecs) is read by zarr.
-
-    Parameters
-    ----------
-    array : zarr.Array
-        A Zarr array, sharded or not.
-    selection : tuple of slice
-        One slice per dim of ``array`` (steps of 1).
-    dest : numpy.ndarray
-        Writable, the selection's shape (it may be a strided view); of another dtype
-        than the array's, values are cast.
-
-    Raises
-    ------
-    esdc.errors.ChunkDecodeError
-        When a chunk or a shard index is damaged: from the direct read, or from the
-        array's codec pipeline when it is esdc's checked pipeline.
-    """
-    if dest.dtype != array.dtype:
-        dest[...] = array.get_basic_selection(selection)
-        return
-    reader = chunk_reader(array)
-    if reader is not None:
-        reader.read(selection, dest)
-        return
-    out = default_buffer_prototype().nd_buffer.from_numpy_array(dest)
-    array.get_basic_selection(selection, out=out)
-
-
-def cut(block: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: tuple[int, int],
-        out: np.ndarray | None = None, at: np.ndarray | None = None,
-        total: int | None = None) -> np.ndarray:
-    """Every patch of a unit block, copied once (into ``out`` when given).
-
-    Patches of one row whose columns are evenly spaced (every row of a grid without a
-    split) are copied with one ``numpy.copyto`` from a strided view; other rows with one
-    fancy index.
-
-    Parameters
-    ----------
-    block : numpy.ndarray
-        ``(T, C, rows, cols)`` unit block (any strides).
-    ys, xs : numpy.ndarray
-        ``(n,)`` patch origins in the block (row, column); consecutive patches of one
-        row are copied together.
-    patch : (int, int)
-        ``(ph, pw)``.
-    out : numpy.ndarray, optional
-        ``(T * total, C, ph, pw)`` C-contiguous array of ``block``'s dtype to write into.
-    at, total : numpy.ndarray and int, optional
-        The patches' positions among the ``total`` patches of one time step in ``out``
-        (default ``0 .. n - 1`` of ``n``): patch ``i`` of step ``t`` goes to row
-        ``t * total + at[i]``. Used to cut a unit chunk by chunk.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(T * total, C, ph, pw)`` C-contiguous, time-major (all patches of ``t = 0``
-        first).
-    """
-    nt, c = block.shape[:2]
-    n = len(ys)
-    total = n if total is None else total
-    at = np.arange(n) if at is None else at
-    if out is None:
-        out = np.empty((nt * total, c, *patch), dtype=block.dtype)
-    starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
-    win = np.lib.stride_tricks.sliding_window_view(block, patch, axis=(2, 3))
-    by_step = out.view()
-    by_step.shape = (nt, total, c, *patch)  # a view of out (raises if it would copy)
-    for s0, s1 in zip(starts, [*starts[1:], n], strict=True):
-        y, cols, rows = int(ys[s0]), xs[s0:s1], at[s0:s1]
-        step = int(cols[1] - cols[0]) if len(cols) > 1 else 1
-        if step > 0 and np.all(np.diff(cols) == step) and np.all(np.diff(rows) == 1):
-            # (T, C, k, ph, pw) view: k evenly spaced windows of row y, every step at once
-            x0, r0 = int(cols[0]), int(rows[0])
-            src = win[:, :, y, x0:x0 + step * (len(cols) - 1) + 1:step]
-            np.copyto(by_step[:, r0:r0 + len(cols)], src.transpose(0, 2, 1, 3, 4))
-        else:
-            by_step[:, rows] = win[:, :, y, cols].transpose(0, 2, 1, 3, 4)
-    return out
-
-
-def cut_chunks(arrays: list[zarr.Array], times: range | None, r0: int, ys: np.ndarray,
-               xs: np.ndarray, patch: tuple[int, int], buffers: MutableMapping[str, np.ndarray],
-               out: np.ndarray) -> np.ndarray | None:
-    """Cut a unit's patches chunk by chunk, each chunk decompressed in place, if possible.
-
-    When every patch lies inside one stored chunk and the arrays are local chunk (or
-    shard) files of one chunk shape (what esdc writes, :func:`esdc.storage.chunkfiles
-    .chunk_reader`; a shard file is read once per unit), each chunk of each channel is
-    decompressed straight into a
-    ``(C, T, cy, cx)`` buffer and its patches are cut from there while it is hot in the
-    cache: the unit is never assembled into one block (one copy fewer than
-    :func:`read_into` + :func:`cut`).
-
-    Parameters
-    ----------
-    arrays : list of zarr.Array
-        One per channel, ``(time, y, x)`` or static ``(y, x)`` (repeated over time).
-    times : range or None
-        The unit's time steps, inside one time chunk (None: a static unit of one step).
-    r0 : int
-        The unit's first row; ``ys`` are relative to it.
-    ys, xs : numpy.ndarray
-        ``(n,)`` patch origins, sorted by row then column.
-    patch : (int, int)
-        ``(ph, pw)``.
-    buffers : dict
-        Reused buffers (:func:`scratch`).
-    out : numpy.ndarray
-        ``(T * n, C, ph, pw)`` float32, written as :func:`cut` writes it.
-
-    Returns
-    -------
-    numpy.ndarray or None
-        ``out``; None when the fast path does not apply (nothing was written).
-
-    Raises
-    ------
-    esdc.errors.ChunkDecodeError
-        When a chunk file is damaged.
-    """
-    readers = [chunk_reader(a) for a in arrays]
-    if any(r is None for r in readers) or out.dtype != np.float32:
-        return None
-    if any(a.dtype != np.float32 for a in arrays):
-        return None
-    grids = {tuple(a.chunks[-2:]) for a in arrays}
-    tch = {a.chunks[0] for a in arrays if a.ndim == 3}
-    if len(grids) != 1 or len(tch) > 1:
-        return None
-    (cy, cx), ph, pw = next(iter(grids)), *patch
-    yabs = ys + r0
-    if np.any(yabs // cy != (yabs + ph - 1) // cy) or np.any(xs // cx != (xs + pw - 1) // cx):
-        return None
-    nt = 1 if times is None else len(times)
-    if times is not None and tch and times.start // next(iter(tch)) != (
-            times.stop - 1) // next(iter(tch)):
-        return None
-    ny, nx = arrays[0].shape[-2:]
-    tsel = () if times is None else (slice(times.start, times.stop),)
-    block = scratch(buffers, "chunk", (len(arrays), nt, cy, cx), "float32")
-    files: dict[Any, Any] = {}  # the unit's shard files, each read once
-    key = (yabs // cy) * (-(-nx // cx)) + xs // cx
-    order = np.argsort(key, kind="stable")
-    bounds = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0, True])
-    for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True):
-        idx = order[b0:b1]
-        by, bx = int(yabs[idx[0]] // cy), int(xs[idx[0]] // cx)
-        h, w = min(cy, ny - by * cy), min(cx, nx - bx * cx)
-        rows, cols = slice(by * cy, by * cy + h), slice(bx * cx, bx * cx + w)
-        for c, (a, reader) in enumerate(zip(arrays, readers, strict=True)):
-            assert reader is not None
-            if a.ndim == 3:
-                reader.read((*tsel, rows, cols), block[c, :, :h, :w], files)
-            else:
-                reader.read((rows, cols), block[c, 0, :h, :w], files)
-                block[c, 1:, :h, :w] = block[c, 0, :h, :w]
-        view = block[:, :, :h, :w].transpose(1, 0, 2, 3)
-        cut(view, yabs[idx] - by * cy, xs[idx] - bx * cx, patch, out, at=idx, total=len(ys))
-    return out
 
 
 #: Bytes of a batch's values that :func:`finish` masks, normalises and fills at a time:
@@ -298,18 +85,20 @@ def finish(x: np.ndarray, valid: np.ndarray | None, mean: np.ndarray, scale: np.
         np.copyto(x, np.float32(fill), where=nan)
         return valid
     rows = max(1, FINISH_BLOCK_BYTES // max(1, x[:1].nbytes))
-    keep = np.empty((min(rows, len(x)), *x.shape[1:]), dtype=np.int32)
     fill_bits = int(np.float32(fill).view(np.int32))
+    keep = np.empty((min(rows, len(x)), *x.shape[1:]) if fill_bits else 0, dtype=np.int32)
     for i in range(0, len(x), rows):
         xb, vb = x[i:i + rows], valid[i:i + rows]
         np.equal(xb, xb, out=vb)  # False at NaN: one pass where isnan + not took two
         _normalize(xb, mean, scale, normalize)
         # NaN cells set by bit masks: a masked copyto runs a scalar loop, 4-5x slower
         bits = xb.view(np.int32)
+        if not fill_bits:  # bits * (0 or 1): NaN cells -> +0.0, one pass (3.0 -> 2.2 us a patch)
+            np.multiply(bits, vb.view(np.uint8), out=bits, casting="unsafe")
+            continue
         kb = np.negative(vb.view(np.int8), dtype=np.int32, out=keep[:len(xb)])  # -1 if valid
         np.bitwise_and(bits, kb, out=bits)  # NaN cells -> +0.0
-        if fill_bits:
-            np.bitwise_or(bits, np.bitwise_and(np.invert(kb, out=kb), fill_bits), out=bits)
+        np.bitwise_or(bits, np.bitwise_and(np.invert(kb, out=kb), fill_bits), out=bits)
     return valid
 
 

@@ -308,7 +308,7 @@ def test_chunks_read_in_this_thread_equal_zarrs_reads(cube, tmp_path):
 
     import zarr
 
-    from esdc.ml.units import read_into
+    from esdc.ml.cutting import read_into
     from esdc.recipe import CompressorSpec
     from esdc.storage import encoding
     from esdc.storage.chunkfiles import chunk_reader
@@ -357,7 +357,7 @@ def test_damaged_shard_index_names_the_shard(cube, tmp_path):
     import zarr
 
     from esdc.errors import ChunkDecodeError
-    from esdc.ml.units import read_into
+    from esdc.ml.cutting import read_into
     from esdc.recipe import CompressorSpec
     from esdc.storage import encoding
 
@@ -389,7 +389,7 @@ def test_chunk_by_chunk_cut_equals_the_block_cut(cube, tmp_path):
     decline (the caller then reads the block)."""
     import zarr
 
-    from esdc.ml.units import cut, cut_chunks, read_into
+    from esdc.ml.cutting import cut, cut_chunks, read_into
     from esdc.recipe import CompressorSpec
     from esdc.storage import encoding
 
@@ -420,6 +420,63 @@ def test_chunk_by_chunk_cut_equals_the_block_cut(cube, tmp_path):
         across = np.full_like(want, 7.0)
         assert cut_chunks(arrays, times, r0, ys, xs + 4, (8, 8), {}, across) is None
         assert (across == 7.0).all()
+
+
+def test_cut_equals_a_patch_by_patch_copy():
+    """``cut`` (one strided copy for a regular grid of patches, row by row otherwise)
+    writes each patch where a plain per-patch copy puts it: grids with overlap, a chunk's
+    grid at spaced positions of a larger unit, and patches left out by a split."""
+    from esdc.ml.cutting import cut
+
+    rng = np.random.default_rng(5)
+    block = rng.normal(size=(3, 2, 40, 56)).astype("float32")  # (T, C, rows, cols)
+    ph, pw = 8, 6
+
+    def naive(ys, xs, at, total):
+        out = np.full((3 * total, 2, ph, pw), np.nan, "float32")
+        for y, x, a in zip(ys, xs, at, strict=True):
+            for t in range(3):
+                out[t * total + a] = block[t, :, y:y + ph, x:x + pw]
+        return out
+
+    gy, gx = np.meshgrid(np.arange(0, 33, 4), np.arange(0, 51, 5), indexing="ij")
+    ys, xs = gy.ravel(), gx.ravel()  # overlapping grid, 9 x 11
+    cases = [(ys, xs, np.arange(len(ys)), len(ys)),  # a whole unit
+             (ys, xs, ((np.arange(9) * 30)[:, None] + np.arange(11) + 4).ravel(), 270),
+             (ys[::2], xs[::2], np.arange(0, len(ys), 2), len(ys)),  # a split's holes
+             (ys[:15], xs[:15], np.arange(15), 15),  # a grid's last row cut short
+             (ys[:1], xs[:1], np.array([3]), 4)]
+    for y, x, at, total in cases:
+        want = naive(y, x, at, total)
+        got = np.full_like(want, np.nan)
+        assert cut(block, y, x, (ph, pw), got, at=at, total=total) is got
+        np.testing.assert_array_equal(got, want)
+    # a strided (transposed) block, as cut_chunks hands it
+    chunked = np.ascontiguousarray(block.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    np.testing.assert_array_equal(cut(chunked, ys, xs, (ph, pw)), cut(block, ys, xs, (ph, pw)))
+
+
+def test_finish_masks_normalises_and_fills_like_numpy():
+    """``finish`` (in place, 256 KB at a time, NaN cells set by bit masks) gives what
+    plain NumPy gives: ``valid = ~isnan(x)``, ``(x - mean) / scale`` per channel, the fill
+    value in missing cells (``+0.0`` for 0), for C-contiguous and strided batches."""
+    from esdc.ml.units import finish
+
+    rng = np.random.default_rng(2)
+    raw = rng.normal(3.0, 2.0, size=(70, 3, 16, 16)).astype("float32")  # > 256 KB
+    raw[rng.random(raw.shape) < 0.3] = np.nan
+    mean, scale = np.float32([1.0, -2.0, 0.5]), np.float32([2.0, 4.0, 0.25])
+    for fill, normalize, strided in [(0.0, True, False), (-9.0, True, False),
+                                     (np.nan, False, False), (0.0, True, True)]:
+        x = raw.copy() if not strided else np.asfortranarray(raw)
+        valid = finish(x, None, mean, scale, fill, normalize)
+        ok = ~np.isnan(raw)
+        want = (raw - mean[:, None, None]) / scale[:, None, None] if normalize else raw
+        want = np.where(ok, want, np.float32(fill))
+        np.testing.assert_array_equal(valid, ok)
+        np.testing.assert_array_equal(x, want)
+        if fill == 0.0:
+            assert not np.signbit(x[~ok]).any()  # +0.0, not -0.0
 
 
 def test_next_epoch_read_while_an_epoch_drains(cube, monkeypatch):
