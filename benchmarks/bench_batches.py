@@ -47,7 +47,11 @@ buffer of 4096 patches is filled first). ``first_batch_without_stats_s`` is the 
 on the cube before its statistics were stored (the stream computes them: one full
 pass). Peak memory is the RSS summed over the process tree (DataLoader workers and the
 forkserver included; pages shared between processes are counted once per process),
-sampled every 20 ms in a thread, one figure per path.
+sampled every 20 ms in a thread, one figure per path. ``fraction_of_floor_paired`` and
+``workers_2_vs_1_paired`` are the same ratios taken within rounds that time one epoch of
+each path back to back (``--paired-rounds``, 5), medians over the rounds: on a machine
+whose speed drifts within minutes they do not compare one path's fast minute with
+another's slow one, as the best-of-epochs ratios may.
 
 Every path reads a warm page cache (the cube was just written); cold reads from disk
 are not measured. Timings are the best of ``--repeats`` epochs (3; 8 with ``--quick``);
@@ -573,6 +577,48 @@ def run_esdc_loader(path: Path, workers: int, repeats: int,
             "peak_rss_mb": rss.peak_mb, "rss_before_mb": rss.start_mb}
 
 
+def run_paired(path: Path, shape: tuple[int, int, int], rounds: int) -> dict[str, Any]:
+    """The main ratios again, each round timing one epoch of every path back to back.
+
+    The best epochs of the separate runs above may come from different minutes of a
+    machine whose speed drifts (a shared host): the raw floor at its fastest against esdc
+    at its slowest, or the reverse. Here each of ``rounds`` rounds times one raw-floor
+    epoch, one in-process ``PatchStream.batches`` epoch, and one epoch of each of the 1-
+    and 2-worker DataLoaders (both kept running), and the ratios are taken within the
+    round: ``fraction_of_floor_paired`` and ``workers_2_vs_1_paired`` are their medians.
+    """
+    chunks = _chunk_slices(shape)
+    stream = PatchStream(path, VARIABLES, patch=PATCH, seed=0, shuffle=True)
+    loaders = {w: torch.utils.data.DataLoader(
+        PatchDataset(PatchStream(path, VARIABLES, patch=PATCH, seed=0, shuffle=True),
+                     batch_size=BATCH), batch_size=None, num_workers=w,
+        multiprocessing_context=CTX, persistent_workers=True) for w in (1, 2)}
+    for loader in loaders.values():  # start the workers, fill their buffers once
+        for _ in loader:
+            pass
+    list(stream.batches(BATCH, epoch=0))
+    rates: dict[str, list[float]] = {"raw_floor": [], "esdc": [], "loader_1": [],
+                                     "loader_2": []}
+    for r in range(rounds):
+        with Clock() as c:
+            n, _check = floor_read(str(path), chunks)
+        rates["raw_floor"].append(c.result(n)["samples_per_s"])
+        with Clock() as c:
+            n = sum(len(b.index) for b in stream.batches(BATCH, epoch=r + 1))
+        rates["esdc"].append(c.result(n)["samples_per_s"])
+        for w, loader in loaders.items():
+            with Clock() as c:
+                n = sum(len(b[2]) for b in loader)
+            rates[f"loader_{w}"].append(c.result(n)["samples_per_s"])
+    del loaders
+    fraction = [e / f for e, f in zip(rates["esdc"], rates["raw_floor"], strict=True)]
+    workers = [b / a for a, b in zip(rates["loader_1"], rates["loader_2"], strict=True)]
+    return {"rounds": rounds, "samples_per_s": rates,
+            "fraction_of_floor": fraction, "workers_2_vs_1": workers,
+            "fraction_of_floor_median": float(np.median(fraction)),
+            "workers_2_vs_1_median": float(np.median(workers))}
+
+
 # --------------------------------------------------------------------------- xbatcher
 
 
@@ -808,7 +854,8 @@ def run_device(cube: Path, shape: tuple[int, int, int], device: str, workers: in
 
 
 def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int,
-        workers: int = 2, prefetch_factor: int | None = None) -> dict[str, Any]:
+        workers: int = 2, prefetch_factor: int | None = None,
+        paired_rounds: int = 5) -> dict[str, Any]:
     info, first_nostats = prepare(cube, shape)
 
     log("raw floor: chunk files + numcodecs + NumPy reshape (1 and 2 processes; and "
@@ -828,6 +875,12 @@ def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int,
     log("esdc PatchStream.threaded_batches, 2 reading threads in this process")
     threads2 = run_esdc_threads(cube, 2, repeats)
     log(f"  {threads2['samples_per_s']:,.0f} patches/s")
+    paired = None
+    if paired_rounds > 0:
+        log(f"raw floor, esdc, 1 and 2 workers in turn, {paired_rounds} rounds")
+        paired = run_paired(cube, shape, paired_rounds)
+        log(f"  esdc / raw floor {paired['fraction_of_floor_median']:.1%}, 2 workers / 1 "
+            f"{paired['workers_2_vs_1_median']:.2f} (medians)")
     xb = {}
     for w in (0, 2):
         log(f"plain xbatcher, {w} DataLoader workers, {xb_samples} patches")
@@ -859,6 +912,11 @@ def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int,
                         "raw_floor": floor["peak_rss_mb"],
                         "raw_floor_2_processes": floor["two_processes"]["peak_rss_mb"]},
         "workers_2_vs_1": loaders[2]["samples_per_s"] / loaders[1]["samples_per_s"],
+        # the same ratios taken within rounds of back-to-back epochs (run_paired)
+        "fraction_of_floor_paired": None if paired is None else paired[
+            "fraction_of_floor_median"],
+        "workers_2_vs_1_paired": None if paired is None else paired["workers_2_vs_1_median"],
+        "paired": paired,
         "workers_2_vs_1_cpu": loaders[2]["samples_per_cpu_s"] / loaders[1]["samples_per_cpu_s"],
         # DataLoader throughput for 1..N workers, and per worker (scaling)
         "workers": {str(w): {"samples_per_s": d["samples_per_s"],
@@ -958,6 +1016,10 @@ def print_table(r: dict[str, Any]) -> None:
           f"{mark('fraction_of_floor')})")
     print(f"esdc 2 workers / 1 worker:     {r['workers_2_vs_1']:8.2f}x  (aim >= 1.6: "
           f"{mark('workers_2_vs_1')})")
+    if r["paired"] is not None:
+        print(f"  the same in {r['paired']['rounds']} rounds of back-to-back epochs "
+              f"(medians): esdc / raw floor {r['fraction_of_floor_paired']:.1%}, 2 workers "
+              f"/ 1 {r['workers_2_vs_1_paired']:.2f}x")
     print(f"first batch from opening:      {r['first_batch_s']:8.2f} s  (aim <= 2 s: "
           f"{mark('first_batch_s')})")
     print(f"per CPU second: esdc / xbatcher {r['speedup_vs_xbatcher_cpu']:.1f}x, esdc / "
@@ -1004,6 +1066,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefetch-factor", type=int, metavar="N",
                     help="DataLoader prefetch_factor of the esdc loaders (default: torch's, "
                          "2 batches in flight per worker)")
+    ap.add_argument("--paired-rounds", type=int, default=5, metavar="N",
+                    help="rounds of back-to-back epochs (raw floor, esdc, 1 and 2 workers) "
+                         "for the drift-proof *_paired ratios; 0 skips them (default 5)")
     ap.add_argument("--device", metavar="DEVICE",
                     help="instead of the full run: the loader's batches copied onto DEVICE "
                          "(cuda, cuda:1; cpu runs the same code on the host) against the "
@@ -1063,7 +1128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         result = run(cube, shape, max(1, repeats), xb_samples, args.workers,
-                     args.prefetch_factor)
+                     args.prefetch_factor, args.paired_rounds)
     finally:
         if args.out_dir is None and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
