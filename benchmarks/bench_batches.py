@@ -605,6 +605,11 @@ def run_paired(path: Path, shape: tuple[int, int, int], rounds: int) -> dict[str
         rates["raw_floor"].append(c.result(n)["samples_per_s"])
         with Clock() as c:
             n = sum(len(b.index) for b in stream.batches(BATCH, epoch=r + 1))
+            # the next epoch's first units, read while this one drained, are read within
+            # the round (in consecutive epochs the next epoch's start waits for them)
+            ahead = stream._ahead  # noqa: SLF001 - an EpochStart, waited for only
+            if ahead is not None:
+                ahead._thread.join()  # noqa: SLF001
         rates["esdc"].append(c.result(n)["samples_per_s"])
         for w, loader in loaders.items():
             with Clock() as c:
