@@ -86,19 +86,21 @@ def finish(x: np.ndarray, valid: np.ndarray | None, mean: np.ndarray, scale: np.
         return valid
     rows = max(1, FINISH_BLOCK_BYTES // max(1, x[:1].nbytes))
     fill_bits = int(np.float32(fill).view(np.int32))
-    keep = np.empty((min(rows, len(x)), *x.shape[1:]) if fill_bits else 0, dtype=np.int32)
+    # NaN cells set by bit masks: a masked copyto runs a scalar loop, 4-5x slower. A fill
+    # of +0.0 is the bits times the mask (one pass: 3.0 -> 2.2 us a patch); any other fill
+    # needs the mask as int32 (-1 where valid) to AND and OR with.
+    keep = np.empty((min(rows, len(x)), *x.shape[1:]), dtype=np.int32) if fill_bits else None
     for i in range(0, len(x), rows):
         xb, vb = x[i:i + rows], valid[i:i + rows]
         np.equal(xb, xb, out=vb)  # False at NaN: one pass where isnan + not took two
         _normalize(xb, mean, scale, normalize)
-        # NaN cells set by bit masks: a masked copyto runs a scalar loop, 4-5x slower
         bits = xb.view(np.int32)
-        if not fill_bits:  # bits * (0 or 1): NaN cells -> +0.0, one pass (3.0 -> 2.2 us a patch)
+        if keep is None:
             np.multiply(bits, vb.view(np.uint8), out=bits, casting="unsafe")
-            continue
-        kb = np.negative(vb.view(np.int8), dtype=np.int32, out=keep[:len(xb)])  # -1 if valid
-        np.bitwise_and(bits, kb, out=bits)  # NaN cells -> +0.0
-        np.bitwise_or(bits, np.bitwise_and(np.invert(kb, out=kb), fill_bits), out=bits)
+        else:
+            kb = np.negative(vb.view(np.int8), dtype=np.int32, out=keep[:len(xb)])
+            np.bitwise_and(bits, kb, out=bits)  # NaN cells -> +0.0
+            np.bitwise_or(bits, np.bitwise_and(np.invert(kb, out=kb), fill_bits), out=bits)
     return valid
 
 

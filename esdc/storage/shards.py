@@ -16,6 +16,7 @@ stored), so that a damaged shard is traced to the chunk that changed
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import struct
@@ -200,8 +201,6 @@ class ChecksumStore(WrapperStore):  # type: ignore[type-arg]
 
     async def _set_many(self, values: Iterable[tuple[str, Any]]) -> None:
         """Each value set through :meth:`set` (hashed), not past it."""
-        import asyncio
-
         await asyncio.gather(*(self.set(k, v) for k, v in values))
 
     async def delete(self, key: str) -> None:
