@@ -40,6 +40,7 @@ import zarr
 
 from esdc.errors import TrainConfigError
 from esdc.ml.cutting import cut, cut_chunks, read_into, scratch
+from esdc.ml.gather import Finish
 from esdc.ml.stats import cube_statistics, normalisation, read_statistics
 from esdc.ml.units import (
     Batch,
@@ -550,16 +551,16 @@ class PatchStream:
         ready = {} if ahead is None else ahead.take(epoch)  # joined: its buffers are free
         # an earlier epoch's read buffer and unit arrays: no fresh pages to fault in
         buffers, recycler, spill = self._spare.pop() if self._spare else ([], Recycler(), None)
-        pool = ShufflePool(self.buffer_size, recycler, spill)
+        pool = ShufflePool(self.buffer_size, recycler, spill, Finish.of(
+            self._mean, self._scale, self.fill_value, self.normalize))
         for unit in self._units(epoch, recycler, buffers, ready):
             pool.add(unit)
             while pool.size - batch_size >= self.buffer_size:
-                yield self._finish(pool.draw(rng, batch_size, out))
+                yield pool.draw(rng, batch_size, out)  # finished by the pool
         if self.epoch_ahead and self.units_ahead > 0:
             self._ahead = EpochStart(epoch + 1, lambda u: self._unit(*u, buffers[0], recycler),
                                      self._shard_units(epoch + 1), self.buffer_size + batch_size)
-        for b in pool.drain(rng, batch_size, drop_last, out):
-            yield self._finish(b)
+        yield from pool.drain(rng, batch_size, drop_last, out)
         # kept only after a whole epoch: an abandoned one may still be reading into them
         if not self._spare:
             self._spare.append((buffers, recycler, pool.spill))

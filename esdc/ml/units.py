@@ -19,6 +19,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from esdc.ml.gather import Finish, applies, flat, gather_flat
+
 __all__ = ["Batch", "EpochStart", "Out", "Recycler", "ShufflePool", "batch_rows", "concat_batches",
            "finish", "owned", "put_until", "read_ahead"]
 
@@ -44,22 +46,18 @@ class Batch(NamedTuple):
     target: np.ndarray | None
 
 
-#: Bytes of a batch's values that :func:`finish` masks, normalises and fills at a time:
-#: its passes then run on a slice still in the core's cache (256 KB: 8 patches of 2 x 64 x
-#: 64; a whole 2 MB batch, cold in the cache, per pass took 1.4x as long on a 2-core Xeon).
-FINISH_BLOCK_BYTES = 256 << 10
-
-
 def finish(x: np.ndarray, valid: np.ndarray | None, mean: np.ndarray, scale: np.ndarray,
            fill: float, normalize: bool = True) -> np.ndarray:
-    """Mask, normalise and fill a batch in place, while it is hot in the cache.
+    """Mask, normalise and fill a batch in place.
 
-    Float32 C-contiguous batches are done :data:`FINISH_BLOCK_BYTES` of values at a time.
+    Float32 C-contiguous batches take one pass of the compiled kernel
+    (:func:`esdc.ml.gather.gather_finish`, the batch its own source); others NumPy's
+    ufuncs. Both give the same values, bit for bit.
 
     Parameters
     ----------
     x : numpy.ndarray
-        ``(B, C, ph, pw)`` float32 cube values (NaN where missing); overwritten with
+        ``(B, C, ph, pw)`` cube values (NaN where missing); overwritten with
         ``(x - mean) / scale`` per channel, NaN cells set to ``fill``.
     valid : numpy.ndarray, optional
         ``(B, C, ph, pw)`` bool written with ``~isnan(x)``; None: a fresh array.
@@ -77,40 +75,20 @@ def finish(x: np.ndarray, valid: np.ndarray | None, mean: np.ndarray, scale: np.
     """
     if valid is None:
         valid = np.empty(x.shape, dtype=bool)
-    if not (x.dtype == np.float32 and x.flags.c_contiguous and valid.flags.c_contiguous
-            and x.ndim >= 2):
-        nan = np.isnan(x)
-        np.logical_not(nan, out=valid)
-        _normalize(x, mean, scale, normalize)
-        np.copyto(x, np.float32(fill), where=nan)
+    if applies(x, x, valid):
+        xf = flat(x)
+        gather_flat(xf, np.arange(len(x)), xf, flat(valid), 0,
+                           Finish.of(mean, scale, fill, normalize))
         return valid
-    rows = max(1, FINISH_BLOCK_BYTES // max(1, x[:1].nbytes))
-    fill_bits = int(np.float32(fill).view(np.int32))
-    # NaN cells set by bit masks: a masked copyto runs a scalar loop, 4-5x slower. A fill
-    # of +0.0 is the bits times the mask (one pass: 3.0 -> 2.2 us a patch); any other fill
-    # needs the mask as int32 (-1 where valid) to AND and OR with.
-    keep = np.empty((min(rows, len(x)), *x.shape[1:]), dtype=np.int32) if fill_bits else None
-    for i in range(0, len(x), rows):
-        xb, vb = x[i:i + rows], valid[i:i + rows]
-        np.equal(xb, xb, out=vb)  # False at NaN: one pass where isnan + not took two
-        _normalize(xb, mean, scale, normalize)
-        bits = xb.view(np.int32)
-        if keep is None:
-            np.multiply(bits, vb.view(np.uint8), out=bits, casting="unsafe")
-        else:
-            kb = np.negative(vb.view(np.int8), dtype=np.int32, out=keep[:len(xb)])
-            np.bitwise_and(bits, kb, out=bits)  # NaN cells -> +0.0
-            np.bitwise_or(bits, np.bitwise_and(np.invert(kb, out=kb), fill_bits), out=bits)
-    return valid
-
-
-def _normalize(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, normalize: bool) -> None:
-    """``(x - mean) / scale`` per channel (axis 1) in place, unless ``normalize`` is False."""
+    nan = np.isnan(x)
+    np.logical_not(nan, out=valid)
     if normalize:  # channel by channel with scalars: twice as fast as a broadcast (1, C, 1, 1)
         for c in range(x.shape[1]):
             xc = x[:, c]
             np.subtract(xc, mean[c], out=xc)
             np.divide(xc, scale[c], out=xc)
+    np.copyto(x, np.asarray(fill, dtype=x.dtype), where=nan)
+    return valid
 
 
 class Recycler:
@@ -167,20 +145,27 @@ class ShufflePool:
     spill : Batch, optional
         An earlier pool's :attr:`spill` (of the same stream, emptied): its arrays are
         reused, so the spill's pages are not faulted in again each epoch.
+    finish : esdc.ml.Finish, optional
+        Batches come out finished (masked, normalised, NaN-filled as :func:`finish`
+        does): each unit's patches gathered and finished in one pass of the compiled
+        kernel (:func:`esdc.ml.gather.gather_finish`). None: raw patches, ``valid`` not
+        written.
     """
 
     #: the unit id of the spill arrays
     SPILL = -1
 
     def __init__(self, buffer_size: int, recycler: Recycler | None = None,
-                 spill: Batch | None = None) -> None:
+                 spill: Batch | None = None, finish: Finish | None = None) -> None:
         self.buffer_size = buffer_size
         self.recycler = recycler
+        self.finish = finish
         self._units: dict[int, Batch] = {}  # arrays of None stay None
+        self._flat: dict[int, np.ndarray] = {}  # x of the units the kernel takes, flat
         self._left: dict[int, int] = {}  # patches left per unit (not the spill)
         self._free = np.empty(0, dtype=np.intp)  # free slots of the spill arrays
         if spill is not None:
-            self._units[self.SPILL] = spill
+            self._hold(self.SPILL, spill)
             self._free = np.arange(len(spill.x))
         self._ids = 0
         self._unit = np.empty(0, dtype=np.intp)  # per pooled patch: its unit ...
@@ -205,12 +190,20 @@ class ShufflePool:
         self._unit_size = max(self._unit_size, n)
         uid = self._ids
         self._ids += 1
-        self._units[uid] = unit
+        self._hold(uid, unit)
         self._left[uid] = n
         self._unit = np.concatenate([self._unit, np.full(n, uid)])
         self._row = np.concatenate([self._row, np.arange(n)])
         while len(self._left) > self.max_units and self._spill():
             pass
+
+    def _hold(self, uid: int, unit: Batch) -> None:
+        self._units[uid] = unit
+        x = unit.x
+        if x.dtype == np.float32 and x.ndim == 4 and x.flags.c_contiguous:
+            self._flat[uid] = flat(x)
+        else:
+            self._flat.pop(uid, None)
 
     @property
     def max_units(self) -> int:
@@ -247,12 +240,13 @@ class ShufflePool:
             for a, b in zip(old, arrays, strict=True):
                 if a is not None:
                     b[:cap] = a
-        self._units[self.SPILL] = arrays
+        self._hold(self.SPILL, arrays)
         self._free = np.concatenate([self._free, np.arange(cap, new_cap)])
         return True
 
     def _release(self, u: int) -> None:
         unit = self._units.pop(u)
+        self._flat.pop(u, None)
         del self._left[u]
         if self.recycler is not None:
             self.recycler.give(unit.x)  # (a unit's valid is None: masks are made per batch)
@@ -264,13 +258,25 @@ class ShufflePool:
         units, rows = units[order], rows[order]
         n = len(rows)
         dest = out(n) if out is not None else None
-        into = _destination(next(iter(self._units.values())), n, dest)
+        like = next(iter(self._units.values()))
+        into = _destination(like, n, dest)
+        fin = self.finish
+        if fin is not None and into.valid is None:
+            into = into._replace(valid=np.empty(into.x.shape, dtype=bool))
         bounds = np.flatnonzero(np.diff(units)) + 1
-        for s0, s1 in zip([0, *bounds], [*bounds, n], strict=True):
-            u = int(units[s0])
+        starts, segment_units = [0, *bounds], [int(units[s0]) for s0 in [0, *bounds]]
+        fused = (fin is not None and all(u in self._flat for u in segment_units)
+                 and applies(self._units[segment_units[0]].x, into.x, into.valid))
+        if fused:
+            xf, vf = flat(into.x), flat(into.valid)
+        for s0, s1, u in zip(starts, [*bounds, n], segment_units, strict=True):
             r = rows[s0:s1]
-            for src, dst in zip(self._units[u], into, strict=True):
-                if src is not None:
+            for i, (src, dst) in enumerate(zip(self._units[u], into, strict=True)):
+                if src is None:
+                    continue
+                if i == 0 and fused:  # x: gathered and finished in one pass
+                    gather_flat(self._flat[u], r, xf, vf, s0, fin)
+                else:
                     np.take(src, r, axis=0, out=dst[s0:s1], mode="clip")
             if u == self.SPILL:
                 self._free = np.concatenate([self._free, r])
@@ -278,6 +284,8 @@ class ShufflePool:
             self._left[u] -= s1 - s0
             if not self._left[u]:
                 self._release(u)
+        if fin is not None and not fused:
+            finish(into.x, into.valid, fin.mean, fin.scale, fin.fill, fin.normalize)
         return into
 
     def draw(self, rng: np.random.Generator, batch_size: int, out: Out | None = None) -> Batch:

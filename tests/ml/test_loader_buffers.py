@@ -457,9 +457,9 @@ def test_cut_equals_a_patch_by_patch_copy():
 
 
 def test_finish_masks_normalises_and_fills_like_numpy():
-    """``finish`` (in place, 256 KB at a time, NaN cells set by bit masks) gives what
-    plain NumPy gives: ``valid = ~isnan(x)``, ``(x - mean) / scale`` per channel, the fill
-    value in missing cells (``+0.0`` for 0), for C-contiguous and strided batches."""
+    """``finish`` (in place: the compiled kernel for C-contiguous float32, NumPy's ufuncs
+    for a strided batch) gives what plain NumPy gives: ``valid = ~isnan(x)``,
+    ``(x - mean) / scale`` per channel, the fill value in missing cells (``+0.0`` for 0)."""
     from esdc.ml.units import finish
 
     rng = np.random.default_rng(2)
@@ -477,6 +477,95 @@ def test_finish_masks_normalises_and_fills_like_numpy():
         np.testing.assert_array_equal(x, want)
         if fill == 0.0:
             assert not np.signbit(x[~ok]).any()  # +0.0, not -0.0
+
+
+def _numpy_finished(raw, mean, scale, fill, normalize):
+    ok = ~np.isnan(raw)
+    want = (raw - mean[:, None, None]) / scale[:, None, None] if normalize else raw
+    return np.where(ok, want, np.float32(fill)).astype("float32"), ok
+
+
+@pytest.mark.parametrize(("fill", "normalize"), [(0.0, True), (-0.0, True), (-9.0, True),
+                                                 (np.nan, False), (0.0, False)])
+def test_gather_finish_equals_take_then_numpy_bit_for_bit(fill, normalize):
+    """The compiled one-pass kernel gives the bits of ``take`` followed by NumPy's
+    ``(x - mean) / scale`` and fill (``-0.0`` and NaN fills kept as they are), writes
+    only its rows of the batch, and ``valid`` is ``~isnan``."""
+    from esdc.ml.gather import gather_finish
+
+    rng = np.random.default_rng(4)
+    src = rng.normal(3.0, 2.0, size=(40, 3, 8, 8)).astype("float32")
+    src[rng.random(src.shape) < 0.25] = np.nan
+    mean, scale = np.float32([1.0, -2.0, 0.3]), np.float32([2.0, 3.0, 0.7])
+    rows = np.array([39, 0, 7, 7, 12])  # any order, repeats
+    x = np.full((9, 3, 8, 8), 123.0, "float32")
+    valid = np.zeros(x.shape, bool)
+    gather_finish(src, rows, x, valid, 3, mean, scale, fill, normalize)
+    want, ok = _numpy_finished(src[rows], mean, scale, fill, normalize)
+    np.testing.assert_array_equal(x[3:8].view(np.int32), want.view(np.int32))
+    np.testing.assert_array_equal(valid[3:8], ok)
+    assert (x[:3] == 123.0).all() and (x[8:] == 123.0).all() and not valid[:3].any()
+
+
+def test_gather_finish_rejects_what_it_cannot_take():
+    """Rows outside the source or the batch raise IndexError; float64 or strided arrays
+    ValueError (the pool then takes NumPy's path)."""
+    from esdc.ml.gather import gather_finish
+
+    src = np.zeros((4, 1, 2, 2), "float32")
+    x, valid = np.zeros((3, 1, 2, 2), "float32"), np.zeros((3, 1, 2, 2), bool)
+    args = (np.zeros(1, "float32"), np.ones(1, "float32"), 0.0)
+    with pytest.raises(IndexError, match="source"):
+        gather_finish(src, np.array([4]), x, valid, 0, *args)
+    with pytest.raises(IndexError, match="source"):
+        gather_finish(src, np.array([-1]), x, valid, 0, *args)
+    with pytest.raises(IndexError, match="batch"):
+        gather_finish(src, np.array([0, 1]), x, valid, 2, *args)
+    with pytest.raises(ValueError, match="float32"):
+        gather_finish(src.astype("float64"), np.array([0]), x, valid, 0, *args)
+    with pytest.raises(ValueError, match="contiguous"):
+        gather_finish(src, np.array([0]), np.asfortranarray(x), valid, 0, *args)
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_pool_that_finishes_equals_raw_draws_finished_by_numpy(strided, monkeypatch):
+    """A pool given a ``Finish`` hands out the batches a raw pool hands out with the same
+    seed, finished (gathered in one pass by the kernel, or, where a unit's array is
+    strided, by ``take`` and NumPy), through draws, spills and the drain."""
+    import esdc.ml.units
+    from esdc.ml.gather import Finish, gather_flat
+    from esdc.ml.units import Batch, ShufflePool
+
+    kernel_calls = []
+    monkeypatch.setattr(esdc.ml.units, "gather_flat",
+                        lambda *a: kernel_calls.append(1) or gather_flat(*a))
+    mean, scale = np.float32([0.5, 2.0]), np.float32([1.5, 0.25])
+    fin = Finish.of(mean, scale, 0.0, True)
+    raw_pool, pool = ShufflePool(buffer_size=30), ShufflePool(buffer_size=30, finish=fin)
+    rng_a, rng_b, gen = np.random.default_rng(8), np.random.default_rng(8), np.random.default_rng(9)
+    got, want = [], []
+    for u in range(25):
+        x = gen.normal(size=(12, 2, 4, 4)).astype("float32")
+        x[gen.random(x.shape) < 0.2] = np.nan
+        if strided and u % 3 == 0:
+            x = np.asfortranarray(x)
+        ids = np.arange(u * 12, u * 12 + 12)
+        index = np.column_stack([ids, ids, ids])
+        raw_pool.add(Batch(x.copy(), None, index, None))
+        pool.add(Batch(x, None, index, None))
+        while pool.size - 7 >= 30:
+            want.append(raw_pool.draw(rng_a, 7))
+            got.append(pool.draw(rng_b, 7))
+    want += list(raw_pool.drain(rng_a, 7, False))
+    got += list(pool.drain(rng_b, 7, False))
+    assert pool.spill is not None  # the stragglers were spilled and drawn from there
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g.index, w.index)
+        wx, ok = _numpy_finished(w.x, mean, scale, 0.0, True)
+        np.testing.assert_array_equal(g.x.view(np.int32), wx.view(np.int32))
+        np.testing.assert_array_equal(g.valid, ok)
+    assert len(kernel_calls) >= len(got)  # the kernel did the batches of contiguous units
 
 
 def test_next_epoch_read_while_an_epoch_drains(cube, monkeypatch):
