@@ -609,7 +609,7 @@ def run_paired(path: Path, shape: tuple[int, int, int], rounds: int) -> dict[str
             # the round (in consecutive epochs the next epoch's start waits for them)
             ahead = stream._ahead  # noqa: SLF001 - an EpochStart, waited for only
             if ahead is not None:
-                ahead._thread.join()  # noqa: SLF001
+                ahead.join()
         rates["esdc"].append(c.result(n)["samples_per_s"])
         for w, loader in loaders.items():
             with Clock() as c:

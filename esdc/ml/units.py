@@ -321,12 +321,13 @@ class EpochStart:
 
     A shuffled epoch ends by drawing the last ``buffer_size`` patches from its pool with
     no unit left to read, and the next one starts by filling its pool before its first
-    batch: the reading thread is idle in the first phase and the consumer in the second
-    (a fifth of an epoch of the ``bench_batches.py --quick`` cube). The thread starts when
-    this is made, reads units in the next epoch's order until they hold ``patches``
-    patches (one pool's fill), then ends: nothing outlives it, and the units it read are
-    held (at most one pool of memory more, at the turn of the epoch) until the stream
-    asks for an epoch.
+    batch: the reading threads are idle in the first phase and the consumer in the
+    second. The thread starts when this is made and reads units in the next epoch's
+    order until they hold ``patches`` patches (one pool's fill) or the stream asks for
+    the epoch (:meth:`take`: it stops after the unit it is reading, and the stream's
+    reading threads read the rest), then ends: nothing outlives it, and the units read
+    are held (at most one pool of memory more, at the turn of the epoch) until the
+    stream asks for an epoch.
 
     Parameters
     ----------
@@ -344,6 +345,7 @@ class EpochStart:
                  patches: int) -> None:
         self.epoch = epoch
         self._ready: dict[Any, Batch] = {}
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, args=(produce, units, patches),
                                         daemon=True, name=f"esdc-epoch-{epoch}-start")
         self._thread.start()
@@ -352,15 +354,25 @@ class EpochStart:
         n = 0
         try:
             for u in units:
-                if n >= patches:
+                if n >= patches or self._stop.is_set():
                     return
                 self._ready[u] = b = produce(u)
                 n += len(b.x)
         except Exception:  # noqa: BLE001 - the epoch reads that unit again and raises there
             return
 
+    def join(self) -> None:
+        """Wait for the thread to end (it reads until one pool's fill)."""
+        self._thread.join()
+
     def take(self, epoch: int) -> dict[Any, Batch]:
-        """``{unit: Batch}`` read for ``epoch`` (none for another), the thread ended."""
+        """``{unit: Batch}`` read for ``epoch`` (none for another), the thread ended.
+
+        The thread stops after the unit it is reading: the stream's reading threads read
+        the rest, where the consumer, done draining, would otherwise wait for one thread
+        to read a whole pool's fill.
+        """
+        self._stop.set()
         self._thread.join()
         ready, self._ready = self._ready, {}
         return ready if epoch == self.epoch else {}

@@ -578,7 +578,7 @@ def test_next_epoch_read_while_an_epoch_drains(cube, monkeypatch):
     list(stream.batches(4, epoch=0))
     ahead = stream._ahead
     assert ahead is not None and ahead.epoch == 1
-    ahead._thread.join(timeout=30)
+    ahead.join()
     assert not ahead._thread.is_alive()  # it ends once one pool's fill is read
     assert 24 <= sum(len(b.x) for b in ahead._ready.values()) < len(stream)
     _epochs_equal_fresh(stream, cube, kw, (1, 2, 4))  # 1, 2 read ahead; 4 after 3 was
@@ -595,6 +595,34 @@ def test_next_epoch_read_while_an_epoch_drains(cube, monkeypatch):
     assert made == []  # the sub-streams read no next epoch
     list(stream.batches(4, epoch=5))
     assert made == [6]
+
+
+def test_asking_for_the_epoch_stops_its_early_read_after_the_current_unit():
+    """``EpochStart.take`` stops the thread after the unit it is reading (the stream's
+    reading threads read the rest), rather than waiting for a whole pool's fill."""
+    import threading
+
+    from esdc.ml.units import Batch, EpochStart
+
+    started, release = threading.Event(), threading.Event()
+
+    def produce(u):
+        if u == 1:
+            started.set()
+            release.wait(30)
+        return Batch(np.zeros((10, 1, 2, 2), "float32"), None, np.zeros((10, 3), int), None)
+
+    ahead = EpochStart(3, produce, list(range(50)), patches=400)
+    assert started.wait(30)
+    got = []
+    taker = threading.Thread(target=lambda: got.append(ahead.take(3)))
+    taker.start()
+    while not ahead._stop.is_set():
+        threading.Event().wait(0.001)
+    release.set()
+    taker.join(30)
+    assert sorted(got[0]) == [0, 1]  # unit 1 finished, no unit begun after the ask
+    assert not ahead._thread.is_alive()
 
 
 def test_reading_threads_give_the_same_epochs_as_one(cube):
