@@ -605,11 +605,12 @@ def run_paired(path: Path, shape: tuple[int, int, int], rounds: int) -> dict[str
         rates["raw_floor"].append(c.result(n)["samples_per_s"])
         with Clock() as c:
             n = sum(len(b.index) for b in stream.batches(BATCH, epoch=r + 1))
-            # the next epoch's first units, read while this one drained, are read within
-            # the round (in consecutive epochs the next epoch's start waits for them)
-            ahead = stream._ahead  # noqa: SLF001 - an EpochStart, waited for only
+            # the next epoch's first units are read while this one drains, and no longer:
+            # in consecutive epochs the next epoch's start stops that read (the stream's
+            # reading threads read the rest); it must not run on into the floor's time
+            ahead = stream._ahead  # noqa: SLF001 - an EpochStart, stopped only
             if ahead is not None:
-                ahead.join()
+                ahead.stop()
         rates["esdc"].append(c.result(n)["samples_per_s"])
         for w, loader in loaders.items():
             with Clock() as c:

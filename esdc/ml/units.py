@@ -361,19 +361,22 @@ class EpochStart:
         except Exception:  # noqa: BLE001 - the epoch reads that unit again and raises there
             return
 
-    def join(self) -> None:
-        """Wait for the thread to end (it reads until one pool's fill)."""
+    def stop(self) -> None:
+        """Stop reading after the current unit and wait for the thread.
+
+        The units read so far stay for :meth:`take`.
+        """
+        self._stop.set()
         self._thread.join()
 
     def take(self, epoch: int) -> dict[Any, Batch]:
         """``{unit: Batch}`` read for ``epoch`` (none for another), the thread ended.
 
-        The thread stops after the unit it is reading: the stream's reading threads read
-        the rest, where the consumer, done draining, would otherwise wait for one thread
-        to read a whole pool's fill.
+        The thread stops after the unit it is reading (:meth:`stop`): the stream's reading
+        threads read the rest, where the consumer, done draining, would otherwise wait for
+        one thread to read a whole pool's fill.
         """
-        self._stop.set()
-        self._thread.join()
+        self.stop()
         ready, self._ready = self._ready, {}
         return ready if epoch == self.epoch else {}
 

@@ -578,7 +578,7 @@ def test_next_epoch_read_while_an_epoch_drains(cube, monkeypatch):
     list(stream.batches(4, epoch=0))
     ahead = stream._ahead
     assert ahead is not None and ahead.epoch == 1
-    ahead.join()
+    ahead._thread.join(timeout=30)
     assert not ahead._thread.is_alive()  # it ends once one pool's fill is read
     assert 24 <= sum(len(b.x) for b in ahead._ready.values()) < len(stream)
     _epochs_equal_fresh(stream, cube, kw, (1, 2, 4))  # 1, 2 read ahead; 4 after 3 was
