@@ -14,19 +14,20 @@ patch, this kernel 3.6 us.
 """
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import NamedTuple
 
-import numba
 import numpy as np
 
-__all__ = ["Finish", "applies", "flat", "gather_finish", "gather_flat"]
+__all__ = ["Finish", "applies", "flat", "gather_finish", "gather_flat", "kernel"]
 
 _SIGNATURE = ("void(float32[:, :, ::1], int64[::1], float32[:, :, ::1], boolean[:, :, ::1], "
               "int64, float32[::1], float32[::1], float32, boolean)")
 
 
-@numba.njit(_SIGNATURE, nogil=True, cache=True, boundscheck=False)
 def _gather_finish(src, rows, x, valid, start, mean, scale, fill, normalize):  # noqa: ANN001, ANN202, PLR0913
+    """The kernel's Python source, compiled by :func:`kernel`."""
     channels, cells = src.shape[1], src.shape[2]
     if start < 0 or start + rows.shape[0] > x.shape[0]:
         raise IndexError("gather_finish: the batch rows lie outside the batch")
@@ -49,6 +50,29 @@ def _gather_finish(src, rows, x, valid, start, mean, scale, fill, normalize):  #
                     ok = v == v
                     vo[k] = ok
                     xo[k] = v if ok else fill
+
+
+_compiled: list[Callable[..., None]] = []
+_compiling = threading.Lock()
+
+
+def kernel() -> Callable[..., None]:
+    """The compiled kernel (Numba ``nogil``, cached on disk beside this module).
+
+    Numba is imported and the kernel compiled (about 0.5 s, once per installation) or
+    loaded from the cache (about 0.3 s with Numba's import, and about 140 MB of memory
+    for LLVM) on the first call in a process, not when this module is imported: the CLI
+    and the Dask workers of a build, which import the ML modules without streaming
+    patches, do not pay for it.
+    """
+    if not _compiled:
+        with _compiling:
+            if not _compiled:
+                import numba  # noqa: PLC0415 - only where batches are made (see above)
+
+                _compiled.append(numba.njit(_SIGNATURE, nogil=True, cache=True,
+                                            boundscheck=False)(_gather_finish))
+    return _compiled[0]
 
 
 def applies(src: np.ndarray, x: np.ndarray, valid: np.ndarray) -> bool:
@@ -132,4 +156,5 @@ def gather_flat(src: np.ndarray, rows: np.ndarray, x: np.ndarray, valid: np.ndar
     The shuffle pool's call, once per unit a batch draws from (0.7 us of overhead); the
     kernel still raises ``IndexError`` for rows outside ``src`` or ``x``.
     """
-    _gather_finish(src, rows, x, valid, start, fin.mean, fin.scale, fin.fill, fin.normalize)
+    (_compiled[0] if _compiled else kernel())(src, rows, x, valid, start, fin.mean, fin.scale,
+                                              fin.fill, fin.normalize)
