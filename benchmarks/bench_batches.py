@@ -51,7 +51,10 @@ sampled every 20 ms in a thread, one figure per path. ``fraction_of_floor_paired
 ``workers_2_vs_1_paired`` are the same ratios taken within rounds that time one epoch of
 each path back to back (``--paired-rounds``, 5), medians over the rounds: on a machine
 whose speed drifts within minutes they do not compare one path's fast minute with
-another's slow one, as the best-of-epochs ratios may.
+another's slow one, as the best-of-epochs ratios may. A round's stream epoch ends by
+stopping its read of the next epoch's first units where consecutive epochs would
+(``EpochStart.stop``): that read neither runs on into the floor's time nor is waited for
+to the end of a pool's fill.
 
 Every path reads a warm page cache (the cube was just written); cold reads from disk
 are not measured. Timings are the best of ``--repeats`` epochs (3; 8 with ``--quick``);
