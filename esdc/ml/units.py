@@ -2,10 +2,11 @@
 
 :class:`esdc.ml.patches.PatchStream` reads a unit into reused buffers and cuts its
 patches (:mod:`esdc.ml.cutting`) into contiguous ``(N, C, ph, pw)`` arrays, pools them
-for shuffling and reads the next units ahead in threads. Masks and normalisation are
-applied per batch (:func:`finish`). The shuffle pool holds the units' arrays; a batch is
-one ``numpy.take`` of its rows per unit, written into fresh arrays or into buffers the
-caller hands in (shared-memory slots of a DataLoader worker, :mod:`esdc.ml.torch`).
+for shuffling and reads the next units ahead in threads. The shuffle pool holds the
+units' arrays; a batch's rows are gathered per unit and masked, normalised and NaN-filled
+in the same pass (:mod:`esdc.ml.gather`; :func:`finish` where the kernel does not apply),
+written into fresh arrays or into buffers the caller hands in (shared-memory slots of a
+DataLoader worker, :mod:`esdc.ml.torch`).
 Reading ahead (:func:`read_ahead`, :class:`EpochStart`) decodes the next units in threads
 while the caller draws from this one: decompression and NumPy's copies release the GIL.
 """
@@ -78,7 +79,7 @@ def finish(x: np.ndarray, valid: np.ndarray | None, mean: np.ndarray, scale: np.
     if applies(x, x, valid):
         xf = flat(x)
         gather_flat(xf, np.arange(len(x)), xf, flat(valid), 0,
-                           Finish.of(mean, scale, fill, normalize))
+                    Finish.of(mean, scale, fill, normalize))
         return valid
     nan = np.isnan(x)
     np.logical_not(nan, out=valid)
@@ -126,15 +127,15 @@ class ShufflePool:
     """Patches held for shuffling: the units' own arrays, referenced, not copied.
 
     A unit's patches stay in the arrays it was cut into; the pool keeps the list of
-    ``(unit, row)`` of the patches not yet drawn, and a batch is one ``numpy.take`` per
-    unit it draws from, written into consecutive rows of the batch (a batch's rows are
-    grouped by unit; which patches it holds is the seeded random draw). A unit is
-    released when its last patch is drawn. Drawn uniformly, a unit empties slowly (about
-    half of what is left goes with each unit added), so when more than ``max_units``
-    units are held, the patches left in the emptiest one move to the pool's spill arrays
-    (slots reused as they are drawn, at most one unit's worth) and that unit is released:
-    a patch is copied into the spill at most once, and memory stays bounded by about
-    ``max_units + 1`` units.
+    ``(unit, row)`` of the patches not yet drawn, and a batch is one gather per unit it
+    draws from (the kernel, or ``numpy.take``), written into consecutive rows of the
+    batch (a batch's rows are grouped by unit; which patches it holds is the seeded
+    random draw). A unit is released when its last patch is drawn. Drawn uniformly, a
+    unit empties slowly (about half of what is left goes with each unit added), so when
+    more than ``max_units`` units are held, the patches left in the emptiest one move to
+    the pool's spill arrays (slots reused as they are drawn, at most one unit's worth) and
+    that unit is released: a patch is copied into the spill at most once, and memory
+    stays bounded by about ``max_units + 1`` units.
 
     Parameters
     ----------
@@ -145,7 +146,7 @@ class ShufflePool:
     spill : Batch, optional
         An earlier pool's :attr:`spill` (of the same stream, emptied): its arrays are
         reused, so the spill's pages are not faulted in again each epoch.
-    finish : esdc.ml.Finish, optional
+    finish : esdc.ml.gather.Finish, optional
         Batches come out finished (masked, normalised, NaN-filled as :func:`finish`
         does): each unit's patches gathered and finished in one pass of the compiled
         kernel (:func:`esdc.ml.gather.gather_finish`). None: raw patches, ``valid`` not
