@@ -60,9 +60,9 @@ _compiling = threading.Lock()
 def kernel() -> Callable[..., None]:
     """The compiled kernel (Numba ``nogil``, cached on disk beside this module).
 
-    Numba is imported and the kernel compiled (about 0.5 s, once per installation) or
-    loaded from the cache (about 0.3 s with Numba's import, and about 140 MB of memory
-    for LLVM) on the first call in a process, not when this module is imported: the CLI
+    Numba is imported and the kernel compiled (about 0.7 s, once per installation) or
+    loaded from the cache (about 0.44 s with Numba's import; about 140 MB of memory for
+    LLVM) on the first call in a process, not when this module is imported: the CLI
     and the Dask workers of a build, which import the ML modules without streaming
     patches, do not pay for it.
     """
