@@ -64,15 +64,21 @@ def kernel() -> Callable[..., None]:
     loaded from the cache (about 0.44 s with Numba's import; about 140 MB of memory for
     LLVM) on the first call in a process, not when this module is imported: the CLI
     and the Dask workers of a build, which import the ML modules without streaming
-    patches, do not pay for it.
+    patches, do not pay for it. Where no cache can be written (a read-only install and
+    no writable home or ``NUMBA_CACHE_DIR``), each process compiles it.
     """
     if not _compiled:
         with _compiling:
             if not _compiled:
                 import numba  # noqa: PLC0415 - only where batches are made (see above)
 
-                _compiled.append(numba.njit(_SIGNATURE, nogil=True, cache=True,
-                                            boundscheck=False)(_gather_finish))
+                try:
+                    jit = numba.njit(_SIGNATURE, nogil=True, cache=True, boundscheck=False)
+                    compiled = jit(_gather_finish)
+                except RuntimeError:  # no writable cache (read-only install, no home):
+                    jit = numba.njit(_SIGNATURE, nogil=True, boundscheck=False)
+                    compiled = jit(_gather_finish)  # compiled in each process instead
+                _compiled.append(compiled)
     return _compiled[0]
 
 

@@ -527,6 +527,34 @@ def test_gather_finish_rejects_what_it_cannot_take():
         gather_finish(src, np.array([0]), np.asfortranarray(x), valid, 0, *args)
 
 
+def test_kernel_compiles_without_a_cache_where_none_can_be_written(monkeypatch):
+    """Where Numba finds no writable cache location (it raises RuntimeError for
+    ``cache=True``), the kernel is compiled in memory and gives the same results."""
+    import numba
+
+    from esdc.ml import gather
+
+    njit, asked = numba.njit, []
+
+    def no_cache(*args, **kwargs):
+        asked.append(kwargs.get("cache", False))
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function: no locator available")
+        return njit(*args, **kwargs)
+
+    monkeypatch.setattr(gather, "_compiled", [])
+    monkeypatch.setattr(numba, "njit", no_cache)
+    src = np.arange(2 * 1 * 2 * 2, dtype="float32").reshape(2, 1, 2, 2)
+    src[1, 0, 0, 0] = np.nan
+    x, valid = np.empty((2, 1, 2, 2), "float32"), np.empty((2, 1, 2, 2), bool)
+    gather.gather_finish(src, np.array([1, 0]), x, valid, 0, np.float32([1.0]),
+                         np.float32([2.0]), -1.0)
+    assert asked == [True, False]
+    want, ok = _numpy_finished(src[[1, 0]], np.float32([1.0]), np.float32([2.0]), -1.0, True)
+    np.testing.assert_array_equal(x, want)
+    np.testing.assert_array_equal(valid, ok)
+
+
 @pytest.mark.parametrize("strided", [False, True])
 def test_pool_that_finishes_equals_raw_draws_finished_by_numpy(strided, monkeypatch):
     """A pool given a ``Finish`` hands out the batches a raw pool hands out with the same
