@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Finish", "applies", "flat", "gather_finish", "gather_flat", "kernel"]
+__all__ = ["Finish", "applies", "flat", "gather_finish", "gather_flat", "kernel", "takes"]
 
 _SIGNATURE = ("void(float32[:, :, ::1], int64[::1], float32[:, :, ::1], boolean[:, :, ::1], "
               "int64, float32[::1], float32[::1], float32, boolean)")
@@ -82,11 +82,15 @@ def kernel() -> Callable[..., None]:
     return _compiled[0]
 
 
+def takes(src: np.ndarray) -> bool:
+    """Whether ``src`` can be the kernel's source: ``(N, C, ph, pw)`` C-contiguous float32."""
+    return src.dtype == np.float32 and src.ndim == 4 and src.flags.c_contiguous
+
+
 def applies(src: np.ndarray, x: np.ndarray, valid: np.ndarray) -> bool:
     """Whether :func:`gather_finish` takes these arrays: float32 / bool, C-contiguous, 4-D."""
-    return (src.dtype == np.float32 and x.dtype == np.float32 and valid.dtype == np.bool_
-            and src.ndim == 4 and x.ndim == 4 and valid.shape == x.shape
-            and src.shape[1:] == x.shape[1:] and src.flags.c_contiguous
+    return (takes(src) and x.dtype == np.float32 and valid.dtype == np.bool_
+            and x.ndim == 4 and valid.shape == x.shape and src.shape[1:] == x.shape[1:]
             and x.flags.c_contiguous and valid.flags.c_contiguous)
 
 
@@ -111,7 +115,8 @@ def gather_finish(src: np.ndarray, rows: np.ndarray, x: np.ndarray, valid: np.nd
     start : int
         The batch row of ``src[rows[0]]``.
     mean, scale : numpy.ndarray
-        ``(C,)`` per channel (cast to float32).
+        ``(C,)`` per channel, in the variables' own units (cast to float32); the batch
+        comes out dimensionless.
     fill : float
         The value of NaN cells after normalisation (cast to float32).
     normalize : bool

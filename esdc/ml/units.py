@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from esdc.ml.gather import Finish, applies, flat, gather_flat
+from esdc.ml.gather import Finish, applies, flat, gather_flat, takes
 
 __all__ = ["Batch", "EpochStart", "Out", "Recycler", "ShufflePool", "batch_rows", "concat_batches",
            "finish", "owned", "put_until", "read_ahead"]
@@ -200,9 +200,8 @@ class ShufflePool:
 
     def _hold(self, uid: int, unit: Batch) -> None:
         self._units[uid] = unit
-        x = unit.x
-        if x.dtype == np.float32 and x.ndim == 4 and x.flags.c_contiguous:
-            self._flat[uid] = flat(x)
+        if takes(unit.x):
+            self._flat[uid] = flat(unit.x)
         else:
             self._flat.pop(uid, None)
 
