@@ -241,6 +241,11 @@ def cube_item(cube: str | Path, item_id: str | None = None) -> Any:
                     for s in sources if s.get("doi") or s.get("citation")]
     if publications:  # the upstream products, with their DOIs (Scientific extension)
         ScientificExtension.ext(item, add_if_missing=True).apply(publications=publications)
+        # pystac writes "doi": null for a citation without a DOI; the extension's schema
+        # takes a DOI string or no key
+        item.properties["sci:publications"] = [
+            {k: v for k, v in p.items() if v is not None}
+            for p in item.properties["sci:publications"]]
     dims, variables = _datacube(ds, grid)
     DatacubeExtension.ext(item, add_if_missing=True).apply(
         {k: Dimension.from_dict(v) for k, v in dims.items()},
@@ -360,7 +365,9 @@ def validate_catalog(catalog: Any) -> dict[str, Any]:
 
     The core schemas ship with pystac and are always checked (offline). Extension
     schemas (Datacube) are fetched by pystac; when they cannot be fetched (no
-    network) they are reported under ``skipped`` instead of failing.
+    network), or refer to a schema that cannot be (with pystac 1.16, the Datacube
+    schema refers to PROJJSON's on proj.org), they are reported under ``skipped``
+    instead of failing.
 
     Parameters
     ----------
@@ -380,6 +387,7 @@ def validate_catalog(catalog: Any) -> dict[str, Any]:
     pystac = _pystac()
     from pystac.validation import JsonSchemaSTACValidator
     from pystac.validation.stac_validator import GetSchemaError
+    from referencing.exceptions import Unresolvable
 
     skipped: set[str] = set()
 
@@ -390,7 +398,7 @@ def validate_catalog(catalog: Any) -> dict[str, Any]:
             try:
                 return super().validate_extension(stac_dict, stac_object_type, stac_version,
                                                   extension_id, href)
-            except GetSchemaError:
+            except (GetSchemaError, Unresolvable):  # not fetched, or a $ref it names
                 skipped.add(extension_id)
                 return None
 

@@ -165,6 +165,8 @@ def _check_catalog(path: Path) -> dict[str, pystac.Item]:
         assert item.properties["esdc:recipe_sha256"]
         assert "cube:dimensions" in item.properties and "cube:variables" in item.properties
         assert any("datacube" in e for e in item.stac_extensions)
+        for pub in item.properties.get("sci:publications", []):  # no "doi": null
+            assert None not in pub.values() and (pub.get("doi") or pub.get("citation"))
     return items
 
 
