@@ -13,11 +13,12 @@ esdc
     :class:`esdc.ml.patches.PatchStream` ``.batches(64)``, shuffled (seeded unit order
     and shuffle buffer), normalised with the stored statistics, in this process
     (``samples_per_s["esdc"]``); then through :class:`esdc.ml.torch.PatchDataset` and
-    ``torch.utils.data.DataLoader(batch_size=None, num_workers=N,
-    multiprocessing_context="forkserver", persistent_workers=True)`` with 1 and 2
-    workers. A loader's first epoch includes starting its workers; its throughput is
-    taken from the second epoch (the workers are running) and the 2-worker / 1-worker
-    ratio is ``workers_2_vs_1``. Every path checks that it delivered every patch of the
+    :func:`esdc.ml.torch.patch_loader` (``torch.utils.data.DataLoader(batch_size=None,
+    num_workers=N, multiprocessing_context="forkserver", persistent_workers=True,
+    prefetch_factor=<one work unit's batches>)``) with 1 and 2 workers. A loader's
+    first epoch includes starting its workers; its throughput is taken from the second
+    epoch (the workers are running) and the 2-worker / 1-worker ratio is
+    ``workers_2_vs_1``. Every path checks that it delivered every patch of the
     cube exactly once per epoch.
 plain xbatcher
     ``xbatcher.BatchGenerator(ds[variables].to_dataarray("channel"), input_dims={"time": 1,
@@ -87,7 +88,9 @@ CPU microseconds per patch of the main process and of the workers (``cpu_us_per_
 where the CPU goes) and the load average then (``workers_2_vs_1`` and
 ``workers_2_vs_1_cpu`` from it). Each worker decodes with one zarr thread
 (``PatchDataset(worker_threads=1)``) and hands its batches over in reused shared-memory
-slots. ``--prefetch-factor N`` sets the DataLoader's batches in flight per worker.
+slots. The DataLoaders are :func:`esdc.ml.torch.patch_loader`'s: persistent workers and
+a prefetch of one work unit's batches per worker (12 on the full cube, 9 ``--quick``);
+``--prefetch-factor N`` sets another.
 
 ``--shards [TIME,LAT,LON]`` (default ``6,512,512``: 4 chunks of ``6 x 256 x 256`` per
 shard) copies the cube into a Zarr v3 store with the same chunks inside shard files
@@ -131,7 +134,7 @@ from scipy import ndimage
 
 from esdc.ml.patches import PatchStream
 from esdc.ml.stats import cube_statistics, normalisation, read_statistics, write_statistics
-from esdc.ml.torch import PatchDataset
+from esdc.ml.torch import PatchDataset, patch_loader
 from esdc.recipe import CompressorSpec
 from esdc.storage import encoding, open_cube
 from esdc.testing import new_cube
@@ -549,19 +552,17 @@ def run_esdc_loader(path: Path, workers: int, repeats: int,
     Epoch 0 starts the workers (its first batch is timed from constructing the stream);
     the throughput is the best of the following ``repeats`` epochs, each timed from
     ``iter(loader)`` (the workers restart their shard: reopen the cube, refill the
-    shuffle buffer) to its last batch. ``prefetch_factor``: DataLoader's (None: its
-    default, 2 batches in flight per worker).
+    shuffle buffer) to its last batch. ``prefetch_factor``: DataLoader's (None:
+    :func:`esdc.ml.torch.patch_loader`'s, one work unit's batches per worker).
     """
     runs, complete = [], []
-    extra = {} if prefetch_factor is None else {"prefetch_factor": prefetch_factor}
     with RssSampler() as rss:
         with Clock() as c0:
             t0 = time.perf_counter()
             stream = PatchStream(path, VARIABLES, patch=PATCH, seed=0, shuffle=True)
-            loader = torch.utils.data.DataLoader(
-                PatchDataset(stream, batch_size=BATCH), batch_size=None,
-                num_workers=workers, multiprocessing_context=CTX, persistent_workers=True,
-                **extra)
+            loader = patch_loader(PatchDataset(stream, batch_size=BATCH), workers,
+                                  prefetch_factor=prefetch_factor, multiprocessing_context=CTX)
+            prefetch_factor = loader.prefetch_factor
             it = iter(loader)
             _x, _valid, index = next(it)
             first_s = time.perf_counter() - t0
@@ -580,7 +581,8 @@ def run_esdc_loader(path: Path, workers: int, repeats: int,
             "peak_rss_mb": rss.peak_mb, "rss_before_mb": rss.start_mb}
 
 
-def run_paired(path: Path, shape: tuple[int, int, int], rounds: int) -> dict[str, Any]:
+def run_paired(path: Path, shape: tuple[int, int, int], rounds: int,
+               prefetch_factor: int | None = None) -> dict[str, Any]:
     """The main ratios again, each round timing one epoch of every path back to back.
 
     The best epochs of the separate runs above may come from different minutes of a
@@ -592,10 +594,10 @@ def run_paired(path: Path, shape: tuple[int, int, int], rounds: int) -> dict[str
     """
     chunks = _chunk_slices(shape)
     stream = PatchStream(path, VARIABLES, patch=PATCH, seed=0, shuffle=True)
-    loaders = {w: torch.utils.data.DataLoader(
+    loaders = {w: patch_loader(
         PatchDataset(PatchStream(path, VARIABLES, patch=PATCH, seed=0, shuffle=True),
-                     batch_size=BATCH), batch_size=None, num_workers=w,
-        multiprocessing_context=CTX, persistent_workers=True) for w in (1, 2)}
+                     batch_size=BATCH), w, prefetch_factor=prefetch_factor,
+        multiprocessing_context=CTX) for w in (1, 2)}
     for loader in loaders.values():  # start the workers, fill their buffers once
         for _ in loader:
             pass
@@ -809,10 +811,8 @@ def run_device(cube: Path, shape: tuple[int, int, int], device: str, workers: in
 
     def epochs(to_device: bool) -> dict[str, Any]:
         stream = PatchStream(cube, VARIABLES, patch=PATCH, seed=0, shuffle=True)
-        loader = torch.utils.data.DataLoader(
-            PatchDataset(stream, batch_size=BATCH), batch_size=None, num_workers=workers,
-            multiprocessing_context=CTX if workers else None,
-            persistent_workers=workers > 0, pin_memory=cuda)
+        loader = patch_loader(PatchDataset(stream, batch_size=BATCH), workers,
+                              multiprocessing_context=CTX, pin_memory=cuda)
         runs, complete = [], []
         for epoch in range(repeats + 1):
             with Clock() as c:
@@ -887,7 +887,7 @@ def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int,
     paired = None
     if paired_rounds > 0:
         log(f"raw floor, esdc, 1 and 2 workers in turn, {paired_rounds} rounds")
-        paired = run_paired(cube, shape, paired_rounds)
+        paired = run_paired(cube, shape, paired_rounds, prefetch_factor)
         log(f"  esdc / raw floor {paired['fraction_of_floor_median']:.1%}, 2 workers / 1 "
             f"{paired['workers_2_vs_1_median']:.2f} (medians)")
     xb = {}
@@ -1073,8 +1073,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="time the DataLoader with 1..N workers (default 2): throughput per "
                          "worker count and per worker")
     ap.add_argument("--prefetch-factor", type=int, metavar="N",
-                    help="DataLoader prefetch_factor of the esdc loaders (default: torch's, "
-                         "2 batches in flight per worker)")
+                    help="DataLoader prefetch_factor of the esdc loaders (default: "
+                         "patch_loader's, one work unit's batches in flight per worker)")
     ap.add_argument("--paired-rounds", type=int, default=5, metavar="N",
                     help="rounds of back-to-back epochs (raw floor, esdc, 1 and 2 workers) "
                          "for the drift-proof *_paired ratios; 0 skips them (default 5)")

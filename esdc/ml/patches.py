@@ -420,6 +420,19 @@ class PatchStream:
         """Patches per epoch over all shards (before ``min_valid_fraction``)."""
         return len(self._origins) * (self._steps[1] - self._steps[0])
 
+    @property
+    def unit_patches(self) -> int:
+        """Patches in this stream's largest work unit (one band of rows, one time chunk).
+
+        A stream reads a unit at a time: a reader that waits for one gets this many
+        patches at once (what a DataLoader worker's prefetch should cover,
+        :func:`esdc.ml.torch.patch_loader`).
+        """
+        if not len(self._origins):
+            return 0
+        rows = np.bincount(self._origins[:, 0] // self.band).max()
+        return int(rows) * min(self.tchunk, max(1, self._steps[1] - self._steps[0]))
+
     # ------------------------------------------------------------------ reading
     def _read(self, names: list[str], times: range, r0: int, r1: int,
               out: np.ndarray | None = None) -> np.ndarray:
