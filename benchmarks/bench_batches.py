@@ -86,11 +86,13 @@ How to run
 gives, per worker count, patches per second, per worker and per CPU second, CPUs busy,
 CPU microseconds per patch of the main process and of the workers (``cpu_us_per_patch``:
 where the CPU goes) and the load average then (``workers_2_vs_1`` and
-``workers_2_vs_1_cpu`` from it). Each worker decodes with one zarr thread
-(``PatchDataset(worker_threads=1)``) and hands its batches over in reused shared-memory
-slots. The DataLoaders are :func:`esdc.ml.torch.patch_loader`'s: persistent workers and
-a prefetch of one work unit's batches per worker (12 on the full cube, 9 ``--quick``);
-``--prefetch-factor N`` sets another.
+``workers_2_vs_1_cpu`` from it; ``raw_floor_2_vs_1``: the raw floor's two processes over
+its one, the same run's measure of how this machine scales the same decompression).
+Each worker decodes with one zarr thread (``PatchDataset(worker_threads=1)``) and hands
+its batches over in reused shared-memory slots. The DataLoaders are
+:func:`esdc.ml.torch.patch_loader`'s: persistent workers and a prefetch of one work
+unit's batches per worker (12 on the full cube, 9 ``--quick``); ``--prefetch-factor N``
+sets another.
 
 ``--shards [TIME,LAT,LON]`` (default ``6,512,512``: 4 chunks of ``6 x 256 x 256`` per
 shard) copies the cube into a Zarr v3 store with the same chunks inside shard files
@@ -927,6 +929,10 @@ def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int,
         "workers_2_vs_1_paired": None if paired is None else paired["workers_2_vs_1_median"],
         "paired": paired,
         "workers_2_vs_1_cpu": loaders[2]["samples_per_cpu_s"] / loaders[1]["samples_per_cpu_s"],
+        # what a second process gives the raw floor on this machine, in the same run: the
+        # machine's own scaling of decompression and copies, for workers_2_vs_1 to be
+        # read against
+        "raw_floor_2_vs_1": floor["two_processes"]["samples_per_s"] / floor["samples_per_s"],
         # DataLoader throughput for 1..N workers, and per worker (scaling)
         "workers": {str(w): {"samples_per_s": d["samples_per_s"],
                              "samples_per_s_per_worker": d["samples_per_s"] / w,
@@ -1037,6 +1043,8 @@ def print_table(r: dict[str, Any]) -> None:
           f"{r['fraction_of_zarr_floor']:.1%}")
     print(f"2 workers: esdc / xbatcher {r['speedup_vs_xbatcher_2_workers']:.1f}x, esdc / "
           f"2-process floor {r['fraction_of_floor_2_workers']:.1%}")
+    print(f"raw floor 2 processes / 1 (this machine's own scaling): "
+          f"{r['raw_floor_2_vs_1']:.2f}x")
     print(f"esdc 2 workers / 1 worker per CPU second: {r['workers_2_vs_1_cpu']:.2f}x; per "
           "worker: " + ", ".join(f"{w}: {d['samples_per_s_per_worker']:,.0f}/s"
                                  for w, d in r["workers"].items()))
