@@ -27,7 +27,7 @@ from esdc.ml.config import AugmentSpec, TrainConfig
 from esdc.ml.fit import FitContext, FitResult, Fitter
 from esdc.ml.patches import PatchStream
 from esdc.ml.ssl import ENCODER_PARAMS, OBJECTIVES
-from esdc.ml.torch import PatchDataset, device_for
+from esdc.ml.torch import PatchDataset, device_for, patch_loader
 
 __all__ = ["DEFAULT_PARAMS", "FITTER", "fit", "training_stream"]
 
@@ -119,8 +119,7 @@ def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
         return total / max(n, 1)
 
     before = val_loss()
-    loader = torch.utils.data.DataLoader(PatchDataset(train, cfg.batch_size, drop_last=True),
-                                         batch_size=None)
+    loader = patch_loader(PatchDataset(train, cfg.batch_size, drop_last=True))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     for epoch in range(cfg.epochs):
         lr = cfg.learning_rate * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2

@@ -23,7 +23,7 @@ from esdc.ml.metrics import baseline, metric_name, score
 from esdc.ml.models import PixelCNN
 from esdc.ml.patches import PatchStream
 from esdc.ml.serving import log_pixel_cnn
-from esdc.ml.torch import PatchDataset, device_for
+from esdc.ml.torch import PatchDataset, device_for, patch_loader
 
 __all__ = ["FITTER", "IGNORE", "fit", "register"]
 
@@ -100,8 +100,7 @@ def fit(cfg: TrainConfig, ctx: FitContext) -> FitResult:
     if ctx.tensorboard is not None and ctx.tensorboard.graph:
         example = torch.from_numpy(next(streams["train"].batches(2)).x).to(device)
         ctx.tensorboard.torch_graph(model, example)
-    loader = torch.utils.data.DataLoader(PatchDataset(streams["train"], cfg.batch_size),
-                                         batch_size=None, pin_memory=amp)
+    loader = patch_loader(PatchDataset(streams["train"], cfg.batch_size), pin_memory=amp)
     metric = metric_name(cfg.task)
     for epoch in range(cfg.epochs):
         loader.dataset.set_epoch(epoch)
