@@ -430,8 +430,11 @@ class PatchStream:
         """
         if not len(self._origins):
             return 0
-        rows = np.bincount(self._origins[:, 0] // self.band).max()
-        return int(rows) * min(self.tchunk, max(1, self._steps[1] - self._steps[0]))
+        per_band = np.bincount(self._origins[:, 0] // self.band).max()
+        t0, t1 = self._steps  # a unit's steps: its time chunk's, within time_steps
+        steps = max((min(t1, (tc + 1) * self.tchunk) - max(t0, tc * self.tchunk)
+                     for tc in {tc for tc, _band in self.units()}), default=0)
+        return int(per_band) * steps
 
     # ------------------------------------------------------------------ reading
     def _read(self, names: list[str], times: range, r0: int, r1: int,

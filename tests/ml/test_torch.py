@@ -37,6 +37,8 @@ def test_unit_patches_is_the_largest_work_unit(cube):
     # chunk 2 steps; the last time chunk (step 4) holds one step
     assert PatchStream(cube, ["a", "b"], patch=(8, 8)).unit_patches == 2 * 8 * 2
     assert PatchStream(cube, ["a", "b"], patch=(8, 8), time_steps=(4, 5)).unit_patches == 16
+    # steps 1 and 2 lie in two time chunks: each unit holds one step
+    assert PatchStream(cube, ["a", "b"], patch=(8, 8), time_steps=(1, 3)).unit_patches == 16
     assert PatchStream(cube, ["s"], patch=(8, 8)).unit_patches == 16  # static: one step
 
 
