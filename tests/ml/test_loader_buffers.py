@@ -94,17 +94,19 @@ torch = pytest.importorskip("torch")
 
 
 def _loader(stream, workers, **kw):
-    from esdc.ml.torch import PatchDataset
+    from esdc.ml.torch import PatchDataset, PatchLoader
 
-    return torch.utils.data.DataLoader(PatchDataset(stream, batch_size=4, **kw),
-                                       batch_size=None, num_workers=workers,
-                                       multiprocessing_context="forkserver")
+    return PatchLoader(PatchDataset(stream, batch_size=4, **kw), batch_size=None,
+                       num_workers=workers, multiprocessing_context="forkserver")
 
 
-def test_worker_slots_kept_by_the_consumer_are_never_overwritten(cube):
-    """Batches of 2 workers kept in a list equal a fresh in-process read."""
+@pytest.mark.parametrize("group", [1, 3])
+def test_worker_slots_kept_by_the_consumer_are_never_overwritten(cube, group):
+    """Batches of 2 workers kept in a list equal a fresh in-process read (one batch or
+    three a message)."""
     stream = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=3, buffer_size=20)
-    kept = list(_loader(stream, 2, max_slots=4))  # more batches than slots: fallback
+    # more batches than slots: fallback to fresh tensors
+    kept = list(_loader(stream, 2, max_slots=4, batches_per_message=group))
     assert all(len(b) == 3 for b in kept)
     got = _by_index([(x.numpy(), v.numpy(), i.numpy()) for x, v, i in kept])
     want = _by_index(b for b in PatchStream(cube, ["a", "b"], patch=(8, 8),
@@ -115,13 +117,14 @@ def test_worker_slots_kept_by_the_consumer_are_never_overwritten(cube):
         np.testing.assert_array_equal(got[k][1], ok)
 
 
-def test_worker_slots_are_reused_once_dropped_and_values_stay_right(cube):
+@pytest.mark.parametrize("group", [1, 3])
+def test_worker_slots_are_reused_once_dropped_and_values_stay_right(cube, group):
     stream = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=3, buffer_size=20,
                          targets=["s"])
     want = _by_index(b for b in PatchStream(cube, ["a", "b"], patch=(8, 8),
                                            shuffle=False).batches(16))
     addresses, n = set(), 0
-    for x, v, idx, target in _loader(stream, 2):
+    for x, v, idx, target in _loader(stream, 2, batches_per_message=group):
         addresses.add(x.data_ptr())
         assert target.shape == (len(x), 1, 8, 8)
         for row, xi, vi in zip(idx.tolist(), x.numpy(), v.numpy(), strict=True):
@@ -133,7 +136,7 @@ def test_worker_slots_are_reused_once_dropped_and_values_stay_right(cube):
         n += len(x)
         del x, v, idx, target  # the slot is free again
     assert n == len(stream)
-    assert len(addresses) <= 2 * 16 and len(addresses) < n // 4  # slots were reused
+    assert len(addresses) <= 2 * 16 * group and len(addresses) < n // 4  # slots reused
 
 
 def test_shuffle_pool_bounds_held_units_and_gives_every_patch_once():
@@ -196,10 +199,12 @@ def test_shuffle_pool_spills_a_patch_at_most_once(monkeypatch):
 
 
 def _slot_mappings() -> set[str]:
-    """The main process's mappings of torch shared memory (``/proc/self/maps`` lines)."""
+    """The main process's mappings of the workers' torch shared memory (``/proc/self/maps``
+    lines; not this process's own segments, such as the dataset's shared epoch)."""
+    own = f"/torch_{__import__('os').getpid()}_"
     with open("/proc/self/maps") as f:
         return {" ".join(line.split()[:1] + line.split()[5:6]) for line in f
-                if "/torch_" in line and ".so" not in line}
+                if "/torch_" in line and ".so" not in line and own not in line}
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="Linux only")

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -44,22 +45,35 @@ def test_unit_patches_is_the_largest_work_unit(cube):
 
 def test_patch_loader_prefetches_a_unit_and_delivers_every_patch_once(cube):
     from esdc.errors import TrainConfigError
-    from esdc.ml.torch import patch_loader
+    from esdc.ml.torch import PatchLoader, patch_loader
 
     stream = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=5, buffer_size=20)
     ds = PatchDataset(stream, batch_size=4)
     loader = patch_loader(ds, 2)
-    # a unit is 32 patches: 8 batches of 4 in flight per worker (within 16 slots - 4)
-    assert loader.prefetch_factor == 8 and loader.persistent_workers
+    # a unit is 32 patches, 8 batches of 4: all 8 in one message (at most 256 patches),
+    # one unit's messages in flight per worker, at least 2
+    assert isinstance(loader, PatchLoader) and loader.dataset.batches_per_message == 8
+    assert ds.batches_per_message == 1  # the caller's dataset is not changed
+    assert loader.prefetch_factor == 2 and loader.persistent_workers
     assert loader.batch_size is None and loader.in_order
     for epoch in (0, 1):
         ds.set_epoch(epoch)
+        sizes = [len(x) for x, _v, _i in loader]
+        assert max(sizes) == 4 and sum(sizes) == len(stream)  # batch by batch
         seen = [tuple(r) for _, _, idx in loader for r in idx.tolist()]
         assert len(seen) == len(set(seen)) == len(stream)
+    one = patch_loader(ds, 2, batches_per_message=1)  # 8 batches in flight (16 slots - 4)
+    assert one.prefetch_factor == 8 and one.dataset.batches_per_message == 1
+    assert patch_loader(ds, 2, batches_per_message=2).prefetch_factor == 4
     unordered = patch_loader(PatchDataset(stream, batch_size=4), 2, in_order=False)
     seen = [tuple(r) for _, _, idx in unordered for r in idx.tolist()]
     assert len(seen) == len(set(seen)) == len(stream) and not unordered.in_order
-    assert patch_loader(PatchDataset(stream, batch_size=4, max_slots=6), 2).prefetch_factor == 2
+    few = PatchDataset(stream, batch_size=4, max_slots=6)
+    assert patch_loader(few, 2, batches_per_message=1).prefetch_factor == 2
+    threaded = patch_loader(PatchDataset(stream, batch_size=4, threads=2), 2)
+    assert threaded.dataset.batches_per_message == 1  # reading threads: one a message
+    assert patch_loader(PatchDataset(stream, batch_size=64), 2).dataset \
+        .batches_per_message == 1  # a unit is one batch
     assert patch_loader(ds, 2, prefetch_factor=3).prefetch_factor == 3
     inline = patch_loader(ds)  # no workers: this process's reading threads
     assert inline.num_workers == 0 and inline.batch_size is None
@@ -68,3 +82,44 @@ def test_patch_loader_prefetches_a_unit_and_delivers_every_patch_once(cube):
         patch_loader(ds, -1)
     with pytest.raises(TrainConfigError, match="prefetch_factor=0"):
         patch_loader(ds, 2, prefetch_factor=0)
+    with pytest.raises(TrainConfigError, match="batches_per_message=0"):
+        patch_loader(ds, 2, batches_per_message=0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_set_epoch_reshuffles_in_persistent_workers(cube, workers):
+    """Persistent workers hold the dataset as it was when they started: the epoch is
+    shared memory, so set_epoch still changes their shuffle (it did not before)."""
+    from esdc.ml.torch import patch_loader
+
+    ds = PatchDataset(PatchStream(cube, ["a", "b"], patch=(8, 8), seed=5, buffer_size=20),
+                      batch_size=4)
+    loader = patch_loader(ds, workers)
+    orders = []
+    for epoch in (0, 1, 1, 0):
+        ds.set_epoch(epoch)
+        orders.append(np.concatenate([i.numpy() for _x, _v, i in loader]))
+    assert ds.epoch == 0 and loader.dataset.epoch == 0
+    assert not np.array_equal(orders[0], orders[1])  # another epoch, another order
+    np.testing.assert_array_equal(orders[1], orders[2])  # the same epoch, the same order
+    np.testing.assert_array_equal(orders[0], orders[3])
+
+
+def test_a_plain_dataloader_yields_the_groups_of_batches(cube):
+    from esdc.ml.torch import BatchGroup
+
+    stream = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=5, buffer_size=20)
+    loader = torch.utils.data.DataLoader(
+        PatchDataset(stream, batch_size=4, batches_per_message=3), batch_size=None,
+        num_workers=1, multiprocessing_context="forkserver")
+    groups, idx = [], []
+    for g in loader:  # each group dropped before the next: its slot is reused
+        assert type(g) is BatchGroup
+        groups.append([len(x) for x, _v, _i in g])
+        idx += [i.numpy().copy() for _x, _v, i in g]
+        x, _v, i = g[0]
+        assert x.shape[1:] == (2, 8, 8) and i.shape == (len(x), 3)
+    assert all(len(g) == 3 for g in groups[:-1]) and 1 <= len(groups[-1]) <= 3
+    assert all(n == 4 for g in groups[:-1] for n in g)  # 3 full batches a message
+    idx = np.concatenate(idx)
+    assert len(np.unique(idx, axis=0)) == len(idx) == len(stream)
