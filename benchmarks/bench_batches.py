@@ -15,7 +15,8 @@ esdc
     (``samples_per_s["esdc"]``); then through :class:`esdc.ml.torch.PatchDataset` and
     :func:`esdc.ml.torch.patch_loader` (``torch.utils.data.DataLoader(batch_size=None,
     num_workers=N, multiprocessing_context="forkserver", persistent_workers=True,
-    prefetch_factor=<one work unit's batches>)``) with 1 and 2 workers. A loader's
+    prefetch_factor=<one work unit's messages>)``, 4 batches a message, handed out one
+    by one) with 1 and 2 workers. A loader's
     first epoch includes starting its workers; its throughput is taken from the second
     epoch (the workers are running) and the 2-worker / 1-worker ratio is
     ``workers_2_vs_1``. Every path checks that it delivered every patch of the
@@ -49,8 +50,11 @@ on the cube before its statistics were stored (the stream computes them: one ful
 pass). Peak memory is the RSS summed over the process tree (DataLoader workers and the
 forkserver included; pages shared between processes are counted once per process),
 sampled every 20 ms in a thread, one figure per path. ``fraction_of_floor_paired`` and
-``workers_2_vs_1_paired`` are the same ratios taken within rounds that time one epoch of
-each path back to back (``--paired-rounds``, 5), medians over the rounds: on a machine
+``workers_2_vs_1_paired`` are the same ratios taken within rounds that time each path
+back to back (``--paired-rounds``, 7), medians over the rounds; a round times each path
+over as many epochs as hold about one full-cube epoch of patches (1 epoch on the full
+cube, 5 ``--quick``: a single ``--quick`` epoch of 2 workers lasts about 0.1 s, half of
+it the shuffle buffer's fill, and single-round ratios ranged 0.9-2.5): on a machine
 whose speed drifts within minutes they do not compare one path's fast minute with
 another's slow one, as the best-of-epochs ratios may. A round's stream epoch ends by
 stopping its read of the next epoch's first units where consecutive epochs would
@@ -91,8 +95,8 @@ its one, the same run's measure of how this machine scales the same decompressio
 Each worker decodes with one zarr thread (``PatchDataset(worker_threads=1)``) and hands
 its batches over in reused shared-memory slots. The DataLoaders are
 :func:`esdc.ml.torch.patch_loader`'s: persistent workers and a prefetch of one work
-unit's batches per worker (12 on the full cube, 9 ``--quick``); ``--prefetch-factor N``
-sets another.
+unit's messages per worker (3 of 4 batches each, on the full cube and ``--quick``);
+``--prefetch-factor N`` sets another.
 
 ``--shards [TIME,LAT,LON]`` (default ``6,512,512``: 4 chunks of ``6 x 256 x 256`` per
 shard) copies the cube into a Zarr v3 store with the same chunks inside shard files
@@ -111,6 +115,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -584,7 +589,7 @@ def run_esdc_loader(path: Path, workers: int, repeats: int,
 
 
 def run_paired(path: Path, shape: tuple[int, int, int], rounds: int,
-               prefetch_factor: int | None = None) -> dict[str, Any]:
+               prefetch_factor: int | None = None, epochs: int = 1) -> dict[str, Any]:
     """The main ratios again, each round timing one epoch of every path back to back.
 
     The best epochs of the separate runs above may come from different minutes of a
@@ -593,6 +598,8 @@ def run_paired(path: Path, shape: tuple[int, int, int], rounds: int,
     epoch, one in-process ``PatchStream.batches`` epoch, and one epoch of each of the 1-
     and 2-worker DataLoaders (both kept running), and the ratios are taken within the
     round: ``fraction_of_floor_paired`` and ``workers_2_vs_1_paired`` are their medians.
+    ``epochs``: consecutive epochs of each path timed together in a round (a path's
+    epochs on a small cube are too short to time one by one).
     """
     chunks = _chunk_slices(shape)
     stream = PatchStream(path, VARIABLES, patch=PATCH, seed=0, shuffle=True)
@@ -608,10 +615,11 @@ def run_paired(path: Path, shape: tuple[int, int, int], rounds: int,
                                      "loader_2": []}
     for r in range(rounds):
         with Clock() as c:
-            n, _check = floor_read(str(path), chunks)
+            n = sum(floor_read(str(path), chunks)[0] for _ in range(epochs))
         rates["raw_floor"].append(c.result(n)["samples_per_s"])
         with Clock() as c:
-            n = sum(len(b.index) for b in stream.batches(BATCH, epoch=r + 1))
+            n = sum(len(b.index) for e in range(epochs)
+                    for b in stream.batches(BATCH, epoch=1 + r * epochs + e))
             # the next epoch's first units are read while this one drains, and no longer:
             # in consecutive epochs the next epoch's start stops that read (the stream's
             # reading threads read the rest); it must not run on into the floor's time
@@ -621,12 +629,12 @@ def run_paired(path: Path, shape: tuple[int, int, int], rounds: int,
         rates["esdc"].append(c.result(n)["samples_per_s"])
         for w, loader in loaders.items():
             with Clock() as c:
-                n = sum(len(b[2]) for b in loader)
+                n = sum(len(b[2]) for _ in range(epochs) for b in loader)
             rates[f"loader_{w}"].append(c.result(n)["samples_per_s"])
     del loaders
     fraction = [e / f for e, f in zip(rates["esdc"], rates["raw_floor"], strict=True)]
     workers = [b / a for a, b in zip(rates["loader_1"], rates["loader_2"], strict=True)]
-    return {"rounds": rounds, "samples_per_s": rates,
+    return {"rounds": rounds, "epochs_per_round": epochs, "samples_per_s": rates,
             "fraction_of_floor": fraction, "workers_2_vs_1": workers,
             "fraction_of_floor_median": float(np.median(fraction)),
             "workers_2_vs_1_median": float(np.median(workers))}
@@ -866,7 +874,7 @@ def run_device(cube: Path, shape: tuple[int, int, int], device: str, workers: in
 
 def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int,
         workers: int = 2, prefetch_factor: int | None = None,
-        paired_rounds: int = 5) -> dict[str, Any]:
+        paired_rounds: int = 7) -> dict[str, Any]:
     info, first_nostats = prepare(cube, shape)
 
     log("raw floor: chunk files + numcodecs + NumPy reshape (1 and 2 processes; and "
@@ -888,8 +896,11 @@ def run(cube: Path, shape: tuple[int, int, int], repeats: int, xb_samples: int,
     log(f"  {threads2['samples_per_s']:,.0f} patches/s")
     paired = None
     if paired_rounds > 0:
-        log(f"raw floor, esdc, 1 and 2 workers in turn, {paired_rounds} rounds")
-        paired = run_paired(cube, shape, paired_rounds, prefetch_factor)
+        # about one full-cube epoch of patches per path and round
+        epochs = max(1, round(math.prod(CASES["full"]) / math.prod(shape)))
+        log(f"raw floor, esdc, 1 and 2 workers in turn, {paired_rounds} rounds of "
+            f"{epochs} epoch(s)")
+        paired = run_paired(cube, shape, paired_rounds, prefetch_factor, epochs)
         log(f"  esdc / raw floor {paired['fraction_of_floor_median']:.1%}, 2 workers / 1 "
             f"{paired['workers_2_vs_1_median']:.2f} (medians)")
     xb = {}
@@ -1033,6 +1044,7 @@ def print_table(r: dict[str, Any]) -> None:
           f"{mark('workers_2_vs_1')})")
     if r["paired"] is not None:
         print(f"  the same in {r['paired']['rounds']} rounds of back-to-back epochs "
+              f"({r['paired']['epochs_per_round']} a path and round) "
               f"(medians): esdc / raw floor {r['fraction_of_floor_paired']:.1%}, 2 workers "
               f"/ 1 {r['workers_2_vs_1_paired']:.2f}x")
     print(f"first batch from opening:      {r['first_batch_s']:8.2f} s  (aim <= 2 s: "
@@ -1083,9 +1095,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefetch-factor", type=int, metavar="N",
                     help="DataLoader prefetch_factor of the esdc loaders (default: "
                          "patch_loader's, one work unit's batches in flight per worker)")
-    ap.add_argument("--paired-rounds", type=int, default=5, metavar="N",
+    ap.add_argument("--paired-rounds", type=int, default=7, metavar="N",
                     help="rounds of back-to-back epochs (raw floor, esdc, 1 and 2 workers) "
-                         "for the drift-proof *_paired ratios; 0 skips them (default 5)")
+                         "for the drift-proof *_paired ratios; 0 skips them (default 7)")
     ap.add_argument("--device", metavar="DEVICE",
                     help="instead of the full run: the loader's batches copied onto DEVICE "
                          "(cuda, cuda:1; cpu runs the same code on the host) against the "

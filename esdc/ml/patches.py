@@ -537,9 +537,11 @@ class PatchStream:
         pooled in a shuffle buffer of ``buffer_size`` patches (preallocated arrays);
         each batch is a seeded random draw from the pool, whose holes are filled from
         its end. Without shuffling, patches come in unit order. After a complete epoch
-        the stream keeps its read buffer and two released unit arrays (about three units
-        of memory) for its next epoch, which then faults in no fresh pages; and while the
-        pool drains, the next epoch's first units are read (``epoch_ahead``).
+        the stream keeps its read buffer and the unit arrays its pool released (as many
+        as a pool holds: ``buffer_size`` / :attr:`unit_patches` + 5, the memory the
+        epoch used anyway) for its next epoch, which then faults in no fresh pages
+        (keeping two, every other epoch of a DataLoader worker ran 15-20 % slower); and
+        while the pool drains, the next epoch's first units are read (``epoch_ahead``).
 
         Parameters
         ----------
@@ -566,7 +568,9 @@ class PatchStream:
         ahead, self._ahead = self._ahead, None
         ready = {} if ahead is None else ahead.take(epoch)  # joined: its buffers are free
         # an earlier epoch's read buffer and unit arrays: no fresh pages to fault in
-        buffers, recycler, spill = self._spare.pop() if self._spare else ([], Recycler(), None)
+        buffers, recycler, spill = (self._spare.pop() if self._spare else (
+            [], Recycler((-(-self.buffer_size // max(1, self.unit_patches)) + 5)
+                         * (2 if self.targets else 1)), None))  # x (and target) arrays
         pool = ShufflePool(self.buffer_size, recycler, spill, Finish.of(
             self._mean, self._scale, self.fill_value, self.normalize))
         for unit in self._units(epoch, recycler, buffers, ready):

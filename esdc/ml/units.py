@@ -97,11 +97,12 @@ class Recycler:
 
     Reusing them spares the allocation and the first-touch page faults of a fresh
     array per unit (tens of MB). Thread-safe (the reading thread takes, the consumer
-    gives); keeps at most ``keep`` arrays.
+    gives); keeps at most ``keep`` arrays (the oldest go first).
     """
 
     def __init__(self, keep: int = 2) -> None:
         self._bin: collections.deque[np.ndarray] = collections.deque(maxlen=keep)
+        self._lock = threading.Lock()
 
     def give(self, arr: np.ndarray | None) -> None:
         """Recycle ``arr`` (no one may read it any more)."""
@@ -109,18 +110,23 @@ class Recycler:
             return
         owner = arr if arr.base is None else arr.base
         if isinstance(owner, np.ndarray) and owner.flags.c_contiguous:
-            self._bin.append(owner)
+            with self._lock:
+                self._bin.append(owner)
 
     def get(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray | None:
-        """A recycled ``shape`` array of ``dtype`` (old values), or None if none is big enough."""
+        """A recycled ``shape`` array of ``dtype`` (old values), or None if none is big enough.
+
+        The most recently given array that is big enough; smaller ones (a target's
+        arrays, say) stay for a smaller request.
+        """
         size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        while True:
-            try:
-                owner = self._bin.pop()
-            except IndexError:
-                return None
-            if owner.nbytes >= size:
-                return owner.reshape(-1).view(np.uint8)[:size].view(dtype).reshape(shape)
+        with self._lock:
+            for i in range(len(self._bin) - 1, -1, -1):
+                if self._bin[i].nbytes >= size:
+                    owner = self._bin[i]
+                    del self._bin[i]
+                    return owner.reshape(-1).view(np.uint8)[:size].view(dtype).reshape(shape)
+        return None
 
 
 class ShufflePool:

@@ -685,3 +685,34 @@ def test_the_default_reading_threads_follow_the_usable_cores(cube, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)))
     assert threads() == 2
     assert threads(read_threads=3) == 3
+
+
+def test_recycler_hands_out_the_newest_array_big_enough_and_keeps_smaller_ones():
+    from esdc.ml.units import Recycler
+
+    r = Recycler(keep=3)
+    big, small = np.zeros(100, "float32"), np.zeros(10, "float32")
+    r.give(big)
+    r.give(small)
+    got = r.get((5, 10), "float32")  # the small one is skipped, not dropped
+    assert got.shape == (5, 10) and np.shares_memory(got, big)
+    assert np.shares_memory(r.get((10,), "float32"), small)
+    assert r.get((1,), "float32") is None
+    for _ in range(5):
+        r.give(np.zeros(4, "float32"))
+    assert sum(r.get((4,), "float32") is not None for _ in range(5)) == 3  # keep=3
+
+
+def test_a_worker_stream_reuses_its_pools_unit_arrays_in_the_next_epoch(cube):
+    """As in a DataLoader worker (no reading ahead): the second epoch cuts its units into
+    the first epoch's arrays, so it faults in no fresh pages (with two kept, every other
+    epoch did)."""
+    stream = PatchStream(cube, ["a", "b"], patch=(8, 8), seed=1, buffer_size=70,
+                         units_ahead=0, epoch_ahead=False, time_steps=(0, 4))
+    assert stream.unit_patches == 32  # every unit (two steps); a pool holds up to 3 + 4
+    # units: 8 arrays kept
+    list(stream.batches(4, epoch=0))
+    kept = {id(a) for a in stream._spare[0][1]._bin}
+    assert 2 < len(kept) <= 8
+    list(stream.batches(4, epoch=1))
+    assert {id(a) for a in stream._spare[0][1]._bin} == kept
