@@ -58,8 +58,8 @@ it the shuffle buffer's fill, and single-round ratios ranged 0.9-2.5): on a mach
 whose speed drifts within minutes they do not compare one path's fast minute with
 another's slow one, as the best-of-epochs ratios may. A round's stream epoch ends by
 stopping its read of the next epoch's first units where consecutive epochs would
-(``EpochStart.stop``): that read neither runs on into the floor's time nor is waited for
-to the end of a pool's fill.
+(``PatchStream.stop_reading_ahead``): that read neither runs on into the floor's time
+nor is waited for to the end of a pool's fill.
 
 Every path reads a warm page cache (the cube was just written); cold reads from disk
 are not measured. Timings are the best of ``--repeats`` epochs (3; 8 with ``--quick``);
@@ -623,9 +623,7 @@ def run_paired(path: Path, shape: tuple[int, int, int], rounds: int,
             # the next epoch's first units are read while this one drains, and no longer:
             # in consecutive epochs the next epoch's start stops that read (the stream's
             # reading threads read the rest); it must not run on into the floor's time
-            ahead = stream._ahead  # noqa: SLF001 - an EpochStart, stopped only
-            if ahead is not None:
-                ahead.stop()
+            stream.stop_reading_ahead()
         rates["esdc"].append(c.result(n)["samples_per_s"])
         for w, loader in loaders.items():
             with Clock() as c:

@@ -585,6 +585,17 @@ class PatchStream:
         if not self._spare:
             self._spare.append((buffers, recycler, pool.spill))
 
+    def stop_reading_ahead(self) -> None:
+        """Stop reading the next epoch's first units (``epoch_ahead``) after the current one.
+
+        For a pause between epochs where something else should have the CPU (a
+        validation pass, another loader, a benchmark's other path): the read, started as
+        an epoch drains, otherwise runs on into it. The units read so far are kept for the
+        next epoch; nothing happens if no read is under way.
+        """
+        if self._ahead is not None:
+            self._ahead.stop()
+
     def threaded_batches(self, batch_size: int, epoch: int = 0, drop_last: bool = False,
                          threads: int = 2, prefetch: int = 4,
                          out: Out | None = None) -> Iterator[Batch]:

@@ -615,6 +615,11 @@ def test_next_epoch_read_while_an_epoch_drains(cube, monkeypatch):
     assert not ahead._thread.is_alive()  # it ends once one pool's fill is read
     assert 24 <= sum(len(b.x) for b in ahead._ready.values()) < len(stream)
     _epochs_equal_fresh(stream, cube, kw, (1, 2, 4))  # 1, 2 read ahead; 4 after 3 was
+    list(stream.batches(4, epoch=5))
+    stream.stop_reading_ahead()  # returns once the read (of epoch 6) stopped
+    assert stream._ahead is not None and not stream._ahead._thread.is_alive()
+    _epochs_equal_fresh(stream, cube, kw, (6,))  # what it read is used
+    stream.stop_reading_ahead()  # again: nothing under way
     off = PatchStream(cube, ["a", "b"], epoch_ahead=False, **kw)
     list(off.batches(4, epoch=0))
     assert off._ahead is None
