@@ -560,7 +560,7 @@ def run_esdc_loader(path: Path, workers: int, repeats: int,
     the throughput is the best of the following ``repeats`` epochs, each timed from
     ``iter(loader)`` (the workers restart their shard: reopen the cube, refill the
     shuffle buffer) to its last batch. ``prefetch_factor``: DataLoader's (None:
-    :func:`esdc.ml.torch.patch_loader`'s, one work unit's batches per worker).
+    :func:`esdc.ml.torch.patch_loader`'s, one work unit's messages per worker).
     """
     runs, complete = [], []
     with RssSampler() as rss:
@@ -1092,7 +1092,7 @@ def main(argv: list[str] | None = None) -> int:
                          "worker count and per worker")
     ap.add_argument("--prefetch-factor", type=int, metavar="N",
                     help="DataLoader prefetch_factor of the esdc loaders (default: "
-                         "patch_loader's, one work unit's batches in flight per worker)")
+                         "patch_loader's, one work unit's messages in flight per worker)")
     ap.add_argument("--paired-rounds", type=int, default=7, metavar="N",
                     help="rounds of back-to-back epochs (raw floor, esdc, 1 and 2 workers) "
                          "for the drift-proof *_paired ratios; 0 skips them (default 7)")

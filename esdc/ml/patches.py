@@ -569,7 +569,7 @@ class PatchStream:
         ready = {} if ahead is None else ahead.take(epoch)  # joined: its buffers are free
         # an earlier epoch's read buffer and unit arrays: no fresh pages to fault in
         buffers, recycler, spill = (self._spare.pop() if self._spare else (
-            [], Recycler((-(-self.buffer_size // max(1, self.unit_patches)) + 5)
+            [], Recycler(ShufflePool.units_held(self.buffer_size, self.unit_patches)
                          * (2 if self.targets else 1)), None))  # x (and target) arrays
         pool = ShufflePool(self.buffer_size, recycler, spill, Finish.of(
             self._mean, self._scale, self.fill_value, self.normalize))

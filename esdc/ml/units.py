@@ -214,7 +214,16 @@ class ShufflePool:
     @property
     def max_units(self) -> int:
         """Units held at most (besides the spill) before the emptiest is spilled."""
-        return -(-self.buffer_size // self._unit_size) + 4
+        return self.units_held(self.buffer_size, self._unit_size) - 1
+
+    @staticmethod
+    def units_held(buffer_size: int, unit_size: int) -> int:
+        """Unit arrays a pool of ``buffer_size`` patches holds at most, its spill included.
+
+        ``ceil(buffer_size / unit_size) + 4`` units (:attr:`max_units`) and the spill (at
+        most one unit's worth): what a stream keeps for its next epoch (:class:`Recycler`).
+        """
+        return -(-buffer_size // max(1, unit_size)) + 5
 
     def _spill(self) -> bool:
         """Move the patches left in the emptiest unit to the spill; False if they do not fit."""
